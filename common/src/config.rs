@@ -1,0 +1,486 @@
+//! Config files: the site config (`roost-agent`), the region config
+//! (`roost-controller`) and the edge network config (`roost-agent install`).
+//!
+//! Every struct denies unknown fields, and [`load`] runs the same `validate`
+//! functions the APIs run, so an error always names the file, the field, the
+//! value and the rule (`site-configs/x.yaml: hosts[1].vcpus: must be between 1
+//! and 4096 (got 0)`), or the line and column for YAML that does not parse.
+//! `site-configs/README.md` explains every field.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Cidr, FlavorSpec, HostSpec, ImageSpec};
+use crate::validate::{self, FieldError};
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse { file: PathBuf, line: usize, column: usize, message: String },
+    #[error("{file}: {source}")]
+    Invalid { file: PathBuf, source: FieldError },
+}
+
+/// A config that can check itself.
+pub trait Validate {
+    fn validate(&self) -> Result<(), FieldError>;
+}
+
+/// Reads, parses and validates a YAML config file.
+pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.into(), source })?;
+    parse(path, &text)
+}
+
+/// Parses and validates YAML text that came from `path`.
+pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    let value: T = serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        ConfigError::Parse { file: path.into(), line, column, message: e.to_string() }
+    })?;
+    value.validate().map_err(|source| ConfigError::Invalid { file: path.into(), source })?;
+    Ok(value)
+}
+
+/// Checks each item of a list with its index in the field path, and that
+/// `key` is unique across the list.
+fn each<T>(
+    list: &[T],
+    field: &str,
+    check: impl Fn(&T) -> Result<(), FieldError>,
+    key: impl Fn(&T) -> Option<String>,
+) -> Result<(), FieldError> {
+    let mut seen = BTreeSet::new();
+    for (i, item) in list.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        check(item).map_err(|e| e.at(&at))?;
+        if let Some(k) = key(item) {
+            if !seen.insert(k.clone()) {
+                return Err(FieldError::new(at, k, format!("must be unique within {field}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    for (k, v) in labels {
+        let ok_key = !k.is_empty()
+            && k.len() <= 63
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        if !ok_key {
+            return Err(FieldError::new(field, k, "label keys must be 1 to 63 of letters, digits, '-', '_', '.', '/'"));
+        }
+        if v.len() > 255 || v.chars().any(char::is_control) {
+            return Err(FieldError::new(format!("{field}.{k}"), v, "label values must be at most 255 printable characters"));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- site
+
+/// `roost-agent`'s config: one file describes one site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub site: SiteSection,
+    #[serde(default)]
+    pub api: ApiSection,
+    /// Where the SQLite store lives; `--data-dir` overrides it.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub compute: ComputeSection,
+    #[serde(default)]
+    pub scheduler: SchedulerSection,
+    pub hosts: Vec<HostSpec>,
+    #[serde(default)]
+    pub flavors: Vec<FlavorSpec>,
+    #[serde(default)]
+    pub images: Vec<ImageSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address the local API listens on; `--api-listen` overrides it.
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// Bootstrap admin password. `ROOST_ADMIN_PASSWORD` overrides it; when
+    /// neither is set the agent generates one and keeps it in the data dir.
+    #[serde(default)]
+    pub admin_password: Option<String>,
+    /// How long an issued token is valid, in seconds.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_secs: u64,
+    /// URL clients reach this API at, used in links and the service catalog
+    /// (e.g. `http://10.20.0.5:8780`). Defaults to `http://` + the listen
+    /// address (with 127.0.0.1 for an unspecified address).
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8780))
+}
+fn default_token_ttl() -> u64 {
+    12 * 3600
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: default_api_listen(),
+            admin_password: None,
+            token_ttl_secs: default_token_ttl(),
+            public_url: None,
+        }
+    }
+}
+
+/// Checks a password given by an operator: 8 to 128 characters.
+pub fn check_password(field: &str, p: &str) -> Result<(), FieldError> {
+    let n = p.chars().count();
+    if !(8..=128).contains(&n) {
+        return Err(FieldError::new(field, format!("<{n} characters>"), "must be 8 to 128 characters"));
+    }
+    Ok(())
+}
+
+/// Which compute driver realises servers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ComputeDriverKind {
+    /// Schedules and tracks servers and their power state without starting
+    /// any VM: the stand-in until the libvirt driver lands.
+    #[default]
+    RecordOnly,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeSection {
+    #[serde(default)]
+    pub driver: ComputeDriverKind,
+}
+
+/// Weigher multipliers, as Nova's: a positive RAM multiplier spreads servers
+/// across hosts, a negative one packs them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    #[serde(default = "one")]
+    pub ram_weight_multiplier: f64,
+    #[serde(default)]
+    pub cpu_weight_multiplier: f64,
+    #[serde(default)]
+    pub disk_weight_multiplier: f64,
+    /// Weight of a soft (anti-)affinity match.
+    #[serde(default = "one")]
+    pub soft_affinity_weight_multiplier: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        SchedulerSection {
+            ram_weight_multiplier: 1.0,
+            cpu_weight_multiplier: 0.0,
+            disk_weight_multiplier: 0.0,
+            soft_affinity_weight_multiplier: 1.0,
+        }
+    }
+}
+
+impl SchedulerSection {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        for (f, v) in [
+            ("ram_weight_multiplier", self.ram_weight_multiplier),
+            ("cpu_weight_multiplier", self.cpu_weight_multiplier),
+            ("disk_weight_multiplier", self.disk_weight_multiplier),
+            ("soft_affinity_weight_multiplier", self.soft_affinity_weight_multiplier),
+        ] {
+            if !v.is_finite() || v.abs() > 1000.0 {
+                return Err(FieldError::new(f, v, "must be a number between -1000 and 1000"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Validate for SiteConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        crate::ids::check_site_id("site.id", &self.site.id)?;
+        validate::name("site.name", &self.site.name)?;
+        check_labels("site.labels", &self.site.labels)?;
+        if let Some(p) = &self.api.admin_password {
+            check_password("api.admin_password", p)?;
+        }
+        validate::range("api.token_ttl_secs", self.api.token_ttl_secs, 60, 7 * 24 * 3600)?;
+        if let Some(u) = &self.api.public_url {
+            let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace) || r.ends_with('/')) {
+                return Err(FieldError::new("api.public_url", u, "must be an http:// or https:// URL with a host and no trailing '/'"));
+            }
+        }
+        self.scheduler.validate().map_err(|e| e.at("scheduler"))?;
+        if self.hosts.is_empty() {
+            return Err(FieldError::new("hosts", "[]", "must list at least one host"));
+        }
+        each(&self.hosts, "hosts", HostSpec::validate, |h| Some(h.name.clone()))?;
+        if !self.hosts.iter().any(HostSpec::is_compute) {
+            return Err(FieldError::new("hosts", self.hosts.len(), "must include at least one host with role compute"));
+        }
+        each(&self.flavors, "flavors", FlavorSpec::validate, |f| Some(f.name.clone()))?;
+        each(&self.flavors, "flavors", |_| Ok(()), |f| f.id.clone())?;
+        each(&self.images, "images", ImageSpec::validate, |i| Some(i.name.clone()))?;
+        each(&self.images, "images", |_| Ok(()), |i| i.id.clone())?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- region
+
+/// `roost-controller`'s config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub region: RegionSection,
+    pub api: RegionApiSection,
+    pub quic: QuicSection,
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds of silence after which a site is marked offline.
+    #[serde(default = "default_offline_after")]
+    pub offline_after_secs: u64,
+    /// Sites expected in this region, with their labels for placement.
+    #[serde(default)]
+    pub sites: Vec<RegionSite>,
+}
+
+fn default_offline_after() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionSection {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionApiSection {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicSection {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionSite {
+    pub id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Validate for RegionConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        crate::ids::check_dns_label("region.name", &self.region.name)?;
+        if self.api.listen == self.quic.listen {
+            return Err(FieldError::new("quic.listen", self.quic.listen, "must differ from api.listen"));
+        }
+        validate::range("offline_after_secs", self.offline_after_secs, 2, 300)?;
+        each(
+            &self.sites,
+            "sites",
+            |s| {
+                crate::ids::check_site_id("id", &s.id)?;
+                check_labels("labels", &s.labels)
+            },
+            |s| Some(s.id.clone()),
+        )
+    }
+}
+
+// ---------------------------------------------------------------- edge network
+
+/// The site's physical networking, given to `roost-agent install
+/// --network-config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeNetConfig {
+    pub management: ManagementNet,
+    #[serde(default)]
+    pub providers: Vec<ProviderNet>,
+    #[serde(default)]
+    pub dns_servers: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementNet {
+    pub interface: String,
+    pub address: Cidr,
+    pub gateway: Option<IpAddr>,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+
+/// A provider network tenants' networks are built on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderNet {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Physical interface (flat, vlan) or the interface VXLAN runs over.
+    pub interface: String,
+    /// Inclusive range of VLAN ids or VXLAN VNIs tenants may use.
+    #[serde(default)]
+    pub segmentation_range: Option<[u32; 2]>,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Flat,
+    Vlan,
+    Vxlan,
+}
+
+/// Checks a Linux interface name: 1 to 15 characters, no '/', ':' or space.
+pub fn check_ifname(field: &str, name: &str) -> Result<(), FieldError> {
+    if name.is_empty() || name.len() > 15 || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err(FieldError::new(field, name, "must be a Linux interface name: 1 to 15 characters, no '/', ':' or spaces"));
+    }
+    Ok(())
+}
+
+impl Validate for EdgeNetConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        let m = &self.management;
+        check_ifname("management.interface", &m.interface)?;
+        if let Some(gw) = m.gateway {
+            if !m.address.contains(gw) {
+                return Err(FieldError::new("management.gateway", gw, format!("must be inside {}", String::from(m.address))));
+            }
+        }
+        validate::range("management.mtu", m.mtu, 576, 9216)?;
+        each(
+            &self.providers,
+            "providers",
+            |p| {
+                crate::ids::check_dns_label("name", &p.name)?;
+                check_ifname("interface", &p.interface)?;
+                validate::range("mtu", p.mtu, 576, 9216)?;
+                let max = match p.kind {
+                    ProviderKind::Flat => {
+                        if let Some(r) = p.segmentation_range {
+                            return Err(FieldError::new("segmentation_range", format!("{r:?}"), "is not allowed on a flat network"));
+                        }
+                        return Ok(());
+                    }
+                    ProviderKind::Vlan => 4094,
+                    ProviderKind::Vxlan => 16_777_215,
+                };
+                let [lo, hi] = p.segmentation_range.ok_or_else(|| FieldError::missing("segmentation_range"))?;
+                validate::range("segmentation_range[0]", lo, 1, max)?;
+                validate::range("segmentation_range[1]", hi, lo, max)
+            },
+            |p| Some(p.name.clone()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site_yaml(hosts: &str) -> String {
+        format!("site: {{id: edge-test-01, name: Test}}\nhosts:\n{hosts}")
+    }
+
+    const HOST: &str = "  - {name: compute-0, roles: [compute], vcpus: 8, ram_mb: 16384, disk_gb: 100}\n";
+
+    #[test]
+    fn valid_minimal_site() {
+        let c: SiteConfig = parse(Path::new("t.yaml"), &site_yaml(HOST)).unwrap();
+        assert_eq!(c.hosts[0].cpu_allocation_ratio, 4.0);
+        assert_eq!(c.api.listen.port(), 8780);
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_position() {
+        let text = site_yaml(HOST) + "colour: blue\n";
+        let err = parse::<SiteConfig>(Path::new("t.yaml"), &text).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Parse { line: 4, .. }), "{msg}");
+        assert!(msg.contains("unknown field `colour`"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_field_names_file_field_value_and_rule() {
+        let text = site_yaml(&HOST.replace("vcpus: 8", "vcpus: 0"));
+        let msg = parse::<SiteConfig>(Path::new("f.yaml"), &text).unwrap_err().to_string();
+        assert_eq!(msg, "f.yaml: hosts[0].vcpus: must be between 1 and 4096 (got 0)");
+    }
+
+    #[test]
+    fn duplicate_hosts_and_no_compute_are_refused() {
+        let msg = parse::<SiteConfig>(Path::new("f"), &site_yaml(&HOST.repeat(2))).unwrap_err().to_string();
+        assert!(msg.contains("hosts[1]: must be unique within hosts"), "{msg}");
+        let ctl = HOST.replace("[compute]", "[controller]");
+        let msg = parse::<SiteConfig>(Path::new("f"), &site_yaml(&ctl)).unwrap_err().to_string();
+        assert!(msg.contains("role compute"), "{msg}");
+    }
+
+    #[test]
+    fn short_password_is_refused_without_echo() {
+        let text = site_yaml(HOST) + "api: {admin_password: abc}\n";
+        let msg = parse::<SiteConfig>(Path::new("f"), &text).unwrap_err().to_string();
+        assert!(msg.contains("api.admin_password: must be 8 to 128 characters"), "{msg}");
+        assert!(!msg.contains("abc"), "{msg}");
+    }
+
+    #[test]
+    fn edge_net_rules() {
+        let ok = "management: {interface: eth0, address: 192.168.1.10/24, gateway: 192.168.1.1}\n\
+                  providers:\n  - {name: physnet0, kind: vlan, interface: eth1, segmentation_range: [100, 199]}\n";
+        assert!(parse::<EdgeNetConfig>(Path::new("n"), ok).is_ok());
+        let bad = ok.replace("[100, 199]", "[100, 5000]");
+        let msg = parse::<EdgeNetConfig>(Path::new("n"), &bad).unwrap_err().to_string();
+        assert_eq!(msg, "n: providers[0].segmentation_range[1]: must be between 100 and 4094 (got 5000)");
+        let bad = ok.replace("gateway: 192.168.1.1", "gateway: 10.0.0.1");
+        assert!(parse::<EdgeNetConfig>(Path::new("n"), &bad).unwrap_err().to_string().contains("management.gateway"));
+    }
+}

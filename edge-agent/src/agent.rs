@@ -1,0 +1,190 @@
+//! Start-up and shutdown: config, store, reconciler, API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use roost_common::config::{self, ComputeDriverKind, ConfigError, SiteConfig};
+
+use crate::api::{self, AppState};
+use crate::compute::reconciler::Reconciler;
+use crate::compute::{ComputeDriver, RecordOnly};
+use crate::identity::Authority;
+use crate::store::{Store, StoreError};
+
+/// Where the data dir is when neither the config nor `--data-dir` says.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/roost/agent";
+/// File in the data dir holding a generated admin password.
+pub const PASSWORD_FILE: &str = "admin-password";
+/// Environment variable that sets the admin password.
+pub const PASSWORD_ENV: &str = "ROOST_ADMIN_PASSWORD";
+
+/// What `roost-agent run` was told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    pub api_listen: Option<SocketAddr>,
+}
+
+/// Why the agent could not start. [`StartError::is_config`] errors are the
+/// operator's to fix (exit status 64).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("data dir {dir}: {source}; choose another with --data-dir")]
+    DataDir { dir: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}; choose another address with --api-listen")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl StartError {
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Config(_) | StartError::Invalid(_) | StartError::Store(StoreError::Inventory(_)))
+    }
+}
+
+/// Where the admin password came from, for the start-up banner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    Env,
+    Config,
+    /// Generated on a first start (or read back from the file it was kept
+    /// in); shown in the banner so the operator can log in.
+    File(PathBuf),
+}
+
+/// An agent that is listening but not yet serving.
+#[derive(Debug)]
+pub struct Agent {
+    pub config: SiteConfig,
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub password_source: PasswordSource,
+    admin_password: String,
+    listener: TcpListener,
+    state: AppState,
+    reconciler: Reconciler,
+}
+
+impl Agent {
+    /// Reads and checks everything, opens the store and binds the API port.
+    pub async fn start(opts: Options) -> Result<Agent, StartError> {
+        let config: SiteConfig = config::load(&opts.config)?;
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .or_else(|| config.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir { dir: data_dir.clone(), source })?;
+        let (admin_password, password_source) = admin_password(&config, &data_dir)?;
+
+        let (store, identity) = {
+            let (dir, cfg) = (data_dir.clone(), config.clone());
+            tokio::task::spawn_blocking(move || Store::open(&dir, &cfg.site.id, &cfg))
+                .await
+                .map_err(|e| StoreError::Sqlite(format!("store open task failed: {e}")))??
+        };
+        let driver: Arc<dyn ComputeDriver> = match config.compute.driver {
+            ComputeDriverKind::RecordOnly => Arc::new(RecordOnly),
+        };
+
+        let listen = opts.api_listen.unwrap_or(config.api.listen);
+        let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: listen, source })?;
+        let base_url = config.api.public_url.clone().unwrap_or_else(|| {
+            let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+            format!("http://{}", SocketAddr::new(host.parse().unwrap_or(addr.ip()), addr.port()))
+        });
+        let auth = Arc::new(Authority::new(identity, admin_password.clone(), config.api.token_ttl_secs));
+        let wake = Arc::new(Notify::new());
+        let state = AppState {
+            store: store.clone(),
+            auth,
+            wake: wake.clone(),
+            base_url: base_url.clone(),
+            compute_driver: driver.name(),
+        };
+        let reconciler = Reconciler { store, driver, wake };
+        Ok(Agent { config, data_dir, addr, base_url, password_source, admin_password, listener, state, reconciler })
+    }
+
+    /// The password the bootstrap admin logs in with.
+    pub fn admin_password(&self) -> &str {
+        &self.admin_password
+    }
+
+    /// Serves until `shutdown` completes, then drains: in-flight requests
+    /// finish, the reconciler stops between actions.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        if self.reconciler.driver.name() == "record-only" {
+            tracing::warn!(
+                "compute driver is record-only: servers are scheduled, claimed and tracked, but no VM is started"
+            );
+        }
+        let reconciler = tokio::spawn(self.reconciler.run(stop_rx));
+        let app = api::router(self.state);
+        tracing::info!(addr = %self.addr, site_id = %self.config.site.id, "serving the site API");
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(Duration::from_secs(10), reconciler).await.is_err() {
+            tracing::warn!("the reconciler did not stop within 10 s; exiting anyway");
+        }
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// The admin password: `ROOST_ADMIN_PASSWORD`, else the config's, else the
+/// one kept in the data dir, else a new one written there (mode 0600).
+fn admin_password(config: &SiteConfig, data_dir: &Path) -> Result<(String, PasswordSource), StartError> {
+    if let Ok(p) = std::env::var(PASSWORD_ENV) {
+        config::check_password(PASSWORD_ENV, &p).map_err(|e| StartError::Invalid(e.to_string()))?;
+        return Ok((p, PasswordSource::Env));
+    }
+    if let Some(p) = &config.api.admin_password {
+        return Ok((p.clone(), PasswordSource::Config));
+    }
+    let file = data_dir.join(PASSWORD_FILE);
+    let io = |source| StartError::DataDir { dir: data_dir.to_path_buf(), source };
+    match std::fs::read_to_string(&file) {
+        Ok(p) => {
+            let p = p.trim().to_string();
+            config::check_password(&file.display().to_string(), &p).map_err(|e| StartError::Invalid(e.to_string()))?;
+            Ok((p, PasswordSource::File(file)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let p = Alphanumeric.sample_string(&mut rand::rng(), 24);
+            write_secret(&file, &p).map_err(io)?;
+            Ok((p, PasswordSource::File(file)))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Writes a file only its owner can read, durably.
+fn write_secret(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

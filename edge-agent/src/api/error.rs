@@ -1,0 +1,80 @@
+//! Errors in OpenStack's JSON shapes: Nova's `{"itemNotFound": {"code": 404,
+//! "message": ...}}` and Keystone's `{"error": {"code", "title", "message"}}`
+//! (used for every 401, as keystonemiddleware does).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::store::WriteError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, m)
+    }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, m)
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, m)
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Invalid(f) => Self::bad_request(f.to_string()),
+            WriteError::NotFound(m) => Self::not_found(m),
+            WriteError::Conflict(m) => Self::conflict(m),
+            WriteError::NoValidHost(n) => Self::conflict(n.to_string()),
+            WriteError::Store(s) => {
+                tracing::error!(error = %s, "store failure answered with 500");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the site's store failed: {s}"))
+            }
+        }
+    }
+}
+
+impl From<roost_common::FieldError> for ApiError {
+    fn from(e: roost_common::FieldError) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.status.as_u16();
+        let body = match self.status {
+            StatusCode::UNAUTHORIZED => {
+                json!({"error": {"code": code, "title": "Unauthorized", "message": self.message}})
+            }
+            s => {
+                let key = match s {
+                    StatusCode::BAD_REQUEST => "badRequest",
+                    StatusCode::FORBIDDEN => "forbidden",
+                    StatusCode::NOT_FOUND => "itemNotFound",
+                    StatusCode::CONFLICT => "conflictingRequest",
+                    _ => "computeFault",
+                };
+                json!({key: {"code": code, "message": self.message}})
+            }
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

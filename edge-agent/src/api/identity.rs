@@ -1,0 +1,122 @@
+//! Keystone v3: version discovery, password authentication with project
+//! scope, token validation.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use roost_common::api::AuthBody;
+
+use super::{parse_body, ApiError, AppState, Caller};
+use crate::identity::Claims;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/identity", get(versions))
+        .route("/identity/", get(versions))
+        .route("/identity/v3", get(version))
+        .route("/identity/v3/", get(version))
+        .route("/identity/v3/auth/tokens", post(issue).get(validate))
+}
+
+fn version_doc(base: &str) -> Value {
+    json!({
+        "id": "v3.14",
+        "status": "stable",
+        "updated": "2020-04-07T00:00:00Z",
+        "links": [{"rel": "self", "href": format!("{base}/identity/v3/")}],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
+    })
+}
+
+async fn versions(State(s): State<AppState>) -> Response {
+    (StatusCode::MULTIPLE_CHOICES, Json(json!({"versions": {"values": [version_doc(&s.base_url)]}}))).into_response()
+}
+
+async fn version(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"version": version_doc(&s.base_url)}))
+}
+
+/// `POST /identity/v3/auth/tokens`: the password method for the bootstrap
+/// admin, scoped to the admin project (its default when no scope is given).
+async fn issue(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body: AuthBody = parse_body(&body)?;
+    let auth = body.auth;
+    if !auth.identity.methods.iter().any(|m| m == "password") {
+        return Err(ApiError::unauthorized("Only the password authentication method is supported here."));
+    }
+    let pw = auth
+        .identity
+        .password
+        .ok_or_else(|| ApiError::bad_request("auth.identity.password: is required for the password method"))?;
+    let id = s.auth.identity();
+    let user = pw.user;
+    let user_matches = match (&user.id, &user.name) {
+        (Some(uid), _) => *uid == id.admin_user_id,
+        (None, Some(name)) => name == "admin" && user.domain.as_ref().is_none_or(|d| d.is_default()),
+        (None, None) => return Err(ApiError::bad_request("auth.identity.password.user: give id or name")),
+    };
+    // Check the password even for an unknown user, so timing says nothing.
+    let password_ok = s.auth.check_password(&user.password).is_ok();
+    if !(user_matches && password_ok) {
+        tracing::warn!(user = user.name.as_deref().or(user.id.as_deref()).unwrap_or(""), "authentication refused");
+        return Err(ApiError::unauthorized("The request you have made requires authentication."));
+    }
+    if let Some(project) = auth.scope.and_then(|sc| sc.project) {
+        let ok = match (&project.id, &project.name) {
+            (Some(pid), _) => *pid == id.admin_project_id,
+            (None, Some(name)) => name == "admin" && project.domain.as_ref().is_none_or(|d| d.is_default()),
+            (None, None) => false,
+        };
+        if !ok {
+            return Err(ApiError::unauthorized("The request you have made requires authentication: the user has no role on the requested project."));
+        }
+    }
+    let (token, claims) = s.auth.issue_admin(Utc::now());
+    let mut resp = (StatusCode::CREATED, Json(json!({"token": token_body(&s, &claims)}))).into_response();
+    resp.headers_mut().insert("X-Subject-Token", token.parse().map_err(|_| ApiError::bad_request("token"))?);
+    Ok(resp)
+}
+
+/// `GET /identity/v3/auth/tokens`: validates `X-Subject-Token`.
+async fn validate(State(s): State<AppState>, _caller: Caller, headers: HeaderMap) -> Result<Response, ApiError> {
+    let subject = headers
+        .get("X-Subject-Token")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::bad_request("X-Subject-Token: header is required"))?;
+    let claims = s.auth.verify(subject, Utc::now()).map_err(|e| ApiError::not_found(e.to_string()))?;
+    let mut resp = Json(json!({"token": token_body(&s, &claims)})).into_response();
+    resp.headers_mut().insert("X-Subject-Token", subject.parse().map_err(|_| ApiError::bad_request("token"))?);
+    Ok(resp)
+}
+
+fn token_body(s: &AppState, c: &Claims) -> Value {
+    let domain = json!({"id": "default", "name": "Default"});
+    let site = &s.auth.identity().site_id;
+    let endpoints = |path: &str| {
+        let url = format!("{}{path}", s.base_url);
+        ["public", "internal", "admin"]
+            .iter()
+            .map(|i| json!({"id": format!("{path}-{i}"), "interface": i, "region": site, "region_id": site, "url": url}))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "methods": ["password"],
+        "user": {"id": c.user_id, "name": c.user_name, "domain": domain, "password_expires_at": null},
+        "project": {"id": c.project_id, "name": c.project_name, "domain": domain},
+        "roles": c.roles.iter().map(|r| json!({"id": r, "name": r})).collect::<Vec<_>>(),
+        "is_domain": false,
+        "issued_at": c.issued_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        "expires_at": c.expires_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        "audit_ids": [c.audit_id],
+        "catalog": [
+            {"type": "identity", "name": "keystone", "id": "identity", "endpoints": endpoints("/identity")},
+            {"type": "compute", "name": "nova", "id": "compute", "endpoints": endpoints("/compute/v2.1")},
+        ],
+    })
+}

@@ -1,0 +1,154 @@
+//! The site's local API: OpenStack shapes over axum.
+//!
+//! Handlers are thin: parse and validate the request (through the same
+//! `validate` functions the config uses), hand a job to the store, render the
+//! result. Every write returns only after the store committed it. Files are
+//! one per service: [`identity`] (Keystone), [`servers`], [`flavors`],
+//! [`server_groups`], [`hypervisors`] (Nova); [`views`] renders resources as
+//! Nova does.
+
+mod error;
+mod flavors;
+mod hypervisors;
+mod identity;
+mod server_groups;
+mod servers;
+mod views;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+pub use error::ApiError;
+
+use crate::identity::{Authority, Claims};
+use crate::metrics::METRICS;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub auth: Arc<Authority>,
+    /// Wakes the compute reconciler after a write.
+    pub wake: Arc<Notify>,
+    /// Public base URL of this API, for links and the catalog.
+    pub base_url: String,
+    pub compute_driver: &'static str,
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let compute = Router::new()
+        .merge(servers::routes())
+        .merge(flavors::routes())
+        .merge(server_groups::routes())
+        .merge(hypervisors::routes())
+        .layer(axum::middleware::map_response(nova_version_headers));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(|| async { METRICS.render() }))
+        .merge(identity::routes())
+        .nest("/compute", compute)
+        .fallback(|| async { ApiError::not_found("No such API path; see /identity/v3 and /compute/v2.1") })
+        .layer(axum::middleware::from_fn(record_metrics))
+        .with_state(state)
+}
+
+async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    // A read proves the store answers; the writer is checked by every write.
+    s.store.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await?;
+    Ok(Json(serde_json::json!({
+        "status": "ok",
+        "site_id": s.auth.identity().site_id,
+        "compute_driver": s.compute_driver,
+    })))
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
+    let method = req.method().clone();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    METRICS.http_request_seconds.with_label_values(&[&route]).observe(start.elapsed().as_secs_f64());
+    METRICS.http_requests.with_label_values(&[&route, method.as_str(), status.as_str()]).inc();
+    resp
+}
+
+async fn nova_version_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert("OpenStack-API-Version", HeaderValue::from_static("compute 2.1"));
+    h.insert("X-OpenStack-Nova-API-Version", HeaderValue::from_static("2.1"));
+    h.insert("Vary", HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"));
+    resp
+}
+
+/// The caller, from a valid `X-Auth-Token`.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Claims);
+
+impl Caller {
+    /// The project a list or lookup is limited to: none for admins.
+    pub fn scope(&self) -> Option<String> {
+        if self.0.is_admin() {
+            None
+        } else {
+            Some(self.0.project_id.clone())
+        }
+    }
+
+    pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.0.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("Policy doesn't allow {what} to be performed.")))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get("X-Auth-Token")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ApiError::unauthorized("The request you have made requires authentication: send an X-Auth-Token header (get one from POST /identity/v3/auth/tokens)."))?;
+        let claims = state.auth.verify(token, Utc::now()).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        Ok(Caller(claims))
+    }
+}
+
+/// Parses a JSON body; errors name the field path (`server.flavorRef`).
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty; send a JSON object"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::bad_request(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("{path}: {inner}"))
+        }
+    })
+}
+
+/// 202 Accepted with no body, as Nova answers actions.
+pub fn accepted() -> Response {
+    StatusCode::ACCEPTED.into_response()
+}

@@ -1,0 +1,187 @@
+//! Nova servers: create, list, show, delete, actions.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use roost_common::api::{ServerAction, ServerCreateBody};
+use roost_common::model::{PowerIntent, ServerSpec};
+use roost_common::FieldError;
+
+use super::{accepted, parse_body, views, ApiError, AppState, Caller};
+use crate::store::{NewServer, ServerIntent, ServerQuery};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2.1/servers", get(list).post(create))
+        .route("/v2.1/servers/detail", get(list_detail))
+        .route("/v2.1/servers/{id}", get(show).delete(delete))
+        .route("/v2.1/servers/{id}/action", post(action))
+}
+
+/// Query parameters of the server lists.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    name: Option<String>,
+    status: Option<String>,
+    host: Option<String>,
+    marker: Option<String>,
+    limit: Option<usize>,
+    all_tenants: Option<String>,
+    project_id: Option<String>,
+    tenant_id: Option<String>,
+    deleted: Option<bool>,
+}
+
+/// Most servers one page returns.
+const MAX_LIMIT: usize = 1000;
+
+impl ListParams {
+    fn query(self, caller: &Caller) -> Result<ServerQuery, ApiError> {
+        let all = self.all_tenants.as_deref().is_some_and(|v| !matches!(v, "0" | "false" | "False"));
+        if all {
+            caller.require_admin("all_tenants")?;
+        }
+        let project = self.project_id.or(self.tenant_id);
+        let project_id = match (all, project) {
+            (_, Some(p)) => {
+                if p != caller.0.project_id {
+                    caller.require_admin("listing another project's servers")?;
+                }
+                Some(p)
+            }
+            (true, None) => None,
+            (false, None) => Some(caller.0.project_id.clone()),
+        };
+        if self.deleted == Some(true) {
+            return Err(FieldError::new("deleted", "true", "deleted servers are removed, not kept; leave it out").into());
+        }
+        let limit = match self.limit {
+            Some(0) => return Err(FieldError::new("limit", 0, format!("must be between 1 and {MAX_LIMIT}")).into()),
+            Some(n) => Some(n.min(MAX_LIMIT)),
+            None => Some(MAX_LIMIT),
+        };
+        Ok(ServerQuery { project_id, name: self.name, status: self.status, host: self.host, marker: self.marker, limit })
+    }
+}
+
+fn list_params(q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>) -> Result<ListParams, ApiError> {
+    q.map(|Query(p)| p).map_err(|e| ApiError::bad_request(format!("query string: {}", e.body_text())))
+}
+
+async fn list_servers(
+    s: &AppState,
+    caller: &Caller,
+    params: ListParams,
+    render: fn(&str, &roost_common::model::Server) -> serde_json::Value,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let q = params.query(caller)?;
+    let limit = q.limit;
+    let servers = s.store.servers(q).await?;
+    let mut body = json!({"servers": servers.iter().map(|v| render(&s.base_url, v)).collect::<Vec<_>>()});
+    if let (Some(limit), Some(last)) = (limit, servers.last()) {
+        if servers.len() == limit {
+            body["servers_links"] =
+                json!([{"rel": "next", "href": format!("{}/compute/v2.1/servers?limit={limit}&marker={}", s.base_url, last.id)}]);
+        }
+    }
+    Ok(Json(body))
+}
+
+async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    list_servers(&s, &caller, list_params(q)?, views::server_ref).await
+}
+
+async fn list_detail(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    list_servers(&s, &caller, list_params(q)?, views::server).await
+}
+
+async fn show(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let server = s
+        .store
+        .server(id.clone())
+        .await?
+        .filter(|v| caller.scope().is_none_or(|p| p == v.spec.project_id))
+        .ok_or_else(|| ApiError::not_found(format!("Instance {id} could not be found.")))?;
+    Ok(Json(json!({"server": views::server(&s.base_url, &server)})))
+}
+
+/// The last path segment of a reference that may be a URL.
+fn ref_id(r: &str) -> String {
+    r.trim_end_matches('/').rsplit('/').next().unwrap_or(r).to_string()
+}
+
+async fn create(State(s): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+    let body: ServerCreateBody = parse_body(&body)?;
+    let req = body.server;
+    req.check_supported()?;
+    let hints = body.scheduler_hints.or(body.scheduler_hints_legacy).unwrap_or_default();
+    let availability_zone = match req.availability_zone.as_deref() {
+        None | Some("") => None,
+        Some(az) if az.contains(':') => {
+            return Err(FieldError::new("server.availability_zone", az, "forcing a host with 'zone:host' is not supported").into())
+        }
+        Some(az) => Some(az.to_string()),
+    };
+    let spec = ServerSpec {
+        name: req.name,
+        project_id: caller.0.project_id.clone(),
+        user_id: caller.0.user_id.clone(),
+        flavor_id: req.flavor_ref.as_id(),
+        image_id: ref_id(req.image_ref.as_deref().unwrap_or_default()),
+        availability_zone,
+        server_group: hints.group,
+        power: PowerIntent::Running,
+        reboot_generation: 0,
+        reboot_hard: false,
+        deleted: false,
+        metadata: req.metadata,
+    };
+    let server = s.store.write(move |w| w.create_server(NewServer { spec })).await?;
+    s.wake.notify_one();
+    tracing::info!(server_id = %server.id, host = server.status.host.as_deref().unwrap_or(""), "server created");
+    let location = format!("{}/compute/v2.1/servers/{}", s.base_url, server.id);
+    let body = json!({"server": {
+        "id": server.id,
+        "links": views::server_ref(&s.base_url, &server)["links"],
+        "OS-DCF:diskConfig": "MANUAL",
+        "security_groups": [{"name": "default"}],
+    }});
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response())
+}
+
+async fn change(s: &AppState, caller: &Caller, id: String, intent: ServerIntent) -> Result<(), ApiError> {
+    let scope = caller.scope();
+    s.store.write(move |w| w.change_server(&id, scope.as_deref(), intent)).await?;
+    s.wake.notify_one();
+    Ok(())
+}
+
+async fn delete(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    change(&s, &caller, id, ServerIntent::Delete).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn action(State(s): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let intent = match parse_body::<ServerAction>(&body)? {
+        ServerAction::Stop(_) => ServerIntent::Stop,
+        ServerAction::Start(_) => ServerIntent::Start,
+        ServerAction::Reboot(r) => ServerIntent::Reboot { hard: r.hard()? },
+    };
+    change(&s, &caller, id, intent).await?;
+    Ok(accepted())
+}

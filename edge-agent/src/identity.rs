@@ -1,0 +1,194 @@
+//! Local identity: the bootstrap admin and the tokens this site signs.
+//!
+//! Tokens are self-contained and signed with HMAC-SHA256 under the site's
+//! key (kept in the store), so they survive an agent restart and need no
+//! lookup to validate: `rst1.<base64url claims>.<base64url mac>`. Signing
+//! with the region's keys (so a site accepts tokens the region issued while
+//! offline) comes with the OpenStack API issue.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::store::Identity;
+
+const PREFIX: &str = "rst1";
+
+/// Roles the bootstrap admin holds.
+pub const ADMIN_ROLES: [&str; 3] = ["admin", "member", "reader"];
+
+/// Why a credential or token was refused. Messages are what the client sees,
+/// so they never say which part of a credential was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("The request you have made requires authentication.")]
+    BadCredentials,
+    #[error("The request you have made requires authentication: the token is malformed or was not issued by this site.")]
+    BadToken,
+    #[error("The request you have made requires authentication: the token expired at {0}.")]
+    Expired(String),
+}
+
+/// What a token says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub user_id: String,
+    pub user_name: String,
+    pub project_id: String,
+    pub project_name: String,
+    pub roles: Vec<String>,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Audit id, as Keystone's `audit_ids`.
+    pub audit_id: String,
+}
+
+impl Claims {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
+}
+
+/// Checks credentials and issues and verifies tokens.
+pub struct Authority {
+    identity: Identity,
+    admin_password: String,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").field("identity", &self.identity).finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    pub fn new(identity: Identity, admin_password: String, ttl_secs: u64) -> Self {
+        let ttl = Duration::seconds(i64::try_from(ttl_secs).unwrap_or(i64::MAX / 1000));
+        Authority { identity, admin_password, ttl }
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length.
+        Hmac::<Sha256>::new_from_slice(&self.identity.token_key).expect("hmac takes any key length")
+    }
+
+    /// Checks the admin's password in constant time.
+    pub fn check_password(&self, given: &str) -> Result<(), AuthError> {
+        let digest = |s: &str| {
+            let mut m = self.mac();
+            m.update(b"password:");
+            m.update(s.as_bytes());
+            m.finalize().into_bytes()
+        };
+        if bool::from(digest(given).ct_eq(&digest(&self.admin_password))) {
+            Ok(())
+        } else {
+            Err(AuthError::BadCredentials)
+        }
+    }
+
+    /// A token for the bootstrap admin, scoped to the admin project.
+    pub fn issue_admin(&self, now: DateTime<Utc>) -> (String, Claims) {
+        let mut audit = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut audit);
+        let claims = Claims {
+            user_id: self.identity.admin_user_id.clone(),
+            user_name: "admin".into(),
+            project_id: self.identity.admin_project_id.clone(),
+            project_name: "admin".into(),
+            roles: ADMIN_ROLES.iter().map(|r| r.to_string()).collect(),
+            issued_at: now,
+            expires_at: now + self.ttl,
+            audit_id: B64.encode(audit),
+        };
+        (self.sign(&claims), claims)
+    }
+
+    fn sign(&self, claims: &Claims) -> String {
+        let body = B64.encode(serde_json::to_vec(claims).expect("claims serialize"));
+        let mut m = self.mac();
+        m.update(PREFIX.as_bytes());
+        m.update(body.as_bytes());
+        let tag = B64.encode(m.finalize().into_bytes());
+        format!("{PREFIX}.{body}.{tag}")
+    }
+
+    /// Verifies a token's signature and expiry.
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, AuthError> {
+        let mut parts = token.split('.');
+        let (Some(PREFIX), Some(body), Some(tag), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::BadToken);
+        };
+        let tag = B64.decode(tag).map_err(|_| AuthError::BadToken)?;
+        let mut m = self.mac();
+        m.update(PREFIX.as_bytes());
+        m.update(body.as_bytes());
+        m.verify_slice(&tag).map_err(|_| AuthError::BadToken)?;
+        let claims: Claims =
+            serde_json::from_slice(&B64.decode(body).map_err(|_| AuthError::BadToken)?).map_err(|_| AuthError::BadToken)?;
+        if claims.expires_at <= now {
+            return Err(AuthError::Expired(roost_common::model::openstack_time(&claims.expires_at)));
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority(key: &[u8]) -> Authority {
+        let identity = Identity {
+            site_id: "s".into(),
+            admin_user_id: "u".into(),
+            admin_project_id: "p".into(),
+            token_key: key.to_vec(),
+        };
+        Authority::new(identity, "correct horse".into(), 3600)
+    }
+
+    #[test]
+    fn password_check() {
+        let a = authority(b"k");
+        assert!(a.check_password("correct horse").is_ok());
+        assert_eq!(a.check_password("correct hors"), Err(AuthError::BadCredentials));
+        assert_eq!(a.check_password(""), Err(AuthError::BadCredentials));
+    }
+
+    #[test]
+    fn token_round_trip_and_expiry() {
+        let a = authority(b"k");
+        let now = Utc::now();
+        let (t, claims) = a.issue_admin(now);
+        assert_eq!(a.verify(&t, now).unwrap(), claims);
+        assert!(claims.is_admin());
+        assert!(matches!(a.verify(&t, now + Duration::seconds(3601)), Err(AuthError::Expired(_))));
+    }
+
+    #[test]
+    fn forged_or_foreign_tokens_are_refused() {
+        let a = authority(b"k");
+        let now = Utc::now();
+        let (t, _) = a.issue_admin(now);
+        assert_eq!(authority(b"other").verify(&t, now), Err(AuthError::BadToken));
+        // Swap in claims with a later expiry but keep the old tag.
+        let parts: Vec<&str> = t.split('.').collect();
+        let mut forged: Claims = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+        forged.expires_at = now + Duration::days(365);
+        let forged = format!("rst1.{}.{}", B64.encode(serde_json::to_vec(&forged).unwrap()), parts[2]);
+        assert_eq!(a.verify(&forged, now), Err(AuthError::BadToken));
+        for junk in ["", "rst1", "rst1..", "rst1.a.b.c", "gAAAAB-fernet-token"] {
+            assert_eq!(a.verify(junk, now), Err(AuthError::BadToken), "{junk}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Every Prometheus metric the agent exports, declared in one place.
+//!
+//! Labels are bounded: `route` is the matched route template (never a raw
+//! path), `method` and `status` are small sets.
+
+use std::sync::LazyLock;
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_request_seconds: HistogramVec,
+    pub scheduler_decision_seconds: Histogram,
+    pub store_commit_seconds: Histogram,
+    pub store_batch_jobs: Histogram,
+    pub reconcile_actions: IntCounterVec,
+}
+
+/// Latency buckets from 50 µs to 2.5 s.
+const LATENCY: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let m = Metrics {
+        http_requests: IntCounterVec::new(
+            Opts::new("roost_agent_http_requests_total", "API requests by route, method and status code"),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric"),
+        http_request_seconds: HistogramVec::new(
+            HistogramOpts::new("roost_agent_http_request_seconds", "API request latency by route")
+                .buckets(LATENCY.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric"),
+        scheduler_decision_seconds: Histogram::with_opts(
+            HistogramOpts::new("roost_agent_scheduler_decision_seconds", "Time to filter and weigh hosts for one server")
+                .buckets(LATENCY.to_vec()),
+        )
+        .expect("valid metric"),
+        store_commit_seconds: Histogram::with_opts(
+            HistogramOpts::new("roost_agent_store_commit_seconds", "Time to run and durably commit one batch of writes")
+                .buckets(LATENCY.to_vec()),
+        )
+        .expect("valid metric"),
+        store_batch_jobs: Histogram::with_opts(
+            HistogramOpts::new("roost_agent_store_batch_jobs", "Writes committed together in one transaction")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+        )
+        .expect("valid metric"),
+        reconcile_actions: IntCounterVec::new(
+            Opts::new("roost_agent_reconcile_actions_total", "Compute driver actions by kind and outcome"),
+            &["action", "outcome"],
+        )
+        .expect("valid metric"),
+        registry,
+    };
+    for c in [
+        Box::new(m.http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(m.http_request_seconds.clone()),
+        Box::new(m.scheduler_decision_seconds.clone()),
+        Box::new(m.store_commit_seconds.clone()),
+        Box::new(m.store_batch_jobs.clone()),
+        Box::new(m.reconcile_actions.clone()),
+    ] {
+        m.registry.register(c).expect("metric registered once");
+    }
+    m
+});
+
+impl Metrics {
+    /// The text exposition format, for `GET /metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

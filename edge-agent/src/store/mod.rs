@@ -1,0 +1,219 @@
+//! The site's store: SQLite on disk, durable before acknowledged.
+//!
+//! - One writer thread owns the only write connection. Every change is a job
+//!   sent to it; the writer runs a batch of queued jobs in one transaction,
+//!   each inside its own savepoint (a job that fails is rolled back alone),
+//!   commits with `synchronous = FULL` in WAL mode, and only then answers
+//!   each caller. So an API call that returned success is on disk, and a
+//!   `kill -9` at any point leaves either all of a job or none of it.
+//! - The writer also holds the authoritative host usage the scheduler works
+//!   from, so scheduling and claiming happen in one serial step: concurrent
+//!   creates can never oversubscribe a host.
+//! - Reads use a small pool of read-only connections on blocking threads;
+//!   WAL lets them run while the writer commits.
+
+mod inventory;
+mod rows;
+mod schema;
+mod servers;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+use roost_common::model::{Flavor, Image, Server, ServerGroup};
+use roost_common::FieldError;
+
+use crate::scheduler::NoValidHost;
+
+pub use inventory::{HypervisorView, Identity};
+pub use servers::{NewServer, ServerIntent, ServerQuery};
+pub use writer::WriteCtx;
+
+/// The file name of the SQLite database inside the data dir.
+pub const DB_FILE: &str = "roost-agent.db";
+
+/// A failure of the store itself.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(String),
+    #[error("store holds data it cannot read: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Schema(String),
+    /// The config disagrees with what the store holds (e.g. a host with
+    /// servers on it was removed from the config).
+    #[error("{0}")]
+    Inventory(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e.to_string())
+    }
+}
+
+/// Why a write was refused. Every variant but `Store` means nothing changed
+/// because the request itself was wrong or could not be met.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    NoValidHost(#[from] NoValidHost),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for WriteError {
+    fn from(e: rusqlite::Error) -> Self {
+        WriteError::Store(e.into())
+    }
+}
+
+/// A handle on the store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    jobs: mpsc::Sender<writer::Job>,
+    readers: Arc<ReaderPool>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir`, migrates it and
+    /// starts the writer thread. `site_id` must match the site the store was
+    /// created for.
+    pub fn open(data_dir: &Path, site_id: &str, config: &roost_common::config::SiteConfig) -> Result<(Store, Identity), StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let mut conn = open_conn(&path, false)?;
+        schema::migrate(&mut conn)?;
+        let identity = inventory::bootstrap(&mut conn, site_id, config)?;
+        let hosts = inventory::load_host_views(&conn)?;
+        let (tx, rx) = mpsc::channel(1024);
+        writer::spawn(conn, hosts, config.scheduler.clone(), rx)?;
+        let readers = Arc::new(ReaderPool { path, idle: Mutex::new(Vec::new()) });
+        Ok((Store { jobs: tx, readers }, identity))
+    }
+
+    /// Runs `f` inside the writer's transaction and answers once it is
+    /// committed. An `Err` from `f` rolls back what `f` did and nothing else.
+    pub async fn write<R, F>(&self, f: F) -> Result<R, WriteError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<R, WriteError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: writer::Job = Box::new(move |ctx| {
+            let result = f(ctx);
+            let ok = result.is_ok();
+            let reply: writer::Reply = Box::new(move |committed: Result<(), StoreError>| {
+                let _ = tx.send(committed.map_err(WriteError::from).and(result));
+            });
+            (ok, reply)
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read connection, on a blocking thread.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, WriteError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, WriteError> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let r = f(&conn);
+            pool.give_back(conn);
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Sqlite(format!("read task failed: {e}")))?
+    }
+
+    // Convenience reads used by the API and reconcilers.
+
+    pub async fn server(&self, id: String) -> Result<Option<Server>, WriteError> {
+        self.read(move |c| Ok(rows::get(c, "servers", &id)?)).await
+    }
+
+    pub async fn servers(&self, q: ServerQuery) -> Result<Vec<Server>, WriteError> {
+        self.read(move |c| servers::list(c, &q)).await
+    }
+
+    pub async fn flavors(&self) -> Result<Vec<Flavor>, WriteError> {
+        self.read(|c| Ok(rows::list(c, "flavors", "1", [])?)).await
+    }
+
+    pub async fn flavor(&self, id: String) -> Result<Option<Flavor>, WriteError> {
+        self.read(move |c| Ok(rows::get(c, "flavors", &id)?)).await
+    }
+
+    pub async fn images(&self) -> Result<Vec<Image>, WriteError> {
+        self.read(|c| Ok(rows::list(c, "images", "1", [])?)).await
+    }
+
+    pub async fn server_groups(&self, project_id: Option<String>) -> Result<Vec<ServerGroup>, WriteError> {
+        self.read(move |c| servers::groups(c, project_id.as_deref())).await
+    }
+
+    pub async fn hypervisors(&self) -> Result<Vec<HypervisorView>, WriteError> {
+        self.read(inventory::hypervisors).await
+    }
+}
+
+/// Opens a connection with Roost's pragmas: WAL, full sync on commit,
+/// foreign keys on, a busy timeout for readers.
+fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Sqlite(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -1024)?;
+    Ok(conn)
+}
+
+#[derive(Debug)]
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    const MAX_IDLE: usize = 2;
+
+    fn take(&self) -> Result<Connection, StoreError> {
+        let idle = self.idle.lock().map_err(|_| StoreError::Closed)?.pop();
+        match idle {
+            Some(c) => Ok(c),
+            None => open_conn(&self.path, true),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < Self::MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+    }
+}

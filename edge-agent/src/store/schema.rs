@@ -1,0 +1,58 @@
+//! Versioned migrations. Each entry runs once, in order, in its own
+//! transaction; `PRAGMA user_version` records how many have run. Never edit a
+//! migration that has shipped: append a new one.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the foundation's tables.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+    CREATE TABLE hosts (
+        id TEXT PRIMARY KEY, spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE TABLE flavors (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE TABLE server_groups (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE TABLE servers (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL, group_id TEXT, host TEXT,
+        spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE INDEX servers_by_project ON servers(project_id, created_at, id);
+    CREATE INDEX servers_by_group ON servers(group_id);
+    -- Placement-style claims: one row per server, written in the same
+    -- transaction as the server row.
+    CREATE TABLE allocations (
+        consumer_id TEXT PRIMARY KEY REFERENCES servers(id),
+        host TEXT NOT NULL REFERENCES hosts(id),
+        vcpus INTEGER NOT NULL, ram_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL) STRICT;
+    CREATE INDEX allocations_by_host ON allocations(host);
+    "#,
+];
+
+/// Brings the schema up to date. Returns the version reached.
+pub fn migrate(conn: &mut Connection) -> Result<usize, StoreError> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Schema(format!(
+            "the store is at schema version {current}, newer than this roost-agent knows ({}); run a newer roost-agent",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "store migrated");
+    }
+    Ok(MIGRATIONS.len())
+}

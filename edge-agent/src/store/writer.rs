@@ -1,0 +1,156 @@
+//! The writer thread: group commit of queued jobs, one transaction per batch,
+//! one savepoint per job.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+use tokio::sync::mpsc;
+
+use roost_common::config::SchedulerSection;
+use roost_common::model::Usage;
+
+use super::{inventory, StoreError};
+use crate::metrics::METRICS;
+use crate::scheduler::HostView;
+
+/// Called once the batch holding the job committed (or failed to).
+pub(super) type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A job: runs in the transaction, says whether it succeeded, and hands back
+/// what to call after commit.
+pub(super) type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Reply) + Send>;
+
+/// Most jobs one transaction holds.
+const MAX_BATCH: usize = 128;
+
+/// What a job may touch: the open transaction, the hosts with their usage,
+/// and the scheduler's weights.
+#[derive(Debug)]
+pub struct WriteCtx<'a> {
+    pub tx: &'a rusqlite::Transaction<'a>,
+    pub now: DateTime<Utc>,
+    pub weights: &'a SchedulerSection,
+    hosts: &'a mut Vec<HostView>,
+    index: &'a HashMap<String, usize>,
+    /// Set when the job changed host usage, so a rollback reloads it.
+    touched: bool,
+}
+
+impl WriteCtx<'_> {
+    pub fn hosts(&self) -> &[HostView] {
+        self.hosts
+    }
+
+    /// Adds a claim to a host's usage. Call only after the claim's row is
+    /// written.
+    pub fn claim(&mut self, host: &str, usage: &Usage) {
+        if let Some(&i) = self.index.get(host) {
+            self.touched = true;
+            self.hosts[i].used.add(usage);
+        }
+    }
+
+    /// Removes a claim from a host's usage. Call only after the claim's row
+    /// is deleted.
+    pub fn release(&mut self, host: &str, usage: &Usage) {
+        if let Some(&i) = self.index.get(host) {
+            self.touched = true;
+            self.hosts[i].used.sub(usage);
+        }
+    }
+}
+
+pub(super) fn spawn(
+    conn: Connection,
+    hosts: Vec<HostView>,
+    weights: SchedulerSection,
+    jobs: mpsc::Receiver<Job>,
+) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name("roost-store-writer".into())
+        .spawn(move || run(conn, hosts, weights, jobs))
+        .map(|_| ())
+        .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))
+}
+
+fn run(mut conn: Connection, mut hosts: Vec<HostView>, weights: SchedulerSection, mut jobs: mpsc::Receiver<Job>) {
+    let index: HashMap<String, usize> = hosts.iter().enumerate().map(|(i, h)| (h.spec.name.clone(), i)).collect();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let n = batch.len();
+        let (replies, stale) = run_batch(&mut conn, &mut hosts, &index, &weights, &mut batch);
+        METRICS.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+        METRICS.store_batch_jobs.observe(n as f64);
+        if stale {
+            if let Err(e) = reload_usage(&conn, &mut hosts) {
+                tracing::error!(error = %e, "cannot reload host usage after a rollback; stopping the writer");
+                for (reply, _) in replies {
+                    reply(Err(e.clone()));
+                }
+                return;
+            }
+        }
+        for (reply, result) in replies {
+            reply(result);
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
+
+type Replies = Vec<(Reply, Result<(), StoreError>)>;
+
+/// Runs a batch. Returns each job's reply with the commit result, and
+/// whether in-memory usage may now disagree with the database.
+fn run_batch(
+    conn: &mut Connection,
+    hosts: &mut Vec<HostView>,
+    index: &HashMap<String, usize>,
+    weights: &SchedulerSection,
+    batch: &mut Vec<Job>,
+) -> (Replies, bool) {
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    let mut stale = false;
+    let result = (|| -> Result<(), StoreError> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for job in batch.drain(..) {
+            tx.execute_batch("SAVEPOINT job")?;
+            let mut ctx = WriteCtx { tx: &tx, now: Utc::now(), weights, hosts, index, touched: false };
+            let (ok, reply) = job(&mut ctx);
+            let touched = ctx.touched;
+            replies.push(reply);
+            if ok {
+                tx.execute_batch("RELEASE job")?;
+            } else {
+                tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                stale |= touched;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, jobs = replies.len(), "store commit failed; every job in the batch is refused");
+        stale = true;
+    }
+    // Jobs never reached because the transaction failed early are dropped,
+    // which closes their reply channels: their callers see `Closed`.
+    batch.clear();
+    (replies.into_iter().map(|r| (r, result.clone())).collect(), stale)
+}
+
+fn reload_usage(conn: &Connection, hosts: &mut [HostView]) -> Result<(), StoreError> {
+    let used = inventory::usage_by_host(conn)?;
+    for h in hosts.iter_mut() {
+        h.used = used.get(&h.spec.name).copied().unwrap_or_default();
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Helpers for Roost's cross-process tests and benchmarks: build and start
+//! the real binaries, talk to them over real HTTP, look at their real SQLite
+//! files.
+//!
+//! Tests live in `tests/tests/` (run by `cargo test`), benchmarks in
+//! `tests/benches/` (run by `cargo bench -p roost-tests`). Nothing here fakes
+//! a part of Roost.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The admin password tests give agents through `ROOST_ADMIN_PASSWORD`.
+pub const ADMIN_PASSWORD: &str = "test-password-1";
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// A file under `site-configs/`.
+pub fn site_config(name: &str) -> PathBuf {
+    repo_root().join("site-configs").join(name)
+}
+
+/// Path of a workspace binary built with the same profile as this test,
+/// building it first (once per process) so it is never stale.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let release = !cfg!(debug_assertions);
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(repo_root()).args(["build", "--quiet", "--bins"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if status.success() { Ok(()) } else { Err(format!("cargo build --bins failed: {status}")) }
+    });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A running `roost-agent` process.
+#[derive(Debug)]
+pub struct AgentProcess {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    /// Time from spawn to the banner naming the API URL.
+    pub started_in: Duration,
+}
+
+impl AgentProcess {
+    /// Starts `roost-agent run` on an ephemeral port and waits until it
+    /// prints its API URL.
+    pub fn start(config: &Path, data_dir: &Path) -> AgentProcess {
+        let t = Instant::now();
+        let mut child = Command::new(binary("roost-agent"))
+            .args(["run", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--api-listen", "127.0.0.1:0"])
+            .env("ROOST_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn roost-agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.trim().strip_prefix("API") {
+                        break rest.trim().to_string();
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("wait");
+                    panic!("roost-agent exited before serving: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the agent never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        AgentProcess { child, url, data_dir: data_dir.into(), config: config.into(), started_in: t.elapsed() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().expect("wait")
+    }
+
+    /// Resident memory of the process, from /proc, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("roost-agent.db")
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A small API client: a token and the OpenStack shapes tests need.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub token: String,
+}
+
+/// A status code and JSON body.
+pub type Reply = (u16, Value);
+
+impl Api {
+    /// Logs in as the bootstrap admin.
+    pub async fn login(url: &str) -> Api {
+        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+        let (code, _, token) = auth(&http, url, ADMIN_PASSWORD).await;
+        assert_eq!(code, 201, "login failed");
+        Api { http, url: url.into(), token: token.expect("X-Subject-Token") }
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Reply {
+        let mut req = self.http.request(method, format!("{}{path}", self.url)).header("X-Auth-Token", &self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// `POST /servers`; the reply as is.
+    pub async fn create_server(&self, name: &str, flavor: &str, image: &str) -> Reply {
+        self.post("/compute/v2.1/servers", json!({"server": {"name": name, "flavorRef": flavor, "imageRef": image}}))
+            .await
+    }
+
+    /// Every server of every project, with detail.
+    pub async fn servers(&self) -> Vec<Value> {
+        let (code, body) = self.get("/compute/v2.1/servers/detail?all_tenants=1").await;
+        assert_eq!(code, 200, "{body}");
+        body["servers"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn hypervisors(&self) -> Vec<Value> {
+        let (code, body) = self.get("/compute/v2.1/os-hypervisors/detail").await;
+        assert_eq!(code, 200, "{body}");
+        body["hypervisors"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls a server until its Nova status is `want` (or it is gone, for
+    /// `want == "GONE"`), for up to `within`.
+    pub async fn wait_status(&self, id: &str, want: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (code, body) = self.get(&format!("/compute/v2.1/servers/{id}")).await;
+            let status = if code == 404 { "GONE".to_string() } else { body["server"]["status"].as_str().unwrap_or("").to_string() };
+            if status == want {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "server {id} is {status} ({code}), not {want}, after {within:?}: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `POST /identity/v3/auth/tokens` for the admin: status, body, token.
+pub async fn auth(http: &reqwest::Client, url: &str, password: &str) -> (u16, Value, Option<String>) {
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": "admin", "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}});
+    let resp = http.post(format!("{url}/identity/v3/auth/tokens")).json(&body).send().await.expect("auth request");
+    let code = resp.status().as_u16();
+    let token = resp.headers().get("X-Subject-Token").and_then(|v| v.to_str().ok()).map(String::from);
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (code, body, token)
+}
+
+/// Checks a store file after a crash: SQLite's integrity check, and that
+/// every server has exactly one claim and every claim a server. Returns the
+/// number of servers.
+pub fn check_store(db: &Path) -> usize {
+    let conn = rusqlite::Connection::open(db).expect("open store");
+    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check");
+    assert_eq!(integrity, "ok", "PRAGMA integrity_check");
+    let orphans: i64 = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM servers s WHERE s.host IS NOT NULL
+                        AND json_extract(s.status, '$.vm_state') <> 'error'
+                        AND NOT EXISTS (SELECT 1 FROM allocations a WHERE a.consumer_id = s.id))
+                  + (SELECT COUNT(*) FROM allocations a WHERE NOT EXISTS (SELECT 1 FROM servers s WHERE s.id = a.consumer_id))",
+            [],
+            |r| r.get(0),
+        )
+        .expect("orphan query");
+    assert_eq!(orphans, 0, "servers without claims or claims without servers");
+    let fk: i64 = conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).expect("fk check");
+    assert_eq!(fk, 0, "foreign key violations");
+    conn.query_row("SELECT COUNT(*) FROM servers", [], |r| r.get::<_, i64>(0)).expect("count") as usize
+}
+
+/// The `p`th percentile (0-100) of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
