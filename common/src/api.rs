@@ -65,7 +65,8 @@ pub struct DomainRef {
 impl DomainRef {
     /// Whether this names the `Default` domain (by id `default` or name).
     pub fn is_default(&self) -> bool {
-        self.id.as_deref().is_none_or(|i| i == "default") && self.name.as_deref().is_none_or(|n| n == "Default")
+        self.id.as_deref().is_none_or(|i| i == "default")
+            && self.name.as_deref().is_none_or(|n| n == "Default")
     }
 }
 
@@ -157,26 +158,45 @@ impl ServerCreate {
     /// is never silently ignored.
     pub fn check_supported(&self) -> Result<(), FieldError> {
         crate::validate::name("server.name", &self.name)?;
-        for (f, v) in [("server.min_count", self.min_count), ("server.max_count", self.max_count)] {
+        for (f, v) in [
+            ("server.min_count", self.min_count),
+            ("server.max_count", self.max_count),
+        ] {
             if let Some(n) = v {
                 if n != 1 {
-                    return Err(FieldError::new(f, n, "must be 1: create servers one at a time"));
+                    return Err(FieldError::new(
+                        f,
+                        n,
+                        "must be 1: create servers one at a time",
+                    ));
                 }
             }
         }
         if let Some(k) = &self.key_name {
-            return Err(FieldError::new("server.key_name", k, "key pairs are not supported yet; leave it out"));
+            return Err(FieldError::new(
+                "server.key_name",
+                k,
+                "key pairs are not supported yet; leave it out",
+            ));
         }
         if self.image_ref.as_deref().is_none_or(str::is_empty) {
             return Err(FieldError::missing("server.imageRef"));
         }
         for (k, v) in &self.metadata {
             if k.is_empty() || k.len() > 255 || v.len() > 255 {
-                return Err(FieldError::new("server.metadata", k, "keys must be 1 to 255 characters, values at most 255"));
+                return Err(FieldError::new(
+                    "server.metadata",
+                    k,
+                    "keys must be 1 to 255 characters, values at most 255",
+                ));
             }
         }
         if self.metadata.len() > 128 {
-            return Err(FieldError::new("server.metadata", self.metadata.len(), "must have at most 128 items"));
+            return Err(FieldError::new(
+                "server.metadata",
+                self.metadata.len(),
+                "must have at most 128 items",
+            ));
         }
         Ok(())
     }
@@ -222,10 +242,16 @@ impl FlavorCreate {
         let swap_mb = match &self.swap {
             None | Some(serde_json::Value::Null) => 0,
             Some(serde_json::Value::String(s)) if s.is_empty() => 0,
-            Some(serde_json::Value::Number(n)) => n
-                .as_u64()
-                .ok_or_else(|| FieldError::new("flavor.swap", n, "must be a whole number of MiB"))?,
-            Some(other) => return Err(FieldError::new("flavor.swap", other, "must be a whole number of MiB or \"\"")),
+            Some(serde_json::Value::Number(n)) => n.as_u64().ok_or_else(|| {
+                FieldError::new("flavor.swap", n, "must be a whole number of MiB")
+            })?,
+            Some(other) => {
+                return Err(FieldError::new(
+                    "flavor.swap",
+                    other,
+                    "must be a whole number of MiB or \"\"",
+                ))
+            }
         };
         let id = self.id.filter(|i| !i.is_empty() && i != "auto");
         let spec = FlavorSpec {
@@ -247,7 +273,11 @@ impl FlavorCreate {
                 "swap_mb" => "swap",
                 other => other,
             };
-            FieldError { field: api_name.to_string(), ..e }.at("flavor")
+            FieldError {
+                field: api_name.to_string(),
+                ..e
+            }
+            .at("flavor")
         })?;
         Ok(spec)
     }
@@ -277,21 +307,39 @@ impl ServerGroupCreate {
     pub fn into_spec(self, project_id: &str) -> Result<ServerGroupSpec, FieldError> {
         let policy = match (&self.policy, &self.policies) {
             (Some(p), None) => GroupPolicy::parse("server_group.policy", p)?,
-            (None, Some(list)) if list.len() == 1 => GroupPolicy::parse("server_group.policies[0]", &list[0])?,
+            (None, Some(list)) if list.len() == 1 => {
+                GroupPolicy::parse("server_group.policies[0]", &list[0])?
+            }
             (None, Some(list)) => {
-                return Err(FieldError::new("server_group.policies", list.len(), "must hold exactly one policy"))
+                return Err(FieldError::new(
+                    "server_group.policies",
+                    list.len(),
+                    "must hold exactly one policy",
+                ))
             }
             (None, None) => return Err(FieldError::missing("server_group.policy")),
             (Some(_), Some(_)) => {
-                return Err(FieldError::new("server_group.policies", "both", "give either policy or policies, not both"))
+                return Err(FieldError::new(
+                    "server_group.policies",
+                    "both",
+                    "give either policy or policies, not both",
+                ))
             }
         };
         if let Some(r) = &self.rules {
             if r.as_object().is_some_and(|o| !o.is_empty()) {
-                return Err(FieldError::new("server_group.rules", r, "rules are not supported yet; leave them out"));
+                return Err(FieldError::new(
+                    "server_group.rules",
+                    r,
+                    "rules are not supported yet; leave them out",
+                ));
             }
         }
-        let spec = ServerGroupSpec { name: self.name, project_id: project_id.into(), policy };
+        let spec = ServerGroupSpec {
+            name: self.name,
+            project_id: project_id.into(),
+            policy,
+        };
         spec.validate().map_err(|e| e.at("server_group"))?;
         Ok(spec)
     }
@@ -322,7 +370,11 @@ impl RebootArgs {
         match self.kind.as_str() {
             "HARD" => Ok(true),
             "SOFT" => Ok(false),
-            other => Err(FieldError::new("reboot.type", other, "must be SOFT or HARD")),
+            other => Err(FieldError::new(
+                "reboot.type",
+                other,
+                "must be SOFT or HARD",
+            )),
         }
     }
 }
@@ -334,7 +386,8 @@ mod tests {
     #[test]
     fn flavor_create_maps_api_names_in_errors() {
         let body: FlavorCreateBody =
-            serde_json::from_str(r#"{"flavor":{"name":"x","vcpus":1,"ram":0,"disk":1,"swap":""}}"#).unwrap();
+            serde_json::from_str(r#"{"flavor":{"name":"x","vcpus":1,"ram":0,"disk":1,"swap":""}}"#)
+                .unwrap();
         let err = body.flavor.into_spec().unwrap_err();
         assert_eq!(err.field, "flavor.ram");
     }
@@ -342,11 +395,18 @@ mod tests {
     #[test]
     fn server_group_policy_forms() {
         let g: ServerGroupCreateBody =
-            serde_json::from_str(r#"{"server_group":{"name":"g","policies":["anti-affinity"]}}"#).unwrap();
-        assert_eq!(g.server_group.into_spec("p").unwrap().policy, GroupPolicy::AntiAffinity);
+            serde_json::from_str(r#"{"server_group":{"name":"g","policies":["anti-affinity"]}}"#)
+                .unwrap();
+        assert_eq!(
+            g.server_group.into_spec("p").unwrap().policy,
+            GroupPolicy::AntiAffinity
+        );
         let g: ServerGroupCreateBody =
             serde_json::from_str(r#"{"server_group":{"name":"g","policy":"spread"}}"#).unwrap();
-        assert_eq!(g.server_group.into_spec("p").unwrap_err().field, "server_group.policy");
+        assert_eq!(
+            g.server_group.into_spec("p").unwrap_err().field,
+            "server_group.policy"
+        );
     }
 
     #[test]
@@ -364,9 +424,15 @@ mod tests {
             r#"{"server":{"name":"a","imageRef":"i","flavorRef":"1","min_count":2,"max_count":2}}"#,
         )
         .unwrap();
-        assert_eq!(s.server.check_supported().unwrap_err().field, "server.min_count");
+        assert_eq!(
+            s.server.check_supported().unwrap_err().field,
+            "server.min_count"
+        );
         let s: ServerCreateBody =
             serde_json::from_str(r#"{"server":{"name":"a","flavorRef":"1"}}"#).unwrap();
-        assert_eq!(s.server.check_supported().unwrap_err().field, "server.imageRef");
+        assert_eq!(
+            s.server.check_supported().unwrap_err().field,
+            "server.imageRef"
+        );
     }
 }

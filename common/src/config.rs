@@ -21,9 +21,17 @@ use crate::validate::{self, FieldError};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: PathBuf, source: std::io::Error },
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}:{line}:{column}: {message}")]
-    Parse { file: PathBuf, line: usize, column: usize, message: String },
+    Parse {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{file}: {source}")]
     Invalid { file: PathBuf, source: FieldError },
 }
@@ -35,17 +43,31 @@ pub trait Validate {
 
 /// Reads, parses and validates a YAML config file.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.into(),
+        source,
+    })?;
     parse(path, &text)
 }
 
 /// Parses and validates YAML text that came from `path`.
 pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<T, ConfigError> {
     let value: T = serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
-        ConfigError::Parse { file: path.into(), line, column, message: e.to_string() }
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        ConfigError::Parse {
+            file: path.into(),
+            line,
+            column,
+            message: e.to_string(),
+        }
     })?;
-    value.validate().map_err(|source| ConfigError::Invalid { file: path.into(), source })?;
+    value.validate().map_err(|source| ConfigError::Invalid {
+        file: path.into(),
+        source,
+    })?;
     Ok(value)
 }
 
@@ -63,7 +85,11 @@ fn each<T>(
         check(item).map_err(|e| e.at(&at))?;
         if let Some(k) = key(item) {
             if !seen.insert(k.clone()) {
-                return Err(FieldError::new(at, k, format!("must be unique within {field}")));
+                return Err(FieldError::new(
+                    at,
+                    k,
+                    format!("must be unique within {field}"),
+                ));
             }
         }
     }
@@ -74,12 +100,21 @@ fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Fi
     for (k, v) in labels {
         let ok_key = !k.is_empty()
             && k.len() <= 63
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
         if !ok_key {
-            return Err(FieldError::new(field, k, "label keys must be 1 to 63 of letters, digits, '-', '_', '.', '/'"));
+            return Err(FieldError::new(
+                field,
+                k,
+                "label keys must be 1 to 63 of letters, digits, '-', '_', '.', '/'",
+            ));
         }
         if v.len() > 255 || v.chars().any(char::is_control) {
-            return Err(FieldError::new(format!("{field}.{k}"), v, "label values must be at most 255 printable characters"));
+            return Err(FieldError::new(
+                format!("{field}.{k}"),
+                v,
+                "label values must be at most 255 printable characters",
+            ));
         }
     }
     Ok(())
@@ -159,7 +194,11 @@ impl Default for ApiSection {
 pub fn check_password(field: &str, p: &str) -> Result<(), FieldError> {
     let n = p.chars().count();
     if !(8..=128).contains(&n) {
-        return Err(FieldError::new(field, format!("<{n} characters>"), "must be 8 to 128 characters"));
+        return Err(FieldError::new(
+            field,
+            format!("<{n} characters>"),
+            "must be 8 to 128 characters",
+        ));
     }
     Ok(())
 }
@@ -218,10 +257,17 @@ impl SchedulerSection {
             ("ram_weight_multiplier", self.ram_weight_multiplier),
             ("cpu_weight_multiplier", self.cpu_weight_multiplier),
             ("disk_weight_multiplier", self.disk_weight_multiplier),
-            ("soft_affinity_weight_multiplier", self.soft_affinity_weight_multiplier),
+            (
+                "soft_affinity_weight_multiplier",
+                self.soft_affinity_weight_multiplier,
+            ),
         ] {
             if !v.is_finite() || v.abs() > 1000.0 {
-                return Err(FieldError::new(f, v, "must be a number between -1000 and 1000"));
+                return Err(FieldError::new(
+                    f,
+                    v,
+                    "must be a number between -1000 and 1000",
+                ));
             }
         }
         Ok(())
@@ -236,24 +282,51 @@ impl Validate for SiteConfig {
         if let Some(p) = &self.api.admin_password {
             check_password("api.admin_password", p)?;
         }
-        validate::range("api.token_ttl_secs", self.api.token_ttl_secs, 60, 7 * 24 * 3600)?;
+        validate::range(
+            "api.token_ttl_secs",
+            self.api.token_ttl_secs,
+            60,
+            7 * 24 * 3600,
+        )?;
         if let Some(u) = &self.api.public_url {
-            let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
-            if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace) || r.ends_with('/')) {
-                return Err(FieldError::new("api.public_url", u, "must be an http:// or https:// URL with a host and no trailing '/'"));
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"));
+            if rest
+                .is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace) || r.ends_with('/'))
+            {
+                return Err(FieldError::new(
+                    "api.public_url",
+                    u,
+                    "must be an http:// or https:// URL with a host and no trailing '/'",
+                ));
             }
         }
         self.scheduler.validate().map_err(|e| e.at("scheduler"))?;
         if self.hosts.is_empty() {
-            return Err(FieldError::new("hosts", "[]", "must list at least one host"));
+            return Err(FieldError::new(
+                "hosts",
+                "[]",
+                "must list at least one host",
+            ));
         }
-        each(&self.hosts, "hosts", HostSpec::validate, |h| Some(h.name.clone()))?;
+        each(&self.hosts, "hosts", HostSpec::validate, |h| {
+            Some(h.name.clone())
+        })?;
         if !self.hosts.iter().any(HostSpec::is_compute) {
-            return Err(FieldError::new("hosts", self.hosts.len(), "must include at least one host with role compute"));
+            return Err(FieldError::new(
+                "hosts",
+                self.hosts.len(),
+                "must include at least one host with role compute",
+            ));
         }
-        each(&self.flavors, "flavors", FlavorSpec::validate, |f| Some(f.name.clone()))?;
+        each(&self.flavors, "flavors", FlavorSpec::validate, |f| {
+            Some(f.name.clone())
+        })?;
         each(&self.flavors, "flavors", |_| Ok(()), |f| f.id.clone())?;
-        each(&self.images, "images", ImageSpec::validate, |i| Some(i.name.clone()))?;
+        each(&self.images, "images", ImageSpec::validate, |i| {
+            Some(i.name.clone())
+        })?;
         each(&self.images, "images", |_| Ok(()), |i| i.id.clone())?;
         Ok(())
     }
@@ -312,7 +385,11 @@ impl Validate for RegionConfig {
     fn validate(&self) -> Result<(), FieldError> {
         crate::ids::check_dns_label("region.name", &self.region.name)?;
         if self.api.listen == self.quic.listen {
-            return Err(FieldError::new("quic.listen", self.quic.listen, "must differ from api.listen"));
+            return Err(FieldError::new(
+                "quic.listen",
+                self.quic.listen,
+                "must differ from api.listen",
+            ));
         }
         validate::range("offline_after_secs", self.offline_after_secs, 2, 300)?;
         each(
@@ -380,8 +457,17 @@ pub enum ProviderKind {
 
 /// Checks a Linux interface name: 1 to 15 characters, no '/', ':' or space.
 pub fn check_ifname(field: &str, name: &str) -> Result<(), FieldError> {
-    if name.is_empty() || name.len() > 15 || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        return Err(FieldError::new(field, name, "must be a Linux interface name: 1 to 15 characters, no '/', ':' or spaces"));
+    if name.is_empty()
+        || name.len() > 15
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(FieldError::new(
+            field,
+            name,
+            "must be a Linux interface name: 1 to 15 characters, no '/', ':' or spaces",
+        ));
     }
     Ok(())
 }
@@ -392,7 +478,11 @@ impl Validate for EdgeNetConfig {
         check_ifname("management.interface", &m.interface)?;
         if let Some(gw) = m.gateway {
             if !m.address.contains(gw) {
-                return Err(FieldError::new("management.gateway", gw, format!("must be inside {}", String::from(m.address))));
+                return Err(FieldError::new(
+                    "management.gateway",
+                    gw,
+                    format!("must be inside {}", String::from(m.address)),
+                ));
             }
         }
         validate::range("management.mtu", m.mtu, 576, 9216)?;
@@ -406,14 +496,20 @@ impl Validate for EdgeNetConfig {
                 let max = match p.kind {
                     ProviderKind::Flat => {
                         if let Some(r) = p.segmentation_range {
-                            return Err(FieldError::new("segmentation_range", format!("{r:?}"), "is not allowed on a flat network"));
+                            return Err(FieldError::new(
+                                "segmentation_range",
+                                format!("{r:?}"),
+                                "is not allowed on a flat network",
+                            ));
                         }
                         return Ok(());
                     }
                     ProviderKind::Vlan => 4094,
                     ProviderKind::Vxlan => 16_777_215,
                 };
-                let [lo, hi] = p.segmentation_range.ok_or_else(|| FieldError::missing("segmentation_range"))?;
+                let [lo, hi] = p
+                    .segmentation_range
+                    .ok_or_else(|| FieldError::missing("segmentation_range"))?;
                 validate::range("segmentation_range[0]", lo, 1, max)?;
                 validate::range("segmentation_range[1]", hi, lo, max)
             },
@@ -430,7 +526,8 @@ mod tests {
         format!("site: {{id: edge-test-01, name: Test}}\nhosts:\n{hosts}")
     }
 
-    const HOST: &str = "  - {name: compute-0, roles: [compute], vcpus: 8, ram_mb: 16384, disk_gb: 100}\n";
+    const HOST: &str =
+        "  - {name: compute-0, roles: [compute], vcpus: 8, ram_mb: 16384, disk_gb: 100}\n";
 
     #[test]
     fn valid_minimal_site() {
@@ -451,24 +548,41 @@ mod tests {
     #[test]
     fn invalid_field_names_file_field_value_and_rule() {
         let text = site_yaml(&HOST.replace("vcpus: 8", "vcpus: 0"));
-        let msg = parse::<SiteConfig>(Path::new("f.yaml"), &text).unwrap_err().to_string();
-        assert_eq!(msg, "f.yaml: hosts[0].vcpus: must be between 1 and 4096 (got 0)");
+        let msg = parse::<SiteConfig>(Path::new("f.yaml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "f.yaml: hosts[0].vcpus: must be between 1 and 4096 (got 0)"
+        );
     }
 
     #[test]
     fn duplicate_hosts_and_no_compute_are_refused() {
-        let msg = parse::<SiteConfig>(Path::new("f"), &site_yaml(&HOST.repeat(2))).unwrap_err().to_string();
-        assert!(msg.contains("hosts[1]: must be unique within hosts"), "{msg}");
+        let msg = parse::<SiteConfig>(Path::new("f"), &site_yaml(&HOST.repeat(2)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("hosts[1]: must be unique within hosts"),
+            "{msg}"
+        );
         let ctl = HOST.replace("[compute]", "[controller]");
-        let msg = parse::<SiteConfig>(Path::new("f"), &site_yaml(&ctl)).unwrap_err().to_string();
+        let msg = parse::<SiteConfig>(Path::new("f"), &site_yaml(&ctl))
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("role compute"), "{msg}");
     }
 
     #[test]
     fn short_password_is_refused_without_echo() {
         let text = site_yaml(HOST) + "api: {admin_password: abc}\n";
-        let msg = parse::<SiteConfig>(Path::new("f"), &text).unwrap_err().to_string();
-        assert!(msg.contains("api.admin_password: must be 8 to 128 characters"), "{msg}");
+        let msg = parse::<SiteConfig>(Path::new("f"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("api.admin_password: must be 8 to 128 characters"),
+            "{msg}"
+        );
         assert!(!msg.contains("abc"), "{msg}");
     }
 
@@ -478,9 +592,17 @@ mod tests {
                   providers:\n  - {name: physnet0, kind: vlan, interface: eth1, segmentation_range: [100, 199]}\n";
         assert!(parse::<EdgeNetConfig>(Path::new("n"), ok).is_ok());
         let bad = ok.replace("[100, 199]", "[100, 5000]");
-        let msg = parse::<EdgeNetConfig>(Path::new("n"), &bad).unwrap_err().to_string();
-        assert_eq!(msg, "n: providers[0].segmentation_range[1]: must be between 100 and 4094 (got 5000)");
+        let msg = parse::<EdgeNetConfig>(Path::new("n"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "n: providers[0].segmentation_range[1]: must be between 100 and 4094 (got 5000)"
+        );
         let bad = ok.replace("gateway: 192.168.1.1", "gateway: 10.0.0.1");
-        assert!(parse::<EdgeNetConfig>(Path::new("n"), &bad).unwrap_err().to_string().contains("management.gateway"));
+        assert!(parse::<EdgeNetConfig>(Path::new("n"), &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("management.gateway"));
     }
 }

@@ -13,9 +13,13 @@ pub fn new_id() -> String {
 
 /// Checks that `value` is a UUID as Roost hands them out.
 pub fn check_uuid(field: &str, value: &str) -> Result<(), FieldError> {
-    uuid::Uuid::parse_str(value)
-        .map(|_| ())
-        .map_err(|_| FieldError::new(field, value, "must be a UUID such as 0b5c6f2e-8d3a-4b7e-9a51-3f6d2c1e8a90"))
+    uuid::Uuid::parse_str(value).map(|_| ()).map_err(|_| {
+        FieldError::new(
+            field,
+            value,
+            "must be a UUID such as 0b5c6f2e-8d3a-4b7e-9a51-3f6d2c1e8a90",
+        )
+    })
 }
 
 /// Checks a site id: 1 to 63 characters of lowercase letters, digits and
@@ -31,7 +35,9 @@ pub fn check_dns_label(field: &str, value: &str) -> Result<(), FieldError> {
         && value.len() <= 63
         && value.starts_with(|c: char| c.is_ascii_lowercase())
         && !value.ends_with('-')
-        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())
     } else {

@@ -30,12 +30,20 @@ impl FieldError {
         if value.is_empty() {
             value = "\"\"".into();
         }
-        FieldError { field: field.into(), value, rule: rule.into() }
+        FieldError {
+            field: field.into(),
+            value,
+            rule: rule.into(),
+        }
     }
 
     /// A required field that is absent.
     pub fn missing(field: impl Into<String>) -> Self {
-        FieldError { field: field.into(), value: "nothing".into(), rule: "is required".into() }
+        FieldError {
+            field: field.into(),
+            value: "nothing".into(),
+            rule: "is required".into(),
+        }
     }
 
     /// Puts `prefix` in front of the field path: `vcpus` -> `hosts[2].vcpus`.
@@ -48,9 +56,18 @@ impl FieldError {
 }
 
 /// Checks `min <= value <= max` for any ordered number.
-pub fn range<T: PartialOrd + Display>(field: &str, value: T, min: T, max: T) -> Result<(), FieldError> {
+pub fn range<T: PartialOrd + Display>(
+    field: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), FieldError> {
     if value < min || value > max {
-        return Err(FieldError::new(field, &value, format!("must be between {min} and {max}")));
+        return Err(FieldError::new(
+            field,
+            &value,
+            format!("must be between {min} and {max}"),
+        ));
     }
     Ok(())
 }
@@ -62,10 +79,18 @@ pub fn name(field: &str, value: &str) -> Result<(), FieldError> {
         return Err(FieldError::new(field, value, "must not be empty"));
     }
     if value.chars().count() > 255 {
-        return Err(FieldError::new(field, value, "must be at most 255 characters"));
+        return Err(FieldError::new(
+            field,
+            value,
+            "must be at most 255 characters",
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(FieldError::new(field, value.escape_debug(), "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            value.escape_debug(),
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -73,7 +98,11 @@ pub fn name(field: &str, value: &str) -> Result<(), FieldError> {
 /// Checks a finite allocation ratio in `(0, 64]`.
 pub fn ratio(field: &str, value: f64) -> Result<(), FieldError> {
     if !value.is_finite() || value <= 0.0 || value > 64.0 {
-        return Err(FieldError::new(field, value, "must be a number above 0 and at most 64"));
+        return Err(FieldError::new(
+            field,
+            value,
+            "must be a number above 0 and at most 64",
+        ));
     }
     Ok(())
 }
@@ -85,7 +114,10 @@ mod tests {
     #[test]
     fn message_names_field_value_and_rule() {
         let e = range("hosts[2].vcpus", 0, 1, 4096).unwrap_err();
-        assert_eq!(e.to_string(), "hosts[2].vcpus: must be between 1 and 4096 (got 0)");
+        assert_eq!(
+            e.to_string(),
+            "hosts[2].vcpus: must be between 1 and 4096 (got 0)"
+        );
         assert_eq!(e.at("site").field, "site.hosts[2].vcpus");
     }
 

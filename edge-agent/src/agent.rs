@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use roost_common::config::{self, ComputeDriverKind, ConfigError, SiteConfig};
 
 use crate::api::{self, AppState};
-use crate::compute::reconciler::Reconciler;
+use crate::compute::reconciler::{Reconciler, WorkQueue};
 use crate::compute::{ComputeDriver, RecordOnly};
 use crate::identity::Authority;
 use crate::store::{Store, StoreError};
@@ -41,16 +41,27 @@ pub enum StartError {
     #[error("{0}")]
     Invalid(String),
     #[error("data dir {dir}: {source}; choose another with --data-dir")]
-    DataDir { dir: PathBuf, source: std::io::Error },
+    DataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}; choose another address with --api-listen")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
 
 impl StartError {
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Config(_) | StartError::Invalid(_) | StartError::Store(StoreError::Inventory(_)))
+        matches!(
+            self,
+            StartError::Config(_)
+                | StartError::Invalid(_)
+                | StartError::Store(StoreError::Inventory(_))
+        )
     }
 }
 
@@ -87,7 +98,10 @@ impl Agent {
             .clone()
             .or_else(|| config.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir { dir: data_dir.clone(), source })?;
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+            dir: data_dir.clone(),
+            source,
+        })?;
         let (admin_password, password_source) = admin_password(&config, &data_dir)?;
 
         let (store, identity) = {
@@ -101,23 +115,56 @@ impl Agent {
         };
 
         let listen = opts.api_listen.unwrap_or(config.api.listen);
-        let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: listen, source })?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
         let base_url = config.api.public_url.clone().unwrap_or_else(|| {
-            let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-            format!("http://{}", SocketAddr::new(host.parse().unwrap_or(addr.ip()), addr.port()))
+            let host = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                addr.ip().to_string()
+            };
+            format!(
+                "http://{}",
+                SocketAddr::new(host.parse().unwrap_or(addr.ip()), addr.port())
+            )
         });
-        let auth = Arc::new(Authority::new(identity, admin_password.clone(), config.api.token_ttl_secs));
-        let wake = Arc::new(Notify::new());
+        let auth = Arc::new(Authority::new(
+            identity,
+            admin_password.clone(),
+            config.api.token_ttl_secs,
+        ));
+        let queue = Arc::new(WorkQueue::default());
         let state = AppState {
             store: store.clone(),
             auth,
-            wake: wake.clone(),
+            queue: queue.clone(),
             base_url: base_url.clone(),
             compute_driver: driver.name(),
         };
-        let reconciler = Reconciler { store, driver, wake };
-        Ok(Agent { config, data_dir, addr, base_url, password_source, admin_password, listener, state, reconciler })
+        let reconciler = Reconciler {
+            store,
+            driver,
+            queue,
+        };
+        Ok(Agent {
+            config,
+            data_dir,
+            addr,
+            base_url,
+            password_source,
+            admin_password,
+            listener,
+            state,
+            reconciler,
+        })
     }
 
     /// The password the bootstrap admin logs in with.
@@ -127,7 +174,10 @@ impl Agent {
 
     /// Serves until `shutdown` completes, then drains: in-flight requests
     /// finish, the reconciler stops between actions.
-    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         if self.reconciler.driver.name() == "record-only" {
             tracing::warn!(
@@ -137,9 +187,14 @@ impl Agent {
         let reconciler = tokio::spawn(self.reconciler.run(stop_rx));
         let app = api::router(self.state);
         tracing::info!(addr = %self.addr, site_id = %self.config.site.id, "serving the site API");
-        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
         let _ = stop_tx.send(true);
-        if tokio::time::timeout(Duration::from_secs(10), reconciler).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), reconciler)
+            .await
+            .is_err()
+        {
             tracing::warn!("the reconciler did not stop within 10 s; exiting anyway");
         }
         tracing::info!("stopped");
@@ -149,7 +204,10 @@ impl Agent {
 
 /// The admin password: `ROOST_ADMIN_PASSWORD`, else the config's, else the
 /// one kept in the data dir, else a new one written there (mode 0600).
-fn admin_password(config: &SiteConfig, data_dir: &Path) -> Result<(String, PasswordSource), StartError> {
+fn admin_password(
+    config: &SiteConfig,
+    data_dir: &Path,
+) -> Result<(String, PasswordSource), StartError> {
     if let Ok(p) = std::env::var(PASSWORD_ENV) {
         config::check_password(PASSWORD_ENV, &p).map_err(|e| StartError::Invalid(e.to_string()))?;
         return Ok((p, PasswordSource::Env));
@@ -158,11 +216,15 @@ fn admin_password(config: &SiteConfig, data_dir: &Path) -> Result<(String, Passw
         return Ok((p.clone(), PasswordSource::Config));
     }
     let file = data_dir.join(PASSWORD_FILE);
-    let io = |source| StartError::DataDir { dir: data_dir.to_path_buf(), source };
+    let io = |source| StartError::DataDir {
+        dir: data_dir.to_path_buf(),
+        source,
+    };
     match std::fs::read_to_string(&file) {
         Ok(p) => {
             let p = p.trim().to_string();
-            config::check_password(&file.display().to_string(), &p).map_err(|e| StartError::Invalid(e.to_string()))?;
+            config::check_password(&file.display().to_string(), &p)
+                .map_err(|e| StartError::Invalid(e.to_string()))?;
             Ok((p, PasswordSource::File(file)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -179,7 +241,12 @@ fn write_secret(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(contents.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;

@@ -62,14 +62,20 @@ pub struct Authority {
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority").field("identity", &self.identity).finish_non_exhaustive()
+        f.debug_struct("Authority")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
     }
 }
 
 impl Authority {
     pub fn new(identity: Identity, admin_password: String, ttl_secs: u64) -> Self {
         let ttl = Duration::seconds(i64::try_from(ttl_secs).unwrap_or(i64::MAX / 1000));
-        Authority { identity, admin_password, ttl }
+        Authority {
+            identity,
+            admin_password,
+            ttl,
+        }
     }
 
     pub fn identity(&self) -> &Identity {
@@ -125,7 +131,8 @@ impl Authority {
     /// Verifies a token's signature and expiry.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, AuthError> {
         let mut parts = token.split('.');
-        let (Some(PREFIX), Some(body), Some(tag), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(PREFIX), Some(body), Some(tag), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::BadToken);
         };
@@ -135,9 +142,12 @@ impl Authority {
         m.update(body.as_bytes());
         m.verify_slice(&tag).map_err(|_| AuthError::BadToken)?;
         let claims: Claims =
-            serde_json::from_slice(&B64.decode(body).map_err(|_| AuthError::BadToken)?).map_err(|_| AuthError::BadToken)?;
+            serde_json::from_slice(&B64.decode(body).map_err(|_| AuthError::BadToken)?)
+                .map_err(|_| AuthError::BadToken)?;
         if claims.expires_at <= now {
-            return Err(AuthError::Expired(roost_common::model::openstack_time(&claims.expires_at)));
+            return Err(AuthError::Expired(roost_common::model::openstack_time(
+                &claims.expires_at,
+            )));
         }
         Ok(claims)
     }
@@ -161,7 +171,10 @@ mod tests {
     fn password_check() {
         let a = authority(b"k");
         assert!(a.check_password("correct horse").is_ok());
-        assert_eq!(a.check_password("correct hors"), Err(AuthError::BadCredentials));
+        assert_eq!(
+            a.check_password("correct hors"),
+            Err(AuthError::BadCredentials)
+        );
         assert_eq!(a.check_password(""), Err(AuthError::BadCredentials));
     }
 
@@ -172,7 +185,10 @@ mod tests {
         let (t, claims) = a.issue_admin(now);
         assert_eq!(a.verify(&t, now).unwrap(), claims);
         assert!(claims.is_admin());
-        assert!(matches!(a.verify(&t, now + Duration::seconds(3601)), Err(AuthError::Expired(_))));
+        assert!(matches!(
+            a.verify(&t, now + Duration::seconds(3601)),
+            Err(AuthError::Expired(_))
+        ));
     }
 
     #[test]
@@ -180,12 +196,19 @@ mod tests {
         let a = authority(b"k");
         let now = Utc::now();
         let (t, _) = a.issue_admin(now);
-        assert_eq!(authority(b"other").verify(&t, now), Err(AuthError::BadToken));
+        assert_eq!(
+            authority(b"other").verify(&t, now),
+            Err(AuthError::BadToken)
+        );
         // Swap in claims with a later expiry but keep the old tag.
         let parts: Vec<&str> = t.split('.').collect();
         let mut forged: Claims = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
         forged.expires_at = now + Duration::days(365);
-        let forged = format!("rst1.{}.{}", B64.encode(serde_json::to_vec(&forged).unwrap()), parts[2]);
+        let forged = format!(
+            "rst1.{}.{}",
+            B64.encode(serde_json::to_vec(&forged).unwrap()),
+            parts[2]
+        );
         assert_eq!(a.verify(&forged, now), Err(AuthError::BadToken));
         for junk in ["", "rst1", "rst1..", "rst1.a.b.c", "gAAAAB-fernet-token"] {
             assert_eq!(a.verify(junk, now), Err(AuthError::BadToken), "{junk}");

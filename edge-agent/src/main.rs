@@ -13,7 +13,11 @@ use roost_edge_agent::agent::{Agent, Options, PasswordSource};
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "roost-agent", version, about = "Roost edge agent: runs one edge site, online or not")]
+#[command(
+    name = "roost-agent",
+    version,
+    about = "Roost edge agent: runs one edge site, online or not"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     tracing_subscriber::fmt()
@@ -57,7 +65,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match config::load::<SiteConfig>(&config) {
             Ok(c) => {
-                println!("{}: valid: site {}, {} hosts, {} flavors, {} images", config.display(), c.site.id, c.hosts.len(), c.flavors.len(), c.images.len());
+                println!(
+                    "{}: valid: site {}, {} hosts, {} flavors, {} images",
+                    config.display(),
+                    c.site.id,
+                    c.hosts.len(),
+                    c.flavors.len(),
+                    c.images.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -65,13 +80,25 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
-        Command::Run { config, data_dir, api_listen } => run(Options { config, data_dir, api_listen }),
+        Command::Run {
+            config,
+            data_dir,
+            api_listen,
+        } => run(Options {
+            config,
+            data_dir,
+            api_listen,
+        }),
     }
 }
 
 fn run(opts: Options) -> ExitCode {
     let started = std::time::Instant::now();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("roost-agent: cannot start the async runtime: {e}");
@@ -106,11 +133,19 @@ fn print_banner(agent: &Agent) {
     let password = match &agent.password_source {
         PasswordSource::Env => "(from ROOST_ADMIN_PASSWORD)".to_string(),
         PasswordSource::Config => "(from api.admin_password in the config)".to_string(),
-        PasswordSource::File(f) => format!("{}   (kept in {})", agent.admin_password(), f.display()),
+        PasswordSource::File(f) => {
+            format!("{}   (kept in {})", agent.admin_password(), f.display())
+        }
     };
-    println!("roost-agent: site {} ({}) is serving", agent.config.site.id, agent.config.site.name);
+    println!(
+        "roost-agent: site {} ({}) is serving",
+        agent.config.site.id, agent.config.site.name
+    );
     println!("  API        {}", agent.base_url);
-    println!("  identity   {}/identity/v3   user admin, project admin, domain Default", agent.base_url);
+    println!(
+        "  identity   {}/identity/v3   user admin, project admin, domain Default",
+        agent.base_url
+    );
     println!("  password   {password}");
     println!("  data dir   {}", agent.data_dir.display());
     println!("  metrics    {}/metrics", agent.base_url);

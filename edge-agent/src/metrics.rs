@@ -5,7 +5,9 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -20,40 +22,59 @@ pub struct Metrics {
 
 /// Latency buckets from 50 µs to 2.5 s.
 const LATENCY: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5,
 ];
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let registry = Registry::new();
     let m = Metrics {
         http_requests: IntCounterVec::new(
-            Opts::new("roost_agent_http_requests_total", "API requests by route, method and status code"),
+            Opts::new(
+                "roost_agent_http_requests_total",
+                "API requests by route, method and status code",
+            ),
             &["route", "method", "status"],
         )
         .expect("valid metric"),
         http_request_seconds: HistogramVec::new(
-            HistogramOpts::new("roost_agent_http_request_seconds", "API request latency by route")
-                .buckets(LATENCY.to_vec()),
+            HistogramOpts::new(
+                "roost_agent_http_request_seconds",
+                "API request latency by route",
+            )
+            .buckets(LATENCY.to_vec()),
             &["route"],
         )
         .expect("valid metric"),
         scheduler_decision_seconds: Histogram::with_opts(
-            HistogramOpts::new("roost_agent_scheduler_decision_seconds", "Time to filter and weigh hosts for one server")
-                .buckets(LATENCY.to_vec()),
+            HistogramOpts::new(
+                "roost_agent_scheduler_decision_seconds",
+                "Time to filter and weigh hosts for one server",
+            )
+            .buckets(LATENCY.to_vec()),
         )
         .expect("valid metric"),
         store_commit_seconds: Histogram::with_opts(
-            HistogramOpts::new("roost_agent_store_commit_seconds", "Time to run and durably commit one batch of writes")
-                .buckets(LATENCY.to_vec()),
+            HistogramOpts::new(
+                "roost_agent_store_commit_seconds",
+                "Time to run and durably commit one batch of writes",
+            )
+            .buckets(LATENCY.to_vec()),
         )
         .expect("valid metric"),
         store_batch_jobs: Histogram::with_opts(
-            HistogramOpts::new("roost_agent_store_batch_jobs", "Writes committed together in one transaction")
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            HistogramOpts::new(
+                "roost_agent_store_batch_jobs",
+                "Writes committed together in one transaction",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
         )
         .expect("valid metric"),
         reconcile_actions: IntCounterVec::new(
-            Opts::new("roost_agent_reconcile_actions_total", "Compute driver actions by kind and outcome"),
+            Opts::new(
+                "roost_agent_reconcile_actions_total",
+                "Compute driver actions by kind and outcome",
+            ),
             &["action", "outcome"],
         )
         .expect("valid metric"),

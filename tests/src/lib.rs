@@ -19,7 +19,10 @@ pub const ADMIN_PASSWORD: &str = "test-password-1";
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// A file under `site-configs/`.
@@ -35,12 +38,17 @@ pub fn binary(name: &str) -> PathBuf {
     let built = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(repo_root()).args(["build", "--quiet", "--bins"]);
+        cmd.current_dir(repo_root())
+            .args(["build", "--quiet", "--bins"]);
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
-        if status.success() { Ok(()) } else { Err(format!("cargo build --bins failed: {status}")) }
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("cargo build --bins failed: {status}"))
+        }
     });
     if let Err(e) = built {
         panic!("{e}");
@@ -76,7 +84,7 @@ impl AgentProcess {
             .arg(data_dir)
             .args(["--api-listen", "127.0.0.1:0"])
             .env("ROOST_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -98,7 +106,13 @@ impl AgentProcess {
         };
         // Keep draining stdout so the agent never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        AgentProcess { child, url, data_dir: data_dir.into(), config: config.into(), started_in: t.elapsed() }
+        AgentProcess {
+            child,
+            url,
+            data_dir: data_dir.into(),
+            config: config.into(),
+            started_in: t.elapsed(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -113,13 +127,16 @@ impl AgentProcess {
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         self.child.wait().expect("wait")
     }
 
     /// Resident memory of the process, from /proc, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -152,14 +169,24 @@ pub type Reply = (u16, Value);
 impl Api {
     /// Logs in as the bootstrap admin.
     pub async fn login(url: &str) -> Api {
-        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("client");
         let (code, _, token) = auth(&http, url, ADMIN_PASSWORD).await;
         assert_eq!(code, 201, "login failed");
-        Api { http, url: url.into(), token: token.expect("X-Subject-Token") }
+        Api {
+            http,
+            url: url.into(),
+            token: token.expect("X-Subject-Token"),
+        }
     }
 
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Reply {
-        let mut req = self.http.request(method, format!("{}{path}", self.url)).header("X-Auth-Token", &self.token);
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .header("X-Auth-Token", &self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -183,8 +210,11 @@ impl Api {
 
     /// `POST /servers`; the reply as is.
     pub async fn create_server(&self, name: &str, flavor: &str, image: &str) -> Reply {
-        self.post("/compute/v2.1/servers", json!({"server": {"name": name, "flavorRef": flavor, "imageRef": image}}))
-            .await
+        self.post(
+            "/compute/v2.1/servers",
+            json!({"server": {"name": name, "flavorRef": flavor, "imageRef": image}}),
+        )
+        .await
     }
 
     /// Every server of every project, with detail.
@@ -206,25 +236,45 @@ impl Api {
         let deadline = Instant::now() + within;
         loop {
             let (code, body) = self.get(&format!("/compute/v2.1/servers/{id}")).await;
-            let status = if code == 404 { "GONE".to_string() } else { body["server"]["status"].as_str().unwrap_or("").to_string() };
+            let status = if code == 404 {
+                "GONE".to_string()
+            } else {
+                body["server"]["status"].as_str().unwrap_or("").to_string()
+            };
             if status == want {
                 return body;
             }
-            assert!(Instant::now() < deadline, "server {id} is {status} ({code}), not {want}, after {within:?}: {body}");
+            assert!(
+                Instant::now() < deadline,
+                "server {id} is {status} ({code}), not {want}, after {within:?}: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
 /// `POST /identity/v3/auth/tokens` for the admin: status, body, token.
-pub async fn auth(http: &reqwest::Client, url: &str, password: &str) -> (u16, Value, Option<String>) {
+pub async fn auth(
+    http: &reqwest::Client,
+    url: &str,
+    password: &str,
+) -> (u16, Value, Option<String>) {
     let body = json!({"auth": {
         "identity": {"methods": ["password"], "password": {"user": {
             "name": "admin", "domain": {"name": "Default"}, "password": password}}},
         "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}});
-    let resp = http.post(format!("{url}/identity/v3/auth/tokens")).json(&body).send().await.expect("auth request");
+    let resp = http
+        .post(format!("{url}/identity/v3/auth/tokens"))
+        .json(&body)
+        .send()
+        .await
+        .expect("auth request");
     let code = resp.status().as_u16();
-    let token = resp.headers().get("X-Subject-Token").and_then(|v| v.to_str().ok()).map(String::from);
+    let token = resp
+        .headers()
+        .get("X-Subject-Token")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let body = resp.json().await.unwrap_or(Value::Null);
     (code, body, token)
 }
@@ -234,7 +284,9 @@ pub async fn auth(http: &reqwest::Client, url: &str, password: &str) -> (u16, Va
 /// number of servers.
 pub fn check_store(db: &Path) -> usize {
     let conn = rusqlite::Connection::open(db).expect("open store");
-    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check");
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
     assert_eq!(integrity, "ok", "PRAGMA integrity_check");
     let orphans: i64 = conn
         .query_row(
@@ -246,10 +298,18 @@ pub fn check_store(db: &Path) -> usize {
             |r| r.get(0),
         )
         .expect("orphan query");
-    assert_eq!(orphans, 0, "servers without claims or claims without servers");
-    let fk: i64 = conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).expect("fk check");
+    assert_eq!(
+        orphans, 0,
+        "servers without claims or claims without servers"
+    );
+    let fk: i64 = conn
+        .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .expect("fk check");
     assert_eq!(fk, 0, "foreign key violations");
-    conn.query_row("SELECT COUNT(*) FROM servers", [], |r| r.get::<_, i64>(0)).expect("count") as usize
+    conn.query_row("SELECT COUNT(*) FROM servers", [], |r| r.get::<_, i64>(0))
+        .expect("count") as usize
 }
 
 /// The `p`th percentile (0-100) of sorted samples.

@@ -31,13 +31,18 @@ async fn two_hundred_concurrent_creates_never_oversubscribe() {
         .filter(|h| h.is_compute() && h.enabled)
         .map(|h| {
             let cap = h.capacity();
-            let fit = (cap.vcpus / 16).min(cap.ram_mb / 16384).min(cap.disk_gb / 40);
+            let fit = (cap.vcpus / 16)
+                .min(cap.ram_mb / 16384)
+                .min(cap.disk_gb / 40);
             (h.name.clone(), fit)
         })
         .collect();
     let capacity: u64 = expected.values().sum();
     assert_eq!(expected.len(), 4, "the factory site has four compute hosts");
-    assert!(capacity > 0 && capacity < 200, "the test needs more requests than room: {capacity}");
+    assert!(
+        capacity > 0 && capacity < 200,
+        "the test needs more requests than room: {capacity}"
+    );
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200 {
@@ -51,9 +56,18 @@ async fn two_hundred_concurrent_creates_never_oversubscribe() {
             202 => accepted += 1,
             409 => {
                 let msg = body["conflictingRequest"]["message"].as_str().unwrap_or("");
-                assert!(msg.starts_with("No valid host was found among 6 hosts"), "{msg}");
-                assert!(msg.contains("ComputeFilter removed 2"), "controllers are filtered out: {msg}");
-                assert!(msg.contains("RamFilter removed 4"), "RAM is what ran out: {msg}");
+                assert!(
+                    msg.starts_with("No valid host was found among 6 hosts"),
+                    "{msg}"
+                );
+                assert!(
+                    msg.contains("ComputeFilter removed 2"),
+                    "controllers are filtered out: {msg}"
+                );
+                assert!(
+                    msg.contains("RamFilter removed 4"),
+                    "RAM is what ran out: {msg}"
+                );
                 no_host += 1;
             }
             other => panic!("unexpected {other}: {body}"),
@@ -68,15 +82,23 @@ async fn two_hundred_concurrent_creates_never_oversubscribe() {
     assert_eq!(servers.len() as u64, capacity);
     let mut per_host: BTreeMap<String, u64> = BTreeMap::new();
     for s in &servers {
-        *per_host.entry(s["OS-EXT-SRV-ATTR:host"].as_str().unwrap().to_string()).or_default() += 1;
+        *per_host
+            .entry(s["OS-EXT-SRV-ATTR:host"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
-    assert_eq!(per_host, expected, "each host filled exactly to its capacity");
+    assert_eq!(
+        per_host, expected,
+        "each host filled exactly to its capacity"
+    );
     for h in api.hypervisors().await {
         let name = h["hypervisor_hostname"].as_str().unwrap();
         let cap = &h["roost:capacity"];
         let used = &h["roost:used"];
         for k in ["vcpus", "memory_mb", "local_gb"] {
-            assert!(used[k].as_u64() <= cap[k].as_u64(), "{name} oversubscribed on {k}: {h}");
+            assert!(
+                used[k].as_u64() <= cap[k].as_u64(),
+                "{name} oversubscribed on {k}: {h}"
+            );
         }
         let n = per_host.get(name).copied().unwrap_or(0);
         assert_eq!(h["running_vms"].as_u64(), Some(n), "{name}");

@@ -12,7 +12,7 @@ use roost_tests::{check_store, site_config, AgentProcess, Api};
 const IMAGE: &str = "6f0c3b4e-2c4d-4f59-9a7e-3f1e8b2d7c10";
 
 /// What clients were told, and what they asked without an answer.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Ledger {
     /// name -> id, for acknowledged creates.
     created: BTreeMap<String, String>,
@@ -30,11 +30,20 @@ async fn client(api: Api, worker: usize, round: usize, ledger: Arc<Mutex<Ledger>
         if delete_one {
             let victim = {
                 let l = ledger.lock().unwrap();
-                l.created.values().find(|id| !l.deleted.contains(*id) && !l.deleting.contains(*id)).cloned()
+                l.created
+                    .values()
+                    .find(|id| !l.deleted.contains(*id) && !l.deleting.contains(*id))
+                    .cloned()
             };
             if let Some(id) = victim {
                 ledger.lock().unwrap().deleting.insert(id.clone());
-                match api.http.delete(format!("{}/compute/v2.1/servers/{id}", api.url)).header("X-Auth-Token", &api.token).send().await {
+                match api
+                    .http
+                    .delete(format!("{}/compute/v2.1/servers/{id}", api.url))
+                    .header("X-Auth-Token", &api.token)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().as_u16() == 204 => {
                         let mut l = ledger.lock().unwrap();
                         l.deleting.remove(&id);
@@ -48,16 +57,26 @@ async fn client(api: Api, worker: usize, round: usize, ledger: Arc<Mutex<Ledger>
         }
         let name = format!("r{round}-w{worker}-{n}");
         ledger.lock().unwrap().creating.insert(name.clone());
-        let body = serde_json::json!({"server": {"name": name, "flavorRef": "2", "imageRef": IMAGE}});
-        let resp = api.http.post(format!("{}/compute/v2.1/servers", api.url)).header("X-Auth-Token", &api.token).json(&body).send().await;
+        let body =
+            serde_json::json!({"server": {"name": name, "flavorRef": "2", "imageRef": IMAGE}});
+        let resp = api
+            .http
+            .post(format!("{}/compute/v2.1/servers", api.url))
+            .header("X-Auth-Token", &api.token)
+            .json(&body)
+            .send()
+            .await;
         let Ok(resp) = resp else { return };
         let code = resp.status().as_u16();
-        let Ok(v) = resp.json::<serde_json::Value>().await else { return };
+        let Ok(v) = resp.json::<serde_json::Value>().await else {
+            return;
+        };
         let mut l = ledger.lock().unwrap();
         l.creating.remove(&name);
         match code {
             202 => {
-                l.created.insert(name, v["server"]["id"].as_str().unwrap().to_string());
+                l.created
+                    .insert(name, v["server"]["id"].as_str().unwrap().to_string());
             }
             // The site is full: an answer that changed nothing.
             409 => assert!(v.to_string().contains("No valid host"), "{v}"),
@@ -75,7 +94,8 @@ async fn kill_9_loses_no_acknowledged_write() {
     for round in 0..4 {
         let mut agent = AgentProcess::start(&cfg, dir.path());
         let api = Api::login(&agent.url).await;
-        check_round(&api, &ledger.lock().unwrap()).await;
+        let snapshot = ledger.lock().unwrap().clone();
+        check_round(&api, &snapshot).await;
 
         let mut workers = tokio::task::JoinSet::new();
         for w in 0..6 {
@@ -99,8 +119,12 @@ async fn kill_9_loses_no_acknowledged_write() {
     }
     let agent = AgentProcess::start(&cfg, dir.path());
     let api = Api::login(&agent.url).await;
-    let l = ledger.lock().unwrap();
-    assert!(l.created.len() > 20, "the stream made too few changes to prove anything: {}", l.created.len());
+    let l = ledger.lock().unwrap().clone();
+    assert!(
+        l.created.len() > 20,
+        "the stream made too few changes to prove anything: {}",
+        l.created.len()
+    );
     check_round(&api, &l).await;
 }
 
@@ -111,8 +135,10 @@ async fn check_round(api: &Api, l: &Ledger) {
         api.wait_status(id, "GONE", Duration::from_secs(10)).await;
     }
     let servers = api.servers().await;
-    let by_name: BTreeMap<&str, &serde_json::Value> =
-        servers.iter().map(|s| (s["name"].as_str().unwrap(), s)).collect();
+    let by_name: BTreeMap<&str, &serde_json::Value> = servers
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s))
+        .collect();
     for (name, id) in &l.created {
         if l.deleted.contains(id) {
             continue;
@@ -120,7 +146,10 @@ async fn check_round(api: &Api, l: &Ledger) {
         match by_name.get(name.as_str()) {
             Some(s) => {
                 assert_eq!(s["id"].as_str(), Some(id.as_str()), "{name}");
-                assert!(s["OS-EXT-SRV-ATTR:host"].as_str().is_some(), "{name} has no host");
+                assert!(
+                    s["OS-EXT-SRV-ATTR:host"].as_str().is_some(),
+                    "{name} has no host"
+                );
             }
             // A delete was in flight at the kill: it may have landed.
             None if l.deleting.contains(id) => {}

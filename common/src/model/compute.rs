@@ -65,7 +65,11 @@ impl HostSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
         crate::ids::check_dns_label("name", &self.name)?;
         if self.roles.is_empty() {
-            return Err(FieldError::new("roles", "[]", "must list at least one of controller, compute"));
+            return Err(FieldError::new(
+                "roles",
+                "[]",
+                "must list at least one of controller, compute",
+            ));
         }
         validate::range("vcpus", self.vcpus, 1, 4096)?;
         validate::range("ram_mb", self.ram_mb, 256, 64 * 1024 * 1024)?;
@@ -95,7 +99,8 @@ impl HostSpec {
     pub fn capacity(&self) -> Usage {
         Usage {
             vcpus: (f64::from(self.vcpus) * self.cpu_allocation_ratio).floor() as u64,
-            ram_mb: ((self.ram_mb - self.reserved_ram_mb) as f64 * self.ram_allocation_ratio).floor() as u64,
+            ram_mb: ((self.ram_mb - self.reserved_ram_mb) as f64 * self.ram_allocation_ratio)
+                .floor() as u64,
             disk_gb: (self.disk_gb as f64 * self.disk_allocation_ratio).floor() as u64,
         }
     }
@@ -103,15 +108,28 @@ impl HostSpec {
 
 /// Checks a Placement trait name: `[A-Z0-9_]`, 1 to 255 characters.
 pub fn check_trait(field: &str, t: &str) -> Result<(), FieldError> {
-    if t.is_empty() || t.len() > 255 || !t.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
-        return Err(FieldError::new(field, t, "traits must be 1 to 255 of A-Z, 0-9 and '_' (e.g. CUSTOM_GPU)"));
+    if t.is_empty()
+        || t.len() > 255
+        || !t
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(FieldError::new(
+            field,
+            t,
+            "traits must be 1 to 255 of A-Z, 0-9 and '_' (e.g. CUSTOM_GPU)",
+        ));
     }
     Ok(())
 }
 
 fn check_az(field: &str, az: &str) -> Result<(), FieldError> {
     if az.is_empty() || az.len() > 255 || az.contains(':') || az.chars().any(char::is_control) {
-        return Err(FieldError::new(field, az, "must be 1 to 255 characters without ':'"));
+        return Err(FieldError::new(
+            field,
+            az,
+            "must be 1 to 255 characters without ':'",
+        ));
     }
     Ok(())
 }
@@ -173,8 +191,17 @@ impl FlavorSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
         validate::name("name", &self.name)?;
         if let Some(id) = &self.id {
-            if id.is_empty() || id.len() > 255 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                return Err(FieldError::new("id", id, "must be 1 to 255 of letters, digits, '-', '_' or '.'"));
+            if id.is_empty()
+                || id.len() > 255
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(FieldError::new(
+                    "id",
+                    id,
+                    "must be 1 to 255 of letters, digits, '-', '_' or '.'",
+                ));
             }
         }
         validate::range("vcpus", self.vcpus, 1, 1024)?;
@@ -185,12 +212,20 @@ impl FlavorSpec {
         for (k, v) in &self.extra_specs {
             let field = format!("extra_specs.{k}");
             if k.is_empty() || k.len() > 255 {
-                return Err(FieldError::new("extra_specs", k, "keys must be 1 to 255 characters"));
+                return Err(FieldError::new(
+                    "extra_specs",
+                    k,
+                    "keys must be 1 to 255 characters",
+                ));
             }
             if let Some(t) = k.strip_prefix("trait:") {
                 check_trait(&field, t)?;
                 if v != "required" && v != "forbidden" {
-                    return Err(FieldError::new(field, v, "must be 'required' or 'forbidden'"));
+                    return Err(FieldError::new(
+                        field,
+                        v,
+                        "must be 'required' or 'forbidden'",
+                    ));
                 }
             }
         }
@@ -217,7 +252,10 @@ impl FlavorSpec {
     }
 
     fn traits_with<'a>(&'a self, want: &'a str) -> impl Iterator<Item = &'a str> {
-        self.extra_specs.iter().filter(move |(_, v)| *v == want).filter_map(|(k, _)| k.strip_prefix("trait:"))
+        self.extra_specs
+            .iter()
+            .filter(move |(_, v)| *v == want)
+            .filter_map(|(k, _)| k.strip_prefix("trait:"))
     }
 }
 
@@ -430,7 +468,14 @@ mod tests {
     #[test]
     fn host_capacity_applies_ratios_and_reservation() {
         let c = host("compute-0").capacity();
-        assert_eq!(c, Usage { vcpus: 64, ram_mb: 64512, disk_gb: 500 });
+        assert_eq!(
+            c,
+            Usage {
+                vcpus: 64,
+                ram_mb: 64512,
+                disk_gb: 500
+            }
+        );
     }
 
     #[test]
@@ -465,10 +510,21 @@ mod tests {
         };
         assert!(f.validate().is_ok());
         assert_eq!(f.required_traits().collect::<Vec<_>>(), vec!["CUSTOM_GPU"]);
-        assert_eq!(f.usage(), Usage { vcpus: 8, ram_mb: 16896, disk_gb: 50 });
+        assert_eq!(
+            f.usage(),
+            Usage {
+                vcpus: 8,
+                ram_mb: 16896,
+                disk_gb: 50
+            }
+        );
         let mut bad = f.clone();
-        bad.extra_specs.insert("trait:CUSTOM_X".into(), "maybe".into());
-        assert_eq!(bad.validate().unwrap_err().field, "extra_specs.trait:CUSTOM_X");
+        bad.extra_specs
+            .insert("trait:CUSTOM_X".into(), "maybe".into());
+        assert_eq!(
+            bad.validate().unwrap_err().field,
+            "extra_specs.trait:CUSTOM_X"
+        );
     }
 
     #[test]

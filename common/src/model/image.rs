@@ -43,13 +43,21 @@ impl ImageSpec {
             crate::ids::check_uuid("id", id)?;
         }
         if self.container_format != "bare" {
-            return Err(FieldError::new("container_format", &self.container_format, "must be 'bare'"));
+            return Err(FieldError::new(
+                "container_format",
+                &self.container_format,
+                "must be 'bare'",
+            ));
         }
         validate::range("min_disk_gb", self.min_disk_gb, 0, 1024 * 1024)?;
         validate::range("min_ram_mb", self.min_ram_mb, 0, 16 * 1024 * 1024)?;
         if let Some(s) = &self.sha256 {
             if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(FieldError::new("sha256", s, "must be 64 hexadecimal digits"));
+                return Err(FieldError::new(
+                    "sha256",
+                    s,
+                    "must be 64 hexadecimal digits",
+                ));
             }
         }
         Ok(())

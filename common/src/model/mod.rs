@@ -38,7 +38,13 @@ pub struct Resource<S, T> {
 impl<S, T: Default> Resource<S, T> {
     /// A new resource with a fresh id and default (not yet observed) status.
     pub fn new(spec: S, now: DateTime<Utc>) -> Self {
-        Resource { id: crate::ids::new_id(), spec, status: T::default(), created_at: now, updated_at: now }
+        Resource {
+            id: crate::ids::new_id(),
+            spec,
+            status: T::default(),
+            created_at: now,
+            updated_at: now,
+        }
     }
 }
 

@@ -34,11 +34,19 @@ impl NetworkSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
         validate::name("name", &self.name)?;
         match (self.kind, self.segmentation_id) {
-            (NetworkKind::Vlan, Some(id)) => validate::range("provider:segmentation_id", id, 1, 4094)?,
-            (NetworkKind::Vxlan, Some(id)) => validate::range("provider:segmentation_id", id, 1, 16_777_215)?,
+            (NetworkKind::Vlan, Some(id)) => {
+                validate::range("provider:segmentation_id", id, 1, 4094)?
+            }
+            (NetworkKind::Vxlan, Some(id)) => {
+                validate::range("provider:segmentation_id", id, 1, 16_777_215)?
+            }
             (NetworkKind::Vlan | NetworkKind::Vxlan, None) => {}
             (_, Some(id)) => {
-                return Err(FieldError::new("provider:segmentation_id", id, "is only allowed on vlan and vxlan networks"))
+                return Err(FieldError::new(
+                    "provider:segmentation_id",
+                    id,
+                    "is only allowed on vlan and vxlan networks",
+                ))
             }
             (_, None) => {}
         }
@@ -65,24 +73,42 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
-        let bad = || FieldError::new(field, s, "must be an address prefix such as 10.0.0.0/24 or fd00::/64");
+        let bad = || {
+            FieldError::new(
+                field,
+                s,
+                "must be an address prefix such as 10.0.0.0/24 or fd00::/64",
+            )
+        };
         let (a, p) = s.split_once('/').ok_or_else(bad)?;
         let addr: IpAddr = a.parse().map_err(|_| bad())?;
         let prefix: u8 = p.parse().map_err(|_| bad())?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix > max {
-            return Err(FieldError::new(field, s, format!("prefix length must be at most {max}")));
+            return Err(FieldError::new(
+                field,
+                s,
+                format!("prefix length must be at most {max}"),
+            ));
         }
         Ok(Cidr { addr, prefix })
     }
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -119,7 +145,11 @@ impl SubnetSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(gw) = self.gateway_ip {
             if !self.cidr.contains(gw) {
-                return Err(FieldError::new("gateway_ip", gw, format!("must be inside {}", String::from(self.cidr))));
+                return Err(FieldError::new(
+                    "gateway_ip",
+                    gw,
+                    format!("must be inside {}", String::from(self.cidr)),
+                ));
             }
         }
         Ok(())

@@ -31,8 +31,15 @@ impl VolumeSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
         validate::name("name", &self.name)?;
         validate::range("size", self.size_gb, 1, 64 * 1024)?;
-        if !matches!(self.volume_type.as_str(), "edge-local" | "central-replicated") {
-            return Err(FieldError::new("volume_type", &self.volume_type, "must be edge-local or central-replicated"));
+        if !matches!(
+            self.volume_type.as_str(),
+            "edge-local" | "central-replicated"
+        ) {
+            return Err(FieldError::new(
+                "volume_type",
+                &self.volume_type,
+                "must be edge-local or central-replicated",
+            ));
         }
         Ok(())
     }

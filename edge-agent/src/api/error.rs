@@ -17,7 +17,10 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, m)
@@ -45,7 +48,10 @@ impl From<WriteError> for ApiError {
             WriteError::NoValidHost(n) => Self::conflict(n.to_string()),
             WriteError::Store(s) => {
                 tracing::error!(error = %s, "store failure answered with 500");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the site's store failed: {s}"))
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the site's store failed: {s}"),
+                )
             }
         }
     }

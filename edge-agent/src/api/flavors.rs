@@ -21,23 +21,46 @@ pub(super) fn routes() -> Router<AppState> {
 
 async fn list(State(s): State<AppState>, _c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     let flavors = s.store.flavors().await?;
-    Ok(Json(json!({"flavors": flavors.iter().map(|f| views::flavor_ref(&s.base_url, f)).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"flavors": flavors.iter().map(|f| views::flavor_ref(&s.base_url, f)).collect::<Vec<_>>()}),
+    ))
 }
 
-async fn list_detail(State(s): State<AppState>, _c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_detail(
+    State(s): State<AppState>,
+    _c: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let flavors = s.store.flavors().await?;
-    Ok(Json(json!({"flavors": flavors.iter().map(|f| views::flavor(&s.base_url, f)).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"flavors": flavors.iter().map(|f| views::flavor(&s.base_url, f)).collect::<Vec<_>>()}),
+    ))
 }
 
-async fn show(State(s): State<AppState>, _c: Caller, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let f = s.store.flavor(id.clone()).await?.ok_or_else(|| ApiError::not_found(format!("Flavor {id} could not be found.")))?;
+async fn show(
+    State(s): State<AppState>,
+    _c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let f = s
+        .store
+        .flavor(id.clone())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Flavor {id} could not be found.")))?;
     Ok(Json(json!({"flavor": views::flavor(&s.base_url, &f)})))
 }
 
-async fn create(State(s): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+async fn create(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     caller.require_admin("os_compute_api:os-flavor-manage:create")?;
     let spec = parse_body::<FlavorCreateBody>(&body)?.flavor.into_spec()?;
     let f = s.store.write(move |w| w.create_flavor(spec)).await?;
     tracing::info!(flavor_id = %f.id, name = %f.spec.name, "flavor created");
-    Ok((StatusCode::OK, Json(json!({"flavor": views::flavor(&s.base_url, &f)}))).into_response())
+    Ok((
+        StatusCode::OK,
+        Json(json!({"flavor": views::flavor(&s.base_url, &f)})),
+    )
+        .into_response())
 }

@@ -11,8 +11,13 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/v2.1/os-hypervisors/detail", get(detail))
 }
 
-async fn detail(State(s): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+async fn detail(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_admin("os_compute_api:os-hypervisors:list-detail")?;
     let hosts = s.store.hypervisors().await?;
-    Ok(Json(json!({"hypervisors": hosts.iter().map(views::hypervisor).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"hypervisors": hosts.iter().map(views::hypervisor).collect::<Vec<_>>()}),
+    ))
 }

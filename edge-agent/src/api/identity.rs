@@ -35,7 +35,11 @@ fn version_doc(base: &str) -> Value {
 }
 
 async fn versions(State(s): State<AppState>) -> Response {
-    (StatusCode::MULTIPLE_CHOICES, Json(json!({"versions": {"values": [version_doc(&s.base_url)]}}))).into_response()
+    (
+        StatusCode::MULTIPLE_CHOICES,
+        Json(json!({"versions": {"values": [version_doc(&s.base_url)]}})),
+    )
+        .into_response()
 }
 
 async fn version(State(s): State<AppState>) -> Json<Value> {
@@ -48,29 +52,43 @@ async fn issue(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiEr
     let body: AuthBody = parse_body(&body)?;
     let auth = body.auth;
     if !auth.identity.methods.iter().any(|m| m == "password") {
-        return Err(ApiError::unauthorized("Only the password authentication method is supported here."));
+        return Err(ApiError::unauthorized(
+            "Only the password authentication method is supported here.",
+        ));
     }
-    let pw = auth
-        .identity
-        .password
-        .ok_or_else(|| ApiError::bad_request("auth.identity.password: is required for the password method"))?;
+    let pw = auth.identity.password.ok_or_else(|| {
+        ApiError::bad_request("auth.identity.password: is required for the password method")
+    })?;
     let id = s.auth.identity();
     let user = pw.user;
     let user_matches = match (&user.id, &user.name) {
         (Some(uid), _) => *uid == id.admin_user_id,
-        (None, Some(name)) => name == "admin" && user.domain.as_ref().is_none_or(|d| d.is_default()),
-        (None, None) => return Err(ApiError::bad_request("auth.identity.password.user: give id or name")),
+        (None, Some(name)) => {
+            name == "admin" && user.domain.as_ref().is_none_or(|d| d.is_default())
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "auth.identity.password.user: give id or name",
+            ))
+        }
     };
     // Check the password even for an unknown user, so timing says nothing.
     let password_ok = s.auth.check_password(&user.password).is_ok();
     if !(user_matches && password_ok) {
-        tracing::warn!(user = user.name.as_deref().or(user.id.as_deref()).unwrap_or(""), "authentication refused");
-        return Err(ApiError::unauthorized("The request you have made requires authentication."));
+        tracing::warn!(
+            user = user.name.as_deref().or(user.id.as_deref()).unwrap_or(""),
+            "authentication refused"
+        );
+        return Err(ApiError::unauthorized(
+            "The request you have made requires authentication.",
+        ));
     }
     if let Some(project) = auth.scope.and_then(|sc| sc.project) {
         let ok = match (&project.id, &project.name) {
             (Some(pid), _) => *pid == id.admin_project_id,
-            (None, Some(name)) => name == "admin" && project.domain.as_ref().is_none_or(|d| d.is_default()),
+            (None, Some(name)) => {
+                name == "admin" && project.domain.as_ref().is_none_or(|d| d.is_default())
+            }
             (None, None) => false,
         };
         if !ok {
@@ -78,20 +96,39 @@ async fn issue(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiEr
         }
     }
     let (token, claims) = s.auth.issue_admin(Utc::now());
-    let mut resp = (StatusCode::CREATED, Json(json!({"token": token_body(&s, &claims)}))).into_response();
-    resp.headers_mut().insert("X-Subject-Token", token.parse().map_err(|_| ApiError::bad_request("token"))?);
+    let mut resp = (
+        StatusCode::CREATED,
+        Json(json!({"token": token_body(&s, &claims)})),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        "X-Subject-Token",
+        token.parse().map_err(|_| ApiError::bad_request("token"))?,
+    );
     Ok(resp)
 }
 
 /// `GET /identity/v3/auth/tokens`: validates `X-Subject-Token`.
-async fn validate(State(s): State<AppState>, _caller: Caller, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn validate(
+    State(s): State<AppState>,
+    _caller: Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let subject = headers
         .get("X-Subject-Token")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::bad_request("X-Subject-Token: header is required"))?;
-    let claims = s.auth.verify(subject, Utc::now()).map_err(|e| ApiError::not_found(e.to_string()))?;
+    let claims = s
+        .auth
+        .verify(subject, Utc::now())
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
     let mut resp = Json(json!({"token": token_body(&s, &claims)})).into_response();
-    resp.headers_mut().insert("X-Subject-Token", subject.parse().map_err(|_| ApiError::bad_request("token"))?);
+    resp.headers_mut().insert(
+        "X-Subject-Token",
+        subject
+            .parse()
+            .map_err(|_| ApiError::bad_request("token"))?,
+    );
     Ok(resp)
 }
 

@@ -27,10 +27,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
 use serde::de::DeserializeOwned;
-use tokio::sync::Notify;
 
 pub use error::ApiError;
 
+use crate::compute::reconciler::WorkQueue;
 use crate::identity::{Authority, Claims};
 use crate::metrics::METRICS;
 use crate::store::Store;
@@ -40,8 +40,8 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub auth: Arc<Authority>,
-    /// Wakes the compute reconciler after a write.
-    pub wake: Arc<Notify>,
+    /// Servers the compute reconciler should look at after a write.
+    pub queue: Arc<WorkQueue>,
     /// Public base URL of this API, for links and the catalog.
     pub base_url: String,
     pub compute_driver: &'static str,
@@ -60,14 +60,18 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(|| async { METRICS.render() }))
         .merge(identity::routes())
         .nest("/compute", compute)
-        .fallback(|| async { ApiError::not_found("No such API path; see /identity/v3 and /compute/v2.1") })
+        .fallback(|| async {
+            ApiError::not_found("No such API path; see /identity/v3 and /compute/v2.1")
+        })
         .layer(axum::middleware::from_fn(record_metrics))
         .with_state(state)
 }
 
 async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     // A read proves the store answers; the writer is checked by every write.
-    s.store.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await?;
+    s.store
+        .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .await?;
     Ok(Json(serde_json::json!({
         "status": "ok",
         "site_id": s.auth.identity().site_id,
@@ -76,21 +80,40 @@ async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, A
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
     let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status();
-    METRICS.http_request_seconds.with_label_values(&[&route]).observe(start.elapsed().as_secs_f64());
-    METRICS.http_requests.with_label_values(&[&route, method.as_str(), status.as_str()]).inc();
+    METRICS
+        .http_request_seconds
+        .with_label_values(&[&route])
+        .observe(start.elapsed().as_secs_f64());
+    METRICS
+        .http_requests
+        .with_label_values(&[&route, method.as_str(), status.as_str()])
+        .inc();
     resp
 }
 
 async fn nova_version_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
-    h.insert("OpenStack-API-Version", HeaderValue::from_static("compute 2.1"));
-    h.insert("X-OpenStack-Nova-API-Version", HeaderValue::from_static("2.1"));
-    h.insert("Vary", HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"));
+    h.insert(
+        "OpenStack-API-Version",
+        HeaderValue::from_static("compute 2.1"),
+    );
+    h.insert(
+        "X-OpenStack-Nova-API-Version",
+        HeaderValue::from_static("2.1"),
+    );
+    h.insert(
+        "Vary",
+        HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"),
+    );
     resp
 }
 
@@ -112,7 +135,9 @@ impl Caller {
         if self.0.is_admin() {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!("Policy doesn't allow {what} to be performed.")))
+            Err(ApiError::forbidden(format!(
+                "Policy doesn't allow {what} to be performed."
+            )))
         }
     }
 }
@@ -126,15 +151,21 @@ impl FromRequestParts<AppState> for Caller {
             .get("X-Auth-Token")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::unauthorized("The request you have made requires authentication: send an X-Auth-Token header (get one from POST /identity/v3/auth/tokens)."))?;
-        let claims = state.auth.verify(token, Utc::now()).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        let claims = state
+            .auth
+            .verify(token, Utc::now())
+            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
         Ok(Caller(claims))
     }
 }
 
 /// Parses a JSON body; errors name the field path (`server.flavorRef`).
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::bad_request("the request body is empty; send a JSON object"));
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid JSON body: the request body must be a JSON object",
+        ));
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {

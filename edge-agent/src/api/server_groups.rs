@@ -18,12 +18,24 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v2.1/os-server-groups/{id}", get(show).delete(delete))
 }
 
-async fn list(State(s): State<AppState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
-    let groups = s.store.server_groups(Some(caller.0.project_id.clone())).await?;
-    Ok(Json(json!({"server_groups": groups.iter().map(views::server_group).collect::<Vec<_>>()})))
+async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let groups = s
+        .store
+        .server_groups(Some(caller.0.project_id.clone()))
+        .await?;
+    Ok(Json(
+        json!({"server_groups": groups.iter().map(views::server_group).collect::<Vec<_>>()}),
+    ))
 }
 
-async fn show(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn show(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let g = s
         .store
         .server_groups(caller.scope())
@@ -34,14 +46,26 @@ async fn show(State(s): State<AppState>, caller: Caller, Path(id): Path<String>)
     Ok(Json(json!({"server_group": views::server_group(&g)})))
 }
 
-async fn create(State(s): State<AppState>, caller: Caller, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
-    let spec = parse_body::<ServerGroupCreateBody>(&body)?.server_group.into_spec(&caller.0.project_id)?;
+async fn create(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let spec = parse_body::<ServerGroupCreateBody>(&body)?
+        .server_group
+        .into_spec(&caller.0.project_id)?;
     let g = s.store.write(move |w| w.create_server_group(spec)).await?;
     Ok(Json(json!({"server_group": views::server_group(&g)})))
 }
 
-async fn delete(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let scope = caller.scope();
-    s.store.write(move |w| w.delete_server_group(&id, scope.as_deref())).await?;
+    s.store
+        .write(move |w| w.delete_server_group(&id, scope.as_deref()))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -44,7 +44,10 @@ const MAX_LIMIT: usize = 1000;
 
 impl ListParams {
     fn query(self, caller: &Caller) -> Result<ServerQuery, ApiError> {
-        let all = self.all_tenants.as_deref().is_some_and(|v| !matches!(v, "0" | "false" | "False"));
+        let all = self
+            .all_tenants
+            .as_deref()
+            .is_some_and(|v| !matches!(v, "0" | "false" | "False"));
         if all {
             caller.require_admin("all_tenants")?;
         }
@@ -60,19 +63,41 @@ impl ListParams {
             (false, None) => Some(caller.0.project_id.clone()),
         };
         if self.deleted == Some(true) {
-            return Err(FieldError::new("deleted", "true", "deleted servers are removed, not kept; leave it out").into());
+            return Err(FieldError::new(
+                "deleted",
+                "true",
+                "deleted servers are removed, not kept; leave it out",
+            )
+            .into());
         }
         let limit = match self.limit {
-            Some(0) => return Err(FieldError::new("limit", 0, format!("must be between 1 and {MAX_LIMIT}")).into()),
+            Some(0) => {
+                return Err(FieldError::new(
+                    "limit",
+                    0,
+                    format!("must be between 1 and {MAX_LIMIT}"),
+                )
+                .into())
+            }
             Some(n) => Some(n.min(MAX_LIMIT)),
             None => Some(MAX_LIMIT),
         };
-        Ok(ServerQuery { project_id, name: self.name, status: self.status, host: self.host, marker: self.marker, limit })
+        Ok(ServerQuery {
+            project_id,
+            name: self.name,
+            status: self.status,
+            host: self.host,
+            marker: self.marker,
+            limit,
+        })
     }
 }
 
-fn list_params(q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>) -> Result<ListParams, ApiError> {
-    q.map(|Query(p)| p).map_err(|e| ApiError::bad_request(format!("query string: {}", e.body_text())))
+fn list_params(
+    q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<ListParams, ApiError> {
+    q.map(|Query(p)| p)
+        .map_err(|e| ApiError::bad_request(format!("query string: {}", e.body_text())))
 }
 
 async fn list_servers(
@@ -84,11 +109,11 @@ async fn list_servers(
     let q = params.query(caller)?;
     let limit = q.limit;
     let servers = s.store.servers(q).await?;
-    let mut body = json!({"servers": servers.iter().map(|v| render(&s.base_url, v)).collect::<Vec<_>>()});
+    let mut body =
+        json!({"servers": servers.iter().map(|v| render(&s.base_url, v)).collect::<Vec<_>>()});
     if let (Some(limit), Some(last)) = (limit, servers.last()) {
         if servers.len() == limit {
-            body["servers_links"] =
-                json!([{"rel": "next", "href": format!("{}/compute/v2.1/servers?limit={limit}&marker={}", s.base_url, last.id)}]);
+            body["servers_links"] = json!([{"rel": "next", "href": format!("{}/compute/v2.1/servers?limit={limit}&marker={}", s.base_url, last.id)}]);
         }
     }
     Ok(Json(body))
@@ -110,7 +135,11 @@ async fn list_detail(
     list_servers(&s, &caller, list_params(q)?, views::server).await
 }
 
-async fn show(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn show(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let server = s
         .store
         .server(id.clone())
@@ -122,18 +151,34 @@ async fn show(State(s): State<AppState>, caller: Caller, Path(id): Path<String>)
 
 /// The last path segment of a reference that may be a URL.
 fn ref_id(r: &str) -> String {
-    r.trim_end_matches('/').rsplit('/').next().unwrap_or(r).to_string()
+    r.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(r)
+        .to_string()
 }
 
-async fn create(State(s): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, ApiError> {
+async fn create(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let body: ServerCreateBody = parse_body(&body)?;
     let req = body.server;
     req.check_supported()?;
-    let hints = body.scheduler_hints.or(body.scheduler_hints_legacy).unwrap_or_default();
+    let hints = body
+        .scheduler_hints
+        .or(body.scheduler_hints_legacy)
+        .unwrap_or_default();
     let availability_zone = match req.availability_zone.as_deref() {
         None | Some("") => None,
         Some(az) if az.contains(':') => {
-            return Err(FieldError::new("server.availability_zone", az, "forcing a host with 'zone:host' is not supported").into())
+            return Err(FieldError::new(
+                "server.availability_zone",
+                az,
+                "forcing a host with 'zone:host' is not supported",
+            )
+            .into())
         }
         Some(az) => Some(az.to_string()),
     };
@@ -151,8 +196,11 @@ async fn create(State(s): State<AppState>, caller: Caller, body: Bytes) -> Resul
         deleted: false,
         metadata: req.metadata,
     };
-    let server = s.store.write(move |w| w.create_server(NewServer { spec })).await?;
-    s.wake.notify_one();
+    let server = s
+        .store
+        .write(move |w| w.create_server(NewServer { spec }))
+        .await?;
+    s.queue.push(&server.id);
     tracing::info!(server_id = %server.id, host = server.status.host.as_deref().unwrap_or(""), "server created");
     let location = format!("{}/compute/v2.1/servers/{}", s.base_url, server.id);
     let body = json!({"server": {
@@ -161,22 +209,44 @@ async fn create(State(s): State<AppState>, caller: Caller, body: Bytes) -> Resul
         "OS-DCF:diskConfig": "MANUAL",
         "security_groups": [{"name": "default"}],
     }});
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
 }
 
-async fn change(s: &AppState, caller: &Caller, id: String, intent: ServerIntent) -> Result<(), ApiError> {
+async fn change(
+    s: &AppState,
+    caller: &Caller,
+    id: String,
+    intent: ServerIntent,
+) -> Result<(), ApiError> {
     let scope = caller.scope();
-    s.store.write(move |w| w.change_server(&id, scope.as_deref(), intent)).await?;
-    s.wake.notify_one();
+    let server = s
+        .store
+        .write(move |w| w.change_server(&id, scope.as_deref(), intent))
+        .await?;
+    s.queue.push(&server.id);
     Ok(())
 }
 
-async fn delete(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     change(&s, &caller, id, ServerIntent::Delete).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn action(State(s): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn action(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let intent = match parse_body::<ServerAction>(&body)? {
         ServerAction::Stop(_) => ServerIntent::Stop,
         ServerAction::Start(_) => ServerIntent::Start,

@@ -72,7 +72,8 @@ pub fn server(base: &str, s: &Server) -> Value {
         "os-extended-volumes:volumes_attached": [],
     });
     if let Some(f) = &st.fault {
-        v["fault"] = json!({"code": f.code, "message": f.message, "created": openstack_time(&f.at)});
+        v["fault"] =
+            json!({"code": f.code, "message": f.message, "created": openstack_time(&f.at)});
     }
     v
 }

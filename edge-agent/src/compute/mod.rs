@@ -12,8 +12,8 @@
 //!   restart at any point because it derives all it does from the store.
 
 mod plan;
-mod record_only;
 pub mod reconciler;
+mod record_only;
 
 use roost_common::model::{PowerState, Server};
 

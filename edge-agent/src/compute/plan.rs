@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
-use roost_common::model::{Fault, PowerIntent, PowerState, Server, ServerStatus, TaskState, VmState};
+use roost_common::model::{
+    Fault, PowerIntent, PowerState, Server, ServerStatus, TaskState, VmState,
+};
 
 use super::{DriverAction, DriverError};
 
@@ -14,7 +16,10 @@ pub enum Step {
     /// Write this status; no driver action is needed.
     Record(ServerStatus),
     /// Write `during` (the task under way), then ask the driver.
-    Act { action: DriverAction, during: ServerStatus },
+    Act {
+        action: DriverAction,
+        during: ServerStatus,
+    },
 }
 
 /// What to write once the driver has answered.
@@ -29,7 +34,10 @@ pub enum Outcome {
 }
 
 fn act(server: &Server, action: DriverAction, task: TaskState) -> Step {
-    let during = ServerStatus { task_state: Some(task), ..server.status.clone() };
+    let during = ServerStatus {
+        task_state: Some(task),
+        ..server.status.clone()
+    };
     Step::Act { action, during }
 }
 
@@ -43,16 +51,26 @@ pub fn plan(server: &Server) -> Step {
     match (st.vm_state, spec.power) {
         (VmState::Error | VmState::Deleted, _) => Step::Nothing,
         (VmState::Building, _) => act(server, DriverAction::Spawn, TaskState::Spawning),
-        (VmState::Active, PowerIntent::Stopped) => act(server, DriverAction::PowerOff, TaskState::PoweringOff),
-        (VmState::Stopped, PowerIntent::Running) => act(server, DriverAction::PowerOn, TaskState::PoweringOn),
+        (VmState::Active, PowerIntent::Stopped) => {
+            act(server, DriverAction::PowerOff, TaskState::PoweringOff)
+        }
+        (VmState::Stopped, PowerIntent::Running) => {
+            act(server, DriverAction::PowerOn, TaskState::PoweringOn)
+        }
         (VmState::Active, PowerIntent::Running) if reboot_due => {
-            let (hard, task) =
-                if spec.reboot_hard { (true, TaskState::RebootingHard) } else { (false, TaskState::Rebooting) };
+            let (hard, task) = if spec.reboot_hard {
+                (true, TaskState::RebootingHard)
+            } else {
+                (false, TaskState::Rebooting)
+            };
             act(server, DriverAction::Reboot { hard }, task)
         }
         (VmState::Stopped, PowerIntent::Stopped) if reboot_due => {
             // A reboot asked for while stopping is moot once stopped.
-            Step::Record(ServerStatus { reboot_generation: spec.reboot_generation, ..st.clone() })
+            Step::Record(ServerStatus {
+                reboot_generation: spec.reboot_generation,
+                ..st.clone()
+            })
         }
         _ => Step::Nothing,
     }
@@ -66,7 +84,10 @@ pub fn finish(
     now: DateTime<Utc>,
 ) -> Outcome {
     let before = &server.status;
-    let mut st = ServerStatus { task_state: None, ..before.clone() };
+    let mut st = ServerStatus {
+        task_state: None,
+        ..before.clone()
+    };
     match (action, result) {
         (DriverAction::Destroy, Ok(_)) => return Outcome::Remove,
         (_, Ok(power)) => {
@@ -85,11 +106,22 @@ pub fn finish(
         }
         (DriverAction::Spawn, Err(e)) => {
             st.power_state = PowerState::NoState;
-            return Outcome::Fail(st, Fault { code: 500, message: e.0, at: now });
+            return Outcome::Fail(
+                st,
+                Fault {
+                    code: 500,
+                    message: e.0,
+                    at: now,
+                },
+            );
         }
         (_, Err(e)) => {
             // Keep the state it was in; the next pass tries again.
-            st.fault = Some(Fault { code: 500, message: e.0, at: now });
+            st.fault = Some(Fault {
+                code: 500,
+                message: e.0,
+                at: now,
+            });
         }
     }
     Outcome::Status(st)
@@ -130,11 +162,21 @@ mod tests {
     #[test]
     fn new_server_spawns_then_is_in_sync() {
         let mut s = server(VmState::Building, PowerIntent::Running);
-        let Step::Act { action, during } = plan(&s) else { panic!("should act") };
-        assert_eq!((action, during.task_state), (DriverAction::Spawn, Some(TaskState::Spawning)));
+        let Step::Act { action, during } = plan(&s) else {
+            panic!("should act")
+        };
+        assert_eq!(
+            (action, during.task_state),
+            (DriverAction::Spawn, Some(TaskState::Spawning))
+        );
         let now = Utc::now();
-        let Outcome::Status(st) = finish(&s, action, Ok(PowerState::Running), now) else { panic!() };
-        assert_eq!((st.vm_state, st.power_state, st.task_state), (VmState::Active, PowerState::Running, None));
+        let Outcome::Status(st) = finish(&s, action, Ok(PowerState::Running), now) else {
+            panic!()
+        };
+        assert_eq!(
+            (st.vm_state, st.power_state, st.task_state),
+            (VmState::Active, PowerState::Running, None)
+        );
         assert_eq!(st.launched_at, Some(now));
         s.status = st;
         assert_eq!(plan(&s), Step::Nothing);
@@ -144,7 +186,12 @@ mod tests {
     fn stop_and_start() {
         let s = server(VmState::Active, PowerIntent::Stopped);
         assert_eq!(action(plan(&s)), Some(DriverAction::PowerOff));
-        let Outcome::Status(st) = finish(&s, DriverAction::PowerOff, Ok(PowerState::Shutdown), Utc::now()) else {
+        let Outcome::Status(st) = finish(
+            &s,
+            DriverAction::PowerOff,
+            Ok(PowerState::Shutdown),
+            Utc::now(),
+        ) else {
             panic!()
         };
         assert_eq!(st.vm_state, VmState::Stopped);
@@ -158,8 +205,12 @@ mod tests {
         s.spec.reboot_generation = 2;
         s.spec.reboot_hard = true;
         assert_eq!(action(plan(&s)), Some(DriverAction::Reboot { hard: true }));
-        let Outcome::Status(st) = finish(&s, DriverAction::Reboot { hard: true }, Ok(PowerState::Running), Utc::now())
-        else {
+        let Outcome::Status(st) = finish(
+            &s,
+            DriverAction::Reboot { hard: true },
+            Ok(PowerState::Running),
+            Utc::now(),
+        ) else {
             panic!()
         };
         assert_eq!(st.reboot_generation, 2);
@@ -172,23 +223,45 @@ mod tests {
         let mut s = server(VmState::Error, PowerIntent::Stopped);
         s.spec.deleted = true;
         assert_eq!(action(plan(&s)), Some(DriverAction::Destroy));
-        assert_eq!(finish(&s, DriverAction::Destroy, Ok(PowerState::NoState), Utc::now()), Outcome::Remove);
+        assert_eq!(
+            finish(
+                &s,
+                DriverAction::Destroy,
+                Ok(PowerState::NoState),
+                Utc::now()
+            ),
+            Outcome::Remove
+        );
     }
 
     #[test]
     fn spawn_failure_fails_the_server_with_the_reason() {
         let s = server(VmState::Building, PowerIntent::Running);
-        let out = finish(&s, DriverAction::Spawn, Err(DriverError("no memory".into())), Utc::now());
-        let Outcome::Fail(_, fault) = out else { panic!("{out:?}") };
+        let out = finish(
+            &s,
+            DriverAction::Spawn,
+            Err(DriverError("no memory".into())),
+            Utc::now(),
+        );
+        let Outcome::Fail(_, fault) = out else {
+            panic!("{out:?}")
+        };
         assert_eq!(fault.message, "no memory");
-        assert_eq!(plan(&server(VmState::Error, PowerIntent::Running)), Step::Nothing);
+        assert_eq!(
+            plan(&server(VmState::Error, PowerIntent::Running)),
+            Step::Nothing
+        );
     }
 
     #[test]
     fn failed_power_off_keeps_state_and_retries() {
         let s = server(VmState::Active, PowerIntent::Stopped);
-        let Outcome::Status(st) = finish(&s, DriverAction::PowerOff, Err(DriverError("busy".into())), Utc::now())
-        else {
+        let Outcome::Status(st) = finish(
+            &s,
+            DriverAction::PowerOff,
+            Err(DriverError("busy".into())),
+            Utc::now(),
+        ) else {
             panic!()
         };
         assert_eq!(st.vm_state, VmState::Active);

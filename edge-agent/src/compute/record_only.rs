@@ -17,7 +17,9 @@ impl ComputeDriver for RecordOnly {
 
     fn apply(&self, _server: &Server, action: DriverAction) -> Result<PowerState, DriverError> {
         Ok(match action {
-            DriverAction::Spawn | DriverAction::PowerOn | DriverAction::Reboot { .. } => PowerState::Running,
+            DriverAction::Spawn | DriverAction::PowerOn | DriverAction::Reboot { .. } => {
+                PowerState::Running
+            }
             DriverAction::PowerOff => PowerState::Shutdown,
             DriverAction::Destroy => PowerState::NoState,
         })

@@ -56,12 +56,18 @@ impl Filter {
         let free = || h.free();
         match self {
             Filter::Compute => h.spec.enabled && h.spec.is_compute(),
-            Filter::AvailabilityZone => {
-                req.availability_zone.as_deref().is_none_or(|az| az == h.spec.availability_zone)
-            }
+            Filter::AvailabilityZone => req
+                .availability_zone
+                .as_deref()
+                .is_none_or(|az| az == h.spec.availability_zone),
             Filter::Traits => {
-                req.required_traits.iter().all(|t| h.spec.traits.contains(t))
-                    && !req.forbidden_traits.iter().any(|t| h.spec.traits.contains(t))
+                req.required_traits
+                    .iter()
+                    .all(|t| h.spec.traits.contains(t))
+                    && !req
+                        .forbidden_traits
+                        .iter()
+                        .any(|t| h.spec.traits.contains(t))
             }
             Filter::Core => free().vcpus >= req.usage.vcpus,
             Filter::Ram => free().ram_mb >= req.usage.ram_mb,
@@ -127,7 +133,14 @@ mod tests {
     fn resource_filters_use_ratios_and_usage() {
         let mut h = host("a", 4, 4096);
         h.spec.cpu_allocation_ratio = 2.0;
-        h = super::super::HostView::new(h.spec, Usage { vcpus: 6, ram_mb: 3072, disk_gb: 990 });
+        h = super::super::HostView::new(
+            h.spec,
+            Usage {
+                vcpus: 6,
+                ram_mb: 3072,
+                disk_gb: 990,
+            },
+        );
         assert!(Filter::Core.passes(&h, &req(2, 1)));
         assert!(!Filter::Core.passes(&h, &req(3, 1)));
         assert!(Filter::Ram.passes(&h, &req(1, 1024)));
@@ -156,7 +169,10 @@ mod tests {
         let on_a = group(GroupPolicy::Affinity, &[("a", 1)]);
         assert!(Filter::ServerGroupAffinity.passes(&a, &on_a));
         assert!(!Filter::ServerGroupAffinity.passes(&b, &on_a));
-        assert!(Filter::ServerGroupAntiAffinity.passes(&b, &on_a), "affinity is not anti-affinity");
+        assert!(
+            Filter::ServerGroupAntiAffinity.passes(&b, &on_a),
+            "affinity is not anti-affinity"
+        );
     }
 
     #[test]
@@ -166,6 +182,9 @@ mod tests {
         assert!(!Filter::ServerGroupAntiAffinity.passes(&a, &on_a));
         assert!(Filter::ServerGroupAntiAffinity.passes(&b, &on_a));
         let soft = group(GroupPolicy::SoftAntiAffinity, &[("a", 3)]);
-        assert!(Filter::ServerGroupAntiAffinity.passes(&a, &soft), "soft policies only weigh");
+        assert!(
+            Filter::ServerGroupAntiAffinity.passes(&a, &soft),
+            "soft policies only weigh"
+        );
     }
 }

@@ -33,7 +33,11 @@ pub struct HostView {
 
 impl HostView {
     pub fn new(spec: HostSpec, used: Usage) -> Self {
-        HostView { capacity: spec.capacity(), spec, used }
+        HostView {
+            capacity: spec.capacity(),
+            spec,
+            used,
+        }
     }
 
     pub fn free(&self) -> Usage {
@@ -90,7 +94,11 @@ impl fmt::Display for NoValidHost {
 impl std::error::Error for NoValidHost {}
 
 /// Picks a host for `req`; returns its index in `hosts`.
-pub fn schedule(hosts: &[HostView], req: &Request, weights: &SchedulerSection) -> Result<usize, NoValidHost> {
+pub fn schedule(
+    hosts: &[HostView],
+    req: &Request,
+    weights: &SchedulerSection,
+) -> Result<usize, NoValidHost> {
     let mut removed = [0usize; Filter::ALL.len()];
     let mut passed: Vec<usize> = Vec::with_capacity(hosts.len());
     for (i, h) in hosts.iter().enumerate() {
@@ -102,7 +110,12 @@ pub fn schedule(hosts: &[HostView], req: &Request, weights: &SchedulerSection) -
     if passed.is_empty() {
         return Err(NoValidHost {
             hosts: hosts.len(),
-            removed: Filter::ALL.iter().zip(removed).filter(|(_, n)| *n > 0).map(|(f, n)| (*f, n)).collect(),
+            removed: Filter::ALL
+                .iter()
+                .zip(removed)
+                .filter(|(_, n)| *n > 0)
+                .map(|(f, n)| (*f, n))
+                .collect(),
         });
     }
     Ok(weighers::best(hosts, &passed, req, weights))
@@ -135,13 +148,23 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn req(vcpus: u64, ram_mb: u64) -> Request {
-        Request { usage: Usage { vcpus, ram_mb, disk_gb: 1 }, ..Default::default() }
+        Request {
+            usage: Usage {
+                vcpus,
+                ram_mb,
+                disk_gb: 1,
+            },
+            ..Default::default()
+        }
     }
 
     #[test]
     fn picks_a_host_that_fits() {
         let hosts = [host("a", 2, 1024), host("b", 8, 8192)];
-        assert_eq!(schedule(&hosts, &req(4, 2048), &SchedulerSection::default()), Ok(1));
+        assert_eq!(
+            schedule(&hosts, &req(4, 2048), &SchedulerSection::default()),
+            Ok(1)
+        );
     }
 
     #[test]
@@ -149,7 +172,10 @@ pub(crate) mod tests {
         let mut hosts = vec![host("a", 2, 8192), host("b", 8, 1024), host("c", 8, 8192)];
         hosts[2].spec.enabled = false;
         let err = schedule(&hosts, &req(4, 2048), &SchedulerSection::default()).unwrap_err();
-        assert_eq!(err.removed, vec![(Filter::Compute, 1), (Filter::Core, 1), (Filter::Ram, 1)]);
+        assert_eq!(
+            err.removed,
+            vec![(Filter::Compute, 1), (Filter::Core, 1), (Filter::Ram, 1)]
+        );
         assert_eq!(
             err.to_string(),
             "No valid host was found among 3 hosts: ComputeFilter removed 1, CoreFilter removed 1, RamFilter removed 1"

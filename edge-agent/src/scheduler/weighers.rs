@@ -14,7 +14,12 @@ use super::{HostView, Request};
 type Weigher<'a> = (f64, &'a dyn Fn(&HostView) -> f64);
 
 /// Index (into `hosts`) of the best candidate. `candidates` is not empty.
-pub(super) fn best(hosts: &[HostView], candidates: &[usize], req: &Request, w: &SchedulerSection) -> usize {
+pub(super) fn best(
+    hosts: &[HostView],
+    candidates: &[usize],
+    req: &Request,
+    w: &SchedulerSection,
+) -> usize {
     let soft = match &req.group {
         Some(g) if g.policy == GroupPolicy::SoftAffinity => Some((g, 1.0)),
         Some(g) if g.policy == GroupPolicy::SoftAntiAffinity => Some((g, -1.0)),
@@ -65,25 +70,51 @@ mod tests {
     use roost_common::model::Usage;
 
     fn used(mut h: HostView, vcpus: u64, ram_mb: u64) -> HostView {
-        h.used = Usage { vcpus, ram_mb, disk_gb: 0 };
+        h.used = Usage {
+            vcpus,
+            ram_mb,
+            disk_gb: 0,
+        };
         h
     }
 
     #[test]
     fn ram_weigher_spreads_by_default_and_packs_when_negative() {
-        let hosts = [used(host("a", 16, 8192), 0, 4096), used(host("b", 16, 8192), 0, 1024)];
+        let hosts = [
+            used(host("a", 16, 8192), 0, 4096),
+            used(host("b", 16, 8192), 0, 1024),
+        ];
         let mut w = SchedulerSection::default();
-        assert_eq!(schedule(&hosts, &req(1, 512), &w), Ok(1), "spread: most free RAM");
+        assert_eq!(
+            schedule(&hosts, &req(1, 512), &w),
+            Ok(1),
+            "spread: most free RAM"
+        );
         w.ram_weight_multiplier = -1.0;
-        assert_eq!(schedule(&hosts, &req(1, 512), &w), Ok(0), "pack: least free RAM");
+        assert_eq!(
+            schedule(&hosts, &req(1, 512), &w),
+            Ok(0),
+            "pack: least free RAM"
+        );
     }
 
     #[test]
     fn cpu_weigher() {
-        let hosts = [used(host("a", 16, 8192), 2, 0), used(host("b", 16, 8192), 8, 0)];
-        let w = SchedulerSection { ram_weight_multiplier: 0.0, cpu_weight_multiplier: 1.0, ..Default::default() };
+        let hosts = [
+            used(host("a", 16, 8192), 2, 0),
+            used(host("b", 16, 8192), 8, 0),
+        ];
+        let w = SchedulerSection {
+            ram_weight_multiplier: 0.0,
+            cpu_weight_multiplier: 1.0,
+            ..Default::default()
+        };
         assert_eq!(schedule(&hosts, &req(1, 1), &w), Ok(0));
-        let w = SchedulerSection { ram_weight_multiplier: 0.0, cpu_weight_multiplier: -1.0, ..Default::default() };
+        let w = SchedulerSection {
+            ram_weight_multiplier: 0.0,
+            cpu_weight_multiplier: -1.0,
+            ..Default::default()
+        };
         assert_eq!(schedule(&hosts, &req(1, 1), &w), Ok(1));
     }
 
@@ -91,24 +122,40 @@ mod tests {
     fn weights_are_normalised_so_multipliers_compare() {
         // a: much more free RAM; b: slightly more free CPU. With CPU weighted
         // 2x, normalisation makes b win even though RAM differs by MiBs.
-        let hosts = [used(host("a", 16, 65536), 4, 0), used(host("b", 16, 65536), 0, 60000)];
-        let w = SchedulerSection { ram_weight_multiplier: 1.0, cpu_weight_multiplier: 2.0, ..Default::default() };
+        let hosts = [
+            used(host("a", 16, 65536), 4, 0),
+            used(host("b", 16, 65536), 0, 60000),
+        ];
+        let w = SchedulerSection {
+            ram_weight_multiplier: 1.0,
+            cpu_weight_multiplier: 2.0,
+            ..Default::default()
+        };
         assert_eq!(schedule(&hosts, &req(1, 1), &w), Ok(1));
     }
 
     #[test]
     fn ties_go_to_the_first_host() {
         let hosts = [host("a", 4, 4096), host("b", 4, 4096), host("c", 4, 4096)];
-        assert_eq!(schedule(&hosts, &req(1, 1), &SchedulerSection::default()), Ok(0));
+        assert_eq!(
+            schedule(&hosts, &req(1, 1), &SchedulerSection::default()),
+            Ok(0)
+        );
     }
 
     #[test]
     fn soft_affinity_weighs_members() {
         let hosts = [host("a", 4, 4096), host("b", 4, 4096)];
         let mut r = req(1, 1);
-        r.group = Some(GroupPlacement { policy: GroupPolicy::SoftAffinity, members_on: [("b".into(), 2)].into() });
+        r.group = Some(GroupPlacement {
+            policy: GroupPolicy::SoftAffinity,
+            members_on: [("b".into(), 2)].into(),
+        });
         assert_eq!(schedule(&hosts, &r, &SchedulerSection::default()), Ok(1));
-        r.group = Some(GroupPlacement { policy: GroupPolicy::SoftAntiAffinity, members_on: [("a".into(), 2)].into() });
+        r.group = Some(GroupPlacement {
+            policy: GroupPolicy::SoftAntiAffinity,
+            members_on: [("a".into(), 2)].into(),
+        });
         assert_eq!(schedule(&hosts, &r, &SchedulerSection::default()), Ok(1));
     }
 }

@@ -11,7 +11,9 @@ use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use roost_common::config::SiteConfig;
-use roost_common::model::{Flavor, Host, HostSpec, HostStatus, Image, ImageState, ImageStatus, Resource, Usage};
+use roost_common::model::{
+    Flavor, Host, HostSpec, HostStatus, Image, ImageState, ImageStatus, Resource, Usage,
+};
 
 use super::rows::{self, json, time};
 use super::{StoreError, WriteError};
@@ -40,10 +42,16 @@ impl std::fmt::Debug for Identity {
 }
 
 fn meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
-    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
 }
 
-fn meta_or_init(conn: &Connection, key: &str, init: impl FnOnce() -> String) -> Result<String, StoreError> {
+fn meta_or_init(
+    conn: &Connection,
+    key: &str,
+    init: impl FnOnce() -> String,
+) -> Result<String, StoreError> {
     if let Some(v) = meta(conn, key)? {
         return Ok(v);
     }
@@ -59,7 +67,11 @@ fn hex(bytes: &[u8]) -> String {
 /// Checks the store belongs to `site_id`, makes the identity on first start
 /// and brings hosts, flavors and images in line with the config, all in one
 /// transaction.
-pub(super) fn bootstrap(conn: &mut Connection, site_id: &str, config: &SiteConfig) -> Result<Identity, StoreError> {
+pub(super) fn bootstrap(
+    conn: &mut Connection,
+    site_id: &str,
+    config: &SiteConfig,
+) -> Result<Identity, StoreError> {
     let tx = conn.transaction()?;
     let stored_site = meta_or_init(&tx, "site_id", || site_id.to_string())?;
     if stored_site != site_id {
@@ -84,7 +96,11 @@ pub(super) fn bootstrap(conn: &mut Connection, site_id: &str, config: &SiteConfi
     sync_hosts(&tx, &config.hosts)?;
     let now = Utc::now();
     for spec in &config.flavors {
-        let exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM flavors WHERE name = ?1)", [&spec.name], |r| r.get(0))?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM flavors WHERE name = ?1)",
+            [&spec.name],
+            |r| r.get(0),
+        )?;
         if !exists {
             let mut f: Flavor = Resource::new(spec.clone(), now);
             if let Some(id) = &spec.id {
@@ -94,10 +110,17 @@ pub(super) fn bootstrap(conn: &mut Connection, site_id: &str, config: &SiteConfi
         }
     }
     for spec in &config.images {
-        let exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM images WHERE name = ?1)", [&spec.name], |r| r.get(0))?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM images WHERE name = ?1)",
+            [&spec.name],
+            |r| r.get(0),
+        )?;
         if !exists {
             let mut i: Image = Resource::new(spec.clone(), now);
-            i.status = ImageStatus { state: ImageState::Active, size_bytes: None };
+            i.status = ImageStatus {
+                state: ImageState::Active,
+                size_bytes: None,
+            };
             if let Some(id) = &spec.id {
                 i.id = id.clone();
             }
@@ -111,9 +134,16 @@ pub(super) fn bootstrap(conn: &mut Connection, site_id: &str, config: &SiteConfi
 fn sync_hosts(conn: &Connection, hosts: &[HostSpec]) -> Result<(), StoreError> {
     let now = time(&Utc::now());
     let wanted: BTreeSet<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-    let stored: Vec<String> = conn.prepare("SELECT id FROM hosts")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let stored: Vec<String> = conn
+        .prepare("SELECT id FROM hosts")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     for name in stored.iter().filter(|n| !wanted.contains(n.as_str())) {
-        let placed: u32 = conn.query_row("SELECT COUNT(*) FROM allocations WHERE host = ?1", [name], |r| r.get(0))?;
+        let placed: u32 = conn.query_row(
+            "SELECT COUNT(*) FROM allocations WHERE host = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
         if placed > 0 {
             return Err(StoreError::Inventory(format!(
                 "host {name:?} is no longer in the config but {placed} servers are placed on it; \
@@ -142,7 +172,14 @@ pub(super) fn usage_by_host(conn: &Connection) -> Result<HashMap<String, Usage>,
         "SELECT host, SUM(vcpus), SUM(ram_mb), SUM(disk_gb), COUNT(*) FROM allocations GROUP BY host",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, Usage { vcpus: r.get(1)?, ram_mb: r.get(2)?, disk_gb: r.get(3)? }))
+        Ok((
+            r.get::<_, String>(0)?,
+            Usage {
+                vcpus: r.get(1)?,
+                ram_mb: r.get(2)?,
+                disk_gb: r.get(3)?,
+            },
+        ))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -181,24 +218,41 @@ pub(super) fn hypervisors(conn: &Connection) -> Result<Vec<HypervisorView>, Writ
     Ok(load_host_views(conn)?
         .into_iter()
         .enumerate()
-        .map(|(i, h)| HypervisorView { id: i + 1, running: counts.get(&h.spec.name).copied().unwrap_or(0), host: h })
+        .map(|(i, h)| HypervisorView {
+            id: i + 1,
+            running: counts.get(&h.spec.name).copied().unwrap_or(0),
+            host: h,
+        })
         .collect())
 }
 
 impl super::WriteCtx<'_> {
     /// Adds a flavor; its name and id must be new.
-    pub fn create_flavor(&mut self, spec: roost_common::model::FlavorSpec) -> Result<Flavor, WriteError> {
+    pub fn create_flavor(
+        &mut self,
+        spec: roost_common::model::FlavorSpec,
+    ) -> Result<Flavor, WriteError> {
         let mut f: Flavor = Resource::new(spec, self.now);
         if let Some(id) = &f.spec.id {
             f.id = id.clone();
         }
         let taken: Option<String> = self
             .tx
-            .query_row("SELECT id FROM flavors WHERE id = ?1 OR name = ?2", [&f.id, &f.spec.name], |r| r.get(0))
+            .query_row(
+                "SELECT id FROM flavors WHERE id = ?1 OR name = ?2",
+                [&f.id, &f.spec.name],
+                |r| r.get(0),
+            )
             .optional()?;
         if let Some(other) = taken {
-            let what = if other == f.id { format!("ID {}", f.id) } else { format!("name {}", f.spec.name) };
-            return Err(WriteError::Conflict(format!("Flavor with {what} already exists.")));
+            let what = if other == f.id {
+                format!("ID {}", f.id)
+            } else {
+                format!("name {}", f.spec.name)
+            };
+            return Err(WriteError::Conflict(format!(
+                "Flavor with {what} already exists."
+            )));
         }
         rows::insert(self.tx, "flavors", &f, Some(&f.spec.name))?;
         Ok(f)

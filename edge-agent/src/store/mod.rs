@@ -92,7 +92,11 @@ impl Store {
     /// Opens (creating if needed) the store in `data_dir`, migrates it and
     /// starts the writer thread. `site_id` must match the site the store was
     /// created for.
-    pub fn open(data_dir: &Path, site_id: &str, config: &roost_common::config::SiteConfig) -> Result<(Store, Identity), StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        site_id: &str,
+        config: &roost_common::config::SiteConfig,
+    ) -> Result<(Store, Identity), StoreError> {
         let path = data_dir.join(DB_FILE);
         let mut conn = open_conn(&path, false)?;
         schema::migrate(&mut conn)?;
@@ -100,7 +104,10 @@ impl Store {
         let hosts = inventory::load_host_views(&conn)?;
         let (tx, rx) = mpsc::channel(1024);
         writer::spawn(conn, hosts, config.scheduler.clone(), rx)?;
-        let readers = Arc::new(ReaderPool { path, idle: Mutex::new(Vec::new()) });
+        let readers = Arc::new(ReaderPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        });
         Ok((Store { jobs: tx, readers }, identity))
     }
 
@@ -163,8 +170,12 @@ impl Store {
         self.read(|c| Ok(rows::list(c, "images", "1", [])?)).await
     }
 
-    pub async fn server_groups(&self, project_id: Option<String>) -> Result<Vec<ServerGroup>, WriteError> {
-        self.read(move |c| servers::groups(c, project_id.as_deref())).await
+    pub async fn server_groups(
+        &self,
+        project_id: Option<String>,
+    ) -> Result<Vec<ServerGroup>, WriteError> {
+        self.read(move |c| servers::groups(c, project_id.as_deref()))
+            .await
     }
 
     pub async fn hypervisors(&self) -> Result<Vec<HypervisorView>, WriteError> {
@@ -178,7 +189,9 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Sqlite(format!("cannot open {}: {e}", path.display())))?;
@@ -217,3 +230,6 @@ impl ReaderPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

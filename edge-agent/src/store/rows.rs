@@ -31,9 +31,16 @@ fn from_json<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
 /// The columns [`from_row`] reads, in order.
 pub const COLUMNS: &str = "id, spec, status, created_at, updated_at";
 
-pub fn from_row<S: DeserializeOwned, T: DeserializeOwned>(row: &Row<'_>) -> Result<Resource<S, T>, StoreError> {
-    let (id, spec, status, created, updated): (String, String, String, String, String) =
-        (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+pub fn from_row<S: DeserializeOwned, T: DeserializeOwned>(
+    row: &Row<'_>,
+) -> Result<Resource<S, T>, StoreError> {
+    let (id, spec, status, created, updated): (String, String, String, String, String) = (
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    );
     Ok(Resource {
         id,
         spec: from_json(&spec)?,
@@ -75,7 +82,12 @@ pub fn insert<S: Serialize, T: Serialize>(
     r: &Resource<S, T>,
     name: Option<&str>,
 ) -> Result<(), StoreError> {
-    let (spec, status, c, u) = (json(&r.spec)?, json(&r.status)?, time(&r.created_at), time(&r.updated_at));
+    let (spec, status, c, u) = (
+        json(&r.spec)?,
+        json(&r.status)?,
+        time(&r.created_at),
+        time(&r.updated_at),
+    );
     match name {
         Some(n) => conn.execute(
             &format!("INSERT INTO {table} (id, name, spec, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),

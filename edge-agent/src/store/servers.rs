@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use roost_common::model::{
-    Fault, Flavor, Image, PowerIntent, Resource, Server, ServerGroup, ServerSpec, ServerStatus, TaskState, Usage,
-    VmState,
+    Fault, Flavor, Image, PowerIntent, Resource, Server, ServerGroup, ServerSpec, ServerStatus,
+    TaskState, Usage, VmState,
 };
 use roost_common::FieldError;
 
@@ -64,15 +64,27 @@ impl WriteCtx<'_> {
     pub fn create_server(&mut self, new: NewServer) -> Result<Server, WriteError> {
         let spec = new.spec;
         let flavor: Flavor = rows::get(self.tx, "flavors", &spec.flavor_id)?.ok_or_else(|| {
-            FieldError::new("server.flavorRef", &spec.flavor_id, "must be the id of an existing flavor")
+            FieldError::new(
+                "server.flavorRef",
+                &spec.flavor_id,
+                "must be the id of an existing flavor",
+            )
         })?;
-        let image: Image = rows::get(self.tx, "images", &spec.image_id)?
-            .ok_or_else(|| FieldError::new("server.imageRef", &spec.image_id, "must be the id of an existing image"))?;
+        let image: Image = rows::get(self.tx, "images", &spec.image_id)?.ok_or_else(|| {
+            FieldError::new(
+                "server.imageRef",
+                &spec.image_id,
+                "must be the id of an existing image",
+            )
+        })?;
         if flavor.spec.disk_gb > 0 && image.spec.min_disk_gb > flavor.spec.disk_gb {
             return Err(FieldError::new(
                 "server.flavorRef",
                 &flavor.id,
-                format!("the flavor's disk ({} GB) is smaller than the image's min_disk ({} GB)", flavor.spec.disk_gb, image.spec.min_disk_gb),
+                format!(
+                    "the flavor's disk ({} GB) is smaller than the image's min_disk ({} GB)",
+                    flavor.spec.disk_gb, image.spec.min_disk_gb
+                ),
             )
             .into());
         }
@@ -80,19 +92,29 @@ impl WriteCtx<'_> {
             return Err(FieldError::new(
                 "server.flavorRef",
                 &flavor.id,
-                format!("the flavor's RAM ({} MB) is less than the image's min_ram ({} MB)", flavor.spec.ram_mb, image.spec.min_ram_mb),
+                format!(
+                    "the flavor's RAM ({} MB) is less than the image's min_ram ({} MB)",
+                    flavor.spec.ram_mb, image.spec.min_ram_mb
+                ),
             )
             .into());
         }
         if let Some(az) = &spec.availability_zone {
             if !self.hosts().iter().any(|h| &h.spec.availability_zone == az) {
-                let mut zones: Vec<&str> = self.hosts().iter().map(|h| h.spec.availability_zone.as_str()).collect();
+                let mut zones: Vec<&str> = self
+                    .hosts()
+                    .iter()
+                    .map(|h| h.spec.availability_zone.as_str())
+                    .collect();
                 zones.sort_unstable();
                 zones.dedup();
                 return Err(FieldError::new(
                     "server.availability_zone",
                     az,
-                    format!("must be an availability zone of this site: {}", zones.join(", ")),
+                    format!(
+                        "must be an availability zone of this site: {}",
+                        zones.join(", ")
+                    ),
                 )
                 .into());
             }
@@ -100,10 +122,18 @@ impl WriteCtx<'_> {
         let group = match &spec.server_group {
             None => None,
             Some(gid) => {
-                let g: ServerGroup = rows::get(self.tx, "server_groups", gid)?.ok_or_else(|| {
-                    FieldError::new("os:scheduler_hints.group", gid, "must be the id of an existing server group")
-                })?;
-                Some(GroupPlacement { policy: g.spec.policy, members_on: members_by_host(self.tx, gid)? })
+                let g: ServerGroup =
+                    rows::get(self.tx, "server_groups", gid)?.ok_or_else(|| {
+                        FieldError::new(
+                            "os:scheduler_hints.group",
+                            gid,
+                            "must be the id of an existing server group",
+                        )
+                    })?;
+                Some(GroupPlacement {
+                    policy: g.spec.policy,
+                    members_on: members_by_host(self.tx, gid)?,
+                })
             }
         };
         let req = Request {
@@ -115,7 +145,9 @@ impl WriteCtx<'_> {
         };
         let timer = std::time::Instant::now();
         let chosen = scheduler::schedule(self.hosts(), &req, self.weights);
-        METRICS.scheduler_decision_seconds.observe(timer.elapsed().as_secs_f64());
+        METRICS
+            .scheduler_decision_seconds
+            .observe(timer.elapsed().as_secs_f64());
         let chosen = &self.hosts()[chosen?].spec;
         let (host, zone) = (chosen.name.clone(), chosen.availability_zone.clone());
 
@@ -126,7 +158,13 @@ impl WriteCtx<'_> {
             task_state: Some(TaskState::Spawning),
             ..Default::default()
         };
-        let server = Resource { id: roost_common::ids::new_id(), spec, status, created_at: self.now, updated_at: self.now };
+        let server = Resource {
+            id: roost_common::ids::new_id(),
+            spec,
+            status,
+            created_at: self.now,
+            updated_at: self.now,
+        };
         self.tx.execute(
             "INSERT INTO servers (id, project_id, group_id, host, spec, status, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
@@ -150,23 +188,48 @@ impl WriteCtx<'_> {
 
     /// Records a change of intent, refusing one that conflicts with what the
     /// server is doing (as Nova answers 409).
-    pub fn change_server(&mut self, id: &str, project_id: Option<&str>, intent: ServerIntent) -> Result<Server, WriteError> {
+    pub fn change_server(
+        &mut self,
+        id: &str,
+        project_id: Option<&str>,
+        intent: ServerIntent,
+    ) -> Result<Server, WriteError> {
         let mut server: Server = rows::get(self.tx, "servers", id)?
             .filter(|s: &Server| project_id.is_none_or(|p| p == s.spec.project_id))
             .ok_or_else(|| WriteError::NotFound(format!("Instance {id} could not be found.")))?;
-        let conflict = |why: String| Err(WriteError::Conflict(format!("Cannot '{}' instance {id} {why}", intent.verb())));
+        let conflict = |why: String| {
+            Err(WriteError::Conflict(format!(
+                "Cannot '{}' instance {id} {why}",
+                intent.verb()
+            )))
+        };
         if server.spec.deleted {
-            return if intent == ServerIntent::Delete { Ok(server) } else { conflict("while it is being deleted".into()) };
+            return if intent == ServerIntent::Delete {
+                Ok(server)
+            } else {
+                conflict("while it is being deleted".into())
+            };
         }
-        let busy = server.status.task_state.or_else(|| pending_task(&server.spec, &server.status));
+        let busy = server
+            .status
+            .task_state
+            .or_else(|| pending_task(&server.spec, &server.status));
         let vm = server.status.vm_state;
         match intent {
             ServerIntent::Delete => server.spec.deleted = true,
-            _ if busy.is_some() => return conflict(format!("while it is in task_state {}", task_name(busy))),
+            _ if busy.is_some() => {
+                return conflict(format!("while it is in task_state {}", task_name(busy)))
+            }
             ServerIntent::Stop if vm == VmState::Active => server.spec.power = PowerIntent::Stopped,
-            ServerIntent::Start if vm == VmState::Stopped => server.spec.power = PowerIntent::Running,
-            ServerIntent::Reboot { hard: false } if vm == VmState::Active => server.spec.reboot_generation += 1,
-            ServerIntent::Reboot { hard: true } if matches!(vm, VmState::Active | VmState::Stopped) => {
+            ServerIntent::Start if vm == VmState::Stopped => {
+                server.spec.power = PowerIntent::Running
+            }
+            ServerIntent::Reboot { hard: false } if vm == VmState::Active => {
+                server.spec.reboot_generation += 1
+            }
+            ServerIntent::Reboot { hard: true }
+                if matches!(vm, VmState::Active | VmState::Stopped) =>
+            {
                 server.spec.reboot_generation += 1;
                 server.spec.reboot_hard = true;
                 server.spec.power = PowerIntent::Running;
@@ -197,7 +260,12 @@ impl WriteCtx<'_> {
     }
 
     /// Marks a server failed with `fault` and gives its claim back.
-    pub fn fail_server(&mut self, id: &str, mut status: ServerStatus, fault: Fault) -> Result<(), WriteError> {
+    pub fn fail_server(
+        &mut self,
+        id: &str,
+        mut status: ServerStatus,
+        fault: Fault,
+    ) -> Result<(), WriteError> {
         self.release_claim(id)?;
         status.vm_state = VmState::Error;
         status.task_state = None;
@@ -239,19 +307,29 @@ fn pending_task(spec: &ServerSpec, status: &ServerStatus) -> Option<TaskState> {
 }
 
 fn task_name(t: Option<TaskState>) -> String {
-    t.map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
-        .unwrap_or_else(|| "none".into())
+    t.map(|t| {
+        serde_json::to_value(t)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    })
+    .unwrap_or_else(|| "none".into())
 }
 
 fn vm_name(v: VmState) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 fn members_by_host(conn: &Connection, group_id: &str) -> Result<BTreeMap<String, u32>, WriteError> {
     let mut stmt = conn.prepare_cached(
         "SELECT host, COUNT(*) FROM servers WHERE group_id = ?1 AND host IS NOT NULL GROUP BY host",
     )?;
-    let rows = stmt.query_map([group_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
+    let rows = stmt.query_map([group_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -261,16 +339,19 @@ pub(super) fn list(conn: &Connection, q: &ServerQuery) -> Result<Vec<Server>, Wr
         None => rows::list(conn, "servers", "1", [])?,
     };
     if let Some(m) = &q.marker {
-        let at = all
-            .iter()
-            .position(|s| &s.id == m)
-            .ok_or_else(|| FieldError::new("marker", m, "must be the id of a server in the list"))?;
+        let at = all.iter().position(|s| &s.id == m).ok_or_else(|| {
+            FieldError::new("marker", m, "must be the id of a server in the list")
+        })?;
         all.drain(..=at);
     }
     all.retain(|s| {
         q.name.as_deref().is_none_or(|n| s.spec.name.contains(n))
-            && q.status.as_deref().is_none_or(|st| st.eq_ignore_ascii_case(s.status.nova_status()))
-            && q.host.as_deref().is_none_or(|h| s.status.host.as_deref() == Some(h))
+            && q.status
+                .as_deref()
+                .is_none_or(|st| st.eq_ignore_ascii_case(s.status.nova_status()))
+            && q.host
+                .as_deref()
+                .is_none_or(|h| s.status.host.as_deref() == Some(h))
     });
     if let Some(limit) = q.limit {
         all.truncate(limit);
@@ -278,20 +359,29 @@ pub(super) fn list(conn: &Connection, q: &ServerQuery) -> Result<Vec<Server>, Wr
     Ok(all)
 }
 
-pub(super) fn groups(conn: &Connection, project_id: Option<&str>) -> Result<Vec<ServerGroup>, WriteError> {
+pub(super) fn groups(
+    conn: &Connection,
+    project_id: Option<&str>,
+) -> Result<Vec<ServerGroup>, WriteError> {
     let mut groups: Vec<ServerGroup> = match project_id {
         Some(p) => rows::list(conn, "server_groups", "project_id = ?1", [p])?,
         None => rows::list(conn, "server_groups", "1", [])?,
     };
-    let mut stmt = conn.prepare_cached("SELECT id FROM servers WHERE group_id = ?1 ORDER BY created_at, id")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM servers WHERE group_id = ?1 ORDER BY created_at, id")?;
     for g in &mut groups {
-        g.status.members = stmt.query_map([&g.id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        g.status.members = stmt
+            .query_map([&g.id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
     }
     Ok(groups)
 }
 
 impl WriteCtx<'_> {
-    pub fn create_server_group(&mut self, spec: roost_common::model::ServerGroupSpec) -> Result<ServerGroup, WriteError> {
+    pub fn create_server_group(
+        &mut self,
+        spec: roost_common::model::ServerGroupSpec,
+    ) -> Result<ServerGroup, WriteError> {
         let g: ServerGroup = Resource::new(spec, self.now);
         self.tx.execute(
             "INSERT INTO server_groups (id, project_id, spec, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
@@ -301,13 +391,24 @@ impl WriteCtx<'_> {
     }
 
     /// Deletes a server group. Its servers stay where they are, as in Nova.
-    pub fn delete_server_group(&mut self, id: &str, project_id: Option<&str>) -> Result<(), WriteError> {
+    pub fn delete_server_group(
+        &mut self,
+        id: &str,
+        project_id: Option<&str>,
+    ) -> Result<(), WriteError> {
         let n = match project_id {
-            Some(p) => self.tx.execute("DELETE FROM server_groups WHERE id = ?1 AND project_id = ?2", [id, p])?,
-            None => self.tx.execute("DELETE FROM server_groups WHERE id = ?1", [id])?,
+            Some(p) => self.tx.execute(
+                "DELETE FROM server_groups WHERE id = ?1 AND project_id = ?2",
+                [id, p],
+            )?,
+            None => self
+                .tx
+                .execute("DELETE FROM server_groups WHERE id = ?1", [id])?,
         };
         if n == 0 {
-            return Err(WriteError::NotFound(format!("Instance group {id} could not be found.")));
+            return Err(WriteError::NotFound(format!(
+                "Instance group {id} could not be found."
+            )));
         }
         Ok(())
     }
@@ -333,9 +434,16 @@ mod tests {
             deleted: false,
             metadata: Default::default(),
         };
-        let status = ServerStatus { vm_state: VmState::Active, ..Default::default() };
+        let status = ServerStatus {
+            vm_state: VmState::Active,
+            ..Default::default()
+        };
         assert_eq!(pending_task(&spec, &status), Some(TaskState::PoweringOff));
-        let running = ServerSpec { power: PowerIntent::Running, reboot_generation: 1, ..spec };
+        let running = ServerSpec {
+            power: PowerIntent::Running,
+            reboot_generation: 1,
+            ..spec
+        };
         assert_eq!(pending_task(&running, &status), Some(TaskState::Rebooting));
         assert_eq!(task_name(Some(TaskState::PoweringOff)), "powering-off");
     }

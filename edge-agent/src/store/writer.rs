@@ -74,8 +74,17 @@ pub(super) fn spawn(
         .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))
 }
 
-fn run(mut conn: Connection, mut hosts: Vec<HostView>, weights: SchedulerSection, mut jobs: mpsc::Receiver<Job>) {
-    let index: HashMap<String, usize> = hosts.iter().enumerate().map(|(i, h)| (h.spec.name.clone(), i)).collect();
+fn run(
+    mut conn: Connection,
+    mut hosts: Vec<HostView>,
+    weights: SchedulerSection,
+    mut jobs: mpsc::Receiver<Job>,
+) {
+    let index: HashMap<String, usize> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.spec.name.clone(), i))
+        .collect();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
@@ -88,7 +97,9 @@ fn run(mut conn: Connection, mut hosts: Vec<HostView>, weights: SchedulerSection
         let started = Instant::now();
         let n = batch.len();
         let (replies, stale) = run_batch(&mut conn, &mut hosts, &index, &weights, &mut batch);
-        METRICS.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+        METRICS
+            .store_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         METRICS.store_batch_jobs.observe(n as f64);
         if stale {
             if let Err(e) = reload_usage(&conn, &mut hosts) {
@@ -123,7 +134,14 @@ fn run_batch(
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for job in batch.drain(..) {
             tx.execute_batch("SAVEPOINT job")?;
-            let mut ctx = WriteCtx { tx: &tx, now: Utc::now(), weights, hosts, index, touched: false };
+            let mut ctx = WriteCtx {
+                tx: &tx,
+                now: Utc::now(),
+                weights,
+                hosts,
+                index,
+                touched: false,
+            };
             let (ok, reply) = job(&mut ctx);
             let touched = ctx.touched;
             replies.push(reply);
@@ -144,7 +162,10 @@ fn run_batch(
     // Jobs never reached because the transaction failed early are dropped,
     // which closes their reply channels: their callers see `Closed`.
     batch.clear();
-    (replies.into_iter().map(|r| (r, result.clone())).collect(), stale)
+    (
+        replies.into_iter().map(|r| (r, result.clone())).collect(),
+        stale,
+    )
 }
 
 fn reload_usage(conn: &Connection, hosts: &mut [HostView]) -> Result<(), StoreError> {

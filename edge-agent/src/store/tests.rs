@@ -1,0 +1,148 @@
+//! The store against a real SQLite file: batches, savepoints, claims.
+
+use std::path::Path;
+
+use roost_common::config::{self, SiteConfig};
+use roost_common::model::{PowerIntent, ServerSpec};
+
+use super::{NewServer, ServerIntent, ServerQuery, Store, WriteError};
+
+const SITE: &str = "
+site: {id: store-test, name: Store test}
+hosts:
+  - {name: c0, roles: [compute], vcpus: 4, ram_mb: 8192, disk_gb: 100, cpu_allocation_ratio: 1.0}
+  - {name: c1, roles: [compute], vcpus: 4, ram_mb: 8192, disk_gb: 100, cpu_allocation_ratio: 1.0}
+flavors:
+  - {name: two, id: '2', vcpus: 2, ram_mb: 1024, disk_gb: 10}
+images:
+  - {name: img, id: 11111111-2222-4333-8444-555555555555, disk_format: qcow2}
+";
+
+fn open(dir: &Path) -> Store {
+    let cfg: SiteConfig = config::parse(Path::new("site.yaml"), SITE).unwrap();
+    Store::open(dir, "store-test", &cfg).unwrap().0
+}
+
+fn spec(name: &str, flavor: &str) -> ServerSpec {
+    ServerSpec {
+        name: name.into(),
+        project_id: "p".into(),
+        user_id: "u".into(),
+        flavor_id: flavor.into(),
+        image_id: "11111111-2222-4333-8444-555555555555".into(),
+        availability_zone: None,
+        server_group: None,
+        power: PowerIntent::Running,
+        reboot_generation: 0,
+        reboot_hard: false,
+        deleted: false,
+        metadata: Default::default(),
+    }
+}
+
+async fn create(store: &Store, name: &str, flavor: &str) -> Result<String, WriteError> {
+    let s = spec(name, flavor);
+    store
+        .write(move |w| w.create_server(NewServer { spec: s }))
+        .await
+        .map(|s| s.id)
+}
+
+#[tokio::test]
+async fn a_failed_job_rolls_back_alone_within_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let store = store.clone();
+        // Every other create names a flavor that does not exist.
+        let flavor = if i % 2 == 0 { "2" } else { "missing" };
+        tasks.spawn(async move { create(&store, &format!("s{i}"), flavor).await });
+    }
+    let (mut ok, mut bad, mut full) = (0, 0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(_) => ok += 1,
+            Err(WriteError::Invalid(e)) => {
+                assert_eq!(e.field, "server.flavorRef");
+                bad += 1
+            }
+            Err(WriteError::NoValidHost(_)) => full += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // 2 hosts x 4 vCPUs / 2 per server = 4 servers fit.
+    assert_eq!((ok, bad, full), (4, 20, 16));
+    let servers = store.servers(ServerQuery::default()).await.unwrap();
+    assert_eq!(servers.len(), 4);
+    let used: u64 = store
+        .hypervisors()
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.host.used.vcpus)
+        .sum();
+    assert_eq!(used, 8);
+}
+
+#[tokio::test]
+async fn usage_survives_reopen_and_removal_releases_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a = create(&store, "a", "2").await.unwrap();
+    let _b = create(&store, "b", "2").await.unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    let used = |h: &[super::HypervisorView]| h.iter().map(|h| h.host.used.vcpus).sum::<u64>();
+    assert_eq!(used(&store.hypervisors().await.unwrap()), 4);
+    // Two more fit, a fifth does not: the writer rebuilt usage from disk.
+    create(&store, "c", "2").await.unwrap();
+    create(&store, "d", "2").await.unwrap();
+    assert!(matches!(
+        create(&store, "e", "2").await,
+        Err(WriteError::NoValidHost(_))
+    ));
+
+    let id = a.clone();
+    store.write(move |w| w.remove_server(&id)).await.unwrap();
+    assert_eq!(used(&store.hypervisors().await.unwrap()), 6);
+    create(&store, "f", "2").await.unwrap();
+    assert!(store.server(a).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn intent_conflicts_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let id = create(&store, "a", "2").await.unwrap();
+    // Still building: a stop conflicts.
+    let i = id.clone();
+    let err = store
+        .write(move |w| w.change_server(&i, None, ServerIntent::Stop))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, WriteError::Conflict(m) if m.contains("task_state spawning")),
+        "{err}"
+    );
+    // Another project cannot see it.
+    let i = id.clone();
+    let err = store
+        .write(move |w| w.change_server(&i, Some("other"), ServerIntent::Delete))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WriteError::NotFound(_)));
+    let s = store.server(id.clone()).await.unwrap().unwrap();
+    assert_eq!(s.spec.power, PowerIntent::Running);
+    assert!(!s.spec.deleted);
+    // Delete is always accepted, and twice is fine.
+    for _ in 0..2 {
+        let i = id.clone();
+        store
+            .write(move |w| w.change_server(&i, Some("p"), ServerIntent::Delete))
+            .await
+            .unwrap();
+    }
+    assert!(store.server(id).await.unwrap().unwrap().spec.deleted);
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what this machine lacks to build and run Roost, and nothing else.
+# Safe to run again: packages already present are left alone. Sourced by
+# quickstart.sh and test.sh; run it on its own to prepare a machine.
+set -euo pipefail
+
+# Debian packages Roost needs to build and run today.
+#   build-essential: the C compiler that builds the bundled SQLite
+#   pkg-config:      finds system libraries for -sys crates
+#   curl:            the README's tour
+PACKAGES=(build-essential pkg-config curl)
+
+say() { printf '[setup] %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    say "cargo is not installed. Install Rust with rustup (https://rustup.rs), then run this again."
+    exit 1
+  fi
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  say "system packages present: ${PACKAGES[*]}"
+else
+  say "installing: ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+      say "not root and no sudo: run as root: apt-get update && apt-get install -y ${missing[*]}"
+      exit 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  say "installed: ${missing[*]}"
+fi
+say "rust: $(cargo --version)"

@@ -1,0 +1,158 @@
+//! The binaries' command lines and config files: the examples are valid, bad
+//! input exits 64 with a message naming the file, field, value and rule, and
+//! nothing is created.
+
+use std::process::Command;
+
+use roost_common::config::{self, EdgeNetConfig, RegionConfig, SiteConfig};
+use roost_tests::{binary, site_config};
+
+#[test]
+fn every_example_config_is_valid() {
+    for f in ["edge-factory-01.yaml", "vehicle-07.yaml"] {
+        let c: SiteConfig = config::load(&site_config(f)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.hosts.iter().any(|h| h.is_compute()));
+    }
+    let factory: SiteConfig = config::load(&site_config("edge-factory-01.yaml")).unwrap();
+    let roles: Vec<_> = factory.hosts.iter().map(|h| h.is_compute()).collect();
+    assert_eq!(
+        roles.iter().filter(|c| !**c).count(),
+        2,
+        "two controller nodes"
+    );
+    assert_eq!(
+        roles.iter().filter(|c| **c).count(),
+        4,
+        "four compute nodes"
+    );
+    let region: RegionConfig =
+        config::load(&site_config("region.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(region.offline_after_secs, 10);
+    let net: EdgeNetConfig =
+        config::load(&site_config("edge-net.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!net.providers.is_empty());
+}
+
+fn run_agent(args: &[&str]) -> (i32, String) {
+    let out = Command::new(binary("roost-agent"))
+        .args(args)
+        .output()
+        .expect("run roost-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_config_exits_64_naming_file_field_and_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(site_config("vehicle-07.yaml")).unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, text.replace("vcpus: 8", "vcpus: 0")).unwrap();
+    let data = dir.path().join("data");
+    let (code, err) = run_agent(&[
+        "run",
+        "--config",
+        bad.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("Invalid configuration:"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: hosts[0].vcpus: must be between 1 and 4096 (got 0)",
+            bad.display()
+        )),
+        "{err}"
+    );
+    assert!(!data.exists(), "a bad config creates nothing");
+
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(&typo, text.replace("  listen:", "  lisen:")).unwrap();
+    let (code, err) = run_agent(&["check-config", "--config", typo.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("typo.yaml:") && err.contains("unknown field `lisen`"),
+        "{err}"
+    );
+
+    let (code, err) = run_agent(&["check-config", "--config", "/nonexistent/site.yaml"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("/nonexistent/site.yaml: cannot read"), "{err}");
+
+    let (code, err) = run_agent(&[
+        "run",
+        "--config",
+        "x.yaml",
+        "--api-listen",
+        "not-an-address",
+    ]);
+    assert_eq!(code, 64);
+    assert!(err.contains("--api-listen"), "{err}");
+
+    let (code, _) = run_agent(&[
+        "check-config",
+        "--config",
+        site_config("edge-factory-01.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn weak_admin_password_from_env_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary("roost-agent"))
+        .args(["run", "--config"])
+        .arg(site_config("vehicle-07.yaml"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("ROOST_ADMIN_PASSWORD", "short")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ROOST_ADMIN_PASSWORD: must be 8 to 128 characters"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("short"),
+        "the password is never echoed: {err}"
+    );
+}
+
+#[test]
+fn a_data_dir_belongs_to_one_site() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(roost_tests::AgentProcess::start(
+        &site_config("vehicle-07.yaml"),
+        dir.path(),
+    ));
+    let out = Command::new(binary("roost-agent"))
+        .args(["run", "--config"])
+        .arg(site_config("edge-factory-01.yaml"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--api-listen", "127.0.0.1:0"])
+        .env("ROOST_ADMIN_PASSWORD", roost_tests::ADMIN_PASSWORD)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"this data dir holds site "vehicle-07", not "edge-factory-01""#),
+        "{err}"
+    );
+}
+
+#[test]
+fn controller_says_not_yet() {
+    let out = Command::new(binary("roost-controller"))
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet"));
+}
