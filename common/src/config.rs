@@ -586,6 +586,18 @@ mod tests {
         assert!(!msg.contains("abc"), "{msg}");
     }
 
+    proptest::proptest! {
+        /// Any text is either a valid config or a refusal with a position or
+        /// a field: never a panic.
+        #[test]
+        fn any_text_loads_or_is_refused(text in "[ -~\n]{0,300}") {
+            match parse::<SiteConfig>(Path::new("f.yaml"), &text) {
+                Ok(c) => proptest::prop_assert!(c.validate().is_ok()),
+                Err(e) => proptest::prop_assert!(e.to_string().starts_with("f.yaml")),
+            }
+        }
+    }
+
     #[test]
     fn edge_net_rules() {
         let ok = "management: {interface: eth0, address: 192.168.1.10/24, gateway: 192.168.1.1}\n\

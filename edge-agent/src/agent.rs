@@ -93,6 +93,14 @@ impl Agent {
     /// Reads and checks everything, opens the store and binds the API port.
     pub async fn start(opts: Options) -> Result<Agent, StartError> {
         let config: SiteConfig = config::load(&opts.config)?;
+        // Bind first: a busy port must fail before anything is written.
+        let listen = opts.api_listen.unwrap_or(config.api.listen);
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: listen,
+                source,
+            })?;
         let data_dir = opts
             .data_dir
             .clone()
@@ -114,13 +122,6 @@ impl Agent {
             ComputeDriverKind::RecordOnly => Arc::new(RecordOnly),
         };
 
-        let listen = opts.api_listen.unwrap_or(config.api.listen);
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: listen,
-                source,
-            })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen {
             addr: listen,
             source,

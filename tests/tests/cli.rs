@@ -156,3 +156,26 @@ fn controller_says_not_yet() {
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not yet"));
 }
+
+#[test]
+fn a_busy_port_fails_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = dir.path().join("data");
+    let (code, err) = run_agent(&[
+        "run",
+        "--config",
+        site_config("vehicle-07.yaml").to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--api-listen",
+        &addr,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("--api-listen"),
+        "{err}"
+    );
+    assert!(!data.exists(), "nothing written when the port is busy");
+}

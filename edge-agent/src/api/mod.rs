@@ -183,3 +183,35 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 pub fn accepted() -> Response {
     StatusCode::ACCEPTED.into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roost_common::api::{AuthBody, FlavorCreateBody, ServerAction, ServerCreateBody};
+
+    proptest::proptest! {
+        /// Untrusted bytes never panic the body parser; they parse or get a
+        /// 400 that says what is wrong.
+        #[test]
+        fn any_bytes_parse_or_get_a_400(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            for r in [
+                parse_body::<ServerCreateBody>(&body).err(),
+                parse_body::<FlavorCreateBody>(&body).err(),
+                parse_body::<AuthBody>(&body).err(),
+                parse_body::<ServerAction>(&body).err(),
+            ].into_iter().flatten() {
+                proptest::prop_assert_eq!(r.status, StatusCode::BAD_REQUEST);
+                proptest::prop_assert!(!r.message.is_empty());
+            }
+        }
+
+        /// JSON-shaped garbage too.
+        #[test]
+        fn json_like_bodies_parse_or_get_a_400(s in r#"\{"server": \{"(name|flavorRef|imageRef|metadata)": ("x"|1|null|\[\]|\{\})(, "[a-z]{1,8}": "y")?\}\}"#) {
+            if let Err(e) = parse_body::<ServerCreateBody>(s.as_bytes()) {
+                proptest::prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                proptest::prop_assert!(e.message.starts_with("server"), "{}", e.message);
+            }
+        }
+    }
+}

@@ -182,6 +182,41 @@ pub(crate) mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever the hosts and the request, a chosen host passes every
+        /// filter and has room, and "no valid host" means none did.
+        #[test]
+        fn choice_is_always_valid(
+            hosts in proptest::collection::vec((1u32..64, 256u64..65536, 0u64..512, 0u64..65536, proptest::bool::ANY, 0u8..3), 0..40),
+            want in (1u64..32, 1u64..16384),
+            az in proptest::option::of(0u8..3),
+            ram_multiplier in -2.0f64..2.0,
+        ) {
+            let views: Vec<HostView> = hosts.iter().enumerate().map(|(i, (vcpus, ram, used_cpu, used_ram, enabled, zone))| {
+                let mut h = host(&format!("h{i}"), *vcpus, *ram);
+                h.spec.enabled = *enabled;
+                h.spec.availability_zone = format!("z{zone}");
+                h.used = Usage { vcpus: *used_cpu, ram_mb: *used_ram, disk_gb: 0 };
+                h
+            }).collect();
+            let mut r = req(want.0, want.1);
+            r.availability_zone = az.map(|z| format!("z{z}"));
+            let w = SchedulerSection { ram_weight_multiplier: ram_multiplier, ..Default::default() };
+            match schedule(&views, &r, &w) {
+                Ok(i) => {
+                    let h = &views[i];
+                    proptest::prop_assert!(Filter::ALL.iter().all(|f| f.passes(h, &r)));
+                    let free = h.free();
+                    proptest::prop_assert!(free.vcpus >= r.usage.vcpus && free.ram_mb >= r.usage.ram_mb);
+                }
+                Err(e) => {
+                    proptest::prop_assert!(views.iter().all(|h| Filter::ALL.iter().any(|f| !f.passes(h, &r))));
+                    proptest::prop_assert_eq!(e.removed.iter().map(|(_, n)| n).sum::<usize>(), views.len());
+                }
+            }
+        }
+    }
+
     #[test]
     fn empty_site_has_no_valid_host() {
         let err = schedule(&[], &req(1, 1), &SchedulerSection::default()).unwrap_err();

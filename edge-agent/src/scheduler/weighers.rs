@@ -119,6 +119,25 @@ mod tests {
     }
 
     #[test]
+    fn disk_weigher() {
+        let mut a = host("a", 16, 8192);
+        a.used.disk_gb = 900;
+        let b = host("b", 16, 8192);
+        let w = SchedulerSection {
+            ram_weight_multiplier: 0.0,
+            disk_weight_multiplier: 1.0,
+            ..Default::default()
+        };
+        assert_eq!(schedule(&[a.clone(), b.clone()], &req(1, 1), &w), Ok(1));
+        let w = SchedulerSection {
+            ram_weight_multiplier: 0.0,
+            disk_weight_multiplier: -1.0,
+            ..Default::default()
+        };
+        assert_eq!(schedule(&[a, b], &req(1, 1), &w), Ok(0));
+    }
+
+    #[test]
     fn weights_are_normalised_so_multipliers_compare() {
         // a: much more free RAM; b: slightly more free CPU. With CPU weighted
         // 2x, normalisation makes b win even though RAM differs by MiBs.
