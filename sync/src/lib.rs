@@ -1,10 +1,23 @@
-//! `roost-sync`: how a site and its region agree, once built.
+//! `roost-sync`: how a site and its region agree.
 //!
-//! This crate is empty today. It will hold the Automerge site documents, the
-//! sans-IO sync session (quinn-proto style: `handle_message`,
-//! `poll_message`, `handle_timeout(now)`, `poll_timeout`) and the QUIC
-//! transport with mutual TLS; see the sync issue and ARCHITECTURE.md.
+//! - [`doc`]: the site's two Automerge documents, intent (spec; site and
+//!   region write) and status (site writes alone), with the merge rules and
+//!   the conflict journal entries they produce.
+//! - [`session`]: the sans-IO sync session, quinn-proto style: bytes in with
+//!   `handle_message`, bytes out with `poll_message`, time passed in with
+//!   `handle_timeout(now)`, the next deadline from `poll_timeout`. No sockets,
+//!   no clock, no runtime; a transport drives it.
+//! - [`frame`]: the wire frames the session speaks, and their strict decoder.
 //!
-//! What the agent already guarantees for it: every write passes through one
-//! writer (`roost_edge_agent::store`), in one transaction, so the change
-//! record this crate needs can be added to that same transaction.
+//! Not here yet (the rest of the sync issue): the QUIC transport with mutual
+//! TLS and enrollment, the agent's recording of each API write's change in
+//! the same SQLite transaction, the link emulator and the benchmark.
+
+pub mod doc;
+pub mod frame;
+pub mod session;
+#[cfg(test)]
+mod sim;
+
+pub use doc::{Conflict, DocError, IntentDoc, IntentView, Stamped, StatusDoc};
+pub use session::{Docs, Role, Session, SessionConfig, SessionError};

@@ -1,0 +1,497 @@
+//! The site's documents.
+//!
+//! Two Automerge documents per site, so the rule "one writer per fact" is
+//! structural rather than checked op by op:
+//! - [`IntentDoc`]: spec, which the site and the region may both write;
+//! - [`StatusDoc`]: status, which only the site writes (the session refuses
+//!   status changes from anyone else).
+//!
+//! Both use flat keys, `"<kind>/<id>/<field>"`, holding scalar strings. Flat
+//! keys mean no nested object is ever created twice concurrently (a classic
+//! Automerge trap), and concurrent writes of one field surface as one key
+//! with several values, which [`IntentDoc::resolve`] settles by the merge
+//! rules below.
+//!
+//! # Merge rules (intent)
+//! 1. **Delete beats update.** `deleted` is a field like any other, and once
+//!    any writer has set it to `true` the resource is deleted, whatever was
+//!    written concurrently.
+//! 2. **Last writer wins, deterministically.** Concurrent values of one field
+//!    are ordered by (wall-clock time of the write, author, value); the
+//!    greatest wins on every replica, because every replica sees the same
+//!    set of values.
+//! 3. **Nothing is lost silently.** Every losing value becomes a
+//!    [`Conflict`] (resource, field, both values, both authors, both times)
+//!    for the conflict journal, and the winner is written back so the field
+//!    has one value again.
+
+use std::collections::BTreeMap;
+
+use automerge::{
+    transaction::Transactable, ActorId, AutoCommit, ReadDoc, ScalarValue, Value, ROOT,
+};
+use serde::{Deserialize, Serialize};
+
+/// Why a document operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("{what} {value:?} must be non-empty and must not contain '/'")]
+    BadKey { what: &'static str, value: String },
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    #[error("document field {key} holds {found}, not a Roost value")]
+    Foreign { key: String, found: String },
+}
+
+/// One written value of an intent field, with who wrote it and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stamped {
+    pub v: serde_json::Value,
+    /// Milliseconds since the Unix epoch, by the writer's clock.
+    pub at: i64,
+    /// The writer: `site:<id>` or `region:<name>`.
+    pub by: String,
+}
+
+impl Stamped {
+    fn order_key(&self) -> (i64, &str, String) {
+        (self.at, self.by.as_str(), self.v.to_string())
+    }
+}
+
+/// A losing value, for the conflict journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub kind: String,
+    pub id: String,
+    pub field: String,
+    pub winner: Stamped,
+    pub loser: Stamped,
+}
+
+/// A resource's intent as the document holds it after merge rules.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IntentView {
+    pub fields: BTreeMap<String, serde_json::Value>,
+    pub deleted: bool,
+}
+
+fn check(what: &'static str, value: &str) -> Result<(), DocError> {
+    if value.is_empty() || value.contains('/') {
+        return Err(DocError::BadKey {
+            what,
+            value: value.into(),
+        });
+    }
+    Ok(())
+}
+
+fn key(kind: &str, id: &str, field: &str) -> Result<String, DocError> {
+    check("kind", kind)?;
+    check("id", id)?;
+    check("field", field)?;
+    Ok(format!("{kind}/{id}/{field}"))
+}
+
+fn text_of(key: &str, v: &Value<'_>) -> Result<String, DocError> {
+    match v {
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(s) => Ok(s.to_string()),
+            other => Err(DocError::Foreign {
+                key: key.into(),
+                found: format!("{other:?}"),
+            }),
+        },
+        Value::Object(o) => Err(DocError::Foreign {
+            key: key.into(),
+            found: format!("{o:?}"),
+        }),
+    }
+}
+
+fn stamped(key: &str, v: &Value<'_>) -> Result<Stamped, DocError> {
+    let text = text_of(key, v)?;
+    serde_json::from_str(&text).map_err(|_| DocError::Foreign {
+        key: key.into(),
+        found: text,
+    })
+}
+
+/// Who wins among concurrent values of `field`.
+fn winner<'a>(field: &str, values: &'a [Stamped]) -> &'a Stamped {
+    let best = |a: &&'a Stamped, b: &&'a Stamped| a.order_key().cmp(&b.order_key());
+    if field == "deleted" {
+        if let Some(del) = values
+            .iter()
+            .filter(|s| s.v == serde_json::Value::Bool(true))
+            .max_by(best)
+        {
+            return del;
+        }
+    }
+    values.iter().max_by(best).expect("at least one value")
+}
+
+/// Spec of every resource of a site, written by the site and the region.
+#[derive(Debug, Clone)]
+pub struct IntentDoc {
+    doc: AutoCommit,
+    author: String,
+}
+
+impl IntentDoc {
+    /// An empty document written as `author` (`site:<id>` or
+    /// `region:<name>`) under the Automerge actor `actor`.
+    pub fn new(actor: &[u8], author: &str) -> Self {
+        IntentDoc {
+            doc: AutoCommit::new().with_actor(ActorId::from(actor)),
+            author: author.into(),
+        }
+    }
+
+    /// A document saved by [`IntentDoc::save`].
+    pub fn load(bytes: &[u8], actor: &[u8], author: &str) -> Result<Self, DocError> {
+        Ok(IntentDoc {
+            doc: AutoCommit::load(bytes)?.with_actor(ActorId::from(actor)),
+            author: author.into(),
+        })
+    }
+
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    pub(crate) fn automerge(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
+    /// The document's current heads.
+    pub fn heads(&mut self) -> Vec<automerge::ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Whether the document holds the change with this hash.
+    pub fn has_change(&mut self, hash: &automerge::ChangeHash) -> bool {
+        self.doc.get_change_by_hash(hash).is_some()
+    }
+
+    /// Hash of the last change this replica made.
+    pub fn last_local_change(&mut self) -> Option<automerge::ChangeHash> {
+        self.doc.get_last_local_change().map(|c| c.hash())
+    }
+
+    /// Writes one field of a resource's intent.
+    pub fn set(
+        &mut self,
+        kind: &str,
+        id: &str,
+        field: &str,
+        v: serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), DocError> {
+        let k = key(kind, id, field)?;
+        let s = Stamped {
+            v,
+            at: now_ms,
+            by: self.author.clone(),
+        };
+        self.doc.put(
+            ROOT,
+            k,
+            serde_json::to_string(&s).expect("json values serialize"),
+        )?;
+        Ok(())
+    }
+
+    /// Marks a resource deleted (rule 1: this beats any concurrent update).
+    pub fn delete(&mut self, kind: &str, id: &str, now_ms: i64) -> Result<(), DocError> {
+        self.set(kind, id, "deleted", serde_json::Value::Bool(true), now_ms)
+    }
+
+    /// A resource's intent after the merge rules, or `None` if never written.
+    pub fn resource(&self, kind: &str, id: &str) -> Result<Option<IntentView>, DocError> {
+        let prefix = key(kind, id, "x")?;
+        let prefix = &prefix[..prefix.len() - 1];
+        let mut view = IntentView::default();
+        let mut any = false;
+        for k in self.doc.map_range(ROOT, prefix.to_string()..) {
+            if !k.key.starts_with(prefix) {
+                break;
+            }
+            any = true;
+            let field = &k.key[prefix.len()..];
+            let values = self.values(&k.key)?;
+            let w = winner(field, &values);
+            if field == "deleted" {
+                view.deleted = w.v == serde_json::Value::Bool(true);
+            } else {
+                view.fields.insert(field.to_string(), w.v.clone());
+            }
+        }
+        Ok(any.then_some(view))
+    }
+
+    /// Ids of every resource of `kind` the document mentions.
+    pub fn ids(&self, kind: &str) -> Result<Vec<String>, DocError> {
+        check("kind", kind)?;
+        let prefix = format!("{kind}/");
+        let mut ids: Vec<String> = Vec::new();
+        for k in self.doc.map_range(ROOT, prefix.clone()..) {
+            let Some(rest) = k.key.strip_prefix(&prefix) else {
+                break;
+            };
+            let id = rest.split('/').next().unwrap_or_default();
+            if ids.last().map(String::as_str) != Some(id) {
+                ids.push(id.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
+    fn values(&self, key: &str) -> Result<Vec<Stamped>, DocError> {
+        self.doc
+            .get_all(ROOT, key)?
+            .iter()
+            .map(|(v, _)| stamped(key, v))
+            .collect()
+    }
+
+    /// Settles every field that holds concurrent values: writes the winner
+    /// back and returns one [`Conflict`] per losing value.
+    pub fn resolve(&mut self) -> Result<Vec<Conflict>, DocError> {
+        let keys: Vec<String> = self.doc.keys(ROOT).collect();
+        let mut journal = Vec::new();
+        for k in keys {
+            if self.doc.get_all(ROOT, k.as_str())?.len() < 2 {
+                continue;
+            }
+            let values = self.values(&k)?;
+            if values.windows(2).all(|w| w[0] == w[1]) {
+                // Both sides settled it the same way at once: nothing lost,
+                // and writing again would only start another round.
+                continue;
+            }
+            let mut parts = k.splitn(3, '/');
+            let (kind, id, field) = (
+                parts.next().unwrap_or_default().to_string(),
+                parts.next().unwrap_or_default().to_string(),
+                parts.next().unwrap_or_default().to_string(),
+            );
+            let w = winner(&field, &values).clone();
+            for loser in values.iter().filter(|s| **s != w) {
+                journal.push(Conflict {
+                    kind: kind.clone(),
+                    id: id.clone(),
+                    field: field.clone(),
+                    winner: w.clone(),
+                    loser: loser.clone(),
+                });
+            }
+            // Write the winner back unchanged, so the field has one value.
+            self.doc.put(
+                ROOT,
+                k.as_str(),
+                serde_json::to_string(&w).expect("serializes"),
+            )?;
+        }
+        Ok(journal)
+    }
+}
+
+/// Status of every resource of a site: written by the site alone.
+#[derive(Debug, Clone)]
+pub struct StatusDoc {
+    doc: AutoCommit,
+}
+
+impl StatusDoc {
+    pub fn new(actor: &[u8]) -> Self {
+        StatusDoc {
+            doc: AutoCommit::new().with_actor(ActorId::from(actor)),
+        }
+    }
+
+    pub fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, DocError> {
+        Ok(StatusDoc {
+            doc: AutoCommit::load(bytes)?.with_actor(ActorId::from(actor)),
+        })
+    }
+
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    pub(crate) fn automerge(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
+    /// The document's current heads.
+    pub fn heads(&mut self) -> Vec<automerge::ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Whether the document holds the change with this hash.
+    pub fn has_change(&mut self, hash: &automerge::ChangeHash) -> bool {
+        self.doc.get_change_by_hash(hash).is_some()
+    }
+
+    /// Hash of the last change this replica made.
+    pub fn last_local_change(&mut self) -> Option<automerge::ChangeHash> {
+        self.doc.get_last_local_change().map(|c| c.hash())
+    }
+
+    /// Writes a resource's status (the site's reconcilers call this).
+    pub fn set(
+        &mut self,
+        kind: &str,
+        id: &str,
+        status: &serde_json::Value,
+    ) -> Result<(), DocError> {
+        self.doc
+            .put(ROOT, key(kind, id, "status")?, status.to_string())?;
+        Ok(())
+    }
+
+    /// Removes a resource's status (the resource is gone).
+    pub fn remove(&mut self, kind: &str, id: &str) -> Result<(), DocError> {
+        self.doc.delete(ROOT, key(kind, id, "status")?)?;
+        Ok(())
+    }
+
+    pub fn get(&self, kind: &str, id: &str) -> Result<Option<serde_json::Value>, DocError> {
+        let k = key(kind, id, "status")?;
+        match self.doc.get(ROOT, k.as_str())? {
+            None => Ok(None),
+            Some((v, _)) => {
+                let text = text_of(&k, &v)?;
+                serde_json::from_str(&text)
+                    .map(Some)
+                    .map_err(|_| DocError::Foreign {
+                        key: k,
+                        found: text,
+                    })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pair() -> (IntentDoc, IntentDoc) {
+        let mut site = IntentDoc::new(b"site-actor-00001", "site:f1");
+        site.set("servers", "s1", "name", json!("web"), 1).unwrap();
+        site.set("servers", "s1", "flavor", json!("small"), 1)
+            .unwrap();
+        let bytes = site.save();
+        let region = IntentDoc::load(&bytes, b"region-actor-001", "region:eu").unwrap();
+        (site, region)
+    }
+
+    fn merge(a: &mut IntentDoc, b: &mut IntentDoc) {
+        a.doc.merge(&mut b.doc).unwrap();
+        b.doc.merge(&mut a.doc).unwrap();
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        let mut d = IntentDoc::new(b"a", "site:x");
+        assert!(matches!(
+            d.set("servers", "a/b", "name", json!(1), 0),
+            Err(DocError::BadKey { what: "id", .. })
+        ));
+        assert!(matches!(
+            d.set("", "a", "name", json!(1), 0),
+            Err(DocError::BadKey { what: "kind", .. })
+        ));
+    }
+
+    #[test]
+    fn concurrent_edits_of_one_field_last_writer_wins_and_loser_is_journaled() {
+        let (mut site, mut region) = pair();
+        site.set("servers", "s1", "flavor", json!("medium"), 100)
+            .unwrap();
+        region
+            .set("servers", "s1", "flavor", json!("large"), 200)
+            .unwrap();
+        merge(&mut site, &mut region);
+        let j_site = site.resolve().unwrap();
+        let j_region = region.resolve().unwrap();
+        assert_eq!(j_site, j_region, "both sides journal the same conflict");
+        assert_eq!(j_site.len(), 1);
+        assert_eq!(j_site[0].winner.v, json!("large"));
+        assert_eq!(j_site[0].loser.v, json!("medium"));
+        assert_eq!(j_site[0].loser.by, "site:f1");
+        merge(&mut site, &mut region);
+        for d in [&site, &region] {
+            assert_eq!(
+                d.resource("servers", "s1").unwrap().unwrap().fields["flavor"],
+                json!("large")
+            );
+        }
+        assert!(
+            site.resolve().unwrap().is_empty(),
+            "settled: no conflict left"
+        );
+    }
+
+    #[test]
+    fn concurrent_edits_of_different_fields_both_survive() {
+        let (mut site, mut region) = pair();
+        site.set("servers", "s1", "name", json!("web-2"), 5)
+            .unwrap();
+        region
+            .set("servers", "s1", "flavor", json!("large"), 5)
+            .unwrap();
+        merge(&mut site, &mut region);
+        assert!(site.resolve().unwrap().is_empty());
+        let v = region.resource("servers", "s1").unwrap().unwrap();
+        assert_eq!(
+            (v.fields["name"].clone(), v.fields["flavor"].clone()),
+            (json!("web-2"), json!("large"))
+        );
+    }
+
+    #[test]
+    fn delete_beats_a_concurrent_update_even_a_later_one() {
+        let (mut site, mut region) = pair();
+        site.delete("servers", "s1", 10).unwrap();
+        region
+            .set("servers", "s1", "flavor", json!("large"), 50)
+            .unwrap();
+        region
+            .set("servers", "s1", "deleted", json!(false), 60)
+            .unwrap();
+        merge(&mut site, &mut region);
+        site.resolve().unwrap();
+        region.resolve().unwrap();
+        for d in [&site, &region] {
+            assert!(d.resource("servers", "s1").unwrap().unwrap().deleted);
+        }
+    }
+
+    #[test]
+    fn ids_and_absent_resources() {
+        let (mut site, _) = pair();
+        site.set("servers", "s2", "name", json!("db"), 1).unwrap();
+        site.set("volumes", "v1", "size", json!(10), 1).unwrap();
+        assert_eq!(site.ids("servers").unwrap(), vec!["s1", "s2"]);
+        assert_eq!(site.resource("servers", "nope").unwrap(), None);
+    }
+
+    #[test]
+    fn status_round_trip() {
+        let mut s = StatusDoc::new(b"site-status-0001");
+        s.set("servers", "s1", &json!({"vm_state": "active"}))
+            .unwrap();
+        let mut back = StatusDoc::load(&s.save(), b"region-reader-01").unwrap();
+        assert_eq!(
+            back.get("servers", "s1").unwrap(),
+            Some(json!({"vm_state": "active"}))
+        );
+        back.remove("servers", "s1").unwrap();
+        assert_eq!(back.get("servers", "s1").unwrap(), None);
+    }
+}
