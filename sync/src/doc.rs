@@ -43,6 +43,17 @@ pub enum DocError {
     Foreign { key: String, found: String },
 }
 
+/// The Automerge actor a site writes its status with. Derived from the site
+/// id alone, so a region can tell the site's status changes from forgeries.
+pub fn site_status_actor(site_id: &str) -> Vec<u8> {
+    format!("status:{site_id}").into_bytes()
+}
+
+/// The author name a site writes intent as.
+pub fn site_author(site_id: &str) -> String {
+    format!("site:{site_id}")
+}
+
 /// One written value of an intent field, with who wrote it and when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stamped {
@@ -117,6 +128,19 @@ fn stamped(key: &str, v: &Value<'_>) -> Result<Stamped, DocError> {
     })
 }
 
+fn load_chunks<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    actor: &[u8],
+) -> Result<AutoCommit, DocError> {
+    let mut doc = AutoCommit::new();
+    for c in chunks {
+        doc.load_incremental(c)?;
+    }
+    // What was loaded is saved already: start the save cursor here.
+    doc.save_incremental();
+    Ok(doc.with_actor(ActorId::from(actor)))
+}
+
 /// Who wins among concurrent values of `field`.
 fn winner<'a>(field: &str, values: &'a [Stamped]) -> &'a Stamped {
     let best = |a: &&'a Stamped, b: &&'a Stamped| a.order_key().cmp(&b.order_key());
@@ -157,6 +181,19 @@ impl IntentDoc {
         })
     }
 
+    /// A document rebuilt from chunks [`Self::take_unsaved`] returned, in
+    /// order. Chunks already seen are skipped by Automerge.
+    pub fn from_chunks<'a>(
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+        actor: &[u8],
+        author: &str,
+    ) -> Result<Self, DocError> {
+        Ok(IntentDoc {
+            doc: load_chunks(chunks, actor)?,
+            author: author.into(),
+        })
+    }
+
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
     }
@@ -178,6 +215,19 @@ impl IntentDoc {
     /// Hash of the last change this replica made.
     pub fn last_local_change(&mut self) -> Option<automerge::ChangeHash> {
         self.doc.get_last_local_change().map(|c| c.hash())
+    }
+
+    /// Closes the pending local change and returns every change not saved
+    /// yet (made here or received), for appending to durable storage in the
+    /// same transaction as the rows they describe. Empty when none.
+    pub fn take_unsaved(&mut self) -> Vec<u8> {
+        self.doc.commit();
+        self.doc.save_incremental()
+    }
+
+    /// Drops local writes not yet closed by [`Self::take_unsaved`].
+    pub fn discard_pending(&mut self) {
+        self.doc.rollback();
     }
 
     /// Writes one field of a resource's intent.
@@ -317,6 +367,16 @@ impl StatusDoc {
         })
     }
 
+    /// See [`IntentDoc::from_chunks`].
+    pub fn from_chunks<'a>(
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+        actor: &[u8],
+    ) -> Result<Self, DocError> {
+        Ok(StatusDoc {
+            doc: load_chunks(chunks, actor)?,
+        })
+    }
+
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
     }
@@ -338,6 +398,19 @@ impl StatusDoc {
     /// Hash of the last change this replica made.
     pub fn last_local_change(&mut self) -> Option<automerge::ChangeHash> {
         self.doc.get_last_local_change().map(|c| c.hash())
+    }
+
+    /// Closes the pending local change and returns every change not saved
+    /// yet (made here or received), for appending to durable storage in the
+    /// same transaction as the rows they describe. Empty when none.
+    pub fn take_unsaved(&mut self) -> Vec<u8> {
+        self.doc.commit();
+        self.doc.save_incremental()
+    }
+
+    /// Drops local writes not yet closed by [`Self::take_unsaved`].
+    pub fn discard_pending(&mut self) {
+        self.doc.rollback();
     }
 
     /// Writes a resource's status (the site's reconcilers call this).
@@ -479,6 +552,32 @@ mod tests {
         site.set("volumes", "v1", "size", json!(10), 1).unwrap();
         assert_eq!(site.ids("servers").unwrap(), vec!["s1", "s2"]);
         assert_eq!(site.resource("servers", "nope").unwrap(), None);
+    }
+
+    #[test]
+    fn chunks_round_trip_and_rollback_drops_pending() {
+        let mut d = IntentDoc::new(b"a1", "site:x");
+        d.set("servers", "s1", "name", json!("a"), 1).unwrap();
+        let c1 = d.take_unsaved();
+        assert!(!c1.is_empty());
+        assert!(d.take_unsaved().is_empty(), "nothing new");
+        d.set("servers", "s1", "name", json!("b"), 2).unwrap();
+        d.discard_pending();
+        assert!(
+            d.take_unsaved().is_empty(),
+            "a discarded write is not saved"
+        );
+        d.set("servers", "s2", "name", json!("c"), 3).unwrap();
+        let c2 = d.take_unsaved();
+        let back = IntentDoc::from_chunks([c1.as_slice(), c2.as_slice()], b"a1", "site:x").unwrap();
+        assert_eq!(
+            back.resource("servers", "s1").unwrap().unwrap().fields["name"],
+            json!("a")
+        );
+        assert_eq!(
+            back.resource("servers", "s2").unwrap().unwrap().fields["name"],
+            json!("c")
+        );
     }
 
     #[test]

@@ -19,5 +19,7 @@ pub mod session;
 #[cfg(test)]
 mod sim;
 
-pub use doc::{Conflict, DocError, IntentDoc, IntentView, Stamped, StatusDoc};
+pub use doc::{
+    site_author, site_status_actor, Conflict, DocError, IntentDoc, IntentView, Stamped, StatusDoc,
+};
 pub use session::{Docs, Role, Session, SessionConfig, SessionError};
