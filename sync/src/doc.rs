@@ -97,6 +97,10 @@ fn check(what: &'static str, value: &str) -> Result<(), DocError> {
     Ok(())
 }
 
+/// The key a resource's creation is written under (no spec field starts
+/// with `~`).
+const CREATE: &str = "~create";
+
 fn key(kind: &str, id: &str, field: &str) -> Result<String, DocError> {
     check("kind", kind)?;
     check("id", id)?;
@@ -181,8 +185,8 @@ impl IntentDoc {
         })
     }
 
-    /// A document rebuilt from chunks [`Self::take_unsaved`] returned, in
-    /// order. Chunks already seen are skipped by Automerge.
+    /// A document rebuilt from saved chunks (a [`Self::save`] snapshot and
+    /// the changes [`Self::take_local_change`] returned), in order.
     pub fn from_chunks<'a>(
         chunks: impl IntoIterator<Item = &'a [u8]>,
         actor: &[u8],
@@ -217,17 +221,48 @@ impl IntentDoc {
         self.doc.get_last_local_change().map(|c| c.hash())
     }
 
-    /// Closes the pending local change and returns every change not saved
-    /// yet (made here or received), for appending to durable storage in the
-    /// same transaction as the rows they describe. Empty when none.
-    pub fn take_unsaved(&mut self) -> Vec<u8> {
-        self.doc.commit();
-        self.doc.save_incremental()
+    /// Closes the pending local edits into one change and returns its bytes,
+    /// for appending to durable storage in the same transaction as the rows
+    /// it describes. Empty when nothing was edited. Costs the size of the
+    /// change, not of the document.
+    pub fn take_local_change(&mut self) -> Vec<u8> {
+        match self.doc.commit() {
+            Some(hash) => self
+                .doc
+                .get_change_by_hash(&hash)
+                .map(|c| c.raw_bytes().to_vec())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
     }
 
-    /// Drops local writes not yet closed by [`Self::take_unsaved`].
+    /// Drops local writes not yet closed by [`Self::take_local_change`].
     pub fn discard_pending(&mut self) {
         self.doc.rollback();
+    }
+
+    /// Records a new resource with all its fields in one write (one key,
+    /// so creating costs one operation however many fields it has). Later
+    /// writes of single fields win over these values.
+    pub fn create(
+        &mut self,
+        kind: &str,
+        id: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+        now_ms: i64,
+    ) -> Result<(), DocError> {
+        let k = key(kind, id, CREATE)?;
+        let s = Stamped {
+            v: serde_json::Value::Object(fields),
+            at: now_ms,
+            by: self.author.clone(),
+        };
+        self.doc.put(
+            ROOT,
+            k,
+            serde_json::to_string(&s).expect("json values serialize"),
+        )?;
+        Ok(())
     }
 
     /// Writes one field of a resource's intent.
@@ -239,6 +274,12 @@ impl IntentDoc {
         v: serde_json::Value,
         now_ms: i64,
     ) -> Result<(), DocError> {
+        if field.starts_with('~') {
+            return Err(DocError::BadKey {
+                what: "field",
+                value: field.into(),
+            });
+        }
         let k = key(kind, id, field)?;
         let s = Stamped {
             v,
@@ -263,6 +304,8 @@ impl IntentDoc {
         let prefix = key(kind, id, "x")?;
         let prefix = &prefix[..prefix.len() - 1];
         let mut view = IntentView::default();
+        let mut initial = serde_json::Map::new();
+        let mut deleted = None;
         let mut any = false;
         for k in self.doc.map_range(ROOT, prefix.to_string()..) {
             if !k.key.starts_with(prefix) {
@@ -272,12 +315,27 @@ impl IntentDoc {
             let field = &k.key[prefix.len()..];
             let values = self.values(&k.key)?;
             let w = winner(field, &values);
-            if field == "deleted" {
-                view.deleted = w.v == serde_json::Value::Bool(true);
-            } else {
-                view.fields.insert(field.to_string(), w.v.clone());
+            match field {
+                CREATE => {
+                    if let serde_json::Value::Object(m) = &w.v {
+                        initial = m.clone();
+                    }
+                }
+                "deleted" => deleted = Some(w.v == serde_json::Value::Bool(true)),
+                _ => {
+                    view.fields.insert(field.to_string(), w.v.clone());
+                }
             }
         }
+        // Fields written after creation win over the values it was made with.
+        for (f, v) in initial {
+            if f == "deleted" {
+                deleted = deleted.or(Some(v == serde_json::Value::Bool(true)));
+            } else {
+                view.fields.entry(f).or_insert(v);
+            }
+        }
+        view.deleted = deleted.unwrap_or(false);
         Ok(any.then_some(view))
     }
 
@@ -400,15 +458,22 @@ impl StatusDoc {
         self.doc.get_last_local_change().map(|c| c.hash())
     }
 
-    /// Closes the pending local change and returns every change not saved
-    /// yet (made here or received), for appending to durable storage in the
-    /// same transaction as the rows they describe. Empty when none.
-    pub fn take_unsaved(&mut self) -> Vec<u8> {
-        self.doc.commit();
-        self.doc.save_incremental()
+    /// Closes the pending local edits into one change and returns its bytes,
+    /// for appending to durable storage in the same transaction as the rows
+    /// it describes. Empty when nothing was edited. Costs the size of the
+    /// change, not of the document.
+    pub fn take_local_change(&mut self) -> Vec<u8> {
+        match self.doc.commit() {
+            Some(hash) => self
+                .doc
+                .get_change_by_hash(&hash)
+                .map(|c| c.raw_bytes().to_vec())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
     }
 
-    /// Drops local writes not yet closed by [`Self::take_unsaved`].
+    /// Drops local writes not yet closed by [`Self::take_local_change`].
     pub fn discard_pending(&mut self) {
         self.doc.rollback();
     }
@@ -546,6 +611,36 @@ mod tests {
     }
 
     #[test]
+    fn created_fields_are_overridden_by_later_field_writes() {
+        let (mut site, mut region) = pair();
+        let mut fields = serde_json::Map::new();
+        fields.insert("name".into(), json!("cam"));
+        fields.insert("power".into(), json!("running"));
+        fields.insert("deleted".into(), json!(false));
+        site.create("servers", "s9", fields, 10).unwrap();
+        merge(&mut site, &mut region);
+        region
+            .set("servers", "s9", "power", json!("stopped"), 20)
+            .unwrap();
+        merge(&mut site, &mut region);
+        let v = site.resource("servers", "s9").unwrap().unwrap();
+        assert_eq!(
+            (
+                v.fields["name"].clone(),
+                v.fields["power"].clone(),
+                v.deleted
+            ),
+            (json!("cam"), json!("stopped"), false)
+        );
+        site.delete("servers", "s9", 30).unwrap();
+        assert!(site.resource("servers", "s9").unwrap().unwrap().deleted);
+        assert!(matches!(
+            site.set("servers", "s9", "~create", json!(1), 40),
+            Err(DocError::BadKey { .. })
+        ));
+    }
+
+    #[test]
     fn ids_and_absent_resources() {
         let (mut site, _) = pair();
         site.set("servers", "s2", "name", json!("db"), 1).unwrap();
@@ -558,18 +653,24 @@ mod tests {
     fn chunks_round_trip_and_rollback_drops_pending() {
         let mut d = IntentDoc::new(b"a1", "site:x");
         d.set("servers", "s1", "name", json!("a"), 1).unwrap();
-        let c1 = d.take_unsaved();
+        let c1 = d.take_local_change();
         assert!(!c1.is_empty());
-        assert!(d.take_unsaved().is_empty(), "nothing new");
+        assert!(d.take_local_change().is_empty(), "nothing new");
         d.set("servers", "s1", "name", json!("b"), 2).unwrap();
         d.discard_pending();
         assert!(
-            d.take_unsaved().is_empty(),
+            d.take_local_change().is_empty(),
             "a discarded write is not saved"
         );
         d.set("servers", "s2", "name", json!("c"), 3).unwrap();
-        let c2 = d.take_unsaved();
+        let c2 = d.take_local_change();
         let back = IntentDoc::from_chunks([c1.as_slice(), c2.as_slice()], b"a1", "site:x").unwrap();
+        let snapshot = d.save();
+        let compacted = IntentDoc::from_chunks([snapshot.as_slice()], b"a1", "site:x").unwrap();
+        assert_eq!(
+            compacted.resource("servers", "s2").unwrap(),
+            back.resource("servers", "s2").unwrap()
+        );
         assert_eq!(
             back.resource("servers", "s1").unwrap().unwrap().fields["name"],
             json!("a")
