@@ -29,8 +29,6 @@ pub struct Identity {
     pub admin_project_id: String,
     /// Secret key that signs this site's tokens.
     pub token_key: Vec<u8>,
-    /// This store's Automerge actor for intent (random, per store).
-    pub intent_actor: Vec<u8>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -94,7 +92,6 @@ pub(super) fn bootstrap(
             })?;
             key.into_bytes()
         },
-        intent_actor: meta_or_init(&tx, "intent_actor", new_hex_id)?.into_bytes(),
     };
     sync_hosts(&tx, &config.hosts)?;
     let now = Utc::now();
@@ -258,37 +255,6 @@ impl super::WriteCtx<'_> {
             )));
         }
         rows::insert(self.tx, "flavors", &f, Some(&f.spec.name))?;
-        self.record_intent("flavors", &f.id, None, &f.spec)?;
         Ok(f)
     }
-}
-
-/// The site's documents as the committed chunks rebuild them.
-pub(super) fn load_docs(
-    conn: &Connection,
-    identity: &Identity,
-) -> Result<roost_sync::Docs, StoreError> {
-    let mut stmt = conn.prepare("SELECT doc, bytes FROM sync_changes ORDER BY seq")?;
-    let rows: Vec<(String, Vec<u8>)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let chunks = |which: &'static str| {
-        rows.iter()
-            .filter(move |(d, _)| d == which)
-            .map(|(_, b)| b.as_slice())
-    };
-    let corrupt = |e: roost_sync::DocError| StoreError::Corrupt(format!("site document: {e}"));
-    let site = &identity.site_id;
-    let status_actor = roost_sync::site_status_actor(site);
-    Ok(roost_sync::Docs {
-        intent: roost_sync::IntentDoc::from_chunks(
-            chunks("intent"),
-            &identity.intent_actor,
-            &roost_sync::site_author(site),
-        )
-        .map_err(corrupt)?,
-        status: roost_sync::StatusDoc::from_chunks(chunks("status"), &status_actor)
-            .map_err(corrupt)?,
-        site_status_actor: status_actor,
-    })
 }

@@ -13,7 +13,6 @@
 //!   WAL lets them run while the writer commits.
 
 mod inventory;
-mod record;
 mod rows;
 mod schema;
 mod servers;
@@ -103,16 +102,8 @@ impl Store {
         schema::migrate(&mut conn)?;
         let identity = inventory::bootstrap(&mut conn, site_id, config)?;
         let hosts = inventory::load_host_views(&conn)?;
-        let docs = inventory::load_docs(&conn, &identity)?;
         let (tx, rx) = mpsc::channel(1024);
-        writer::spawn(
-            conn,
-            hosts,
-            docs,
-            identity.clone(),
-            config.scheduler.clone(),
-            rx,
-        )?;
+        writer::spawn(conn, hosts, config.scheduler.clone(), rx)?;
         let readers = Arc::new(ReaderPool {
             path,
             idle: Mutex::new(Vec::new()),

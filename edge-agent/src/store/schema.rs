@@ -36,14 +36,6 @@ const MIGRATIONS: &[&str] = &[
         vcpus INTEGER NOT NULL, ram_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL) STRICT;
     CREATE INDEX allocations_by_host ON allocations(host);
     "#,
-    // 2: the site's Automerge documents, as the chunks each committed write
-    // appended (in the same transaction as the rows they describe).
-    r#"
-    CREATE TABLE sync_changes (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        doc TEXT NOT NULL CHECK (doc IN ('intent', 'status')),
-        bytes BLOB NOT NULL) STRICT;
-    "#,
 ];
 
 /// Brings the schema up to date. Returns the version reached.

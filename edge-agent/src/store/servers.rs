@@ -183,8 +183,6 @@ impl WriteCtx<'_> {
             params![server.id, host, req.usage.vcpus, req.usage.ram_mb, req.usage.disk_gb],
         )?;
         self.claim(&host, &req.usage);
-        self.record_intent("servers", &server.id, None, &server.spec)?;
-        self.record_status("servers", &server.id, &server.status)?;
         Ok(server)
     }
 
@@ -217,7 +215,6 @@ impl WriteCtx<'_> {
             .task_state
             .or_else(|| pending_task(&server.spec, &server.status));
         let vm = server.status.vm_state;
-        let before = server.spec.clone();
         match intent {
             ServerIntent::Delete => server.spec.deleted = true,
             _ if busy.is_some() => {
@@ -247,7 +244,6 @@ impl WriteCtx<'_> {
             "UPDATE servers SET spec = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, json(&server.spec)?, time(&self.now)],
         )?;
-        self.record_intent("servers", id, Some(&before), &server.spec)?;
         Ok(server)
     }
 
@@ -260,7 +256,6 @@ impl WriteCtx<'_> {
         if n == 0 {
             return Err(WriteError::NotFound(format!("server {id} is gone")));
         }
-        self.record_status("servers", id, status)?;
         Ok(())
     }
 
@@ -282,7 +277,6 @@ impl WriteCtx<'_> {
     pub fn remove_server(&mut self, id: &str) -> Result<(), WriteError> {
         self.release_claim(id)?;
         self.tx.execute("DELETE FROM servers WHERE id = ?1", [id])?;
-        self.forget_status("servers", id)?;
         Ok(())
     }
 
@@ -393,7 +387,6 @@ impl WriteCtx<'_> {
             "INSERT INTO server_groups (id, project_id, spec, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
             params![g.id, g.spec.project_id, json(&g.spec)?, json(&g.status)?, time(&self.now)],
         )?;
-        self.record_intent("server_groups", &g.id, None, &g.spec)?;
         Ok(g)
     }
 
@@ -417,7 +410,6 @@ impl WriteCtx<'_> {
                 "Instance group {id} could not be found."
             )));
         }
-        self.record_deleted("server_groups", id)?;
         Ok(())
     }
 }

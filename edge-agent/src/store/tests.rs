@@ -146,36 +146,3 @@ async fn intent_conflicts_are_refused_and_change_nothing() {
     }
     assert!(store.server(id).await.unwrap().unwrap().spec.deleted);
 }
-
-#[tokio::test]
-async fn every_committed_write_is_in_the_site_documents_and_no_refused_one_is() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg: SiteConfig = config::parse(Path::new("site.yaml"), SITE).unwrap();
-    let (store, identity) = Store::open(dir.path(), "store-test", &cfg).unwrap();
-    let a = create(&store, "a", "2").await.unwrap();
-    let b = create(&store, "b", "2").await.unwrap();
-    assert!(create(&store, "refused", "missing").await.is_err());
-    let id = b.clone();
-    store
-        .write(move |w| w.change_server(&id, None, ServerIntent::Delete))
-        .await
-        .unwrap();
-    drop(store);
-
-    let conn = rusqlite::Connection::open(dir.path().join(super::DB_FILE)).unwrap();
-    let docs = super::inventory::load_docs(&conn, &identity).unwrap();
-    let view = |id: &str| docs.intent.resource("servers", id).unwrap().unwrap();
-    assert_eq!(view(&a).fields["name"], serde_json::json!("a"));
-    assert!(!view(&a).deleted);
-    assert!(view(&b).deleted, "the acknowledged delete is in intent");
-    assert_eq!(
-        docs.intent.ids("servers").unwrap().len(),
-        2,
-        "the refused create left nothing"
-    );
-    let status = docs.status.get("servers", &a).unwrap().unwrap();
-    assert_eq!(
-        status["host"].as_str().map(|h| h.starts_with('c')),
-        Some(true)
-    );
-}
