@@ -39,13 +39,20 @@ fn us(d: Duration) -> String {
 }
 
 fn main() {
-    println!("{:<10} {:>16} {:>16} {:>12} {:>12} {:>12}", "servers", "record create", "field update", "save", "load", "snapshot");
+    println!(
+        "{:<10} {:>16} {:>16} {:>12} {:>12} {:>12}",
+        "servers", "record create", "field update", "save", "load", "snapshot"
+    );
     for n in [100usize, 1000, 2000] {
         let mut intent = IntentDoc::new(b"bench-intent-001", "site:bench");
         let mut status_doc = StatusDoc::new(b"status:bench");
         for i in 0..n {
-            intent.create("servers", &format!("{i:08}"), spec(i), 1).expect("create");
-            status_doc.set("servers", &format!("{i:08}"), &status()).expect("status");
+            intent
+                .create("servers", &format!("{i:08}"), spec(i), 1)
+                .expect("create");
+            status_doc
+                .set("servers", &format!("{i:08}"), &status())
+                .expect("status");
             intent.take_local_change();
             status_doc.take_local_change();
         }
@@ -60,7 +67,9 @@ fn main() {
             status_doc.take_local_change();
             create.push(t.elapsed());
             let t = Instant::now();
-            intent.set("servers", &format!("{k:08}"), "power", json!("stopped"), 3).expect("set");
+            intent
+                .set("servers", &format!("{k:08}"), "power", json!("stopped"), 3)
+                .expect("set");
             intent.take_local_change();
             update.push(t.elapsed());
         }
