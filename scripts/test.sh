@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # Installs what is missing, then runs every test: unit tests of each crate
-# and the cross-process tests in tests/ that start the real binaries.
+# and the cross-process tests in tests/ that start the real binaries. Ends
+# with one line counting every test that ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 echo "[test] building and running the whole test suite"
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
