@@ -160,44 +160,15 @@ fn winner<'a>(field: &str, values: &'a [Stamped]) -> &'a Stamped {
     values.iter().max_by(best).expect("at least one value")
 }
 
-/// Spec of every resource of a site, written by the site and the region.
+/// What both documents share: an Automerge document of this replica, its
+/// persistence and its change bookkeeping. `IntentDoc` and `StatusDoc`
+/// dereference to it.
 #[derive(Debug, Clone)]
-pub struct IntentDoc {
+pub struct Replica {
     doc: AutoCommit,
-    author: String,
 }
 
-impl IntentDoc {
-    /// An empty document written as `author` (`site:<id>` or
-    /// `region:<name>`) under the Automerge actor `actor`.
-    pub fn new(actor: &[u8], author: &str) -> Self {
-        IntentDoc {
-            doc: AutoCommit::new().with_actor(ActorId::from(actor)),
-            author: author.into(),
-        }
-    }
-
-    /// A document saved by [`IntentDoc::save`].
-    pub fn load(bytes: &[u8], actor: &[u8], author: &str) -> Result<Self, DocError> {
-        Ok(IntentDoc {
-            doc: AutoCommit::load(bytes)?.with_actor(ActorId::from(actor)),
-            author: author.into(),
-        })
-    }
-
-    /// A document rebuilt from saved chunks (a [`Self::save`] snapshot and
-    /// the changes [`Self::take_local_change`] returned), in order.
-    pub fn from_chunks<'a>(
-        chunks: impl IntoIterator<Item = &'a [u8]>,
-        actor: &[u8],
-        author: &str,
-    ) -> Result<Self, DocError> {
-        Ok(IntentDoc {
-            doc: load_chunks(chunks, actor)?,
-            author: author.into(),
-        })
-    }
-
+impl Replica {
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
     }
@@ -240,6 +211,69 @@ impl IntentDoc {
     pub fn discard_pending(&mut self) {
         self.doc.rollback();
     }
+}
+
+macro_rules! replica_deref {
+    ($t:ty) => {
+        impl std::ops::Deref for $t {
+            type Target = Replica;
+            fn deref(&self) -> &Replica {
+                &self.replica
+            }
+        }
+        impl std::ops::DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut Replica {
+                &mut self.replica
+            }
+        }
+    };
+}
+replica_deref!(IntentDoc);
+replica_deref!(StatusDoc);
+
+/// Spec of every resource of a site, written by the site and the region.
+#[derive(Debug, Clone)]
+pub struct IntentDoc {
+    replica: Replica,
+    author: String,
+}
+
+impl IntentDoc {
+    /// An empty document written as `author` (`site:<id>` or
+    /// `region:<name>`) under the Automerge actor `actor`.
+    pub fn new(actor: &[u8], author: &str) -> Self {
+        IntentDoc {
+            replica: Replica {
+                doc: AutoCommit::new().with_actor(ActorId::from(actor)),
+            },
+            author: author.into(),
+        }
+    }
+
+    /// A document saved by [`IntentDoc::save`].
+    pub fn load(bytes: &[u8], actor: &[u8], author: &str) -> Result<Self, DocError> {
+        Ok(IntentDoc {
+            replica: Replica {
+                doc: AutoCommit::load(bytes)?.with_actor(ActorId::from(actor)),
+            },
+            author: author.into(),
+        })
+    }
+
+    /// A document rebuilt from saved chunks (a [`Self::save`] snapshot and
+    /// the changes [`Self::take_local_change`] returned), in order.
+    pub fn from_chunks<'a>(
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+        actor: &[u8],
+        author: &str,
+    ) -> Result<Self, DocError> {
+        Ok(IntentDoc {
+            replica: Replica {
+                doc: load_chunks(chunks, actor)?,
+            },
+            author: author.into(),
+        })
+    }
 
     /// Records a new resource with all its fields in one write (one key,
     /// so creating costs one operation however many fields it has). Later
@@ -251,13 +285,25 @@ impl IntentDoc {
         fields: serde_json::Map<String, serde_json::Value>,
         now_ms: i64,
     ) -> Result<(), DocError> {
-        let k = key(kind, id, CREATE)?;
+        self.put_stamped(
+            key(kind, id, CREATE)?,
+            serde_json::Value::Object(fields),
+            now_ms,
+        )
+    }
+
+    fn put_stamped(
+        &mut self,
+        k: String,
+        v: serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), DocError> {
         let s = Stamped {
-            v: serde_json::Value::Object(fields),
+            v,
             at: now_ms,
             by: self.author.clone(),
         };
-        self.doc.put(
+        self.replica.doc.put(
             ROOT,
             k,
             serde_json::to_string(&s).expect("json values serialize"),
@@ -280,18 +326,7 @@ impl IntentDoc {
                 value: field.into(),
             });
         }
-        let k = key(kind, id, field)?;
-        let s = Stamped {
-            v,
-            at: now_ms,
-            by: self.author.clone(),
-        };
-        self.doc.put(
-            ROOT,
-            k,
-            serde_json::to_string(&s).expect("json values serialize"),
-        )?;
-        Ok(())
+        self.put_stamped(key(kind, id, field)?, v, now_ms)
     }
 
     /// Marks a resource deleted (rule 1: this beats any concurrent update).
@@ -307,7 +342,7 @@ impl IntentDoc {
         let mut initial = serde_json::Map::new();
         let mut deleted = None;
         let mut any = false;
-        for k in self.doc.map_range(ROOT, prefix.to_string()..) {
+        for k in self.replica.doc.map_range(ROOT, prefix.to_string()..) {
             if !k.key.starts_with(prefix) {
                 break;
             }
@@ -344,7 +379,7 @@ impl IntentDoc {
         check("kind", kind)?;
         let prefix = format!("{kind}/");
         let mut ids: Vec<String> = Vec::new();
-        for k in self.doc.map_range(ROOT, prefix.clone()..) {
+        for k in self.replica.doc.map_range(ROOT, prefix.clone()..) {
             let Some(rest) = k.key.strip_prefix(&prefix) else {
                 break;
             };
@@ -357,7 +392,8 @@ impl IntentDoc {
     }
 
     fn values(&self, key: &str) -> Result<Vec<Stamped>, DocError> {
-        self.doc
+        self.replica
+            .doc
             .get_all(ROOT, key)?
             .iter()
             .map(|(v, _)| stamped(key, v))
@@ -367,10 +403,10 @@ impl IntentDoc {
     /// Settles every field that holds concurrent values: writes the winner
     /// back and returns one [`Conflict`] per losing value.
     pub fn resolve(&mut self) -> Result<Vec<Conflict>, DocError> {
-        let keys: Vec<String> = self.doc.keys(ROOT).collect();
+        let keys: Vec<String> = self.replica.doc.keys(ROOT).collect();
         let mut journal = Vec::new();
         for k in keys {
-            if self.doc.get_all(ROOT, k.as_str())?.len() < 2 {
+            if self.replica.doc.get_all(ROOT, k.as_str())?.len() < 2 {
                 continue;
             }
             let values = self.values(&k)?;
@@ -396,7 +432,7 @@ impl IntentDoc {
                 });
             }
             // Write the winner back unchanged, so the field has one value.
-            self.doc.put(
+            self.replica.doc.put(
                 ROOT,
                 k.as_str(),
                 serde_json::to_string(&w).expect("serializes"),
@@ -409,19 +445,23 @@ impl IntentDoc {
 /// Status of every resource of a site: written by the site alone.
 #[derive(Debug, Clone)]
 pub struct StatusDoc {
-    doc: AutoCommit,
+    replica: Replica,
 }
 
 impl StatusDoc {
     pub fn new(actor: &[u8]) -> Self {
         StatusDoc {
-            doc: AutoCommit::new().with_actor(ActorId::from(actor)),
+            replica: Replica {
+                doc: AutoCommit::new().with_actor(ActorId::from(actor)),
+            },
         }
     }
 
     pub fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, DocError> {
         Ok(StatusDoc {
-            doc: AutoCommit::load(bytes)?.with_actor(ActorId::from(actor)),
+            replica: Replica {
+                doc: AutoCommit::load(bytes)?.with_actor(ActorId::from(actor)),
+            },
         })
     }
 
@@ -431,51 +471,10 @@ impl StatusDoc {
         actor: &[u8],
     ) -> Result<Self, DocError> {
         Ok(StatusDoc {
-            doc: load_chunks(chunks, actor)?,
+            replica: Replica {
+                doc: load_chunks(chunks, actor)?,
+            },
         })
-    }
-
-    pub fn save(&mut self) -> Vec<u8> {
-        self.doc.save()
-    }
-
-    pub(crate) fn automerge(&mut self) -> &mut AutoCommit {
-        &mut self.doc
-    }
-
-    /// The document's current heads.
-    pub fn heads(&mut self) -> Vec<automerge::ChangeHash> {
-        self.doc.get_heads()
-    }
-
-    /// Whether the document holds the change with this hash.
-    pub fn has_change(&mut self, hash: &automerge::ChangeHash) -> bool {
-        self.doc.get_change_by_hash(hash).is_some()
-    }
-
-    /// Hash of the last change this replica made.
-    pub fn last_local_change(&mut self) -> Option<automerge::ChangeHash> {
-        self.doc.get_last_local_change().map(|c| c.hash())
-    }
-
-    /// Closes the pending local edits into one change and returns its bytes,
-    /// for appending to durable storage in the same transaction as the rows
-    /// it describes. Empty when nothing was edited. Costs the size of the
-    /// change, not of the document.
-    pub fn take_local_change(&mut self) -> Vec<u8> {
-        match self.doc.commit() {
-            Some(hash) => self
-                .doc
-                .get_change_by_hash(&hash)
-                .map(|c| c.raw_bytes().to_vec())
-                .unwrap_or_default(),
-            None => Vec::new(),
-        }
-    }
-
-    /// Drops local writes not yet closed by [`Self::take_local_change`].
-    pub fn discard_pending(&mut self) {
-        self.doc.rollback();
     }
 
     /// Writes a resource's status (the site's reconcilers call this).
@@ -485,20 +484,21 @@ impl StatusDoc {
         id: &str,
         status: &serde_json::Value,
     ) -> Result<(), DocError> {
-        self.doc
+        self.replica
+            .doc
             .put(ROOT, key(kind, id, "status")?, status.to_string())?;
         Ok(())
     }
 
     /// Removes a resource's status (the resource is gone).
     pub fn remove(&mut self, kind: &str, id: &str) -> Result<(), DocError> {
-        self.doc.delete(ROOT, key(kind, id, "status")?)?;
+        self.replica.doc.delete(ROOT, key(kind, id, "status")?)?;
         Ok(())
     }
 
     pub fn get(&self, kind: &str, id: &str) -> Result<Option<serde_json::Value>, DocError> {
         let k = key(kind, id, "status")?;
-        match self.doc.get(ROOT, k.as_str())? {
+        match self.replica.doc.get(ROOT, k.as_str())? {
             None => Ok(None),
             Some((v, _)) => {
                 let text = text_of(&k, &v)?;
