@@ -1,7 +1,9 @@
 //! Agent benchmarks, printed side by side with the goals in
 //! shared/design.md. Run: `cargo bench -p roost-tests --bench agent`.
 //!
-//! - host choice among 1,000 hosts (the scheduler alone, in process);
+//! - host choice among 1,000 hosts (the scheduler alone, in process), and
+//!   OpenStack Nova's filter scheduler on the same hosts when Nova is
+//!   installed (`scripts/bench-nova.sh`; see `nova_scheduler.py`);
 //! - agent start to serving its API (a real process, polled on /healthz),
 //!   on a new store and on a store holding 2,000 servers;
 //! - create-server over HTTP, API call to scheduled and committed, with one
@@ -52,7 +54,9 @@ fn main() {
     roost_tests::binary("roost-agent");
     let mut rows = Vec::new();
     eprintln!("[bench] host choice among 1,000 hosts");
-    rows.push(host_choice());
+    let (row, roost_p50) = host_choice();
+    rows.push(row);
+    rows.push(nova_host_choice(roost_p50));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -128,7 +132,60 @@ fn main() {
     }
 }
 
-fn host_choice() -> Row {
+/// Nova's filter scheduler on the same hosts, through
+/// `tests/benches/nova_scheduler.py`, when Nova is installed
+/// (`scripts/bench-nova.sh`).
+fn nova_host_choice(roost_p50: Duration) -> Row {
+    let what = "Nova filter scheduler, same 1,000 hosts: p50 / p99".to_string();
+    let goal = "Roost >= 10x faster";
+    let root = roost_tests::repo_root();
+    let python = std::env::var("ROOST_NOVA_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join(".roost/novaenv/bin/python"));
+    if !python.exists() {
+        return Row {
+            what,
+            measured: "not run: scripts/bench-nova.sh installs Nova".into(),
+            goal,
+        };
+    }
+    eprintln!("[bench] Nova's filter scheduler on the same hosts (100 decisions)");
+    let out = std::process::Command::new(&python)
+        .args(["-W", "ignore"])
+        .arg(root.join("tests/benches/nova_scheduler.py"))
+        .arg("100")
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let field = |k: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    match (field("p50_us="), field("p99_us=")) {
+        (Some(p50), Some(p99)) => {
+            let nova = Duration::from_micros(p50);
+            let ratio = nova.as_secs_f64() / roost_p50.as_secs_f64().max(1e-9);
+            Row {
+                what,
+                measured: format!(
+                    "{} / {}  (Roost {ratio:.0}x faster)",
+                    us(nova),
+                    us(Duration::from_micros(p99))
+                ),
+                goal,
+            }
+        }
+        _ => Row {
+            what,
+            measured: format!("failed: {}", text.trim()),
+            goal,
+        },
+    }
+}
+
+fn host_choice() -> (Row, Duration) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let hosts: Vec<HostView> = (0..1000)
         .map(|i| {
@@ -178,15 +235,13 @@ fn host_choice() -> Row {
         samples.push(t.elapsed());
     }
     samples.sort();
-    Row {
+    let p50 = percentile(&samples, 50.0);
+    let row = Row {
         what: "host choice among 1,000 hosts: p50 / p99".into(),
-        measured: format!(
-            "{} / {}",
-            us(percentile(&samples, 50.0)),
-            us(percentile(&samples, 99.0))
-        ),
+        measured: format!("{} / {}", us(p50), us(percentile(&samples, 99.0))),
         goal: "<= 1 ms",
-    }
+    };
+    (row, p50)
 }
 
 fn start_to_serving(
