@@ -384,3 +384,29 @@ async fn server_groups_and_traits_steer_placement() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_list_takes_client_default_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(&site_config("vehicle-07.yaml"), dir.path());
+    let api = Api::login(&agent.url).await;
+    let (code, _) = api
+        .create_server("a", "2", "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98")
+        .await;
+    assert_eq!(code, 202);
+    // What python-openstackclient sends for `server list`: unknown filters
+    // are ignored as Nova does, booleans in Python's spelling are read.
+    let (code, body) = api.get("/compute/v2.1/servers/detail?deleted=False&all_projects=False&changes-since=2020-01-01").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["servers"].as_array().unwrap().len(), 1);
+    let (code, body) = api
+        .get("/compute/v2.1/servers/detail?all_projects=maybe")
+        .await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        body["badRequest"]["message"],
+        "all_projects: must be true or false (got maybe)"
+    );
+    let (code, _) = api.get("/compute/v2.1/servers/detail?deleted=True").await;
+    assert_eq!(code, 400);
+}

@@ -24,9 +24,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v2.1/servers/{id}/action", post(action))
 }
 
-/// Query parameters of the server lists.
+/// Query parameters of the server lists. As in Nova, filters Roost does not
+/// know are ignored rather than refused (clients send several by default);
+/// the ones it knows are checked.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ListParams {
     name: Option<String>,
     status: Option<String>,
@@ -34,9 +35,19 @@ struct ListParams {
     marker: Option<String>,
     limit: Option<usize>,
     all_tenants: Option<String>,
+    all_projects: Option<String>,
     project_id: Option<String>,
     tenant_id: Option<String>,
-    deleted: Option<bool>,
+    deleted: Option<String>,
+}
+
+/// A query-string boolean as OpenStack clients write them.
+fn flag(field: &str, v: Option<&str>) -> Result<bool, ApiError> {
+    match v.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("0" | "false" | "no" | "off") => Ok(false),
+        Some("" | "1" | "true" | "yes" | "on") => Ok(true),
+        Some(other) => Err(FieldError::new(field, other, "must be true or false").into()),
+    }
 }
 
 /// Most servers one page returns.
@@ -44,10 +55,8 @@ const MAX_LIMIT: usize = 1000;
 
 impl ListParams {
     fn query(self, caller: &Caller) -> Result<ServerQuery, ApiError> {
-        let all = self
-            .all_tenants
-            .as_deref()
-            .is_some_and(|v| !matches!(v, "0" | "false" | "False"));
+        let all = flag("all_tenants", self.all_tenants.as_deref())?
+            || flag("all_projects", self.all_projects.as_deref())?;
         if all {
             caller.require_admin("all_tenants")?;
         }
@@ -62,7 +71,7 @@ impl ListParams {
             (true, None) => None,
             (false, None) => Some(caller.0.project_id.clone()),
         };
-        if self.deleted == Some(true) {
+        if flag("deleted", self.deleted.as_deref())? {
             return Err(FieldError::new(
                 "deleted",
                 "true",
