@@ -8,16 +8,24 @@
 //!   `handle_timeout(now)`, the next deadline from `poll_timeout`. No sockets,
 //!   no clock, no runtime; a transport drives it.
 //! - [`frame`]: the wire frames the session speaks, and their strict decoder.
+//! - [`pki`]: the region's CA, site and region certificates, and reading
+//!   the site id from a verified certificate.
+//! - [`transport`]: quinn with mutual TLS (keep-alive 3 s, idle timeout
+//!   10 s) and [`transport::drive`], the loop that runs a session over one
+//!   QUIC stream.
 //!
-//! Not here yet (the rest of the sync issue): the QUIC transport with mutual
-//! TLS and enrollment, the agent's recording of each API write's change in
-//! the same SQLite transaction, the link emulator and the benchmark.
+//! Not here yet (the rest of the sync issue): enrollment by join token,
+//! reconnection with backoff and jitter, the agent's and controller's use of
+//! all this (recording each API write's change with its rows, applying
+//! received changes to SQLite), and the reconvergence benchmark.
 
 pub mod doc;
 pub mod frame;
+pub mod pki;
 pub mod session;
 #[cfg(test)]
 mod sim;
+pub mod transport;
 
 pub use doc::{
     site_author, site_status_actor, Conflict, DocError, IntentDoc, IntentView, Stamped, StatusDoc,
