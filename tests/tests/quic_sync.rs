@@ -1,6 +1,7 @@
 //! A site and its region sync over real QUIC with mutual TLS, through the
 //! link emulator at 10 Mbit/s, 50 ms each way and 1% loss: both write while
-//! the link is cut, the link heals, and both end with the same documents.
+//! the link is cut, the link heals, and both end with the same documents;
+//! then the site's address changes and the same connection carries on.
 //! A site whose certificate is not from the region's CA is refused.
 
 use std::sync::{Arc, Mutex};
@@ -170,6 +171,26 @@ async fn site_and_region_converge_over_quic_through_a_cut() {
             Some(json!({"vm_state": "stopped"}))
         );
     }
+    // The site's address changes (a vehicle changing networks): the same
+    // QUIC connection carries on from the new address.
+    relay.rebind().await.unwrap();
+    site_docs
+        .lock()
+        .unwrap()
+        .intent
+        .set("servers", "s1", "name", json!("plc-1b"), 30)
+        .unwrap();
+    site_local.notify_one();
+    wait_until(
+        "a write after the address change reaches the region",
+        Duration::from_secs(15),
+        || view(&region_docs).is_some_and(|v| v.fields["name"] == json!("plc-1b")),
+    )
+    .await;
+    assert!(
+        !site.is_finished() && !region.is_finished(),
+        "the same connection, not a new one"
+    );
     let (up, down) = relay.bytes();
     eprintln!("bytes through the link: {up} up, {down} down");
     site.abort();
