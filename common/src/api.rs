@@ -66,7 +66,8 @@ impl DomainRef {
     /// Whether this names the `Default` domain (by id `default` or name).
     pub fn is_default(&self) -> bool {
         self.id.as_deref().is_none_or(|i| i == "default")
-            && self.name.as_deref().is_none_or(|n| n == "Default")
+            // Keystone's SQL backend compares names without case.
+            && self.name.as_deref().is_none_or(|n| n.eq_ignore_ascii_case("Default"))
     }
 }
 
@@ -181,6 +182,52 @@ impl ServerCreate {
         }
         if self.image_ref.as_deref().is_none_or(str::is_empty) {
             return Err(FieldError::missing("server.imageRef"));
+        }
+        match &self.networks {
+            None => {}
+            Some(serde_json::Value::String(s)) if s == "auto" || s == "none" => {}
+            Some(v) => {
+                return Err(FieldError::new(
+                    "server.networks",
+                    v,
+                    "only \"auto\" or \"none\" until site networking lands; leave it out",
+                ))
+            }
+        }
+        if let Some(v) = &self.security_groups {
+            let only_default = v.as_array().is_some_and(|groups| {
+                groups
+                    .iter()
+                    .all(|g| g.get("name").and_then(|n| n.as_str()) == Some("default"))
+            });
+            if !only_default {
+                return Err(FieldError::new(
+                    "server.security_groups",
+                    v,
+                    "only [{\"name\": \"default\"}] until security groups land; leave it out",
+                ));
+            }
+        }
+        let unsupported = [
+            (
+                "server.user_data",
+                self.user_data
+                    .as_ref()
+                    .map(|u| format!("{} bytes", u.len())),
+            ),
+            (
+                "server.config_drive",
+                (self.config_drive == Some(true)).then(|| "true".to_string()),
+            ),
+            (
+                "server.description",
+                self.description.clone().filter(|d| !d.is_empty()),
+            ),
+        ];
+        for (f, given) in unsupported {
+            if let Some(v) = given {
+                return Err(FieldError::new(f, v, "is not supported yet; leave it out"));
+            }
         }
         for (k, v) in &self.metadata {
             if k.is_empty() || k.len() > 255 || v.len() > 255 {

@@ -70,8 +70,10 @@ impl StartError {
 pub enum PasswordSource {
     Env,
     Config,
-    /// Generated on a first start (or read back from the file it was kept
-    /// in); shown in the banner so the operator can log in.
+    /// Generated on this start and kept in the file; the banner shows it
+    /// this once, so the operator can log in.
+    Generated(PathBuf),
+    /// Read back from the file a first start kept it in; never printed again.
     File(PathBuf),
 }
 
@@ -106,7 +108,7 @@ impl Agent {
             .clone()
             .or_else(|| config.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        private_dir(&data_dir).map_err(|source| StartError::DataDir {
             dir: data_dir.clone(),
             source,
         })?;
@@ -231,10 +233,21 @@ fn admin_password(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let p = Alphanumeric.sample_string(&mut rand::rng(), 24);
             write_secret(&file, &p).map_err(io)?;
-            Ok((p, PasswordSource::File(file)))
+            Ok((p, PasswordSource::Generated(file)))
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Creates the data dir if needed and makes it the agent user's alone: it
+/// holds the token signing key and the admin password.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Writes a file only its owner can read, durably.

@@ -133,9 +133,12 @@ fn print_banner(agent: &Agent) {
     let password = match &agent.password_source {
         PasswordSource::Env => "(from ROOST_ADMIN_PASSWORD)".to_string(),
         PasswordSource::Config => "(from api.admin_password in the config)".to_string(),
-        PasswordSource::File(f) => {
-            format!("{}   (kept in {})", agent.admin_password(), f.display())
-        }
+        PasswordSource::Generated(f) => format!(
+            "{}   (generated now; kept in {}, readable only by this user)",
+            agent.admin_password(),
+            f.display()
+        ),
+        PasswordSource::File(f) => format!("(kept in {})", f.display()),
     };
     println!(
         "roost-agent: site {} ({}) is serving",

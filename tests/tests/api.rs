@@ -45,7 +45,9 @@ async fn identity_refuses_bad_credentials_and_tokens() {
     for t in [
         None,
         Some("nonsense".to_string()),
-        Some(format!("{}x", &token[..token.len() - 1])),
+        // One character of the signed claims changed: still valid base64,
+        // so only the signature check can refuse it.
+        Some(tamper(&token)),
     ] {
         let mut req = http.get(format!("{}/compute/v2.1/servers", agent.url));
         if let Some(t) = &t {
@@ -76,8 +78,10 @@ async fn identity_refuses_bad_credentials_and_tokens() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
     let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 400, "{body}");
+    assert_eq!(body["error"]["title"], "Bad Request", "{body}");
     assert!(
-        body["badRequest"]["message"]
+        body["error"]["message"]
             .as_str()
             .unwrap()
             .contains("auth.identity.password.user"),
@@ -128,6 +132,13 @@ async fn server_lifecycle_and_restart() {
     let id = body["server"]["id"].as_str().unwrap().to_string();
     let s = api.wait_status(&id, "ACTIVE", WAIT).await;
     assert_eq!(s["server"]["OS-EXT-STS:power_state"], 1);
+    // The store holds the token signing key: only its owner may read it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.path()), 0o700);
+    let db = agent.db_path();
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(&db.with_extension("db-wal")), 0o600);
     assert_eq!(s["server"]["OS-EXT-AZ:availability_zone"], "hall-b");
     assert!(s["server"]["OS-EXT-SRV-ATTR:host"]
         .as_str()
@@ -259,6 +270,18 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "server.name: invalid type",
         ),
         (json!([1, 2]), "invalid JSON body"),
+        (
+            json!({"server": {"name": "x", "flavorRef": "2", "imageRef": IMAGE, "networks": [{"uuid": "n"}]}}),
+            "server.networks",
+        ),
+        (
+            json!({"server": {"name": "x", "flavorRef": "2", "imageRef": IMAGE, "security_groups": [{"name": "web"}]}}),
+            "server.security_groups",
+        ),
+        (
+            json!({"server": {"name": "x", "flavorRef": "2", "imageRef": IMAGE, "user_data": "IyEvYmluL3NoCg=="}}),
+            "server.user_data: is not supported yet; leave it out (got 16 bytes)",
+        ),
     ];
     for (body, want) in cases {
         let (code, reply) = api.post("/compute/v2.1/servers", body.clone()).await;
@@ -409,4 +432,48 @@ async fn server_list_takes_client_default_filters() {
     );
     let (code, _) = api.get("/compute/v2.1/servers/detail?deleted=True").await;
     assert_eq!(code, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_list_pages_keep_path_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(&site_config("vehicle-07.yaml"), dir.path());
+    let api = Api::login(&agent.url).await;
+    for name in ["cam-1", "cam-2", "cam-3", "other"] {
+        let (code, body) = api
+            .create_server(name, "2", "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98")
+            .await;
+        assert_eq!(code, 202, "{body}");
+    }
+    // Follow the next links as a client does: each must keep the detail
+    // path and the name filter, so the pages hold exactly the cameras.
+    let mut seen = Vec::new();
+    let mut next = Some(format!(
+        "{}/compute/v2.1/servers/detail?name=cam&limit=2",
+        agent.url
+    ));
+    while let Some(url) = next.take() {
+        let path = url.strip_prefix(&agent.url).unwrap().to_string();
+        assert!(path.starts_with("/compute/v2.1/servers/detail?"), "{path}");
+        let (code, body) = api.get(&path).await;
+        assert_eq!(code, 200, "{body}");
+        for s in body["servers"].as_array().unwrap() {
+            assert!(s["flavor"].is_object(), "a detail view: {s}");
+            seen.push(s["name"].as_str().unwrap().to_string());
+        }
+        next = body["servers_links"][0]["href"]
+            .as_str()
+            .map(str::to_string);
+        assert!(seen.len() <= 4, "the pages never end: {seen:?}");
+    }
+    seen.sort();
+    assert_eq!(seen, ["cam-1", "cam-2", "cam-3"]);
+}
+
+/// The token with one character in the middle of its claims changed.
+fn tamper(token: &str) -> String {
+    let mut chars: Vec<char> = token.chars().collect();
+    let mid = token.find('.').unwrap() + (token.rfind('.').unwrap() - token.find('.').unwrap()) / 2;
+    chars[mid] = if chars[mid] == 'A' { 'B' } else { 'A' };
+    chars.into_iter().collect()
 }

@@ -96,7 +96,7 @@ async fn two_hundred_concurrent_creates_never_oversubscribe() {
         let used = &h["roost:used"];
         for k in ["vcpus", "memory_mb", "local_gb"] {
             assert!(
-                used[k].as_u64() <= cap[k].as_u64(),
+                used[k].as_u64().unwrap() <= cap[k].as_u64().unwrap(),
                 "{name} oversubscribed on {k}: {h}"
             );
         }

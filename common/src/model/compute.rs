@@ -372,7 +372,6 @@ impl ServerStatus {
     pub fn nova_status(&self) -> &'static str {
         match (self.vm_state, self.task_state) {
             (VmState::Deleted, _) => "DELETED",
-            (_, Some(TaskState::Deleting)) => "ACTIVE",
             (VmState::Active, Some(TaskState::Rebooting)) => "REBOOT",
             (VmState::Active, Some(TaskState::RebootingHard)) => "HARD_REBOOT",
             (VmState::Building, _) => "BUILD",
@@ -537,6 +536,9 @@ mod tests {
         assert_eq!(s.nova_status(), "HARD_REBOOT");
         s.task_state = None;
         s.vm_state = VmState::Stopped;
+        assert_eq!(s.nova_status(), "SHUTOFF");
+        // As in Nova, deleting shows in the task state, not the status.
+        s.task_state = Some(TaskState::Deleting);
         assert_eq!(s.nova_status(), "SHUTOFF");
     }
 }

@@ -13,6 +13,8 @@ use crate::store::WriteError;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Answer in Keystone's shape whatever the status (identity routes).
+    pub keystone: bool,
 }
 
 impl ApiError {
@@ -20,7 +22,16 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            keystone: false,
         }
+    }
+    /// The same error in Keystone's `{"error": ...}` shape.
+    pub fn keystone(mut self) -> Self {
+        self.keystone = true;
+        self
+    }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, m)
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, m)
@@ -67,8 +78,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.status.as_u16();
         let body = match self.status {
-            StatusCode::UNAUTHORIZED => {
-                json!({"error": {"code": code, "title": "Unauthorized", "message": self.message}})
+            s if s == StatusCode::UNAUTHORIZED || self.keystone => {
+                let title = s.canonical_reason().unwrap_or("Error");
+                json!({"error": {"code": code, "title": title, "message": self.message}})
             }
             s => {
                 let key = match s {

@@ -49,6 +49,10 @@ async fn version(State(s): State<AppState>) -> Json<Value> {
 /// `POST /identity/v3/auth/tokens`: the password method for the bootstrap
 /// admin, scoped to the admin project (its default when no scope is given).
 async fn issue(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    issue_token(s, body).await.map_err(ApiError::keystone)
+}
+
+async fn issue_token(s: AppState, body: Bytes) -> Result<Response, ApiError> {
     let body: AuthBody = parse_body(&body)?;
     let auth = body.auth;
     if !auth.identity.methods.iter().any(|m| m == "password") {
@@ -114,6 +118,10 @@ async fn validate(
     _caller: Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    validate_token(s, headers).await.map_err(ApiError::keystone)
+}
+
+async fn validate_token(s: AppState, headers: HeaderMap) -> Result<Response, ApiError> {
     let subject = headers
         .get("X-Subject-Token")
         .and_then(|v| v.to_str().ok())

@@ -68,7 +68,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    // A read proves the store answers; the writer is checked by every write.
+    // A read proves the store answers; the writer thread is checked apart,
+    // as it stops on faults it cannot repair.
+    if !s.store.writer_alive() {
+        return Err(ApiError::unavailable(
+            "the store's writer has stopped; see the agent's log and restart it",
+        ));
+    }
     s.store
         .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
         .await?;

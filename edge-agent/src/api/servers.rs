@@ -112,6 +112,7 @@ fn list_params(
 async fn list_servers(
     s: &AppState,
     caller: &Caller,
+    uri: &axum::http::Uri,
     params: ListParams,
     render: fn(&str, &roost_common::model::Server) -> serde_json::Value,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -122,26 +123,44 @@ async fn list_servers(
         json!({"servers": servers.iter().map(|v| render(&s.base_url, v)).collect::<Vec<_>>()});
     if let (Some(limit), Some(last)) = (limit, servers.last()) {
         if servers.len() == limit {
-            body["servers_links"] = json!([{"rel": "next", "href": format!("{}/compute/v2.1/servers?limit={limit}&marker={}", s.base_url, last.id)}]);
+            body["servers_links"] =
+                json!([{"rel": "next", "href": next_link(&s.base_url, uri, &last.id.to_string())}]);
         }
     }
     Ok(Json(body))
 }
 
+/// The same request (path and every filter, as the client wrote them) with
+/// the marker moved on to the last server of this page. `uri` is the path
+/// inside the `/compute` router.
+fn next_link(base_url: &str, uri: &axum::http::Uri, marker: &str) -> String {
+    let mut query: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("marker="))
+        .collect();
+    let marker = format!("marker={marker}");
+    query.push(&marker);
+    format!("{base_url}/compute{}?{}", uri.path(), query.join("&"))
+}
+
 async fn list(
     State(s): State<AppState>,
     caller: Caller,
+    uri: axum::http::Uri,
     q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    list_servers(&s, &caller, list_params(q)?, views::server_ref).await
+    list_servers(&s, &caller, &uri, list_params(q)?, views::server_ref).await
 }
 
 async fn list_detail(
     State(s): State<AppState>,
     caller: Caller,
+    uri: axum::http::Uri,
     q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    list_servers(&s, &caller, list_params(q)?, views::server).await
+    list_servers(&s, &caller, &uri, list_params(q)?, views::server).await
 }
 
 async fn show(

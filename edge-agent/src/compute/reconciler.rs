@@ -62,6 +62,11 @@ impl Reconciler {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut full = true;
+        // A fixed schedule, not a sleep restarted after every wake-up: under
+        // a steady stream of API writes the full pass must still come round.
+        let mut resync = tokio::time::interval(RESYNC_PERIOD);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
         loop {
             let result = if full {
                 self.pass().await
@@ -73,7 +78,7 @@ impl Reconciler {
             }
             tokio::select! {
                 _ = self.queue.notify.notified() => full = false,
-                _ = tokio::time::sleep(RESYNC_PERIOD) => full = true,
+                _ = resync.tick() => full = true,
                 _ = shutdown.changed() => return,
             }
             if *shutdown.borrow() {

@@ -98,6 +98,7 @@ impl Store {
         config: &roost_common::config::SiteConfig,
     ) -> Result<(Store, Identity), StoreError> {
         let path = data_dir.join(DB_FILE);
+        create_private(&path)?;
         let mut conn = open_conn(&path, false)?;
         schema::migrate(&mut conn)?;
         let identity = inventory::bootstrap(&mut conn, site_id, config)?;
@@ -129,6 +130,12 @@ impl Store {
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Whether the writer thread still takes jobs. It stops only on a fault
+    /// it cannot repair (see `writer`), and `/healthz` reports that.
+    pub fn writer_alive(&self) -> bool {
+        !self.jobs.is_closed()
     }
 
     /// Runs `f` on a read connection, on a blocking thread.
@@ -185,6 +192,25 @@ impl Store {
 
 /// Opens a connection with Roost's pragmas: WAL, full sync on commit,
 /// foreign keys on, a busy timeout for readers.
+/// Creates the database file, if it is not there, readable by its owner
+/// alone; SQLite gives the WAL and shared-memory files the same mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Sqlite(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX

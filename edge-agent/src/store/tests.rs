@@ -146,3 +146,55 @@ async fn intent_conflicts_are_refused_and_change_nothing() {
     }
     assert!(store.server(id).await.unwrap().unwrap().spec.deleted);
 }
+
+#[tokio::test]
+async fn a_job_that_claims_then_fails_leaves_no_row_and_no_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let s = spec(&format!("s{i}"), "2");
+            store
+                .write(move |w| {
+                    let server = w.create_server(NewServer { spec: s })?;
+                    match i % 3 {
+                        // Scheduled and claimed, then refused: ROLLBACK TO
+                        // must undo the row and the writer reload the usage.
+                        0 => Err(WriteError::Conflict("changed its mind".into())),
+                        // A bug in a job costs that job alone.
+                        1 if i < 6 => panic!("a job with a bug"),
+                        _ => Ok(server.id),
+                    }
+                })
+                .await
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        if r.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    // 4 slots; the failing and panicking jobs took none of them for good.
+    assert_eq!(ok, 4);
+    let servers = store.servers(ServerQuery::default()).await.unwrap();
+    assert_eq!(servers.len(), 4);
+    let used: u64 = store
+        .hypervisors()
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.host.used.vcpus)
+        .sum();
+    assert_eq!(used, 8);
+    assert!(store.writer_alive());
+    // The usage on disk agrees with the writer's after a reopen.
+    drop(store);
+    let store = open(dir.path());
+    assert!(matches!(
+        create(&store, "one-more", "2").await,
+        Err(WriteError::NoValidHost(_))
+    ));
+}

@@ -101,17 +101,18 @@ fn run(
             .store_commit_seconds
             .observe(started.elapsed().as_secs_f64());
         METRICS.store_batch_jobs.observe(n as f64);
-        if stale {
-            if let Err(e) = reload_usage(&conn, &mut hosts) {
-                tracing::error!(error = %e, "cannot reload host usage after a rollback; stopping the writer");
-                for (reply, _) in replies {
-                    reply(Err(e.clone()));
-                }
-                return;
-            }
-        }
+        // Every job's outcome is final once the transaction ended, so the
+        // replies go out before anything else can fail.
         for (reply, result) in replies {
             reply(result);
+        }
+        if stale {
+            if let Err(e) = reload_usage(&conn, &mut hosts) {
+                // Scheduling on usage we cannot trust could oversubscribe a
+                // host; stopping makes later writes fail and `/healthz` say so.
+                tracing::error!(error = %e, "cannot reload host usage after a rollback; stopping the writer");
+                return;
+            }
         }
     }
     tracing::debug!("store writer stopped");
@@ -142,14 +143,30 @@ fn run_batch(
                 index,
                 touched: false,
             };
-            let (ok, reply) = job(&mut ctx);
+            // A panicking job is a bug, but it must cost only its own
+            // write: its reply sender is dropped (the caller sees `Closed`)
+            // and its savepoint is rolled back like any failed job's.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut ctx)));
             let touched = ctx.touched;
-            replies.push(reply);
+            let ok = match outcome {
+                Ok((ok, reply)) => {
+                    replies.push(reply);
+                    ok
+                }
+                Err(_) => {
+                    tracing::error!("a store job panicked; its write is rolled back");
+                    false
+                }
+            };
             if ok {
                 tx.execute_batch("RELEASE job")?;
             } else {
                 tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
-                stale |= touched;
+                if touched {
+                    // The next job in this batch schedules against this
+                    // usage, so it must lose the rolled-back claims now.
+                    reload_usage(&tx, hosts)?;
+                }
             }
         }
         tx.commit()?;
