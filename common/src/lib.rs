@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod config;
+pub mod files;
 pub mod ids;
 pub mod model;
 pub mod validate;

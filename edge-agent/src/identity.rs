@@ -163,6 +163,7 @@ mod tests {
             admin_user_id: "u".into(),
             admin_project_id: "p".into(),
             token_key: key.to_vec(),
+            intent_actor: b"a".to_vec(),
         };
         Authority::new(identity, "correct horse".into(), 3600)
     }

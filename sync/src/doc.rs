@@ -136,9 +136,15 @@ fn load_chunks<'a>(
     chunks: impl IntoIterator<Item = &'a [u8]>,
     actor: &[u8],
 ) -> Result<AutoCommit, DocError> {
-    let mut doc = AutoCommit::new();
+    // One load of all chunks together: loading them one by one merges once
+    // per chunk, which makes a start with a long tail of changes slow.
+    let mut all = Vec::new();
     for c in chunks {
-        doc.load_incremental(c)?;
+        all.extend_from_slice(c);
+    }
+    let mut doc = AutoCommit::new();
+    if !all.is_empty() {
+        doc.load_incremental(&all)?;
     }
     // What was loaded is saved already: start the save cursor here.
     doc.save_incremental();
@@ -205,6 +211,27 @@ impl Replica {
                 .unwrap_or_default(),
             None => Vec::new(),
         }
+    }
+
+    /// Every change (local or received) the document holds that `heads` do
+    /// not, each as the bytes to append to durable storage. Closes pending
+    /// local edits first.
+    pub fn changes_since(&mut self, heads: &[automerge::ChangeHash]) -> Vec<Vec<u8>> {
+        self.doc.commit();
+        self.doc
+            .get_changes(heads)
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect()
+    }
+
+    /// Applies changes another replica made (as [`Self::changes_since`]
+    /// returned them).
+    pub fn apply_changes(&mut self, changes: &[Vec<u8>]) -> Result<(), DocError> {
+        for c in changes {
+            self.doc.load_incremental(c)?;
+        }
+        Ok(())
     }
 
     /// Drops local writes not yet closed by [`Self::take_local_change`].
@@ -391,6 +418,29 @@ impl IntentDoc {
         Ok(ids)
     }
 
+    /// The resources (kind, id) whose keys changed between `before` and the
+    /// current heads, by any writer: what a site must bring its tables in
+    /// line with after receiving changes.
+    pub fn touched_since(
+        &mut self,
+        before: &[automerge::ChangeHash],
+    ) -> std::collections::BTreeSet<(String, String)> {
+        let after = self.replica.doc.get_heads();
+        let mut touched = std::collections::BTreeSet::new();
+        for patch in self.replica.doc.diff(before, &after) {
+            let key = match &patch.action {
+                automerge::PatchAction::PutMap { key, .. }
+                | automerge::PatchAction::DeleteMap { key } => key,
+                _ => continue,
+            };
+            let mut parts = key.splitn(3, '/');
+            if let (Some(kind), Some(id), Some(_)) = (parts.next(), parts.next(), parts.next()) {
+                touched.insert((kind.to_string(), id.to_string()));
+            }
+        }
+        touched
+    }
+
     fn values(&self, key: &str) -> Result<Vec<Stamped>, DocError> {
         self.replica
             .doc
@@ -531,6 +581,40 @@ mod tests {
     fn merge(a: &mut IntentDoc, b: &mut IntentDoc) {
         a.doc.merge(&mut b.doc).unwrap();
         b.doc.merge(&mut a.doc).unwrap();
+    }
+
+    #[test]
+    fn changes_since_and_touched_since_name_what_a_peer_added() {
+        let (mut site, mut region) = pair();
+        let before_site = site.heads();
+        let before_region = region.heads();
+        region
+            .create(
+                "servers",
+                "s2",
+                json!({"name": "cam"}).as_object().unwrap().clone(),
+                5,
+            )
+            .unwrap();
+        region.delete("servers", "s1", 6).unwrap();
+        let changes = region.changes_since(&before_region);
+        assert_eq!(changes.len(), 1, "one closed change for both edits");
+        for c in &changes {
+            site.doc.load_incremental(c).unwrap();
+        }
+        let touched: Vec<_> = site.touched_since(&before_site).into_iter().collect();
+        assert_eq!(
+            touched,
+            [
+                ("servers".to_string(), "s1".to_string()),
+                ("servers".to_string(), "s2".to_string())
+            ]
+        );
+        let now = site.heads();
+        assert!(site.touched_since(&now).is_empty());
+        assert!(site.resource("servers", "s1").unwrap().unwrap().deleted);
+        let now = region.heads();
+        assert!(region.changes_since(&now).is_empty());
     }
 
     #[test]

@@ -30,4 +30,4 @@ pub mod transport;
 pub use doc::{
     site_author, site_status_actor, Conflict, DocError, IntentDoc, IntentView, Stamped, StatusDoc,
 };
-pub use session::{Docs, Role, Session, SessionConfig, SessionError};
+pub use session::{Docs, Persisted, Received, Role, Session, SessionConfig, SessionError};

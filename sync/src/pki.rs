@@ -18,6 +18,8 @@ const REGION_SUFFIX: &str = ".region.roost";
 pub enum PkiError {
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
     #[error("certificate is not a Roost site certificate: {0}")]
     NotASite(String),
 }
@@ -37,6 +39,69 @@ impl Clone for Credential {
             key: self.key.clone_key(),
             ca: self.ca.clone(),
         }
+    }
+}
+
+/// File names of a credential in a directory: PEM, as operators expect.
+pub const CERT_FILE: &str = "identity.crt";
+pub const KEY_FILE: &str = "identity.key";
+pub const CA_FILE: &str = "ca.crt";
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+impl Credential {
+    /// Writes the credential as PEM files in `dir` (the key readable by its
+    /// owner alone), each durably and atomically.
+    pub fn write_pem(&self, dir: &std::path::Path) -> Result<(), PkiError> {
+        let chain: String = self.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+        for (name, text, mode) in [
+            (CERT_FILE, chain, 0o644),
+            (
+                KEY_FILE,
+                pem("PRIVATE KEY", self.key.secret_pkcs8_der()),
+                0o600,
+            ),
+            (CA_FILE, pem("CERTIFICATE", &self.ca), 0o644),
+        ] {
+            let path = dir.join(name);
+            roost_common::files::write_atomic(&path, text.as_bytes(), mode).map_err(|e| {
+                PkiError::File {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads a credential [`Self::write_pem`] wrote.
+    pub fn read_pem(dir: &std::path::Path) -> Result<Credential, PkiError> {
+        use rustls::pki_types::pem::PemObject;
+        let err = |name: &str, e: &dyn std::fmt::Display| PkiError::File {
+            path: dir.join(name).display().to_string(),
+            reason: e.to_string(),
+        };
+        let chain = CertificateDer::pem_file_iter(dir.join(CERT_FILE))
+            .map_err(|e| err(CERT_FILE, &e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(CERT_FILE, &e))?;
+        if chain.is_empty() {
+            return Err(err(CERT_FILE, &"holds no certificate"));
+        }
+        let key =
+            PrivatePkcs8KeyDer::from_pem_file(dir.join(KEY_FILE)).map_err(|e| err(KEY_FILE, &e))?;
+        let ca = CertificateDer::from_pem_file(dir.join(CA_FILE)).map_err(|e| err(CA_FILE, &e))?;
+        Ok(Credential { chain, key, ca })
     }
 }
 
@@ -136,5 +201,20 @@ mod tests {
             "a region certificate names no site"
         );
         assert!(site_id_of(b"garbage").is_err());
+    }
+
+    #[test]
+    fn credentials_round_trip_through_pem_files() {
+        let ca = Ca::new("eu").unwrap();
+        let site = ca.issue_site("vehicle-07").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        site.write_pem(dir.path()).unwrap();
+        let back = Credential::read_pem(dir.path()).unwrap();
+        assert_eq!(back.chain, site.chain);
+        assert_eq!(back.ca, site.ca);
+        assert_eq!(back.key.secret_pkcs8_der(), site.key.secret_pkcs8_der());
+        std::fs::write(dir.path().join(KEY_FILE), "not a key").unwrap();
+        let e = Credential::read_pem(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(KEY_FILE), "{e}");
     }
 }

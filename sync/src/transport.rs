@@ -18,7 +18,7 @@ use rustls::server::WebPkiClientVerifier;
 use tokio::sync::{mpsc, Notify};
 
 use crate::pki::{self, Credential};
-use crate::session::{Docs, Session, SessionError};
+use crate::session::{Docs, Received, Session, SessionError};
 
 /// ALPN of Roost's sync protocol.
 pub const ALPN: &[u8] = b"roost-sync/1";
@@ -152,11 +152,14 @@ async fn read_frames(
 }
 
 /// Drives `session` over one bidirectional stream until the connection ends
-/// or a frame is refused. `local` is notified after each local write.
+/// or a frame is refused. `local` is notified after each local write;
+/// `received` is told what each frame from the peer changed (called with
+/// the documents unlocked).
 pub async fn drive(
     session: &mut Session,
     docs: &Mutex<Docs>,
     local: &Notify,
+    received: &(dyn Fn(Received) + Sync),
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     max_frame: usize,
@@ -179,8 +182,13 @@ pub async fn drive(
                 frame = rx.recv() => {
                     let Some(frame) = frame else { return Ok(()) };
                     let frame = frame?;
-                    let mut d = docs.lock().expect("docs lock");
-                    session.handle_message(&mut d, &frame, Instant::now())?;
+                    let r = {
+                        let mut d = docs.lock().expect("docs lock");
+                        session.handle_message(&mut d, &frame, Instant::now())?
+                    };
+                    if r != Received::default() {
+                        received(r);
+                    }
                 }
                 _ = async { match deadline { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {}
                 _ = local.notified() => session.local_change(Instant::now()),

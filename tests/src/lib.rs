@@ -281,9 +281,11 @@ pub async fn auth(
     (code, body, token)
 }
 
-/// Checks a store file after a crash: SQLite's integrity check, and that
-/// every server has exactly one claim and every claim a server. Returns the
-/// number of servers.
+/// Checks a store file after a crash: SQLite's integrity check, that every
+/// server has exactly one claim and every claim a server, and that the
+/// site's documents (snapshot and changes, as the agent loads them) hold
+/// every server row with its status, and no server the rows lack. Returns
+/// the number of servers.
 pub fn check_store(db: &Path) -> usize {
     let conn = rusqlite::Connection::open(db).expect("open store");
     let integrity: String = conn
@@ -310,8 +312,44 @@ pub fn check_store(db: &Path) -> usize {
         })
         .expect("fk check");
     assert_eq!(fk, 0, "foreign key violations");
-    conn.query_row("SELECT COUNT(*) FROM servers", [], |r| r.get::<_, i64>(0))
-        .expect("count") as usize
+    let ids: Vec<String> = conn
+        .prepare("SELECT id FROM servers ORDER BY id")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("server ids");
+    let chunks = |doc: &str| -> Vec<Vec<u8>> {
+        conn.prepare(
+            "SELECT bytes FROM (SELECT 0 AS seq, bytes FROM sync_snapshots WHERE doc = ?1
+                                UNION ALL SELECT seq, bytes FROM sync_changes WHERE doc = ?1) ORDER BY seq",
+        )
+        .and_then(|mut s| s.query_map([doc], |r| r.get(0))?.collect())
+        .expect("document chunks")
+    };
+    let intent = chunks("intent");
+    let intent =
+        roost_sync::IntentDoc::from_chunks(intent.iter().map(Vec::as_slice), b"check", "check")
+            .expect("intent document loads");
+    let status = chunks("status");
+    let status = roost_sync::StatusDoc::from_chunks(status.iter().map(Vec::as_slice), b"check")
+        .expect("status document loads");
+    let mut in_doc = intent.ids("servers").expect("ids");
+    // Deleted servers stay in intent as tombstones; their rows are gone.
+    in_doc.retain(|id| {
+        !intent
+            .resource("servers", id)
+            .expect("resource")
+            .expect("listed")
+            .deleted
+            || ids.contains(id)
+    });
+    in_doc.sort();
+    assert_eq!(in_doc, ids, "intent document and server rows disagree");
+    for id in &ids {
+        assert!(
+            status.get("servers", id).expect("status").is_some(),
+            "server {id} has no status in the document"
+        );
+    }
+    ids.len()
 }
 
 /// The `p`th percentile (0-100) of sorted samples.

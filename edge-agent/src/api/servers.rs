@@ -226,7 +226,7 @@ async fn create(
     };
     let server = s
         .store
-        .write(move |w| w.create_server(NewServer { spec }))
+        .write(move |w| w.create_server(NewServer { spec, id: None }))
         .await?;
     s.queue.push(&server.id);
     tracing::info!(server_id = %server.id, host = server.status.host.as_deref().unwrap_or(""), "server created");

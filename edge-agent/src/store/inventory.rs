@@ -29,6 +29,9 @@ pub struct Identity {
     pub admin_project_id: String,
     /// Secret key that signs this site's tokens.
     pub token_key: Vec<u8>,
+    /// The Automerge actor this site writes intent with (its status actor
+    /// is derived from the site id).
+    pub intent_actor: Vec<u8>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -92,6 +95,10 @@ pub(super) fn bootstrap(
             })?;
             key.into_bytes()
         },
+        intent_actor: meta_or_init(&tx, "intent_actor", || {
+            format!("site:{site_id}:{}", uuid::Uuid::new_v4().simple())
+        })?
+        .into_bytes(),
     };
     sync_hosts(&tx, &config.hosts)?;
     let now = Utc::now();
@@ -255,6 +262,7 @@ impl super::WriteCtx<'_> {
             )));
         }
         rows::insert(self.tx, "flavors", &f, Some(&f.spec.name))?;
+        self.record_create("flavors", &f.id, &f.spec);
         Ok(f)
     }
 }

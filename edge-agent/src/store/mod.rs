@@ -13,6 +13,7 @@
 //!   WAL lets them run while the writer commits.
 
 mod inventory;
+mod journal;
 mod rows;
 mod schema;
 mod servers;
@@ -21,7 +22,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use roost_common::model::{Flavor, Image, Server, ServerGroup};
@@ -30,6 +31,7 @@ use roost_common::FieldError;
 use crate::scheduler::NoValidHost;
 
 pub use inventory::{HypervisorView, Identity};
+pub use journal::Applied;
 pub use servers::{NewServer, ServerIntent, ServerQuery};
 pub use writer::WriteCtx;
 
@@ -81,11 +83,25 @@ impl From<rusqlite::Error> for WriteError {
     }
 }
 
+/// One entry of the conflict journal: a losing intent value and the winner.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConflictEntry {
+    pub seq: i64,
+    pub kind: String,
+    pub resource_id: String,
+    pub field: String,
+    pub winner: roost_sync::Stamped,
+    pub loser: roost_sync::Stamped,
+    pub recorded_at: String,
+}
+
 /// A handle on the store; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     jobs: mpsc::Sender<writer::Job>,
     readers: Arc<ReaderPool>,
+    /// The site's documents; the writer holds the lock while a batch runs.
+    docs: Arc<Mutex<roost_sync::Docs>>,
 }
 
 impl Store {
@@ -103,13 +119,22 @@ impl Store {
         schema::migrate(&mut conn)?;
         let identity = inventory::bootstrap(&mut conn, site_id, config)?;
         let hosts = inventory::load_host_views(&conn)?;
+        let journal = journal::Journal::open(&conn, site_id, identity.intent_actor.clone())?;
+        let docs = journal.docs.clone();
         let (tx, rx) = mpsc::channel(1024);
-        writer::spawn(conn, hosts, config.scheduler.clone(), rx)?;
+        writer::spawn(conn, hosts, config.scheduler.clone(), journal, rx)?;
         let readers = Arc::new(ReaderPool {
             path,
             idle: Mutex::new(Vec::new()),
         });
-        Ok((Store { jobs: tx, readers }, identity))
+        Ok((
+            Store {
+                jobs: tx,
+                readers,
+                docs,
+            },
+            identity,
+        ))
     }
 
     /// Runs `f` inside the writer's transaction and answers once it is
@@ -130,6 +155,94 @@ impl Store {
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The site's documents, for the sync session.
+    pub fn docs(&self) -> Arc<Mutex<roost_sync::Docs>> {
+        self.docs.clone()
+    }
+
+    /// Brings the tables in line with the intent document (after changes
+    /// from the region arrived).
+    pub async fn apply_intent(&self) -> Result<Applied, WriteError> {
+        self.write(|w| w.apply_intent()).await
+    }
+
+    /// The conflict journal, oldest first.
+    pub async fn conflicts(&self) -> Result<Vec<ConflictEntry>, WriteError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT seq, kind, resource_id, field, winner, loser, recorded_at FROM conflicts ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, kind, resource_id, field, winner, loser, recorded_at) = row?;
+                let parse = |t: &str| {
+                    serde_json::from_str(t)
+                        .map_err(|e| StoreError::Corrupt(format!("conflict {seq}: {e}")))
+                };
+                out.push(ConflictEntry {
+                    seq,
+                    kind,
+                    resource_id,
+                    field,
+                    winner: parse(&winner)?,
+                    loser: parse(&loser)?,
+                    recorded_at,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The sync state kept for `peer`, if any.
+    pub async fn sync_state(
+        &self,
+        peer: String,
+    ) -> Result<Option<roost_sync::Persisted>, WriteError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT intent, status FROM sync_peers WHERE peer = ?1",
+                [&peer],
+                |r| {
+                    Ok(roost_sync::Persisted {
+                        intent: r.get(0)?,
+                        status: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Keeps `peer`'s sync state, so the next connection sends only what is new.
+    pub async fn save_sync_state(
+        &self,
+        peer: String,
+        state: roost_sync::Persisted,
+    ) -> Result<(), WriteError> {
+        self.write(move |w| {
+            w.tx.execute(
+                "INSERT INTO sync_peers (peer, intent, status, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (peer) DO UPDATE SET intent = excluded.intent, status = excluded.status, updated_at = excluded.updated_at",
+                rusqlite::params![peer, state.intent, state.status, rows::time(&w.now)],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Whether the writer thread still takes jobs. It stops only on a fault

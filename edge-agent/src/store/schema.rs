@@ -36,6 +36,24 @@ const MIGRATIONS: &[&str] = &[
         vcpus INTEGER NOT NULL, ram_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL) STRICT;
     CREATE INDEX allocations_by_host ON allocations(host);
     "#,
+    // 2: the site's documents (see `journal`), the sync state per peer, and
+    // the conflict journal.
+    r#"
+    CREATE TABLE sync_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        doc TEXT NOT NULL CHECK (doc IN ('intent', 'status')),
+        bytes BLOB NOT NULL) STRICT;
+    CREATE TABLE sync_snapshots (
+        doc TEXT PRIMARY KEY CHECK (doc IN ('intent', 'status')),
+        bytes BLOB NOT NULL) STRICT;
+    CREATE TABLE sync_peers (
+        peer TEXT PRIMARY KEY, intent BLOB NOT NULL, status BLOB NOT NULL,
+        updated_at TEXT NOT NULL) STRICT;
+    CREATE TABLE conflicts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL, resource_id TEXT NOT NULL, field TEXT NOT NULL,
+        winner TEXT NOT NULL, loser TEXT NOT NULL, recorded_at TEXT NOT NULL) STRICT;
+    "#,
 ];
 
 /// Brings the schema up to date. Returns the version reached.

@@ -20,6 +20,8 @@ use crate::scheduler::{self, GroupPlacement, Request};
 #[derive(Debug, Clone)]
 pub struct NewServer {
     pub spec: ServerSpec,
+    /// The id, when the region chose it; a new one otherwise.
+    pub id: Option<String>,
 }
 
 /// A change of intent on an existing server.
@@ -159,7 +161,7 @@ impl WriteCtx<'_> {
             ..Default::default()
         };
         let server = Resource {
-            id: roost_common::ids::new_id(),
+            id: new.id.unwrap_or_else(roost_common::ids::new_id),
             spec,
             status,
             created_at: self.now,
@@ -183,7 +185,45 @@ impl WriteCtx<'_> {
             params![server.id, host, req.usage.vcpus, req.usage.ram_mb, req.usage.disk_gb],
         )?;
         self.claim(&host, &req.usage);
+        self.record_create("servers", &server.id, &server.spec);
+        self.record_status("servers", &server.id, &server.status);
         Ok(server)
+    }
+
+    /// Keeps a server the site could not place (intent from the region that
+    /// names a missing flavor, or finds no room): in ERROR with the reason,
+    /// without a claim, as Nova shows a server that found no valid host.
+    pub fn insert_failed_server(
+        &mut self,
+        id: &str,
+        spec: ServerSpec,
+        message: String,
+    ) -> Result<(), WriteError> {
+        let status = ServerStatus {
+            vm_state: VmState::Error,
+            fault: Some(Fault {
+                code: 500,
+                message,
+                at: self.now,
+            }),
+            ..Default::default()
+        };
+        self.tx.execute(
+            "INSERT INTO servers (id, project_id, group_id, host, spec, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?6)",
+            params![id, spec.project_id, spec.server_group, json(&spec)?, json(&status)?, time(&self.now)],
+        )?;
+        self.record_status("servers", id, &status);
+        Ok(())
+    }
+
+    /// Replaces a server's spec with the one the region's intent gives.
+    pub fn replace_server_spec(&mut self, id: &str, spec: &ServerSpec) -> Result<(), WriteError> {
+        self.tx.execute(
+            "UPDATE servers SET spec = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, json(spec)?, time(&self.now)],
+        )?;
+        Ok(())
     }
 
     /// Records a change of intent, refusing one that conflicts with what the
@@ -210,6 +250,7 @@ impl WriteCtx<'_> {
                 conflict("while it is being deleted".into())
             };
         }
+        let before = server.spec.clone();
         let busy = server
             .status
             .task_state
@@ -244,6 +285,7 @@ impl WriteCtx<'_> {
             "UPDATE servers SET spec = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, json(&server.spec)?, time(&self.now)],
         )?;
+        self.record_changes("servers", id, &before, &server.spec);
         Ok(server)
     }
 
@@ -256,6 +298,7 @@ impl WriteCtx<'_> {
         if n == 0 {
             return Err(WriteError::NotFound(format!("server {id} is gone")));
         }
+        self.record_status("servers", id, status);
         Ok(())
     }
 
@@ -277,6 +320,7 @@ impl WriteCtx<'_> {
     pub fn remove_server(&mut self, id: &str) -> Result<(), WriteError> {
         self.release_claim(id)?;
         self.tx.execute("DELETE FROM servers WHERE id = ?1", [id])?;
+        self.record_gone("servers", id);
         Ok(())
     }
 
@@ -387,6 +431,7 @@ impl WriteCtx<'_> {
             "INSERT INTO server_groups (id, project_id, spec, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
             params![g.id, g.spec.project_id, json(&g.spec)?, json(&g.status)?, time(&self.now)],
         )?;
+        self.record_create("server_groups", &g.id, &g.spec);
         Ok(g)
     }
 
@@ -410,6 +455,7 @@ impl WriteCtx<'_> {
                 "Instance group {id} could not be found."
             )));
         }
+        self.record_delete("server_groups", id);
         Ok(())
     }
 }

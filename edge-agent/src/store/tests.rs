@@ -43,7 +43,7 @@ fn spec(name: &str, flavor: &str) -> ServerSpec {
 async fn create(store: &Store, name: &str, flavor: &str) -> Result<String, WriteError> {
     let s = spec(name, flavor);
     store
-        .write(move |w| w.create_server(NewServer { spec: s }))
+        .write(move |w| w.create_server(NewServer { spec: s, id: None }))
         .await
         .map(|s| s.id)
 }
@@ -158,7 +158,7 @@ async fn a_job_that_claims_then_fails_leaves_no_row_and_no_usage() {
             let s = spec(&format!("s{i}"), "2");
             store
                 .write(move |w| {
-                    let server = w.create_server(NewServer { spec: s })?;
+                    let server = w.create_server(NewServer { spec: s, id: None })?;
                     match i % 3 {
                         // Scheduled and claimed, then refused: ROLLBACK TO
                         // must undo the row and the writer reload the usage.
@@ -197,4 +197,150 @@ async fn a_job_that_claims_then_fails_leaves_no_row_and_no_usage() {
         create(&store, "one-more", "2").await,
         Err(WriteError::NoValidHost(_))
     ));
+}
+
+/// What a region does: start from the site's intent as it is, write as
+/// `region:eu`, and hand the changes to the site's document.
+fn region_writes(store: &Store, edit: impl FnOnce(&mut roost_sync::IntentDoc)) {
+    let mut region = region_fork(store);
+    region_send(store, &mut region, edit);
+}
+
+/// The region's copy of the site's intent as it is now.
+fn region_fork(store: &Store) -> roost_sync::IntentDoc {
+    let docs = store.docs();
+    let mut d = docs.lock().unwrap();
+    roost_sync::IntentDoc::load(&d.intent.save(), b"region-actor-0001", "region:eu").unwrap()
+}
+
+fn region_send(
+    store: &Store,
+    region: &mut roost_sync::IntentDoc,
+    edit: impl FnOnce(&mut roost_sync::IntentDoc),
+) {
+    let before = region.heads();
+    edit(region);
+    let docs = store.docs();
+    let mut d = docs.lock().unwrap();
+    d.intent
+        .apply_changes(&region.changes_since(&before))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn writes_are_recorded_in_the_documents_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a = create(&store, "a", "2").await.unwrap();
+    let id = a.clone();
+    store
+        .write(move |w| w.change_server(&id, None, ServerIntent::Delete))
+        .await
+        .unwrap();
+    // A failed job leaves nothing in the documents.
+    assert!(create(&store, "bad", "missing").await.is_err());
+    drop(store);
+
+    let store = open(dir.path());
+    let docs = store.docs();
+    let d = docs.lock().unwrap();
+    let view = d.intent.resource("servers", &a).unwrap().unwrap();
+    assert!(view.deleted);
+    assert_eq!(view.fields["name"], "a");
+    assert_eq!(
+        d.status.get("servers", &a).unwrap().unwrap()["vm_state"],
+        "building"
+    );
+    assert_eq!(d.intent.ids("servers").unwrap(), std::slice::from_ref(&a));
+    assert_eq!(
+        d.intent.ids("flavors").unwrap().len(),
+        1,
+        "the config's flavor"
+    );
+}
+
+#[tokio::test]
+async fn the_regions_intent_becomes_rows_and_conflicts_are_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mine = create(&store, "mine", "2").await.unwrap();
+    let fields = |name: &str, flavor: &str| match serde_json::to_value(spec(name, flavor)).unwrap()
+    {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!(),
+    };
+    let far_future = chrono::Utc::now().timestamp_millis() + 60_000;
+    let mine2 = mine.clone();
+    let mut region = region_fork(&store);
+    // The site renames a server while apart from the region...
+    {
+        let docs = store.docs();
+        let mut d = docs.lock().unwrap();
+        d.intent
+            .set("servers", &mine, "name", serde_json::json!("site-name"), 5)
+            .unwrap();
+    }
+    // ...and the region renames it too (a later write), and adds servers.
+    region_send(&store, &mut region, move |r| {
+        r.create("servers", "from-region-1", fields("cam", "2"), 1)
+            .unwrap();
+        r.create(
+            "servers",
+            "from-region-2",
+            fields("no-flavor", "missing"),
+            1,
+        )
+        .unwrap();
+        r.set(
+            "servers",
+            &mine2,
+            "name",
+            serde_json::json!("renamed"),
+            far_future,
+        )
+        .unwrap();
+    });
+    let applied = store.apply_intent().await.unwrap();
+    assert_eq!(applied.conflicts, 1);
+    let mut changed = applied.servers.clone();
+    changed.sort();
+    let mut want = vec![
+        "from-region-1".to_string(),
+        "from-region-2".into(),
+        mine.clone(),
+    ];
+    want.sort();
+    assert_eq!(changed, want);
+
+    let s = store.server("from-region-1".into()).await.unwrap().unwrap();
+    assert!(s.status.host.is_some(), "placed by the site's scheduler");
+    let s = store.server("from-region-2".into()).await.unwrap().unwrap();
+    assert_eq!(s.status.vm_state, roost_common::model::VmState::Error);
+    assert!(s.status.fault.unwrap().message.contains("server.flavorRef"));
+    let s = store.server(mine.clone()).await.unwrap().unwrap();
+    assert_eq!(s.spec.name, "renamed", "the later write wins");
+    let journal = store.conflicts().await.unwrap();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].loser.v, "site-name");
+    assert_eq!(journal[0].winner.by, "region:eu");
+
+    // A second pass with nothing new changes nothing; a delete from the
+    // region reaches the row.
+    assert_eq!(store.apply_intent().await.unwrap(), Default::default());
+    region_writes(&store, |r| r.delete("servers", "from-region-1", 1).unwrap());
+    let applied = store.apply_intent().await.unwrap();
+    assert_eq!(applied.servers, ["from-region-1"]);
+    assert!(
+        store
+            .server("from-region-1".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .spec
+            .deleted
+    );
+    // Placement (status) was recorded for the region's server.
+    let docs = store.docs();
+    let d = docs.lock().unwrap();
+    assert!(d.status.get("servers", "from-region-1").unwrap().unwrap()["host"].is_string());
 }

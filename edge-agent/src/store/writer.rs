@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use roost_common::config::SchedulerSection;
 use roost_common::model::Usage;
 
+use super::journal::{DocOp, Journal};
 use super::{inventory, StoreError};
 use crate::metrics::METRICS;
 use crate::scheduler::HostView;
@@ -25,7 +26,7 @@ pub(super) type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Reply) + Send>
 const MAX_BATCH: usize = 128;
 
 /// What a job may touch: the open transaction, the hosts with their usage,
-/// and the scheduler's weights.
+/// the scheduler's weights and the site's documents.
 #[derive(Debug)]
 pub struct WriteCtx<'a> {
     pub tx: &'a rusqlite::Transaction<'a>,
@@ -35,6 +36,15 @@ pub struct WriteCtx<'a> {
     index: &'a HashMap<String, usize>,
     /// Set when the job changed host usage, so a rollback reloads it.
     touched: bool,
+    /// Document edits, applied only if the job succeeds.
+    pub(super) ops: Vec<DocOp>,
+    /// False while the region's intent is being applied to the tables.
+    pub(super) record_intent: bool,
+    /// The documents, locked for the batch (read them; edit them only by
+    /// recording ops, except for merge write-backs).
+    pub(super) docs: &'a mut roost_sync::Docs,
+    /// Intent heads the tables agree with (see `Journal::applied`).
+    pub(super) applied: &'a mut Option<Vec<automerge::ChangeHash>>,
 }
 
 impl WriteCtx<'_> {
@@ -65,11 +75,12 @@ pub(super) fn spawn(
     conn: Connection,
     hosts: Vec<HostView>,
     weights: SchedulerSection,
+    journal: Journal,
     jobs: mpsc::Receiver<Job>,
 ) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name("roost-store-writer".into())
-        .spawn(move || run(conn, hosts, weights, jobs))
+        .spawn(move || run(conn, hosts, weights, journal, jobs))
         .map(|_| ())
         .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))
 }
@@ -78,6 +89,7 @@ fn run(
     mut conn: Connection,
     mut hosts: Vec<HostView>,
     weights: SchedulerSection,
+    mut journal: Journal,
     mut jobs: mpsc::Receiver<Job>,
 ) {
     let index: HashMap<String, usize> = hosts
@@ -96,7 +108,14 @@ fn run(
         }
         let started = Instant::now();
         let n = batch.len();
-        let (replies, stale) = run_batch(&mut conn, &mut hosts, &index, &weights, &mut batch);
+        let (replies, stale) = run_batch(
+            &mut conn,
+            &mut hosts,
+            &index,
+            &weights,
+            &mut journal,
+            &mut batch,
+        );
         METRICS
             .store_commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -107,10 +126,10 @@ fn run(
             reply(result);
         }
         if stale {
-            if let Err(e) = reload_usage(&conn, &mut hosts) {
+            if let Err(e) = reload_usage(&conn, &mut hosts).and_then(|()| journal.reload(&conn)) {
                 // Scheduling on usage we cannot trust could oversubscribe a
                 // host; stopping makes later writes fail and `/healthz` say so.
-                tracing::error!(error = %e, "cannot reload host usage after a rollback; stopping the writer");
+                tracing::error!(error = %e, "cannot reload the store's state after a failed commit; stopping the writer");
                 return;
             }
         }
@@ -127,12 +146,16 @@ fn run_batch(
     hosts: &mut Vec<HostView>,
     index: &HashMap<String, usize>,
     weights: &SchedulerSection,
+    journal: &mut Journal,
     batch: &mut Vec<Job>,
 ) -> (Replies, bool) {
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
     let mut stale = false;
+    let docs = journal.docs.clone();
+    let mut docs = docs.lock().expect("docs lock");
     let result = (|| -> Result<(), StoreError> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut ops = Vec::new();
         for job in batch.drain(..) {
             tx.execute_batch("SAVEPOINT job")?;
             let mut ctx = WriteCtx {
@@ -142,12 +165,17 @@ fn run_batch(
                 hosts,
                 index,
                 touched: false,
+                ops: Vec::new(),
+                record_intent: true,
+                docs: &mut docs,
+                applied: &mut journal.applied,
             };
             // A panicking job is a bug, but it must cost only its own
             // write: its reply sender is dropped (the caller sees `Closed`)
             // and its savepoint is rolled back like any failed job's.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut ctx)));
             let touched = ctx.touched;
+            let job_ops = std::mem::take(&mut ctx.ops);
             let ok = match outcome {
                 Ok((ok, reply)) => {
                     replies.push(reply);
@@ -160,6 +188,7 @@ fn run_batch(
             };
             if ok {
                 tx.execute_batch("RELEASE job")?;
+                ops.extend(job_ops);
             } else {
                 tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
                 if touched {
@@ -169,9 +198,13 @@ fn run_batch(
                 }
             }
         }
+        Journal::apply(&mut docs, ops, Utc::now().timestamp_millis())?;
+        let heads = journal.persist(&tx, &mut docs)?;
         tx.commit()?;
+        journal.committed(heads);
         Ok(())
     })();
+    drop(docs);
     if let Err(e) = &result {
         tracing::error!(error = %e, jobs = replies.len(), "store commit failed; every job in the batch is refused");
         stale = true;
