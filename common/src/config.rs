@@ -141,6 +141,44 @@ pub struct SiteConfig {
     pub flavors: Vec<FlavorSpec>,
     #[serde(default)]
     pub images: Vec<ImageSpec>,
+    /// The region this site syncs with; without it the site runs alone.
+    #[serde(default)]
+    pub region: Option<UplinkSection>,
+}
+
+/// How a site reaches its regional controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSection {
+    /// The region's name; its certificate must say `<name>.region.roost`.
+    pub name: String,
+    /// The controller's QUIC address, `host:port` (resolved at each
+    /// connection attempt, so a moved controller is found again).
+    pub address: String,
+    /// Directory with the site's credential (`identity.crt`,
+    /// `identity.key`, `ca.crt`); defaults to `<data dir>/pki`.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+}
+
+impl UplinkSection {
+    fn validate(&self) -> Result<(), FieldError> {
+        crate::ids::check_dns_label("region.name", &self.name)?;
+        let port = self
+            .address
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.is_empty() && !host.contains(char::is_whitespace))
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .filter(|p| *p != 0);
+        if port.is_none() {
+            return Err(FieldError::new(
+                "region.address",
+                &self.address,
+                "must be host:port with a port from 1 to 65535",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,6 +341,9 @@ impl Validate for SiteConfig {
             }
         }
         self.scheduler.validate().map_err(|e| e.at("scheduler"))?;
+        if let Some(r) = &self.region {
+            r.validate()?;
+        }
         if self.hosts.is_empty() {
             return Err(FieldError::new(
                 "hosts",
@@ -584,6 +625,28 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains("abc"), "{msg}");
+    }
+
+    #[test]
+    fn region_section_is_checked() {
+        let ok = site_yaml(HOST) + "region: {name: eu-west, address: 'controller.example:7444'}\n";
+        let c: SiteConfig = parse(Path::new("f"), &ok).unwrap();
+        assert_eq!(c.region.unwrap().address, "controller.example:7444");
+        for (bad, want) in [
+            (
+                "{name: eu-west, address: 'controller'}",
+                "region.address: must be host:port",
+            ),
+            ("{name: eu-west, address: ':7444'}", "region.address"),
+            ("{name: eu-west, address: 'c:0'}", "region.address"),
+            ("{name: EU_West, address: 'c:1'}", "region.name"),
+        ] {
+            let msg =
+                parse::<SiteConfig>(Path::new("f"), &(site_yaml(HOST) + "region: " + bad + "\n"))
+                    .unwrap_err()
+                    .to_string();
+            assert!(msg.contains(want), "{bad}: {msg}");
+        }
     }
 
     proptest::proptest! {

@@ -1,4 +1,5 @@
-//! Start-up and shutdown: config, store, reconciler, API.
+//! Start-up and shutdown: config, store, reconciler, API, and the link to
+//! the region when the config names one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,10 @@ use std::time::Duration;
 
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+
+use roost_sync::pki::Credential;
+use roost_sync::SessionConfig;
 
 use roost_common::config::{self, ComputeDriverKind, ConfigError, SiteConfig};
 
@@ -16,6 +20,7 @@ use crate::compute::reconciler::{Reconciler, WorkQueue};
 use crate::compute::{ComputeDriver, RecordOnly};
 use crate::identity::Authority;
 use crate::store::{Store, StoreError};
+use crate::uplink::{self, Uplink};
 
 /// Where the data dir is when neither the config nor `--data-dir` says.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/roost/agent";
@@ -86,9 +91,26 @@ pub struct Agent {
     pub base_url: String,
     pub password_source: PasswordSource,
     admin_password: String,
+    /// Where the site syncs with its region, for the banner.
+    pub region: RegionLink,
     listener: TcpListener,
     state: AppState,
     reconciler: Reconciler,
+    uplink: Option<Uplink>,
+}
+
+/// The state of the site's link to a region, as configured at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionLink {
+    /// No `region` section: the site runs alone.
+    None,
+    /// Configured, but the site holds no credential yet.
+    NotEnrolled {
+        credentials: PathBuf,
+        reason: String,
+    },
+    /// Syncing with the region at this address.
+    Syncing { name: String, address: String },
 }
 
 impl Agent {
@@ -152,6 +174,41 @@ impl Agent {
             base_url: base_url.clone(),
             compute_driver: driver.name(),
         };
+        let (region, uplink) = match &config.region {
+            None => (RegionLink::None, None),
+            Some(r) => {
+                let dir = r
+                    .credentials
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("pki"));
+                match Credential::read_pem(&dir) {
+                    Ok(credential) => (
+                        RegionLink::Syncing {
+                            name: r.name.clone(),
+                            address: r.address.clone(),
+                        },
+                        Some(Uplink {
+                            region: r.clone(),
+                            credential,
+                            store: store.clone(),
+                            session: SessionConfig::default(),
+                            intent_arrived: Arc::new(Notify::new()),
+                        }),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e,
+                            "the site has no credential for its region; it runs alone until enrolled");
+                        (
+                            RegionLink::NotEnrolled {
+                                credentials: dir,
+                                reason: e.to_string(),
+                            },
+                            None,
+                        )
+                    }
+                }
+            }
+        };
         let reconciler = Reconciler {
             store,
             driver,
@@ -165,8 +222,10 @@ impl Agent {
             password_source,
             admin_password,
             listener,
+            region,
             state,
             reconciler,
+            uplink,
         })
     }
 
@@ -187,6 +246,18 @@ impl Agent {
                 "compute driver is record-only: servers are scheduled, claimed and tracked, but no VM is started"
             );
         }
+        let arrived = self
+            .uplink
+            .as_ref()
+            .map(|u| u.intent_arrived.clone())
+            .unwrap_or_default();
+        let applier = tokio::spawn(uplink::apply_loop(
+            self.reconciler.store.clone(),
+            self.reconciler.queue.clone(),
+            arrived,
+            stop_rx.clone(),
+        ));
+        let link = self.uplink.map(|u| tokio::spawn(u.run(stop_rx.clone())));
         let reconciler = tokio::spawn(self.reconciler.run(stop_rx));
         let app = api::router(self.state);
         tracing::info!(addr = %self.addr, site_id = %self.config.site.id, "serving the site API");
@@ -199,6 +270,10 @@ impl Agent {
             .is_err()
         {
             tracing::warn!("the reconciler did not stop within 10 s; exiting anyway");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), applier).await;
+        if let Some(link) = link {
+            let _ = tokio::time::timeout(Duration::from_secs(2), link).await;
         }
         tracing::info!("stopped");
         served

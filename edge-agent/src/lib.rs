@@ -22,3 +22,4 @@ pub mod identity;
 pub mod metrics;
 pub mod scheduler;
 pub mod store;
+pub mod uplink;

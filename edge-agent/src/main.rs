@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use roost_common::config::{self, SiteConfig};
-use roost_edge_agent::agent::{Agent, Options, PasswordSource};
+use roost_edge_agent::agent::{Agent, Options, PasswordSource, RegionLink};
 
 /// Exit status for bad input (flags or config), as sysexits' EX_USAGE.
 const EXIT_USAGE: u8 = 64;
@@ -150,6 +150,16 @@ fn print_banner(agent: &Agent) {
         agent.base_url
     );
     println!("  password   {password}");
+    match &agent.region {
+        RegionLink::None => println!("  region     none: this site runs alone"),
+        RegionLink::NotEnrolled { credentials, .. } => println!(
+            "  region     not enrolled: no credential in {} (the site runs alone until it has one)",
+            credentials.display()
+        ),
+        RegionLink::Syncing { name, address } => {
+            println!("  region     {name} at {address} (QUIC, mutual TLS)")
+        }
+    }
     println!("  data dir   {}", agent.data_dir.display());
     println!("  metrics    {}/metrics", agent.base_url);
 }

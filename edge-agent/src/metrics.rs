@@ -6,7 +6,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Debug)]
@@ -18,6 +19,10 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     pub store_batch_jobs: Histogram,
     pub reconcile_actions: IntCounterVec,
+    pub uplink_connected: IntGauge,
+    pub uplink_connects: IntCounterVec,
+    pub uplink_bytes: IntCounterVec,
+    pub conflicts: IntCounter,
 }
 
 /// Latency buckets from 50 µs to 2.5 s.
@@ -78,6 +83,32 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["action", "outcome"],
         )
         .expect("valid metric"),
+        uplink_connected: IntGauge::new(
+            "roost_agent_uplink_connected",
+            "1 while a sync session with the region is up",
+        )
+        .expect("valid metric"),
+        uplink_connects: IntCounterVec::new(
+            Opts::new(
+                "roost_agent_uplink_connects_total",
+                "Connection attempts to the region by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric"),
+        uplink_bytes: IntCounterVec::new(
+            Opts::new(
+                "roost_agent_uplink_frame_bytes_total",
+                "Sync frame bytes exchanged with the region, by direction",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric"),
+        conflicts: IntCounter::new(
+            "roost_agent_intent_conflicts_total",
+            "Concurrent intent edits settled, each loser journaled",
+        )
+        .expect("valid metric"),
         registry,
     };
     for c in [
@@ -87,6 +118,10 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.store_commit_seconds.clone()),
         Box::new(m.store_batch_jobs.clone()),
         Box::new(m.reconcile_actions.clone()),
+        Box::new(m.uplink_connected.clone()),
+        Box::new(m.uplink_connects.clone()),
+        Box::new(m.uplink_bytes.clone()),
+        Box::new(m.conflicts.clone()),
     ] {
         m.registry.register(c).expect("metric registered once");
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod link;
+pub mod region;
 
 /// The admin password tests give agents through `ROOST_ADMIN_PASSWORD`.
 pub const ADMIN_PASSWORD: &str = "test-password-1";

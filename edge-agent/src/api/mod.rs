@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(|| async { METRICS.render() }))
+        .route("/roost/v1/conflicts", get(conflicts))
         .merge(identity::routes())
         .nest("/compute", compute)
         .fallback(|| async {
@@ -65,6 +66,17 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(axum::middleware::from_fn(record_metrics))
         .with_state(state)
+}
+
+/// `GET /roost/v1/conflicts`: the conflict journal, oldest first: every
+/// intent value that lost to a concurrent edit, with the winner, both
+/// authors and both times.
+async fn conflicts(
+    State(s): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let entries = s.store.conflicts().await?;
+    Ok(Json(serde_json::json!({ "conflicts": entries })))
 }
 
 async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -18,6 +18,7 @@ mod record_only;
 use roost_common::model::{PowerState, Server};
 
 pub use plan::{finish, plan, Outcome, Step};
+pub use reconciler::WorkQueue;
 pub use record_only::RecordOnly;
 
 /// What the reconciler asks a driver to do to one server.

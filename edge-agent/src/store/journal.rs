@@ -72,6 +72,9 @@ pub fn fields_of<T: Serialize>(v: &T) -> serde_json::Map<String, serde_json::Val
 #[derive(Debug)]
 pub struct Journal {
     pub docs: Arc<Mutex<Docs>>,
+    /// Signalled after a commit that changed the documents: the sync
+    /// session has something to send.
+    pub changed: Arc<tokio::sync::Notify>,
     site_id: String,
     actor: Vec<u8>,
     /// Heads of (intent, status) as of the last commit.
@@ -94,6 +97,7 @@ impl Journal {
         let (docs, tail) = load(conn, site_id, &actor)?;
         let mut j = Journal {
             docs: Arc::new(Mutex::new(docs)),
+            changed: Arc::new(tokio::sync::Notify::new()),
             site_id: site_id.into(),
             actor,
             persisted: [Vec::new(), Vec::new()],
@@ -175,7 +179,10 @@ impl Journal {
     }
 
     pub fn committed(&mut self, heads: [Vec<ChangeHash>; 2]) {
-        self.persisted = heads;
+        if heads != self.persisted {
+            self.persisted = heads;
+            self.changed.notify_one();
+        }
     }
 
     /// After a failed COMMIT: the documents go back to what is on disk.

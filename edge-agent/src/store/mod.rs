@@ -102,6 +102,8 @@ pub struct Store {
     readers: Arc<ReaderPool>,
     /// The site's documents; the writer holds the lock while a batch runs.
     docs: Arc<Mutex<roost_sync::Docs>>,
+    /// Signalled after each commit that changed the documents.
+    doc_changes: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -121,6 +123,7 @@ impl Store {
         let hosts = inventory::load_host_views(&conn)?;
         let journal = journal::Journal::open(&conn, site_id, identity.intent_actor.clone())?;
         let docs = journal.docs.clone();
+        let doc_changes = journal.changed.clone();
         let (tx, rx) = mpsc::channel(1024);
         writer::spawn(conn, hosts, config.scheduler.clone(), journal, rx)?;
         let readers = Arc::new(ReaderPool {
@@ -132,6 +135,7 @@ impl Store {
                 jobs: tx,
                 readers,
                 docs,
+                doc_changes,
             },
             identity,
         ))
@@ -243,6 +247,11 @@ impl Store {
             Ok(())
         })
         .await
+    }
+
+    /// Signalled after each commit that changed the documents.
+    pub fn doc_changes(&self) -> Arc<tokio::sync::Notify> {
+        self.doc_changes.clone()
     }
 
     /// Whether the writer thread still takes jobs. It stops only on a fault

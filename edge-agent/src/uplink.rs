@@ -1,0 +1,295 @@
+//! The site's link to its region: one QUIC connection (mutual TLS, see
+//! `roost_sync::transport`) carrying the sync session for the site's two
+//! documents, and the loop that brings the tables in line with the intent
+//! the region sends.
+//!
+//! - Nothing on the API's path waits for the region: writes commit locally
+//!   and the session sends their changes when it can.
+//! - When the link drops, the site reconnects after a delay drawn with full
+//!   jitter from an exponentially growing window ([`Backoff`]), so thousands
+//!   of sites coming back after a regional outage do not return in lockstep.
+//! - The session's sync state is kept in the store after each connection,
+//!   so the next one sends only what the region lacks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use roost_common::config::UplinkSection;
+use roost_sync::pki::{region_server_name, Credential};
+use roost_sync::transport::{client_config, drive, TransportError};
+use roost_sync::{Role, Session, SessionConfig, SessionError};
+
+use crate::compute::WorkQueue;
+use crate::metrics::METRICS;
+use crate::store::{Store, WriteError};
+
+/// The name the region's sync state is kept under.
+const PEER: &str = "region";
+
+/// Reconnect delays: full jitter over `min(cap, base * 2^attempt)`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub const BASE: Duration = Duration::from_millis(500);
+    pub const CAP: Duration = Duration::from_secs(60);
+
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay, given `unit` drawn uniformly from [0, 1).
+    pub fn next(&mut self, unit: f64) -> Duration {
+        let window = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        window.mul_f64(unit.clamp(0.0, 1.0))
+    }
+
+    /// After a connection that worked: start from the smallest window again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, String),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("store: {0}")]
+    Store(#[from] WriteError),
+}
+
+/// The site's side of the link.
+#[derive(Debug)]
+pub struct Uplink {
+    pub region: UplinkSection,
+    pub credential: Credential,
+    pub store: Store,
+    pub session: SessionConfig,
+    /// Told when the region's intent arrived.
+    pub intent_arrived: Arc<Notify>,
+}
+
+impl Uplink {
+    /// Connects, syncs, and reconnects until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let endpoint = match self.endpoint() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the QUIC endpoint; the site stays offline");
+                return;
+            }
+        };
+        let mut backoff = Backoff::new(Backoff::BASE, Backoff::CAP);
+        loop {
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                r = self.connect_and_sync(&endpoint) => r,
+                _ = shutdown.changed() => break,
+            };
+            METRICS.uplink_connected.set(0);
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(region = %self.region.name, "the region closed the connection")
+                }
+                Err(e) => {
+                    tracing::warn!(region = %self.region.name, address = %self.region.address, error = %e,
+                    "the link to the region is down; the site keeps working and will retry")
+                }
+            }
+            // A connection that lived a while was a success: retry soon.
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
+            }
+            let delay = backoff.next(rand::random::<f64>());
+            tracing::debug!(delay_ms = delay.as_millis() as u64, "reconnecting after");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        endpoint.close(0u32.into(), b"site shutting down");
+    }
+
+    fn endpoint(&self) -> Result<quinn::Endpoint, UplinkError> {
+        let mut e = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+            .or_else(|_| quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into()))
+            .map_err(|e| UplinkError::Connect(e.to_string()))?;
+        e.set_default_client_config(client_config(&self.credential)?);
+        Ok(e)
+    }
+
+    async fn connect_and_sync(&self, endpoint: &quinn::Endpoint) -> Result<(), UplinkError> {
+        let addr = tokio::net::lookup_host(&self.region.address)
+            .await
+            .map_err(|e| UplinkError::Resolve(self.region.address.clone(), e.to_string()))?
+            .next()
+            .ok_or_else(|| {
+                UplinkError::Resolve(self.region.address.clone(), "no addresses".into())
+            })?;
+        let connecting = endpoint
+            .connect(addr, &region_server_name(&self.region.name))
+            .map_err(|e| UplinkError::Connect(e.to_string()));
+        let conn = match connecting {
+            Ok(c) => c.await.map_err(|e| UplinkError::Connect(e.to_string())),
+            Err(e) => Err(e),
+        };
+        let conn = match conn {
+            Ok(c) => {
+                METRICS.uplink_connects.with_label_values(&["ok"]).inc();
+                c
+            }
+            Err(e) => {
+                METRICS.uplink_connects.with_label_values(&["failed"]).inc();
+                return Err(e);
+            }
+        };
+        METRICS.uplink_connected.set(1);
+        tracing::info!(region = %self.region.name, %addr, "connected to the region");
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| UplinkError::Connect(e.to_string()))?;
+        let persisted = self.store.sync_state(PEER.into()).await?;
+        let mut session = Session::new(
+            Role::Site,
+            self.session.clone(),
+            persisted.as_ref(),
+            Instant::now(),
+        )?;
+        let docs = self.store.docs();
+        let local = self.store.doc_changes();
+        let arrived = self.intent_arrived.clone();
+        let on_received = move |r: roost_sync::Received| {
+            if r.intent_changed {
+                arrived.notify_one();
+            }
+        };
+        let result = drive(
+            &mut session,
+            &docs,
+            &local,
+            &on_received,
+            send,
+            recv,
+            self.session.max_frame,
+        )
+        .await;
+        let stats = session.stats();
+        METRICS
+            .uplink_bytes
+            .with_label_values(&["out"])
+            .inc_by(stats.bytes_out);
+        METRICS
+            .uplink_bytes
+            .with_label_values(&["in"])
+            .inc_by(stats.bytes_in);
+        if let Err(e) = self
+            .store
+            .save_sync_state(PEER.into(), session.persist())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot keep the sync state; the next connection resends more");
+        }
+        conn.close(0u32.into(), b"done");
+        Ok(result?)
+    }
+}
+
+/// Brings the tables in line with the intent document whenever the region's
+/// intent arrived, and once at start (changes received before a crash are
+/// on disk but may not have reached the tables).
+pub async fn apply_loop(
+    store: Store,
+    queue: Arc<WorkQueue>,
+    arrived: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match store.apply_intent().await {
+            Ok(applied) => {
+                if !applied.servers.is_empty() || applied.conflicts > 0 {
+                    tracing::info!(
+                        servers = applied.servers.len(),
+                        conflicts = applied.conflicts,
+                        "applied the region's intent"
+                    );
+                }
+                METRICS.conflicts.inc_by(applied.conflicts as u64);
+                for id in &applied.servers {
+                    queue.push(id);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot apply the region's intent; retrying on the next change")
+            }
+        }
+        tokio::select! {
+            _ = arrived.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_full_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        // The top of each window: 0.5, 1, 2, 4 s ... capped at 60 s.
+        let tops: Vec<Duration> = (0..10).map(|_| b.next(1.0)).collect();
+        assert_eq!(tops[0], Duration::from_millis(500));
+        assert_eq!(tops[3], Duration::from_secs(4));
+        assert_eq!(tops[9], Duration::from_secs(60));
+        // Full jitter: anything from zero to the top.
+        assert_eq!(b.next(0.0), Duration::ZERO);
+        assert_eq!(b.next(0.5), Duration::from_secs(30));
+        b.reset();
+        assert_eq!(b.next(1.0), Duration::from_millis(500));
+        // Thousands of attempts never overflow.
+        for _ in 0..10_000 {
+            assert!(b.next(1.0) <= Duration::from_secs(60));
+        }
+    }
+
+    #[test]
+    fn jittered_delays_of_many_sites_spread_out() {
+        // 1,000 sites failing at once, third attempt (window 2 s): their
+        // retries spread over the window instead of landing together.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut buckets = [0u32; 10];
+        for _ in 0..1000 {
+            let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+            b.next(rng.random());
+            b.next(rng.random());
+            let d = b.next(rng.random());
+            buckets[(d.as_secs_f64() / 0.2).min(9.0) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&n| (50..=150).contains(&n)),
+            "{buckets:?}"
+        );
+    }
+}
