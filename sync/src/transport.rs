@@ -4,8 +4,9 @@
 //! - Both ends present certificates from the region's CA
 //!   ([`crate::pki`]); the region takes the site id from the site's verified
 //!   certificate ([`peer_site_id`]).
-//! - Keep-alive every 3 s and a 10 s idle timeout: a silent peer is noticed
-//!   within 10 s, and an idle link costs one small packet each way per 3 s.
+//! - The site sends a keep-alive every 3 s and both ends use a 10 s idle
+//!   timeout: a silent peer is noticed within 10 s, and an idle link costs
+//!   one small packet each way per 3 s.
 //! - Frames travel as a 4-byte big-endian length and the frame; a length
 //!   over the session's `max_frame` ends the connection.
 
@@ -51,9 +52,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport() -> Arc<quinn::TransportConfig> {
+/// Transport settings. Only the site sends keep-alives (every
+/// [`KEEP_ALIVE`]); the region answers them. Both drop a peer silent for
+/// [`IDLE_TIMEOUT`]. One ping and its acknowledgement per 3 s is the whole
+/// idle cost of a connected site.
+fn transport(keep_alive: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.keep_alive_interval(keep_alive.then_some(KEEP_ALIVE));
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT
             .try_into()
@@ -84,7 +89,7 @@ pub fn server_config(cred: &Credential) -> Result<quinn::ServerConfig, Transport
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(false));
     Ok(config)
 }
 
@@ -102,7 +107,7 @@ pub fn client_config(cred: &Credential) -> Result<quinn::ClientConfig, Transport
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(true));
     Ok(config)
 }
 

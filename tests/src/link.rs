@@ -124,6 +124,9 @@ impl LinkModel {
     }
 }
 
+/// IPv4 (20) and UDP (8) header bytes of one datagram.
+pub const UDP_IP_HEADER: u64 = 28;
+
 /// The UDP relay. The near peer sends to [`Relay::addr`]; the relay forwards
 /// to `far` from its upstream socket, and the far peer's answers back to
 /// the near peer's last address.
@@ -176,6 +179,14 @@ impl Relay {
     pub fn bytes(&self) -> (u64, u64) {
         let m = self.model.lock().expect("model");
         (m.delivered[0].1, m.delivered[1].1)
+    }
+
+    /// Bytes on the wire up and down so far: UDP payloads plus the 28 bytes
+    /// of IPv4 and UDP header each datagram carries.
+    pub fn wire_bytes(&self) -> (u64, u64) {
+        let m = self.model.lock().expect("model");
+        let wire = |(n, b): (u64, u64)| b + n * UDP_IP_HEADER;
+        (wire(m.delivered[0]), wire(m.delivered[1]))
     }
 
     /// Moves the upstream side to a new socket: the far peer now sees the
