@@ -20,6 +20,8 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
+    #[error("certificate request: {0}")]
+    Request(String),
     #[error("certificate is not a Roost site certificate: {0}")]
     NotASite(String),
 }
@@ -119,7 +121,17 @@ impl std::fmt::Debug for Ca {
 
 impl Ca {
     pub fn new(region: &str) -> Result<Ca, PkiError> {
-        let key = KeyPair::generate()?;
+        Self::with_key(region, KeyPair::generate()?)
+    }
+
+    /// The CA of `region` with a key kept from before ([`Self::key_pem`]).
+    /// Its certificate is made again from the same name and key, so every
+    /// certificate it signed before still chains to it.
+    pub fn from_key_pem(region: &str, key_pem: &str) -> Result<Ca, PkiError> {
+        Self::with_key(region, KeyPair::from_pem(key_pem)?)
+    }
+
+    fn with_key(region: &str, key: KeyPair) -> Result<Ca, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params
             .distinguished_name
@@ -128,6 +140,32 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&key)?;
         Ok(Ca { cert, key })
+    }
+
+    /// The CA's private key, PEM, for the controller's store.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Signs a site certificate for the key in `csr` (PEM). Only the key is
+    /// taken from the request: the names are the site id the join token
+    /// was issued for, never what the request asks.
+    pub fn sign_site_request(&self, site_id: &str, csr_pem: &str) -> Result<String, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Request(e.to_string()))?;
+        let mut params = CertificateParams::new(vec![format!("{site_id}{SITE_SUFFIX}")])?;
+        params.distinguished_name.push(DnType::CommonName, site_id);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        let cert = params.signed_by(&csr.public_key, &self.cert, &self.key)?;
+        Ok(cert.pem())
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
     }
 
     pub fn cert_der(&self) -> CertificateDer<'static> {
@@ -158,6 +196,87 @@ impl Ca {
     /// The region's own identity.
     pub fn issue_region(&self, region: &str) -> Result<Credential, PkiError> {
         self.issue(region, region_server_name(region))
+    }
+}
+
+/// A site's key and the request to sign it, made before enrollment: the
+/// private key never leaves the site.
+pub struct Request {
+    key: KeyPair,
+    /// The certificate request, PEM, to send with the join token.
+    pub csr_pem: String,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").finish_non_exhaustive()
+    }
+}
+
+impl Request {
+    pub fn new(site_id: &str) -> Result<Request, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![format!("{site_id}{SITE_SUFFIX}")])?;
+        params.distinguished_name.push(DnType::CommonName, site_id);
+        let csr_pem = params.serialize_request(&key)?.pem()?;
+        Ok(Request { key, csr_pem })
+    }
+
+    /// The credential, once the region answered with the signed
+    /// certificate and its CA (both PEM).
+    pub fn complete(self, cert_pem: &str, ca_pem: &str) -> Result<Credential, PkiError> {
+        use rustls::pki_types::pem::PemObject;
+        let bad = |what: &str, e: &dyn std::fmt::Display| PkiError::Request(format!("{what}: {e}"));
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| bad("the region's certificate", &e))?;
+        let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|e| bad("the region's CA", &e))?;
+        Ok(Credential {
+            chain: vec![cert],
+            key: PrivatePkcs8KeyDer::from(self.key.serialize_der()),
+            ca,
+        })
+    }
+}
+
+/// A one-time join token: `rjt1.<site id>.<secret>`. The region keeps only
+/// the secret's SHA-256.
+pub mod join_token {
+    use base64::Engine;
+    use sha2::Digest;
+
+    const PREFIX: &str = "rjt1";
+
+    /// A new token for `site_id`, and the hash to keep.
+    pub fn new(site_id: &str) -> (String, String) {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let token = format!("{PREFIX}.{site_id}.{secret}");
+        let hash = hash(&token);
+        (token, hash)
+    }
+
+    /// The hash a token is kept under.
+    pub fn hash(token: &str) -> String {
+        sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The site id a well-formed token names (not proof of anything until
+    /// its hash is found unused).
+    pub fn site_of(token: &str) -> Option<&str> {
+        let mut parts = token.split('.');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(PREFIX), Some(site), Some(secret), None)
+                if !site.is_empty() && secret.len() == 43 =>
+            {
+                Some(site)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -201,6 +320,41 @@ mod tests {
             "a region certificate names no site"
         );
         assert!(site_id_of(b"garbage").is_err());
+    }
+
+    #[test]
+    fn enrollment_signs_the_sites_key_under_the_tokens_site_id() {
+        let ca = Ca::new("eu").unwrap();
+        // The request asks for another name: the CA ignores it.
+        let req = Request::new("someone-else").unwrap();
+        let cert = ca.sign_site_request("vehicle-07", &req.csr_pem).unwrap();
+        let cred = req.complete(&cert, &ca.cert_pem()).unwrap();
+        assert_eq!(site_id_of(&cred.chain[0]).unwrap(), "vehicle-07");
+        assert!(ca.sign_site_request("x", "garbage").is_err());
+        // A CA made again from its kept key still anchors what it signed.
+        let again = Ca::from_key_pem("eu", &ca.key_pem()).unwrap();
+        let (_, old) = x509_parser::parse_x509_certificate(&cred.chain[0]).unwrap();
+        let anchor_der = again.cert_der();
+        let (_, anchor) = x509_parser::parse_x509_certificate(&anchor_der).unwrap();
+        old.verify_signature(Some(anchor.public_key())).unwrap();
+        assert_eq!(old.issuer(), anchor.subject());
+    }
+
+    #[test]
+    fn join_tokens_name_their_site_and_hash_stably() {
+        let (t, h) = join_token::new("edge-factory-01");
+        assert_eq!(join_token::site_of(&t), Some("edge-factory-01"));
+        assert_eq!(join_token::hash(&t), h);
+        assert_ne!(join_token::new("edge-factory-01").1, h, "each token is new");
+        for bad in [
+            "",
+            "rjt1.a",
+            "rjt1..x",
+            "rjt2.a.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+            "rjt1.a.short",
+        ] {
+            assert_eq!(join_token::site_of(bad), None, "{bad}");
+        }
     }
 
     #[test]
