@@ -146,6 +146,21 @@ pub struct SiteConfig {
     pub region: Option<UplinkSection>,
 }
 
+/// An http:// or https:// URL with a host and no trailing '/'.
+fn check_url(field: &str, u: &str) -> Result<(), FieldError> {
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"));
+    if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace) || r.ends_with('/')) {
+        return Err(FieldError::new(
+            field,
+            u,
+            "must be an http:// or https:// URL with a host and no trailing '/'",
+        ));
+    }
+    Ok(())
+}
+
 /// How a site reaches its regional controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,6 +174,13 @@ pub struct UplinkSection {
     /// `identity.key`, `ca.crt`); defaults to `<data dir>/pki`.
     #[serde(default)]
     pub credentials: Option<PathBuf>,
+    /// The controller's API, e.g. `http://192.168.1.100:7443`, where a site
+    /// without a credential enrolls with `join_token`.
+    #[serde(default)]
+    pub central_api: Option<String>,
+    /// A one-time join token from `roost-controller token create`.
+    #[serde(default)]
+    pub join_token: Option<String>,
 }
 
 impl UplinkSection {
@@ -175,6 +197,25 @@ impl UplinkSection {
                 "region.address",
                 &self.address,
                 "must be host:port with a port from 1 to 65535",
+            ));
+        }
+        if let Some(u) = &self.central_api {
+            check_url("region.central_api", u)?;
+        }
+        if let Some(t) = &self.join_token {
+            if !t.starts_with("rjt1.") || t.split('.').count() != 3 {
+                return Err(FieldError::new(
+                    "region.join_token",
+                    "<hidden>",
+                    "must be a token from `roost-controller token create` (rjt1.<site>.<secret>)",
+                ));
+            }
+        }
+        if self.join_token.is_some() != self.central_api.is_some() {
+            return Err(FieldError::new(
+                "region.join_token",
+                "<hidden>",
+                "join_token and central_api go together: enrollment needs both",
             ));
         }
         Ok(())
@@ -327,18 +368,7 @@ impl Validate for SiteConfig {
             7 * 24 * 3600,
         )?;
         if let Some(u) = &self.api.public_url {
-            let rest = u
-                .strip_prefix("http://")
-                .or_else(|| u.strip_prefix("https://"));
-            if rest
-                .is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace) || r.ends_with('/'))
-            {
-                return Err(FieldError::new(
-                    "api.public_url",
-                    u,
-                    "must be an http:// or https:// URL with a host and no trailing '/'",
-                ));
-            }
+            check_url("api.public_url", u)?;
         }
         self.scheduler.validate().map_err(|e| e.at("scheduler"))?;
         if let Some(r) = &self.region {

@@ -104,11 +104,13 @@ pub struct Agent {
 pub enum RegionLink {
     /// No `region` section: the site runs alone.
     None,
-    /// Configured, but the site holds no credential yet.
+    /// Configured, but the site holds no credential and no join token.
     NotEnrolled {
         credentials: PathBuf,
         reason: String,
     },
+    /// Enrolling with the join token at this controller API.
+    Enrolling { central_api: String },
     /// Syncing with the region at this address.
     Syncing { name: String, address: String },
 }
@@ -181,32 +183,34 @@ impl Agent {
                     .credentials
                     .clone()
                     .unwrap_or_else(|| data_dir.join("pki"));
-                match Credential::read_pem(&dir) {
-                    Ok(credential) => (
-                        RegionLink::Syncing {
-                            name: r.name.clone(),
-                            address: r.address.clone(),
-                        },
-                        Some(Uplink {
-                            region: r.clone(),
-                            credential,
-                            store: store.clone(),
-                            session: SessionConfig::default(),
-                            intent_arrived: Arc::new(Notify::new()),
-                        }),
-                    ),
-                    Err(e) => {
+                let credential = Credential::read_pem(&dir);
+                let link = match (&credential, &r.join_token) {
+                    (Ok(_), _) => RegionLink::Syncing {
+                        name: r.name.clone(),
+                        address: r.address.clone(),
+                    },
+                    (Err(_), Some(_)) => RegionLink::Enrolling {
+                        central_api: r.central_api.clone().unwrap_or_default(),
+                    },
+                    (Err(e), None) => {
                         tracing::warn!(dir = %dir.display(), error = %e,
-                            "the site has no credential for its region; it runs alone until enrolled");
-                        (
-                            RegionLink::NotEnrolled {
-                                credentials: dir,
-                                reason: e.to_string(),
-                            },
-                            None,
-                        )
+                            "the site has no credential for its region and no join token; it runs alone");
+                        RegionLink::NotEnrolled {
+                            credentials: dir.clone(),
+                            reason: e.to_string(),
+                        }
                     }
-                }
+                };
+                let uplink = (!matches!(link, RegionLink::NotEnrolled { .. })).then(|| Uplink {
+                    site_id: config.site.id.clone(),
+                    region: r.clone(),
+                    credential: credential.ok(),
+                    credentials_dir: dir,
+                    store: store.clone(),
+                    session: SessionConfig::default(),
+                    intent_arrived: Arc::new(Notify::new()),
+                });
+                (link, uplink)
             }
         };
         let reconciler = Reconciler {

@@ -156,6 +156,9 @@ fn print_banner(agent: &Agent) {
             "  region     not enrolled: no credential in {} (the site runs alone until it has one)",
             credentials.display()
         ),
+        RegionLink::Enrolling { central_api } => println!(
+            "  region     enrolling at {central_api} with the join token (in the background)"
+        ),
         RegionLink::Syncing { name, address } => {
             println!("  region     {name} at {address} (QUIC, mutual TLS)")
         }

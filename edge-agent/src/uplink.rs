@@ -78,11 +78,24 @@ pub enum UplinkError {
     Store(#[from] WriteError),
 }
 
+/// Why an enrollment attempt failed.
+#[derive(Debug)]
+enum Enroll {
+    /// The region said no (bad, used or expired token): retrying is futile.
+    Refused(String),
+    /// Could not reach the region, or it failed: try again later.
+    Retry(String),
+}
+
 /// The site's side of the link.
 #[derive(Debug)]
 pub struct Uplink {
+    pub site_id: String,
     pub region: UplinkSection,
-    pub credential: Credential,
+    /// The site's credential; `None` until enrollment gives one.
+    pub credential: Option<Credential>,
+    /// Where an enrolled credential is written.
+    pub credentials_dir: std::path::PathBuf,
     pub store: Store,
     pub session: SessionConfig,
     /// Told when the region's intent arrived.
@@ -90,9 +103,17 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    /// Connects, syncs, and reconnects until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let endpoint = match self.endpoint() {
+    /// Enrolls if it must, then connects, syncs, and reconnects until
+    /// `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let credential = match self.credential.take() {
+            Some(c) => c,
+            None => match self.enroll(&mut shutdown).await {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        let endpoint = match Self::endpoint(&credential) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "cannot set up the QUIC endpoint; the site stays offline");
@@ -130,12 +151,95 @@ impl Uplink {
         endpoint.close(0u32.into(), b"site shutting down");
     }
 
-    fn endpoint(&self) -> Result<quinn::Endpoint, UplinkError> {
+    fn endpoint(credential: &Credential) -> Result<quinn::Endpoint, UplinkError> {
         let mut e = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
             .or_else(|_| quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into()))
             .map_err(|e| UplinkError::Connect(e.to_string()))?;
-        e.set_default_client_config(client_config(&self.credential)?);
+        e.set_default_client_config(client_config(credential)?);
         Ok(e)
+    }
+
+    /// Trades the join token for a certificate, retrying with backoff while
+    /// the controller cannot be reached; `None` if the region refused the
+    /// token (it says why in the log) or the agent is stopping.
+    async fn enroll(&self, shutdown: &mut watch::Receiver<bool>) -> Option<Credential> {
+        let (Some(url), Some(token)) = (&self.region.central_api, &self.region.join_token) else {
+            return None;
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .ok()?;
+        let mut backoff = Backoff::new(Backoff::BASE, Backoff::CAP);
+        loop {
+            match self.enroll_once(&http, url, token).await {
+                Ok(cred) => {
+                    tracing::info!(site = %self.site_id, dir = %self.credentials_dir.display(), "enrolled with the region");
+                    return Some(cred);
+                }
+                Err(Enroll::Refused(why)) => {
+                    tracing::error!(site = %self.site_id, reason = %why,
+                        "the region refused the join token; ask for a new one (roost-controller token create) and put it in region.join_token");
+                    return None;
+                }
+                Err(Enroll::Retry(why)) => {
+                    tracing::warn!(site = %self.site_id, url = %url, reason = %why, "cannot enroll yet; the site keeps working and will retry");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next(rand::random::<f64>())) => {}
+                _ = shutdown.changed() => return None,
+            }
+        }
+    }
+
+    async fn enroll_once(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        token: &str,
+    ) -> Result<Credential, Enroll> {
+        let request = roost_sync::pki::Request::new(&self.site_id)
+            .map_err(|e| Enroll::Refused(e.to_string()))?;
+        let resp = http
+            .post(format!("{url}/v1/enroll"))
+            .json(&serde_json::json!({"token": token, "csr": request.csr_pem}))
+            .send()
+            .await
+            .map_err(|e| Enroll::Retry(e.to_string()))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| Enroll::Retry(format!("unreadable answer: {e}")))?;
+        if status.is_client_error() {
+            return Err(Enroll::Refused(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("refused")
+                    .to_string(),
+            ));
+        }
+        if !status.is_success() {
+            return Err(Enroll::Retry(format!("HTTP {status}")));
+        }
+        if body["site_id"] != self.site_id {
+            return Err(Enroll::Refused(format!(
+                "the token is for site {}, but this is {}",
+                body["site_id"], self.site_id
+            )));
+        }
+        let cred = request
+            .complete(
+                body["certificate"].as_str().unwrap_or_default(),
+                body["ca"].as_str().unwrap_or_default(),
+            )
+            .map_err(|e| Enroll::Refused(e.to_string()))?;
+        std::fs::create_dir_all(&self.credentials_dir)
+            .map_err(|e| Enroll::Refused(format!("{}: {e}", self.credentials_dir.display())))?;
+        cred.write_pem(&self.credentials_dir)
+            .map_err(|e| Enroll::Refused(e.to_string()))?;
+        Ok(cred)
     }
 
     async fn connect_and_sync(&self, endpoint: &quinn::Endpoint) -> Result<(), UplinkError> {

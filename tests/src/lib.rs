@@ -158,6 +158,98 @@ impl Drop for AgentProcess {
     }
 }
 
+/// A running `roost-controller serve` on ephemeral ports.
+#[derive(Debug)]
+pub struct ControllerProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub api: String,
+    /// The QUIC endpoint sites connect to.
+    pub quic: String,
+    pub data_dir: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Starts the controller with `config` and waits for its banner.
+    pub fn start(config: &Path, data_dir: &Path) -> ControllerProcess {
+        let mut child = Command::new(binary("roost-controller"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--api-listen",
+                "127.0.0.1:0",
+                "--quic-listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn roost-controller");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut api, mut quic) = (None, None);
+        while api.is_none() || quic.is_none() {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    let line = line.trim().to_string();
+                    if let Some(rest) = line.strip_prefix("API") {
+                        api = Some(rest.trim().to_string());
+                    } else if let Some(rest) = line.strip_prefix("QUIC") {
+                        quic = rest.split_whitespace().next().map(str::to_string);
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("wait");
+                    panic!("roost-controller exited before serving: {status}");
+                }
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        ControllerProcess {
+            child,
+            api: api.expect("api"),
+            quic: quic.expect("quic"),
+            data_dir: data_dir.into(),
+        }
+    }
+
+    /// `roost-controller token create` against this controller's store.
+    pub fn token(config: &Path, data_dir: &Path, site: &str) -> std::process::Output {
+        Command::new(binary("roost-controller"))
+            .args(["token", "create", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--site-id", site])
+            .output()
+            .expect("run roost-controller token create")
+    }
+
+    /// The `GET /v1/sites` entry of `site`.
+    pub async fn site(&self, site: &str) -> Value {
+        let body: Value = reqwest::get(format!("{}/v1/sites", self.api))
+            .await
+            .expect("GET /v1/sites")
+            .json()
+            .await
+            .expect("json");
+        body["sites"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["id"] == site).cloned())
+            .unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A small API client: a token and the OpenStack shapes tests need.
 #[derive(Debug, Clone)]
 pub struct Api {

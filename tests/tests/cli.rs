@@ -148,13 +148,58 @@ fn a_data_dir_belongs_to_one_site() {
 }
 
 #[test]
-fn controller_says_not_yet() {
-    let out = Command::new(binary("roost-controller"))
-        .arg("serve")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(69));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet"));
+fn controller_refuses_bad_flags_and_configs_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bad = dir.path().join("region.yaml");
+    std::fs::write(
+        &bad,
+        "region: {name: eu}\napi: {listen: '127.0.0.1:7443'}\nquic: {listen: '127.0.0.1:7443'}\n",
+    )
+    .unwrap();
+    let region = site_config("region.yaml");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["serve"], "--config"),
+        (
+            vec![
+                "serve",
+                "--config",
+                bad.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            "quic.listen: must differ from api.listen",
+        ),
+        (
+            vec![
+                "token",
+                "create",
+                "--config",
+                region.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--site-id",
+                "vehicle-07",
+                "--ttl",
+                "90d",
+            ],
+            "at most 30d",
+        ),
+        (
+            vec!["check-config", "--config", bad.to_str().unwrap()],
+            "quic.listen",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(binary("roost-controller"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert!(!data.exists(), "bad input wrote nothing");
 }
 
 #[test]

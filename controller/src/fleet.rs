@@ -1,0 +1,405 @@
+//! The fleet store: the region's SQLite database (WAL, synchronous FULL).
+//!
+//! It holds the region's CA key, the sites the region knows (from the
+//! config) with their enrollment, the join tokens (as hashes), every site's
+//! document changes and the sync state the region keeps per site. All of it
+//! sits behind [`FleetStore`], the boundary a PostgreSQL backend for several
+//! controller replicas would implement.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use roost_common::config::RegionSite;
+use roost_sync::pki::{join_token, Ca};
+use roost_sync::{site_status_actor, Docs, IntentDoc, Persisted, StatusDoc};
+
+/// The database file inside the data dir.
+pub const DB_FILE: &str = "roost-controller.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store holds data it cannot read: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Pki(#[from] roost_sync::pki::PkiError),
+    #[error("site {0:?} is not in this region's config; add it under sites: and restart")]
+    UnknownSite(String),
+    #[error("this data dir belongs to region {stored:?}, not {wanted:?}")]
+    WrongRegion { stored: String, wanted: String },
+    #[error("the join token is not valid: {0}")]
+    Token(&'static str),
+}
+
+/// One site as the fleet store knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SiteRow {
+    pub id: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub management: String,
+    pub enrolled_at: Option<String>,
+    pub last_seen: Option<String>,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS sites (
+    id TEXT PRIMARY KEY, labels TEXT NOT NULL, management TEXT NOT NULL DEFAULT 'managed',
+    enrolled_at TEXT, last_seen TEXT) STRICT;
+CREATE TABLE IF NOT EXISTS join_tokens (
+    hash TEXT PRIMARY KEY, site_id TEXT NOT NULL REFERENCES sites(id),
+    expires_at TEXT NOT NULL, used_at TEXT, created_at TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS site_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL REFERENCES sites(id),
+    doc TEXT NOT NULL CHECK (doc IN ('intent', 'status')), bytes BLOB NOT NULL) STRICT;
+CREATE INDEX IF NOT EXISTS site_changes_by_site ON site_changes(site, doc, seq);
+CREATE TABLE IF NOT EXISTS site_sync (
+    site TEXT PRIMARY KEY REFERENCES sites(id), intent BLOB NOT NULL, status BLOB NOT NULL) STRICT;
+"#;
+
+/// The region's store. Cheap to clone; calls block (run them on blocking
+/// threads from async code).
+#[derive(Debug, Clone)]
+pub struct FleetStore {
+    conn: Arc<Mutex<Connection>>,
+    region: String,
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl FleetStore {
+    /// Opens (creating if needed) the store in `data_dir` for `region`, and
+    /// returns it with the region's CA (made on first open).
+    pub fn open(data_dir: &Path, region: &str) -> Result<(FleetStore, Ca), FleetError> {
+        let path = data_dir.join(DB_FILE);
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // The CA key lives here: readable by its owner alone.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path);
+        }
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        let stored: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'region'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match stored {
+            Some(s) if s != region => {
+                return Err(FleetError::WrongRegion {
+                    stored: s,
+                    wanted: region.into(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('region', ?1)",
+                    [region],
+                )?;
+            }
+        }
+        let key: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'ca_key'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let ca = match key {
+            Some(k) => Ca::from_key_pem(region, &k)?,
+            None => {
+                let ca = Ca::new(region)?;
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('ca_key', ?1)",
+                    [ca.key_pem()],
+                )?;
+                ca
+            }
+        };
+        Ok((
+            FleetStore {
+                conn: Arc::new(Mutex::new(conn)),
+                region: region.into(),
+            },
+            ca,
+        ))
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Brings the sites table in line with the config's `sites:` (new ones
+    /// added, labels updated; sites no longer listed are kept, with their
+    /// history, and can no longer enroll or connect).
+    pub fn sync_sites(&self, sites: &[RegionSite]) -> Result<(), FleetError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for s in sites {
+            let labels = serde_json::to_string(&s.labels).unwrap_or_else(|_| "{}".into());
+            tx.execute(
+                "INSERT INTO sites (id, labels) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET labels = excluded.labels",
+                params![s.id, labels],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn sites(&self) -> Result<Vec<SiteRow>, FleetError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, labels, management, enrolled_at, last_seen FROM sites ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (id, labels, management, enrolled_at, last_seen) = row?;
+            let labels = serde_json::from_str(&labels)
+                .map_err(|e| FleetError::Corrupt(format!("labels of {id}: {e}")))?;
+            Ok(SiteRow {
+                id,
+                labels,
+                management,
+                enrolled_at,
+                last_seen,
+            })
+        })
+        .collect()
+    }
+
+    pub fn site(&self, id: &str) -> Result<Option<SiteRow>, FleetError> {
+        Ok(self.sites()?.into_iter().find(|s| s.id == id))
+    }
+
+    /// A one-time join token for `site_id`, valid for `ttl`.
+    pub fn create_token(&self, site_id: &str, ttl: chrono::Duration) -> Result<String, FleetError> {
+        if self.site(site_id)?.is_none() {
+            return Err(FleetError::UnknownSite(site_id.into()));
+        }
+        let (token, hash) = join_token::new(site_id);
+        let now = Utc::now();
+        self.conn().execute(
+            "INSERT INTO join_tokens (hash, site_id, expires_at, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, site_id, time(now + ttl), time(now)],
+        )?;
+        Ok(token)
+    }
+
+    /// Spends a join token: returns its site id if the token is known,
+    /// unused and unexpired, and marks it used and the site enrolled, in one
+    /// transaction. A token is good once.
+    pub fn redeem(&self, token: &str) -> Result<String, FleetError> {
+        let site = join_token::site_of(token).ok_or(FleetError::Token("malformed"))?;
+        let hash = join_token::hash(token);
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row: Option<(String, String, Option<String>)> = tx
+            .query_row(
+                "SELECT site_id, expires_at, used_at FROM join_tokens WHERE hash = ?1",
+                [&hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let now = Utc::now();
+        match row {
+            None => return Err(FleetError::Token("unknown to this region")),
+            Some((s, _, _)) if s != site => {
+                return Err(FleetError::Token("unknown to this region"))
+            }
+            Some((_, _, Some(_))) => return Err(FleetError::Token("already used")),
+            Some((_, exp, None)) if exp <= time(now) => return Err(FleetError::Token("expired")),
+            Some(_) => {}
+        }
+        tx.execute(
+            "UPDATE join_tokens SET used_at = ?2 WHERE hash = ?1",
+            params![hash, time(now)],
+        )?;
+        tx.execute(
+            "UPDATE sites SET enrolled_at = ?2 WHERE id = ?1",
+            params![site, time(now)],
+        )?;
+        tx.commit()?;
+        Ok(site.to_string())
+    }
+
+    /// The region's copy of a site's documents, from its changes.
+    pub fn load_docs(&self, site: &str, actor: &[u8]) -> Result<Docs, FleetError> {
+        let conn = self.conn();
+        let mut chunks: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+        for (i, doc) in ["intent", "status"].iter().enumerate() {
+            let mut stmt = conn.prepare_cached(
+                "SELECT bytes FROM site_changes WHERE site = ?1 AND doc = ?2 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![site, doc], |r| r.get::<_, Vec<u8>>(0))?;
+            for r in rows {
+                chunks[i].push(r?);
+            }
+        }
+        let bad =
+            |e: roost_sync::DocError| FleetError::Corrupt(format!("documents of {site}: {e}"));
+        let status_actor = site_status_actor(site);
+        Ok(Docs {
+            intent: IntentDoc::from_chunks(
+                chunks[0].iter().map(Vec::as_slice),
+                actor,
+                &format!("region:{}", self.region),
+            )
+            .map_err(bad)?,
+            status: StatusDoc::from_chunks(chunks[1].iter().map(Vec::as_slice), actor)
+                .map_err(bad)?,
+            site_status_actor: status_actor,
+        })
+    }
+
+    /// Appends a site's new changes (intent, status) in one transaction.
+    pub fn append_changes(
+        &self,
+        site: &str,
+        intent: &[Vec<u8>],
+        status: &[Vec<u8>],
+    ) -> Result<(), FleetError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for (doc, changes) in [("intent", intent), ("status", status)] {
+            for c in changes {
+                tx.prepare_cached(
+                    "INSERT INTO site_changes (site, doc, bytes) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![site, doc, c])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn sync_state(&self, site: &str) -> Result<Option<Persisted>, FleetError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT intent, status FROM site_sync WHERE site = ?1",
+                [site],
+                |r| {
+                    Ok(Persisted {
+                        intent: r.get(0)?,
+                        status: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn save_sync_state(&self, site: &str, p: &Persisted) -> Result<(), FleetError> {
+        self.conn().execute(
+            "INSERT INTO site_sync (site, intent, status) VALUES (?1, ?2, ?3)
+             ON CONFLICT (site) DO UPDATE SET intent = excluded.intent, status = excluded.status",
+            params![site, p.intent, p.status],
+        )?;
+        Ok(())
+    }
+
+    pub fn mark_seen(&self, site: &str, at: DateTime<Utc>) -> Result<(), FleetError> {
+        self.conn().execute(
+            "UPDATE sites SET last_seen = ?2 WHERE id = ?1",
+            params![site, time(at)],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> (FleetStore, Ca) {
+        let (s, ca) = FleetStore::open(dir, "eu").unwrap();
+        s.sync_sites(&[RegionSite {
+            id: "vehicle-07".into(),
+            labels: [("kind".to_string(), "vehicle".to_string())].into(),
+        }])
+        .unwrap();
+        (s, ca)
+    }
+
+    #[test]
+    fn a_join_token_enrolls_its_site_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = store(dir.path());
+        assert!(matches!(
+            s.create_token("nowhere", chrono::Duration::hours(1)),
+            Err(FleetError::UnknownSite(_))
+        ));
+        let t = s
+            .create_token("vehicle-07", chrono::Duration::hours(1))
+            .unwrap();
+        assert_eq!(s.redeem(&t).unwrap(), "vehicle-07");
+        assert!(matches!(
+            s.redeem(&t),
+            Err(FleetError::Token("already used"))
+        ));
+        assert!(s.site("vehicle-07").unwrap().unwrap().enrolled_at.is_some());
+        let old = s
+            .create_token("vehicle-07", chrono::Duration::seconds(-1))
+            .unwrap();
+        assert!(matches!(s.redeem(&old), Err(FleetError::Token("expired"))));
+        // A token for one site with another site's name pasted in.
+        let t = s
+            .create_token("vehicle-07", chrono::Duration::hours(1))
+            .unwrap();
+        let forged = t.replacen("vehicle-07", "vehicle-08", 1);
+        assert!(matches!(s.redeem(&forged), Err(FleetError::Token(_))));
+        assert!(matches!(
+            s.redeem("rjt1.x"),
+            Err(FleetError::Token("malformed"))
+        ));
+    }
+
+    #[test]
+    fn the_ca_and_the_documents_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, ca) = store(dir.path());
+        let mut docs = s.load_docs("vehicle-07", b"region-actor-0001").unwrap();
+        let before = docs.intent.heads();
+        let fields = serde_json::json!({"name": "x"})
+            .as_object()
+            .unwrap()
+            .clone();
+        docs.intent.create("servers", "s1", fields, 1).unwrap();
+        let changes = docs.intent.changes_since(&before);
+        s.append_changes("vehicle-07", &changes, &[]).unwrap();
+        drop(s);
+        let (s, again) = FleetStore::open(dir.path(), "eu").unwrap();
+        assert_eq!(again.key_pem(), ca.key_pem());
+        let docs = s.load_docs("vehicle-07", b"region-actor-0002").unwrap();
+        assert!(docs.intent.resource("servers", "s1").unwrap().is_some());
+        assert!(matches!(
+            FleetStore::open(dir.path(), "us"),
+            Err(FleetError::WrongRegion { .. })
+        ));
+    }
+}

@@ -1,0 +1,148 @@
+//! The real controller and the real agent: a site enrolls with a one-time
+//! join token, syncs over QUIC, and is marked offline within the QUIC idle
+//! timeout of going silent. Bad tokens and garbage on the QUIC port are
+//! refused without harm.
+
+use std::time::{Duration, Instant};
+
+use roost_tests::{site_config, AgentProcess, Api, ControllerProcess};
+use serde_json::json;
+
+const IMAGE: &str = "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98";
+
+async fn wait_for(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn changes_stored(db: &std::path::Path, site: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM site_changes WHERE site = ?1",
+        [site],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_enrolls_syncs_and_goes_offline_when_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let region_cfg = site_config("region.yaml");
+    let cdata = dir.path().join("controller");
+
+    // Tokens only for the config's sites.
+    let out = ControllerProcess::token(&region_cfg, &cdata, "nowhere-01");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--site-id") && err.contains("vehicle-07"),
+        "{err}"
+    );
+    let out = ControllerProcess::token(&region_cfg, &cdata, "vehicle-07");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("rjt1.vehicle-07."), "{token}");
+
+    let controller = ControllerProcess::start(&region_cfg, &cdata);
+    let http = reqwest::Client::new();
+    // A malformed request spends nothing.
+    let resp = http
+        .post(format!("{}/v1/enroll", controller.api))
+        .json(&json!({"token": token, "csr": "not a request"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("csr:"),
+        "{body}"
+    );
+
+    // Garbage on the QUIC port harms nothing.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for n in [1usize, 20, 1200, 1500] {
+        udp.send_to(&vec![0xAB; n], &controller.quic).unwrap();
+    }
+
+    let site_dir = dir.path().join("site");
+    let cfg = dir.path().join("vehicle-07.yaml");
+    let text = std::fs::read_to_string(site_config("vehicle-07.yaml")).unwrap()
+        + &format!(
+            "\nregion:\n  name: eu-central\n  address: {}\n  central_api: {}\n  join_token: {token}\n",
+            controller.quic, controller.api
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let mut agent = AgentProcess::start(&cfg, &site_dir);
+    wait_for(
+        "the site enrolls and comes online",
+        Duration::from_secs(20),
+        async || controller.site("vehicle-07").await["availability"]["availability"] == "online",
+    )
+    .await;
+    let site = controller.site("vehicle-07").await;
+    assert_eq!(site["enrolled"], true, "{site}");
+    assert_eq!(site["management"], "managed");
+    assert!(site_dir.join("pki/identity.key").exists());
+
+    // The token is spent.
+    let resp = http
+        .post(format!("{}/v1/enroll", controller.api))
+        .json(&json!({"token": token, "csr": roost_sync::pki::Request::new("vehicle-07").unwrap().csr_pem}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "token: already used");
+
+    // A site write reaches the fleet store.
+    let db = cdata.join("roost-controller.db");
+    let before = changes_stored(&db, "vehicle-07");
+    let api = Api::login(&agent.url).await;
+    let (code, body) = api.create_server("cam-1", "2", IMAGE).await;
+    assert_eq!(code, 202, "{body}");
+    wait_for(
+        "the site's change is stored in the region",
+        Duration::from_secs(10),
+        async || changes_stored(&db, "vehicle-07") > before,
+    )
+    .await;
+
+    // Silent (kill -9): offline within the 10 s idle timeout.
+    agent.kill9();
+    let killed = Instant::now();
+    wait_for(
+        "the region marks the site offline",
+        Duration::from_secs(15),
+        async || controller.site("vehicle-07").await["availability"]["availability"] == "offline",
+    )
+    .await;
+    let noticed = killed.elapsed();
+    eprintln!("offline noticed after {noticed:?}");
+    assert!(noticed <= Duration::from_secs(11), "{noticed:?}");
+    assert!(controller.site("vehicle-07").await["last_seen"].is_string());
+
+    // The restarted site syncs again with the credential it kept.
+    let _agent = AgentProcess::start(&cfg, &site_dir);
+    wait_for(
+        "the site comes back online",
+        Duration::from_secs(20),
+        async || controller.site("vehicle-07").await["availability"]["availability"] == "online",
+    )
+    .await;
+}
