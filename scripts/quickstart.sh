@@ -1,17 +1,101 @@
 #!/usr/bin/env bash
-# Quick start: install what is missing, build, and run the edge site
-# edge-factory-01 (two controllers, four compute hosts) on this machine.
-# Its API URL and admin password are printed; Ctrl-C stops it. Data is kept
-# in .roost/ in the repository, so a second run finds the same site.
+# Quick start: install what is missing, build, and run a whole region on
+# this machine: the regional controller (site-configs/region.yaml) and the
+# sites edge-factory-01 and vehicle-07, each enrolled with a one-time join
+# token and syncing with the controller over QUIC.
+#
+# Data and logs are kept in .roost/ in the repository, so a second run finds
+# the same region and sites (already enrolled). Ctrl-C stops everything.
+#
+# SITE=vehicle-07 ./scripts/quickstart.sh runs that one site alone, without
+# a controller.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-echo "[quickstart] building roost-agent (release; the first build takes a few minutes)"
-cargo build --release --locked --bin roost-agent
+say() { printf '[quickstart] %s\n' "$*"; }
 
-SITE=${SITE:-edge-factory-01}
-DATA=".roost/$SITE"
-mkdir -p "$DATA"
-echo "[quickstart] starting site $SITE (data in $DATA)"
-exec ./target/release/roost-agent run --config "site-configs/$SITE.yaml" --data-dir "$DATA" "$@"
+say "building roost-agent and roost-controller (release; the first build takes a few minutes)"
+cargo build --release --locked --bin roost-agent --bin roost-controller
+
+if [ -n "${SITE:-}" ]; then
+  DATA=".roost/$SITE"
+  mkdir -p "$DATA"
+  say "starting site $SITE alone (data in $DATA)"
+  exec ./target/release/roost-agent run --config "site-configs/$SITE.yaml" --data-dir "$DATA" "$@"
+fi
+
+REGION_CFG=site-configs/region.yaml
+REGION_NAME=eu-central
+API=http://127.0.0.1:7443
+QUIC=127.0.0.1:7444
+SITES=(edge-factory-01 vehicle-07)
+mkdir -p .roost/region
+
+pids=()
+stop() {
+  say "stopping"
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+
+# Waits until a log file has a line starting with "  $2" and prints its rest.
+banner_field() {
+  local log=$1 field=$2 i
+  for i in $(seq 1 100); do
+    if line=$(grep -m1 "^  $field " "$log" 2>/dev/null); then
+      echo "${line#  $field }" | sed 's/^ *//'
+      return 0
+    fi
+    sleep 0.1
+  done
+  say "no '$field' line in $log after 10 s; its end:"
+  tail -n 20 "$log" >&2
+  return 1
+}
+
+say "starting the regional controller $REGION_NAME (log: .roost/region/controller.log)"
+./target/release/roost-controller serve --config "$REGION_CFG" --data-dir .roost/region \
+  >.roost/region/controller.log 2>&1 &
+pids+=($!)
+banner_field .roost/region/controller.log API >/dev/null
+
+for site in "${SITES[@]}"; do
+  data=".roost/$site"
+  cfg="$data.yaml"
+  mkdir -p "$data"
+  if [ ! -f "$data/pki/identity.crt" ]; then
+    say "site $site: new; creating its one-time join token"
+    token=$(./target/release/roost-controller token create --config "$REGION_CFG" \
+      --data-dir .roost/region --site-id "$site" --ttl 1h 2>/dev/null)
+    {
+      cat "site-configs/$site.yaml"
+      printf '\nregion:\n  name: %s\n  address: %s\n  central_api: %s\n  join_token: %s\n' \
+        "$REGION_NAME" "$QUIC" "$API" "$token"
+    } >"$cfg"
+  fi
+  say "starting site $site (log: $data/agent.log)"
+  ./target/release/roost-agent run --config "$cfg" --data-dir "$data" >"$data/agent.log" 2>&1 &
+  pids+=($!)
+done
+
+say "waiting for the sites to come online"
+for i in $(seq 1 100); do
+  online=$(curl -fsS "$API/v1/sites" | grep -o '"availability":"online"' | wc -l || true)
+  [ "$online" -ge "${#SITES[@]}" ] && break
+  sleep 0.2
+done
+
+echo
+echo "Roost region $REGION_NAME is running on this machine."
+echo "  controller API   $API   (sites: curl $API/v1/sites)"
+echo "  dashboard        not built yet: $API/v1/sites is the fleet view until it lands"
+for site in "${SITES[@]}"; do
+  url=$(banner_field ".roost/$site/agent.log" API)
+  echo "  site $site   $url   admin password in .roost/$site/admin-password"
+done
+echo "  sites online     ${online:-0} of ${#SITES[@]}"
+echo "Ctrl-C stops the region; data stays in .roost/."
+wait
