@@ -3,17 +3,19 @@
 //! The agent keeps the site's state in SQLite ([`store`]), places servers on
 //! the site's hosts ([`scheduler`]), drives the hypervisor toward what was
 //! asked ([`compute`]) and serves the site's OpenStack-shaped API ([`api`]),
-//! authenticated locally ([`identity`]). Nothing here waits for the region.
+//! authenticated locally ([`identity`]), and syncs its documents with its
+//! region when it has one ([`uplink`]). Nothing here waits for the region.
 //!
 //! Where to work:
 //! - a new API call: a handler in `api/`, a write as a `WriteCtx` method in
 //!   `store/`, validation in `roost_common`;
 //! - a new hypervisor: implement [`compute::ComputeDriver`];
 //! - scheduling policy: `scheduler/` (pure; no I/O allowed there);
-//! - a metric: declare it in [`metrics`].
+//! - a metric: declare it in [`metrics`];
+//! - what syncs with the region: `store/journal.rs`.
 //!
-//! Not here yet: sync with the region (the `roost-sync` crate), real VMs
-//! (libvirt), networking and storage; each lands with its own issue.
+//! Not here yet: real VMs (libvirt), networking and storage; each lands
+//! with its own issue.
 
 pub mod agent;
 pub mod api;

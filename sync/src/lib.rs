@@ -8,16 +8,16 @@
 //!   `handle_timeout(now)`, the next deadline from `poll_timeout`. No sockets,
 //!   no clock, no runtime; a transport drives it.
 //! - [`frame`]: the wire frames the session speaks, and their strict decoder.
-//! - [`pki`]: the region's CA, site and region certificates, and reading
-//!   the site id from a verified certificate.
+//! - [`pki`]: the region's CA, site and region certificates, site
+//!   certificate requests and one-time join tokens, and reading the site id
+//!   from a verified certificate.
 //! - [`transport`]: quinn with mutual TLS (keep-alive 3 s, idle timeout
 //!   10 s) and [`transport::drive`], the loop that runs a session over one
 //!   QUIC stream.
 //!
-//! Not here yet (the rest of the sync issue): enrollment by join token,
-//! reconnection with backoff and jitter, the agent's and controller's use of
-//! all this (recording each API write's change with its rows, applying
-//! received changes to SQLite), and the reconvergence benchmark.
+//! Used by `roost-agent` (the site's side, `edge-agent/src/uplink.rs`)
+//! and `roost-controller` (the region's, `controller/src/link.rs`). Not here
+//! yet: separate control and bulk streams on the connection.
 
 pub mod doc;
 pub mod frame;
