@@ -344,3 +344,343 @@ async fn the_regions_intent_becomes_rows_and_conflicts_are_journaled() {
     let d = docs.lock().unwrap();
     assert!(d.status.get("servers", "from-region-1").unwrap().unwrap()["host"].is_string());
 }
+
+/// The site's store and a region, syncing in memory through sessions, with
+/// random writes on both sides, random cuts and site restarts.
+mod convergence {
+    use std::time::Instant;
+
+    use proptest::prelude::*;
+    use roost_sync::{
+        site_status_actor, Docs, IntentDoc, Persisted, Role, Session, SessionConfig, StatusDoc,
+    };
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        SiteCreate { bad_flavor: bool },
+        SiteDelete(usize),
+        SiteActive(usize),
+        SiteStop(usize),
+        RegionCreate,
+        RegionDelete(usize),
+        RegionPower(usize, bool),
+        Sync(u8),
+        Cut,
+        Heal,
+        RestartSite,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => any::<bool>().prop_map(|b| Op::SiteCreate { bad_flavor: b }),
+            1 => any::<usize>().prop_map(Op::SiteDelete),
+            2 => any::<usize>().prop_map(Op::SiteActive),
+            1 => any::<usize>().prop_map(Op::SiteStop),
+            3 => Just(Op::RegionCreate),
+            1 => any::<usize>().prop_map(Op::RegionDelete),
+            1 => (any::<usize>(), any::<bool>()).prop_map(|(i, b)| Op::RegionPower(i, b)),
+            3 => (1u8..4).prop_map(Op::Sync),
+            1 => Just(Op::Cut),
+            1 => Just(Op::Heal),
+            1 => Just(Op::RestartSite),
+        ]
+    }
+
+    struct World {
+        dir: tempfile::TempDir,
+        store: Store,
+        region: Docs,
+        site_session: Session,
+        region_session: Session,
+        site_state: Option<Persisted>,
+        region_state: Option<Persisted>,
+        cut: bool,
+        /// Servers each side was told were created (acknowledged writes).
+        ids: Vec<String>,
+        region_n: usize,
+    }
+
+    fn sessions(w: &World) -> (Session, Session) {
+        let now = Instant::now();
+        let cfg = SessionConfig::default();
+        (
+            Session::new(Role::Site, cfg.clone(), w.site_state.as_ref(), now).unwrap(),
+            Session::new(Role::Region, cfg, w.region_state.as_ref(), now).unwrap(),
+        )
+    }
+
+    impl World {
+        async fn new() -> World {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(dir.path());
+            let region = Docs {
+                intent: IntentDoc::new(b"region-actor-0001", "region:eu"),
+                status: StatusDoc::new(b"region-actor-0001"),
+                site_status_actor: site_status_actor("store-test"),
+            };
+            let now = Instant::now();
+            let cfg = SessionConfig::default();
+            World {
+                dir,
+                store,
+                region,
+                site_session: Session::new(Role::Site, cfg.clone(), None, now).unwrap(),
+                region_session: Session::new(Role::Region, cfg, None, now).unwrap(),
+                site_state: None,
+                region_state: None,
+                cut: false,
+                ids: Vec::new(),
+                region_n: 0,
+            }
+        }
+
+        fn pick(&self, i: usize) -> Option<String> {
+            (!self.ids.is_empty()).then(|| self.ids[i % self.ids.len()].clone())
+        }
+
+        /// One round each way; returns whether anything moved.
+        async fn round(&mut self) -> bool {
+            let now = Instant::now() + std::time::Duration::from_secs(1);
+            // Both sides may have written since the last round.
+            self.site_session
+                .local_change(now - std::time::Duration::from_secs(1));
+            self.region_session
+                .local_change(now - std::time::Duration::from_secs(1));
+            let docs = self.store.docs();
+            let mut to_region = Vec::new();
+            {
+                let mut d = docs.lock().unwrap();
+                self.site_session.handle_timeout(&mut d, now);
+                while let Some(m) = self.site_session.poll_message() {
+                    to_region.push(m);
+                }
+            }
+            self.region_session.handle_timeout(&mut self.region, now);
+            let mut to_site = Vec::new();
+            while let Some(m) = self.region_session.poll_message() {
+                to_site.push(m);
+            }
+            let moved = !to_region.is_empty() || !to_site.is_empty();
+            if self.cut {
+                return false;
+            }
+            for m in to_region {
+                self.region_session
+                    .handle_message(&mut self.region, &m, now)
+                    .unwrap();
+            }
+            let mut intent_changed = false;
+            for m in to_site {
+                let mut d = docs.lock().unwrap();
+                intent_changed |= self
+                    .site_session
+                    .handle_message(&mut d, &m, now)
+                    .unwrap()
+                    .intent_changed;
+            }
+            if intent_changed {
+                self.store.apply_intent().await.unwrap();
+            }
+            moved
+        }
+
+        async fn apply(&mut self, op: Op) {
+            let ms = chrono::Utc::now().timestamp_millis();
+            match op {
+                Op::SiteCreate { bad_flavor } => {
+                    let flavor = if bad_flavor { "missing" } else { "2" };
+                    if let Ok(id) = create(&self.store, "s", flavor).await {
+                        self.ids.push(id);
+                    }
+                }
+                Op::SiteDelete(i) | Op::SiteStop(i) | Op::SiteActive(i) => {
+                    let Some(id) = self.pick(i) else { return };
+                    let _ = self
+                        .store
+                        .write(move |w| match op {
+                            Op::SiteDelete(_) => {
+                                w.change_server(&id, None, ServerIntent::Delete).map(|_| ())
+                            }
+                            Op::SiteStop(_) => {
+                                w.change_server(&id, None, ServerIntent::Stop).map(|_| ())
+                            }
+                            _ => {
+                                let Some(s): Option<roost_common::model::Server> =
+                                    super::super::rows::get(w.tx, "servers", &id)?
+                                else {
+                                    return Ok(());
+                                };
+                                let mut st = s.status;
+                                st.vm_state = roost_common::model::VmState::Active;
+                                st.task_state = None;
+                                w.set_server_status(&id, &st)
+                            }
+                        })
+                        .await;
+                }
+                Op::RegionCreate => {
+                    self.region_n += 1;
+                    let id = format!("r-{:04}", self.region_n);
+                    let fields = match serde_json::to_value(spec("from-region", "2")).unwrap() {
+                        serde_json::Value::Object(m) => m,
+                        _ => unreachable!(),
+                    };
+                    self.region
+                        .intent
+                        .create("servers", &id, fields, ms)
+                        .unwrap();
+                    self.ids.push(id);
+                }
+                Op::RegionDelete(i) => {
+                    if let Some(id) = self.pick(i) {
+                        self.region.intent.delete("servers", &id, ms).unwrap();
+                    }
+                }
+                Op::RegionPower(i, on) => {
+                    if let Some(id) = self.pick(i) {
+                        let v = if on { "running" } else { "stopped" };
+                        self.region
+                            .intent
+                            .set("servers", &id, "power", serde_json::json!(v), ms)
+                            .unwrap();
+                    }
+                }
+                Op::Sync(n) => {
+                    for _ in 0..n {
+                        self.round().await;
+                    }
+                }
+                Op::Cut => {
+                    if !self.cut {
+                        self.cut = true;
+                        self.site_state = Some(self.site_session.persist());
+                        self.region_state = Some(self.region_session.persist());
+                    }
+                }
+                Op::Heal => {
+                    if self.cut {
+                        self.cut = false;
+                        (self.site_session, self.region_session) = sessions(self);
+                    }
+                }
+                Op::RestartSite => {
+                    // What the agent keeps: the store. The session restarts
+                    // from the sync state the last connection saved.
+                    self.site_state
+                        .get_or_insert_with(|| self.site_session.persist());
+                    let st = self.site_state.clone();
+                    drop(std::mem::replace(&mut self.store, open(self.dir.path())));
+                    self.store = open(self.dir.path());
+                    self.store.apply_intent().await.unwrap();
+                    self.site_session = Session::new(
+                        Role::Site,
+                        SessionConfig::default(),
+                        st.as_ref(),
+                        Instant::now(),
+                    )
+                    .unwrap();
+                    self.region_session = Session::new(
+                        Role::Region,
+                        SessionConfig::default(),
+                        self.region_state.as_ref(),
+                        Instant::now(),
+                    )
+                    .unwrap();
+                }
+            }
+        }
+
+        async fn settle(&mut self) {
+            self.apply(Op::Heal).await;
+            self.store.apply_intent().await.unwrap();
+            let mut quiet = 0;
+            for _ in 0..60 {
+                quiet = if self.round().await { 0 } else { quiet + 1 };
+                if quiet == 3 {
+                    return;
+                }
+            }
+            panic!("the sessions never went quiet");
+        }
+
+        async fn check(&mut self) {
+            let docs = self.store.docs();
+            {
+                let mut d = docs.lock().unwrap();
+                assert_eq!(
+                    d.intent.heads(),
+                    self.region.intent.heads(),
+                    "intent documents differ"
+                );
+                assert_eq!(
+                    d.status.heads(),
+                    self.region.status.heads(),
+                    "status documents differ"
+                );
+            }
+            let d = docs.lock().unwrap().clone();
+            let doc_ids = d.intent.ids("servers").unwrap();
+            for id in &self.ids {
+                assert!(doc_ids.contains(id), "acknowledged server {id} lost");
+            }
+            let rows = self.store.servers(ServerQuery::default()).await.unwrap();
+            for row in &rows {
+                let view = d.intent.resource("servers", &row.id).unwrap();
+                let view = view.unwrap_or_else(|| panic!("row {} is not in the document", row.id));
+                assert_eq!(row.spec.deleted, view.deleted, "{}", row.id);
+                assert_eq!(
+                    serde_json::to_value(row.spec.power).unwrap(),
+                    view.fields["power"],
+                    "{}: row and document disagree on power",
+                    row.id
+                );
+                let status = d.status.get("servers", &row.id).unwrap();
+                assert_eq!(
+                    status.map(|s| s["vm_state"].clone()),
+                    Some(serde_json::to_value(row.status.vm_state).unwrap()),
+                    "{}: status document and row disagree",
+                    row.id
+                );
+            }
+            for id in doc_ids {
+                let view = d.intent.resource("servers", &id).unwrap().unwrap();
+                if !view.deleted {
+                    assert!(rows.iter().any(|r| r.id == id), "intent {id} has no row");
+                }
+            }
+            // Everything is on disk: a restart loads the same documents.
+            drop(std::mem::replace(&mut self.store, open(self.dir.path())));
+            self.store = open(self.dir.path());
+            let again = self.store.docs();
+            let mut again = again.lock().unwrap();
+            assert_eq!(
+                again.intent.heads(),
+                self.region.intent.heads(),
+                "intent not all on disk"
+            );
+            assert_eq!(
+                again.status.heads(),
+                self.region.status.heads(),
+                "status not all on disk"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn both_sides_converge_and_the_tables_follow_the_documents(ops in proptest::collection::vec(op(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut w = World::new().await;
+                for o in ops {
+                    w.apply(o).await;
+                }
+                w.settle().await;
+                w.check().await;
+            });
+        }
+    }
+}
