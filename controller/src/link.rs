@@ -20,7 +20,7 @@ use automerge::ChangeHash;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use roost_sync::transport::{drive, peer_site_id};
+use roost_sync::transport::{drive, peer_site_id, region_accept, Hello};
 use roost_sync::{Docs, Role, Session, SessionConfig};
 
 use crate::fleet::{FleetError, FleetStore};
@@ -166,10 +166,20 @@ impl Region {
             return Err(format!("site {site:?} is not enrolled in this region"));
         }
         let link = self.site(&site).map_err(|e| e.to_string())?;
-        let (send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
-            .await
-            .map_err(|_| format!("site {site} opened no stream within 10 s"))?
-            .map_err(|e| format!("site {site}: {e}"))?;
+        let hello = Hello {
+            name: self.store.region().to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol: roost_sync::frame::VERSION,
+        };
+        let (site_hello, send, recv) =
+            tokio::time::timeout(Duration::from_secs(10), region_accept(&conn, &site, &hello))
+                .await
+                .map_err(|_| format!("site {site} said no hello within 10 s"))?
+                .map_err(|e| {
+                    conn.close(3u32.into(), b"bad hello");
+                    format!("site {site}: {e}")
+                })?;
+        tracing::debug!(site = %site, version = %site_hello.version, "site said hello");
         let store = self.store.clone();
         let s = site.clone();
         let persisted = tokio::task::spawn_blocking(move || store.sync_state(&s))

@@ -18,7 +18,7 @@ use tokio::sync::{watch, Notify};
 
 use roost_common::config::UplinkSection;
 use roost_sync::pki::{region_server_name, Credential};
-use roost_sync::transport::{client_config, drive, TransportError};
+use roost_sync::transport::{client_config, drive, site_open, Hello, TransportError};
 use roost_sync::{Role, Session, SessionConfig, SessionError};
 
 use crate::compute::WorkQueue;
@@ -269,10 +269,13 @@ impl Uplink {
         };
         METRICS.uplink_connected.set(1);
         tracing::info!(region = %self.region.name, %addr, "connected to the region");
-        let (send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| UplinkError::Connect(e.to_string()))?;
+        let hello = Hello {
+            name: self.site_id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol: roost_sync::frame::VERSION,
+        };
+        let (region_hello, send, recv) = site_open(&conn, &hello).await?;
+        tracing::info!(region = %region_hello.name, version = %region_hello.version, "region answered");
         let persisted = self.store.sync_state(PEER.into()).await?;
         let mut session = Session::new(
             Role::Site,

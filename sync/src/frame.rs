@@ -14,7 +14,7 @@
 pub const HEADER: usize = 9;
 const MAGIC: &[u8; 2] = b"RS";
 /// 2: messages carry a codec byte (see the session's `pack`).
-const VERSION: u8 = 2;
+pub const VERSION: u8 = 2;
 /// Bytes of a fragment's own header inside the payload.
 pub const FRAGMENT_HEADER: usize = 8;
 

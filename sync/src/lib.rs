@@ -16,8 +16,10 @@
 //!   QUIC stream.
 //!
 //! Used by `roost-agent` (the site's side, `edge-agent/src/uplink.rs`)
-//! and `roost-controller` (the region's, `controller/src/link.rs`). Not here
-//! yet: separate control and bulk streams on the connection.
+//! and `roost-controller` (the region's, `controller/src/link.rs`). A
+//! connection has a control stream (hellos, checked against the
+//! certificate) and the sync stream, with priorities that leave room for a
+//! lower-priority bulk stream.
 
 pub mod doc;
 pub mod frame;

@@ -125,6 +125,94 @@ pub fn peer_site_id(conn: &quinn::Connection) -> Result<String, TransportError> 
     Ok(pki::site_id_of(leaf)?)
 }
 
+/// Stream priorities on a connection (quinn sends higher first): control
+/// messages never wait behind a catch-up, and a catch-up never waits behind
+/// bulk data (images, backups) on a later stream of its own.
+pub const PRIORITY_CONTROL: i32 = 2;
+pub const PRIORITY_SYNC: i32 = 1;
+pub const PRIORITY_BULK: i32 = 0;
+
+/// Largest control message.
+const MAX_CONTROL: usize = 64 << 10;
+
+/// The first words on a connection, on the control stream: who speaks, and
+/// which protocol. The region checks `site` against the certificate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The site id (site side) or region name (region side).
+    pub name: String,
+    /// The speaker's software version.
+    pub version: String,
+    /// The frame version spoken on the sync stream.
+    pub protocol: u8,
+}
+
+async fn write_json(send: &mut quinn::SendStream, v: &Hello) -> Result<(), TransportError> {
+    let body = serde_json::to_vec(v).map_err(|e| TransportError::Quic(e.to_string()))?;
+    send.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    send.write_all(&body).await?;
+    Ok(())
+}
+
+async fn read_json(recv: &mut quinn::RecvStream) -> Result<Hello, TransportError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_CONTROL {
+        return Err(TransportError::Oversized(n, MAX_CONTROL));
+    }
+    let mut buf = vec![0u8; n];
+    recv.read_exact(&mut buf).await?;
+    serde_json::from_slice(&buf)
+        .map_err(|e| TransportError::Quic(format!("bad control message: {e}")))
+}
+
+/// The site's side of a new connection: opens the control stream, says
+/// hello and reads the region's, then opens the sync stream. Returns the
+/// region's hello and the sync stream.
+pub async fn site_open(
+    conn: &quinn::Connection,
+    hello: &Hello,
+) -> Result<(Hello, quinn::SendStream, quinn::RecvStream), TransportError> {
+    let (mut csend, mut crecv) = conn.open_bi().await?;
+    csend.set_priority(PRIORITY_CONTROL).ok();
+    write_json(&mut csend, hello).await?;
+    let theirs = read_json(&mut crecv).await?;
+    let (send, recv) = conn.open_bi().await?;
+    send.set_priority(PRIORITY_SYNC).ok();
+    Ok((theirs, send, recv))
+}
+
+/// The region's side: accepts the control stream, reads the site's hello
+/// (refused unless it names the site of the certificate and speaks this
+/// protocol), answers, and accepts the sync stream.
+pub async fn region_accept(
+    conn: &quinn::Connection,
+    site_id: &str,
+    hello: &Hello,
+) -> Result<(Hello, quinn::SendStream, quinn::RecvStream), TransportError> {
+    let (mut csend, mut crecv) = conn.accept_bi().await?;
+    csend.set_priority(PRIORITY_CONTROL).ok();
+    let theirs = read_json(&mut crecv).await?;
+    if theirs.name != site_id {
+        return Err(TransportError::Quic(format!(
+            "the site says it is {:?} but its certificate says {site_id:?}",
+            theirs.name
+        )));
+    }
+    if theirs.protocol != hello.protocol {
+        return Err(TransportError::Quic(format!(
+            "the site speaks protocol {}, this region {}; upgrade the older side",
+            theirs.protocol, hello.protocol
+        )));
+    }
+    write_json(&mut csend, hello).await?;
+    let (send, recv) = conn.accept_bi().await?;
+    send.set_priority(PRIORITY_SYNC).ok();
+    Ok((theirs, send, recv))
+}
+
 /// Reads length-prefixed frames into a channel (a task of its own, so the
 /// driving loop never cancels a half-read frame).
 async fn read_frames(

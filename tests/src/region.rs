@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use roost_sync::pki::{Ca, Credential};
 use roost_sync::session::SessionConfig;
-use roost_sync::transport::{drive, peer_site_id, server_config};
+use roost_sync::transport::{drive, peer_site_id, region_accept, server_config, Hello};
 use roost_sync::{site_status_actor, Docs, IntentDoc, Role, Session, StatusDoc};
 use tokio::sync::Notify;
 
@@ -55,7 +55,12 @@ impl TestRegion {
                 tokio::spawn(async move {
                     let Ok(conn) = incoming.await else { return };
                     assert_eq!(peer_site_id(&conn).expect("site id"), site);
-                    let Ok((send, recv)) = conn.accept_bi().await else {
+                    let hello = Hello {
+                        name: "test-region".into(),
+                        version: "test".into(),
+                        protocol: roost_sync::frame::VERSION,
+                    };
+                    let Ok((_, send, recv)) = region_accept(&conn, &site, &hello).await else {
                         return;
                     };
                     c.fetch_add(1, Ordering::SeqCst);

@@ -235,3 +235,57 @@ async fn a_site_certificate_from_another_ca_is_refused() {
     let refusal = region_side.expect_err("the region must refuse the handshake");
     assert!(refusal.contains("invalid peer certificate"), "{refusal}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_stream_hello_must_match_the_certificate() {
+    use roost_sync::transport::{region_accept, site_open, Hello};
+    let ca = Ca::new("eu").unwrap();
+    let server = quinn::Endpoint::server(
+        server_config(&ca.issue_region("eu").unwrap()).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let hello = |name: &str| Hello {
+        name: name.into(),
+        version: "t".into(),
+        protocol: roost_sync::frame::VERSION,
+    };
+    let region = tokio::spawn(async move {
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let site = peer_site_id(&conn).unwrap();
+            let r = region_accept(&conn, &site, &hello("eu")).await;
+            results.push(r.map(|(h, _, _)| h.name).map_err(|e| e.to_string()));
+        }
+        results
+    });
+    let endpoint = client(&ca.issue_site(SITE).unwrap());
+    let (mut keep, mut conns) = (Vec::new(), Vec::new());
+    for claimed in [SITE, "someone-else"] {
+        let conn = endpoint
+            .connect(addr, &region_server_name("eu"))
+            .unwrap()
+            .await
+            .unwrap();
+        let r =
+            tokio::time::timeout(Duration::from_secs(5), site_open(&conn, &hello(claimed))).await;
+        if claimed == SITE {
+            let (theirs, mut send, _) = r.unwrap().unwrap();
+            assert_eq!(theirs.name, "eu");
+            // A stream is seen by the peer once something is sent on it.
+            send.write_all(&[0, 0, 0, 0]).await.unwrap();
+            keep.push(send);
+        }
+        // Open until the region has answered both.
+        conns.push(conn);
+    }
+    let results = tokio::time::timeout(Duration::from_secs(10), region)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(results[0].as_deref(), Ok(SITE));
+    let refused = results[1].as_ref().unwrap_err();
+    assert!(refused.contains("certificate says"), "{refused}");
+}
