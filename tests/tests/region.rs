@@ -146,3 +146,54 @@ async fn a_site_enrolls_syncs_and_goes_offline_when_silent() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_is_not_enrolled_is_refused_and_harms_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let region_cfg = site_config("region.yaml");
+    let cdata = dir.path().join("controller");
+    let controller = ControllerProcess::start(&region_cfg, &cdata);
+    // A certificate from the region's own CA for a site that never spent a
+    // join token (as a stolen CA key or a bug would make one).
+    let key: String = rusqlite::Connection::open(cdata.join("roost-controller.db"))
+        .unwrap()
+        .query_row("SELECT value FROM meta WHERE key = 'ca_key'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let ca = roost_sync::pki::Ca::from_key_pem("eu-central", &key).unwrap();
+    let cred = ca.issue_site("edge-factory-01").unwrap();
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(roost_sync::transport::client_config(&cred).unwrap());
+    let conn = client
+        .connect(
+            controller.quic.parse().unwrap(),
+            &roost_sync::pki::region_server_name("eu-central"),
+        )
+        .unwrap()
+        .await
+        .expect("the TLS handshake itself succeeds");
+    let hello = roost_sync::transport::Hello {
+        name: "edge-factory-01".into(),
+        version: "test".into(),
+        protocol: roost_sync::frame::VERSION,
+    };
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        roost_sync::transport::site_open(&conn, &hello),
+    )
+    .await
+    .expect("the region answers");
+    assert!(
+        refused.is_err(),
+        "an unenrolled site must not get a session"
+    );
+    let reason = conn
+        .close_reason()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    assert!(reason.contains("unknown site"), "{reason}");
+    let site = controller.site("edge-factory-01").await;
+    assert_eq!(site["enrolled"], false);
+    assert_eq!(site["availability"]["availability"], "offline");
+}
