@@ -182,49 +182,35 @@ fn status(i: usize) -> serde_json::Value {
 /// K writes on each side while apart; returns the JSON records for the
 /// floor, (site's, region's).
 fn write_apart(site: &Peer, region: &Peer, k: usize, round: usize) -> (Vec<u8>, Vec<u8>) {
-    let (mut up, mut down) = (Vec::new(), Vec::new());
-    let now = 1_800_000_000_000 + round as i64;
-    {
-        let mut d = site.docs.lock().expect("lock");
-        for i in 0..k {
-            let id = format!("{round:02}-site-{i:08}");
-            let spec = spec(&format!("cam-{i}"));
-            d.intent
-                .create(
-                    "servers",
-                    &id,
-                    spec.as_object().expect("object").clone(),
-                    now,
-                )
-                .expect("create");
-            d.intent.take_local_change();
+    let up = record_servers(site, k, &format!("{round:02}-site"), true);
+    let down = record_servers(region, k, &format!("{round:02}-region"), false);
+    (up, down)
+}
+
+/// Records `k` servers on `peer`, one change each (and their status, on the
+/// site), as the agent does; returns the records as JSON lines.
+fn record_servers(peer: &Peer, k: usize, prefix: &str, with_status: bool) -> Vec<u8> {
+    let mut json_lines = Vec::new();
+    let now = 1_800_000_000_000;
+    let mut d = peer.docs.lock().expect("lock");
+    for i in 0..k {
+        let id = format!("{prefix}-{i:08}");
+        let spec = spec(&format!("{prefix}-{i}"));
+        let fields = spec.as_object().expect("object").clone();
+        d.intent
+            .create("servers", &id, fields, now)
+            .expect("create");
+        d.intent.take_local_change();
+        let mut rec = json!({"kind": "servers", "id": id, "spec": spec});
+        if with_status {
             d.status.set("servers", &id, &status(i)).expect("status");
             d.status.take_local_change();
-            let rec = json!({"kind": "servers", "id": id, "spec": spec, "status": status(i)});
-            up.extend(serde_json::to_vec(&rec).expect("json"));
-            up.push(b'\n');
+            rec["status"] = status(i);
         }
+        json_lines.extend(serde_json::to_vec(&rec).expect("json"));
+        json_lines.push(b'\n');
     }
-    {
-        let mut d = region.docs.lock().expect("lock");
-        for i in 0..k {
-            let id = format!("{round:02}-region-{i:08}");
-            let spec = spec(&format!("workload-{i}"));
-            d.intent
-                .create(
-                    "servers",
-                    &id,
-                    spec.as_object().expect("object").clone(),
-                    now,
-                )
-                .expect("create");
-            d.intent.take_local_change();
-            let rec = json!({"kind": "servers", "id": id, "spec": spec});
-            down.extend(serde_json::to_vec(&rec).expect("json"));
-            down.push(b'\n');
-        }
-    }
-    (up, down)
+    json_lines
 }
 
 fn zstd_len(b: &[u8]) -> u64 {
