@@ -57,6 +57,7 @@ impl From<WriteError> for ApiError {
             WriteError::NotFound(m) => Self::not_found(m),
             WriteError::Conflict(m) => Self::conflict(m),
             WriteError::NoValidHost(n) => Self::conflict(n.to_string()),
+            WriteError::Quota(m) => Self::forbidden(m),
             WriteError::Store(s) => {
                 tracing::error!(error = %s, "store failure answered with 500");
                 Self::new(

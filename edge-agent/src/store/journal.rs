@@ -31,6 +31,11 @@ pub const COMPACT_AFTER: usize = 2000;
 /// The kinds of resource the documents hold, by table name.
 pub const KINDS: [&str; 3] = ["servers", "flavors", "server_groups"];
 
+/// Intent only the region writes: the site's allotment (one resource,
+/// id [`QUOTA_ID`]).
+pub const QUOTAS: &str = "quotas";
+pub const QUOTA_ID: &str = "site";
+
 /// One edit of a document, made by a job that may still fail.
 #[derive(Debug, Clone)]
 pub enum DocOp {
@@ -84,6 +89,9 @@ pub struct Journal {
     /// Intent heads the tables were last brought in line with; `None` means
     /// a full pass is due.
     pub applied: Option<Vec<ChangeHash>>,
+    /// The capacity last written to the status document (`None` after a
+    /// start: the first batch writes it).
+    pub capacity: Option<roost_common::model::SiteCapacity>,
 }
 
 fn doc_name(i: usize) -> &'static str {
@@ -103,6 +111,7 @@ impl Journal {
             persisted: [Vec::new(), Vec::new()],
             tail,
             applied: None,
+            capacity: None,
         };
         let empty: i64 = conn.query_row(
             "SELECT (SELECT COUNT(*) FROM sync_snapshots) + (SELECT COUNT(*) FROM sync_changes)",
@@ -191,6 +200,7 @@ impl Journal {
         self.persisted = [fresh.intent.heads(), fresh.status.heads()];
         self.tail = tail;
         self.applied = None;
+        self.capacity = None;
         *self.docs.lock().expect("docs lock") = fresh;
         Ok(())
     }
@@ -388,7 +398,7 @@ impl super::WriteCtx<'_> {
             Some(before) => self.docs.intent.touched_since(before).into_iter().collect(),
             None => {
                 let mut all = Vec::new();
-                for kind in KINDS {
+                for kind in KINDS.into_iter().chain([QUOTAS]) {
                     for id in self.docs.intent.ids(kind).map_err(bad)? {
                         all.push((kind.to_string(), id));
                     }
@@ -402,8 +412,16 @@ impl super::WriteCtx<'_> {
                 let Some(view) = self.docs.intent.resource(&kind, &id).map_err(bad)? else {
                     continue;
                 };
-                if kind == "servers" && self.apply_server(&id, view)? {
-                    applied.servers.push(id);
+                match kind.as_str() {
+                    "servers" => {
+                        let changed = self.apply_server(&id, view)?;
+                        if changed {
+                            applied.servers.push(id);
+                        }
+                    }
+                    "flavors" => self.apply_flavor(&id, view)?,
+                    QUOTAS if id == QUOTA_ID => self.apply_quota(view)?,
+                    _ => {}
                 }
             }
             Ok::<_, super::WriteError>(())
@@ -412,6 +430,73 @@ impl super::WriteCtx<'_> {
         result?;
         *self.applied = Some(heads);
         Ok(applied)
+    }
+
+    /// A flavor the region published: added if new, removed when the
+    /// region deletes it. A local flavor of the same name is left alone and
+    /// the region's is skipped with a warning (flavor names are unique).
+    fn apply_flavor(
+        &mut self,
+        id: &str,
+        view: roost_sync::IntentView,
+    ) -> Result<(), super::WriteError> {
+        use roost_common::model::FlavorSpec;
+        let exists: Option<Flavor> = rows::get(self.tx, "flavors", id)?;
+        if view.deleted {
+            if exists.is_some() {
+                self.tx.execute("DELETE FROM flavors WHERE id = ?1", [id])?;
+                tracing::info!(flavor = %id, "the region withdrew a flavor");
+            }
+            return Ok(());
+        }
+        if exists.is_some() {
+            return Ok(());
+        }
+        let fields: serde_json::Map<String, serde_json::Value> = view.fields.into_iter().collect();
+        let spec = serde_json::from_value::<FlavorSpec>(serde_json::Value::Object(fields))
+            .map_err(|e| e.to_string())
+            .and_then(|mut spec| {
+                spec.id = Some(id.to_string());
+                spec.validate().map_err(|e| e.to_string())?;
+                Ok(spec)
+            });
+        match spec {
+            Ok(spec) => match self.create_flavor(spec) {
+                Ok(_) => tracing::info!(flavor = %id, "the region published a flavor"),
+                Err(super::WriteError::Conflict(why)) => {
+                    tracing::warn!(flavor = %id, %why, "the region's flavor clashes with a local one; skipped")
+                }
+                Err(e) => return Err(e),
+            },
+            Err(why) => {
+                tracing::warn!(flavor = %id, %why, "the region's intent for a flavor is not a flavor; ignored")
+            }
+        }
+        Ok(())
+    }
+
+    /// The region's allotment for this site.
+    fn apply_quota(&mut self, view: roost_sync::IntentView) -> Result<(), super::WriteError> {
+        if view.deleted {
+            tracing::info!("the region lifted this site's quota");
+            return self.set_quota(None);
+        }
+        let fields: serde_json::Map<String, serde_json::Value> = view.fields.into_iter().collect();
+        match serde_json::from_value::<super::Quota>(serde_json::Value::Object(fields))
+            .map_err(|e| e.to_string())
+            .and_then(|q| q.validate().map(|()| q).map_err(|e| e.to_string()))
+        {
+            Ok(q) => {
+                if self.quota()?.as_ref() != Some(&q) {
+                    tracing::info!(quota = ?q, "the region set this site's quota");
+                    self.set_quota(Some(&q))?;
+                }
+            }
+            Err(why) => {
+                tracing::warn!(%why, "the region's quota for this site is not a quota; ignored")
+            }
+        }
+        Ok(())
     }
 
     /// One server's intent onto its row. Returns whether the row changed.
@@ -426,13 +511,25 @@ impl super::WriteCtx<'_> {
         let mut fields: serde_json::Map<String, serde_json::Value> =
             view.fields.into_iter().collect();
         fields.insert("deleted".into(), serde_json::Value::Bool(view.deleted));
-        let spec: ServerSpec = match serde_json::from_value(serde_json::Value::Object(fields)) {
+        let mut spec: ServerSpec = match serde_json::from_value(serde_json::Value::Object(fields)) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(server = %id, error = %e, "the region's intent for a server is not a server spec; ignored");
                 return Ok(false);
             }
         };
+        // The region does not know the site's local project and user: its
+        // servers leave them empty and belong to the site's admin project.
+        for (value, key) in [
+            (&mut spec.project_id, "admin_project_id"),
+            (&mut spec.user_id, "admin_user_id"),
+        ] {
+            if value.is_empty() {
+                *value =
+                    self.tx
+                        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?;
+            }
+        }
         match row {
             None if spec.deleted => Ok(false),
             None => match self.create_server(NewServer {
@@ -440,7 +537,10 @@ impl super::WriteCtx<'_> {
                 id: Some(id.into()),
             }) {
                 Ok(_) => Ok(true),
-                Err(e @ (WriteError::Invalid(_) | WriteError::NoValidHost(_))) => {
+                Err(
+                    e
+                    @ (WriteError::Invalid(_) | WriteError::NoValidHost(_) | WriteError::Quota(_)),
+                ) => {
                     tracing::warn!(server = %id, error = %e, "the region's server cannot be placed here");
                     self.insert_failed_server(id, spec, e.to_string())?;
                     Ok(true)

@@ -14,6 +14,7 @@
 
 mod inventory;
 mod journal;
+mod quota;
 mod rows;
 mod schema;
 mod servers;
@@ -32,6 +33,7 @@ use crate::scheduler::NoValidHost;
 
 pub use inventory::{HypervisorView, Identity};
 pub use journal::Applied;
+pub use quota::Quota;
 pub use servers::{NewServer, ServerIntent, ServerQuery};
 pub use writer::WriteCtx;
 
@@ -73,6 +75,9 @@ pub enum WriteError {
     Conflict(String),
     #[error(transparent)]
     NoValidHost(#[from] NoValidHost),
+    /// The region's allotment for this site is used up (see `quota`).
+    #[error("{0}")]
+    Quota(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -138,6 +138,7 @@ impl WriteCtx<'_> {
                 })
             }
         };
+        self.check_quota(&flavor.spec.usage())?;
         let req = Request {
             usage: flavor.spec.usage(),
             availability_zone: spec.availability_zone.clone(),

@@ -684,3 +684,118 @@ mod convergence {
         }
     }
 }
+
+#[tokio::test]
+async fn the_regions_quota_and_flavors_hold_at_the_site_and_capacity_is_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    create(&store, "before", "2").await.unwrap();
+    let obj = |v: serde_json::Value| v.as_object().unwrap().clone();
+    // The region publishes a flavor and grants an allotment of 2 instances
+    // and 6 cores; one server is there already.
+    region_writes(&store, |r| {
+        r.create(
+            "flavors",
+            "big",
+            obj(serde_json::json!({"name": "big", "vcpus": 3, "ram_mb": 512, "disk_gb": 1})),
+            1,
+        )
+        .unwrap();
+        r.create(
+            "quotas",
+            "site",
+            obj(serde_json::json!({"instances": 2, "cores": 6})),
+            1,
+        )
+        .unwrap();
+    });
+    store.apply_intent().await.unwrap();
+    assert_eq!(
+        store
+            .flavor("big".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .spec
+            .vcpus,
+        3
+    );
+    // 2 cores used + 3 = 5 <= 6, the second instance of 2.
+    create(&store, "second", "big").await.unwrap();
+    let refused = create(&store, "third", "2").await.unwrap_err();
+    let WriteError::Quota(why) = &refused else {
+        panic!("{refused:?}")
+    };
+    assert!(
+        why.starts_with(
+            "Quota exceeded for instances: Requested 1, but already used 2 of 2 instances"
+        ),
+        "{why}"
+    );
+    // The region raises instances; cores are then what is short.
+    region_writes(&store, |r| {
+        r.set("quotas", "site", "instances", serde_json::json!(10), 2)
+            .unwrap()
+    });
+    store.apply_intent().await.unwrap();
+    let refused = create(&store, "third", "big").await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .starts_with("Quota exceeded for cores: Requested 3, but already used 5 of 6 cores"),
+        "{refused}"
+    );
+    create(&store, "small", "2").await.unwrap_err(); // 5 + 2 > 6
+                                                     // A region server over the allotment is kept in ERROR saying why.
+    region_writes(&store, |r| {
+        let mut s = obj(serde_json::to_value(spec("from-region", "big")).unwrap());
+        s.insert("project_id".into(), "".into());
+        s.insert("user_id".into(), "".into());
+        r.create("servers", "r1", s, 3).unwrap()
+    });
+    store.apply_intent().await.unwrap();
+    let r1 = store.server("r1".into()).await.unwrap().unwrap();
+    assert_eq!(r1.status.vm_state, roost_common::model::VmState::Error);
+    assert!(
+        r1.status
+            .fault
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("Quota exceeded for cores"),
+        "{:?}",
+        r1.status.fault
+    );
+    assert_ne!(r1.spec.project_id, "", "the site's admin project owns it");
+    // Lifting the quota lets creates through again.
+    region_writes(&store, |r| r.delete("quotas", "site", 4).unwrap());
+    store.apply_intent().await.unwrap();
+    create(&store, "after-lift", "2").await.unwrap();
+    // The capacity the site publishes follows the claims: 2 + 3 + 2 cores
+    // on two 4-core hosts, 3 instances placed (r1 holds nothing).
+    let docs = store.docs();
+    let cap: roost_common::model::SiteCapacity = serde_json::from_value(
+        docs.lock()
+            .unwrap()
+            .status
+            .get("site", "capacity")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cap.instances, 3);
+    assert_eq!(cap.used.vcpus, 7);
+    assert_eq!(cap.total.vcpus, 8);
+    assert_eq!(cap.host_free.len(), 2);
+    let need = |vcpus| roost_common::model::Usage {
+        vcpus,
+        ram_mb: 512,
+        disk_gb: 1,
+    };
+    assert!(cap.fits(&need(1)));
+    assert!(!cap.fits(&need(2)));
+    // The region withdraws its flavor.
+    region_writes(&store, |r| r.delete("flavors", "big", 5).unwrap());
+    store.apply_intent().await.unwrap();
+    assert!(store.flavor("big".into()).await.unwrap().is_none());
+}

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use roost_common::config::SchedulerSection;
-use roost_common::model::Usage;
+use roost_common::model::{SiteCapacity, Usage};
 
 use super::journal::{DocOp, Journal};
 use super::{inventory, StoreError};
@@ -153,9 +153,11 @@ fn run_batch(
     let mut stale = false;
     let docs = journal.docs.clone();
     let mut docs = docs.lock().expect("docs lock");
+    let mut new_capacity = None;
     let result = (|| -> Result<(), StoreError> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut ops = Vec::new();
+        let mut usage_changed = false;
         for job in batch.drain(..) {
             tx.execute_batch("SAVEPOINT job")?;
             let mut ctx = WriteCtx {
@@ -175,6 +177,7 @@ fn run_batch(
             // and its savepoint is rolled back like any failed job's.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut ctx)));
             let touched = ctx.touched;
+            usage_changed |= touched;
             let job_ops = std::mem::take(&mut ctx.ops);
             let ok = match outcome {
                 Ok((ok, reply)) => {
@@ -198,10 +201,24 @@ fn run_batch(
                 }
             }
         }
+        if usage_changed || journal.capacity.is_none() {
+            let capacity = capacity(&tx, hosts)?;
+            if journal.capacity.as_ref() != Some(&capacity) {
+                ops.push(DocOp::Status {
+                    kind: SITE,
+                    id: CAPACITY.into(),
+                    value: serde_json::to_value(&capacity).unwrap_or_default(),
+                });
+                new_capacity = Some(capacity);
+            }
+        }
         Journal::apply(&mut docs, ops, Utc::now().timestamp_millis())?;
         let heads = journal.persist(&tx, &mut docs)?;
         tx.commit()?;
         journal.committed(heads);
+        if new_capacity.is_some() {
+            journal.capacity = new_capacity;
+        }
         Ok(())
     })();
     drop(docs);
@@ -216,6 +233,23 @@ fn run_batch(
         replies.into_iter().map(|r| (r, result.clone())).collect(),
         stale,
     )
+}
+
+/// The site's room, as published in the status document under
+/// `site/capacity` for the region's placement and fleet view.
+pub const SITE: &str = "site";
+pub const CAPACITY: &str = "capacity";
+
+fn capacity(conn: &Connection, hosts: &[HostView]) -> Result<SiteCapacity, StoreError> {
+    let mut c = SiteCapacity::default();
+    for h in hosts {
+        c.total.add(&h.capacity);
+        c.used.add(&h.used);
+        c.host_free.push(h.free());
+    }
+    let instances: i64 = conn.query_row("SELECT COUNT(*) FROM allocations", [], |r| r.get(0))?;
+    c.instances = instances.max(0) as u64;
+    Ok(c)
 }
 
 fn reload_usage(conn: &Connection, hosts: &mut [HostView]) -> Result<(), StoreError> {
