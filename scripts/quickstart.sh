@@ -81,17 +81,24 @@ for site in "${SITES[@]}"; do
   pids+=($!)
 done
 
+CTL=(./target/release/roost-controller)
+SITE_ARGS=(--config "$REGION_CFG" --data-dir .roost/region)
 say "waiting for the sites to come online"
+online=0
 for i in $(seq 1 100); do
-  online=$(curl -fsS "$API/v1/sites" | grep -o '"availability":"online"' | wc -l || true)
+  online=$("${CTL[@]}" site list "${SITE_ARGS[@]}" --output json 2>/dev/null \
+    | grep -c '"availability": "online"' || true)
   [ "$online" -ge "${#SITES[@]}" ] && break
   sleep 0.2
 done
 
 echo
+"${CTL[@]}" site list "${SITE_ARGS[@]}" || true
+echo
 echo "Roost region $REGION_NAME is running on this machine."
-echo "  controller API   $API   (sites: curl $API/v1/sites)"
-echo "  dashboard        not built yet: $API/v1/sites is the fleet view until it lands"
+echo "  controller API   $API/roost/v1/sites   (admin token in .roost/region/admin.token)"
+echo "  fleet view       ./target/release/roost-controller site list --config $REGION_CFG --data-dir .roost/region"
+echo "  dashboard        not built yet: the site list above is the fleet view until it lands"
 for site in "${SITES[@]}"; do
   url=$(banner_field ".roost/$site/agent.log" API)
   echo "  site $site   $url   admin password in .roost/$site/admin-password"

@@ -462,7 +462,8 @@ impl Validate for RegionConfig {
                 "must differ from api.listen",
             ));
         }
-        validate::range("offline_after_secs", self.offline_after_secs, 2, 300)?;
+        // At least twice the sites' 3 s keep-alive, or idle sites flap.
+        validate::range("offline_after_secs", self.offline_after_secs, 6, 300)?;
         each(
             &self.sites,
             "sites",

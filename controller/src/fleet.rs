@@ -18,6 +18,26 @@ use roost_sync::{site_status_actor, Docs, IntentDoc, Persisted, StatusDoc};
 
 /// The database file inside the data dir.
 pub const DB_FILE: &str = "roost-controller.db";
+/// The fleet operator's API token, inside the data dir (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// The region's admin token: read from the data dir, or made there (256
+/// random bits, hex) if it is not there yet.
+pub fn admin_token(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    roost_common::files::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)?;
+    Ok(token)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -59,7 +79,37 @@ CREATE TABLE IF NOT EXISTS site_changes (
 CREATE INDEX IF NOT EXISTS site_changes_by_site ON site_changes(site, doc, seq);
 CREATE TABLE IF NOT EXISTS site_sync (
     site TEXT PRIMARY KEY REFERENCES sites(id), intent BLOB NOT NULL, status BLOB NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL REFERENCES sites(id),
+    code TEXT NOT NULL, severity TEXT NOT NULL CHECK (severity IN ('critical', 'major', 'minor')),
+    reason TEXT NOT NULL, raised_at TEXT NOT NULL, cleared_at TEXT) STRICT;
+CREATE UNIQUE INDEX IF NOT EXISTS alarms_active ON alarms(site, code) WHERE cleared_at IS NULL;
+CREATE TABLE IF NOT EXISTS availability_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL REFERENCES sites(id),
+    availability TEXT NOT NULL CHECK (availability IN ('online', 'offline')),
+    address TEXT, at TEXT NOT NULL) STRICT;
+CREATE INDEX IF NOT EXISTS availability_by_site ON availability_log(site, seq);
 "#;
+
+/// An alarm the region raised about a site (`site.offline` today).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AlarmRow {
+    pub id: i64,
+    pub site: String,
+    pub code: String,
+    pub severity: String,
+    pub reason: String,
+    pub raised_at: String,
+    pub cleared_at: Option<String>,
+}
+
+/// One availability transition of a site.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AvailabilityEntry {
+    pub availability: String,
+    pub address: Option<String>,
+    pub at: String,
+}
 
 /// The region's store. Cheap to clone; calls block (run them on blocking
 /// threads from async code).
@@ -71,6 +121,11 @@ pub struct FleetStore {
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Now, as the store writes times.
+pub fn now_text() -> String {
+    time(Utc::now())
 }
 
 impl FleetStore {
@@ -323,6 +378,106 @@ impl FleetStore {
         Ok(())
     }
 
+    /// Sets a site's management state; returns false if the site is unknown.
+    pub fn set_management(&self, site: &str, management: &str) -> Result<bool, FleetError> {
+        Ok(self.conn().execute(
+            "UPDATE sites SET management = ?2 WHERE id = ?1",
+            params![site, management],
+        )? == 1)
+    }
+
+    /// Records an availability transition, and raises or clears the site's
+    /// `site.offline` alarm with it, in one transaction.
+    pub fn record_availability(
+        &self,
+        site: &str,
+        online: bool,
+        address: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<(), FleetError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO availability_log (site, availability, address, at) VALUES (?1, ?2, ?3, ?4)",
+            params![site, if online { "online" } else { "offline" }, address, time(at)],
+        )?;
+        if online {
+            tx.execute(
+                "UPDATE sites SET last_seen = ?2 WHERE id = ?1",
+                params![site, time(at)],
+            )?;
+            clear_alarm(&tx, site, OFFLINE_ALARM, at)?;
+        } else {
+            raise_alarm(
+                &tx,
+                site,
+                OFFLINE_ALARM,
+                "critical",
+                "the site is not connected to the region; its intent waits for it",
+                at,
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Raises `site.offline` for an enrolled site that has not connected
+    /// since the controller started (its last state is unknown).
+    pub fn raise_offline(&self, site: &str, at: DateTime<Utc>) -> Result<bool, FleetError> {
+        let conn = self.conn();
+        raise_alarm(
+            &conn,
+            site,
+            OFFLINE_ALARM,
+            "critical",
+            "the site has not connected since the controller started",
+            at,
+        )
+    }
+
+    /// Alarms, active ones only unless `history`; newest first.
+    pub fn alarms(&self, site: Option<&str>, history: bool) -> Result<Vec<AlarmRow>, FleetError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, site, code, severity, reason, raised_at, cleared_at FROM alarms
+             WHERE (?1 IS NULL OR site = ?1) AND (?2 OR cleared_at IS NULL)
+             ORDER BY id DESC LIMIT 1000",
+        )?;
+        let rows = stmt.query_map(params![site, history], |r| {
+            Ok(AlarmRow {
+                id: r.get(0)?,
+                site: r.get(1)?,
+                code: r.get(2)?,
+                severity: r.get(3)?,
+                reason: r.get(4)?,
+                raised_at: r.get(5)?,
+                cleared_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A site's last `limit` availability transitions, newest first.
+    pub fn availability_history(
+        &self,
+        site: &str,
+        limit: usize,
+    ) -> Result<Vec<AvailabilityEntry>, FleetError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT availability, address, at FROM availability_log WHERE site = ?1
+             ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![site, limit as i64], |r| {
+            Ok(AvailabilityEntry {
+                availability: r.get(0)?,
+                address: r.get(1)?,
+                at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn mark_seen(&self, site: &str, at: DateTime<Utc>) -> Result<(), FleetError> {
         self.conn().execute(
             "UPDATE sites SET last_seen = ?2 WHERE id = ?1",
@@ -330,6 +485,45 @@ impl FleetStore {
         )?;
         Ok(())
     }
+}
+
+/// The alarm a site raises by going offline.
+pub const OFFLINE_ALARM: &str = "site.offline";
+
+/// Raises an alarm unless the same one is active; returns whether it did.
+fn raise_alarm(
+    conn: &Connection,
+    site: &str,
+    code: &str,
+    severity: &str,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Result<bool, FleetError> {
+    let n = conn.execute(
+        "INSERT INTO alarms (site, code, severity, reason, raised_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (site, code) WHERE cleared_at IS NULL DO NOTHING",
+        params![site, code, severity, reason, time(at)],
+    )?;
+    if n == 1 {
+        tracing::warn!(site = %site, code, severity, reason, "alarm raised");
+    }
+    Ok(n == 1)
+}
+
+fn clear_alarm(
+    conn: &Connection,
+    site: &str,
+    code: &str,
+    at: DateTime<Utc>,
+) -> Result<(), FleetError> {
+    let n = conn.execute(
+        "UPDATE alarms SET cleared_at = ?3 WHERE site = ?1 AND code = ?2 AND cleared_at IS NULL",
+        params![site, code, time(at)],
+    )?;
+    if n > 0 {
+        tracing::info!(site = %site, code, "alarm cleared");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -377,6 +571,50 @@ mod tests {
             s.redeem("rjt1.x"),
             Err(FleetError::Token("malformed"))
         ));
+    }
+
+    #[test]
+    fn going_offline_raises_one_critical_alarm_and_returning_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = store(dir.path());
+        let t0 = Utc::now();
+        s.record_availability("vehicle-07", true, Some("10.0.0.7:4433"), t0)
+            .unwrap();
+        assert!(s.alarms(None, false).unwrap().is_empty());
+        s.record_availability("vehicle-07", false, None, t0)
+            .unwrap();
+        // Noticing it again (or at start) does not raise a second alarm.
+        assert!(!s.raise_offline("vehicle-07", t0).unwrap());
+        s.record_availability("vehicle-07", false, None, t0)
+            .unwrap();
+        let active = s.alarms(Some("vehicle-07"), false).unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(
+            (active[0].code.as_str(), active[0].severity.as_str()),
+            (OFFLINE_ALARM, "critical")
+        );
+        s.record_availability("vehicle-07", true, Some("10.0.0.8:4433"), t0)
+            .unwrap();
+        assert!(s.alarms(None, false).unwrap().is_empty());
+        let all = s.alarms(None, true).unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(all[0].cleared_at.is_some());
+        let history = s.availability_history("vehicle-07", 10).unwrap();
+        assert_eq!(
+            history
+                .iter()
+                .map(|h| h.availability.as_str())
+                .collect::<Vec<_>>(),
+            ["online", "offline", "offline", "online"]
+        );
+        assert_eq!(history[0].address.as_deref(), Some("10.0.0.8:4433"));
+        assert!(s.site("vehicle-07").unwrap().unwrap().last_seen.is_some());
+        assert!(s.set_management("vehicle-07", "unmanaged").unwrap());
+        assert!(!s.set_management("nowhere", "unmanaged").unwrap());
+        assert_eq!(
+            s.site("vehicle-07").unwrap().unwrap().management,
+            "unmanaged"
+        );
     }
 
     #[test]

@@ -1,14 +1,24 @@
 //! `roost-controller`: the regional controller.
 //!
 //! - [`fleet`]: the fleet store (SQLite): the region's CA key, its sites,
-//!   join tokens, every site's document changes and sync state.
+//!   join tokens, every site's document changes and sync state,
+//!   availability history and alarms. The boundary a PostgreSQL backend
+//!   would implement.
 //! - [`link`]: the QUIC endpoint sites sync with (mutual TLS; the site id
-//!   comes from the certificate), and each site's availability.
-//! - [`api`]: the HTTP API: enrollment by join token, the site list.
+//!   comes from the certificate), each site's availability, and the one
+//!   way the region writes into a site's documents.
+//! - [`intent`]: the fleet operator's requests (servers, flavors, quotas,
+//!   placement across sites), validated and written as the region's intent.
+//! - [`view`]: a site as the region shows it (dcmanager's separate fields).
+//! - [`api`]: the HTTP API: enrollment, the fleet operator's API under
+//!   `/roost/v1/`, `/metrics`.
+//! - [`metrics`]: every Prometheus metric, declared in one place.
 //!
-//! Not here yet (the controller issue): central intent through the API,
-//! site alarms and sync-status counts, groups by label, the dashboard.
+//! Not here yet: the dashboard, PostgreSQL, several controller replicas.
 
 pub mod api;
 pub mod fleet;
+pub mod intent;
 pub mod link;
+pub mod metrics;
+pub mod view;

@@ -21,7 +21,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use roost_sync::transport::{drive, peer_site_id, region_accept, Hello};
-use roost_sync::{Docs, Role, Session, SessionConfig};
+use roost_sync::{Docs, IntentDoc, Role, Session, SessionConfig};
+
+use crate::metrics::METRICS;
 
 use crate::fleet::{FleetError, FleetStore};
 
@@ -38,33 +40,96 @@ pub enum Availability {
     },
 }
 
+/// How far the site and the region are apart, as the region knows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Distance {
+    /// Changes the region holds that the site has not acknowledged (its
+    /// intent waiting for it, online or not).
+    pub to_site: usize,
+    /// Changes the site announced that the region has not received yet (a
+    /// lower bound: one per head the region lacks).
+    pub from_site: usize,
+}
+
 /// The region's side of one site.
 #[derive(Debug)]
 pub struct SiteLink {
     pub docs: Arc<Mutex<Docs>>,
     /// Notify after the region wrote into `docs`.
     pub local: Arc<Notify>,
-    persisted: Mutex<[Vec<ChangeHash>; 2]>,
+    /// Held for the whole of [`SiteLink::persist`], so two callers never
+    /// append the same changes.
+    persisting: Mutex<[Vec<ChangeHash>; 2]>,
     connections: Mutex<usize>,
     pub availability: Mutex<Availability>,
+    /// The heads the site last said it has (intent, status).
+    peer_heads: Mutex<[Vec<ChangeHash>; 2]>,
+    /// Since when the site has been out of sync while online.
+    out_of_sync_since: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl SiteLink {
     /// Appends what the documents gained since the last call to the store.
     fn persist(&self, store: &FleetStore, site: &str) -> Result<(), FleetError> {
+        let mut persisted = lock(&self.persisting);
         let (intent, status, heads) = {
-            let mut d = self.docs.lock().unwrap_or_else(|e| e.into_inner());
-            let p = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
-            let intent = d.intent.changes_since(&p[0]);
-            let status = d.status.changes_since(&p[1]);
+            let mut d = lock(&self.docs);
+            let intent = d.intent.changes_since(&persisted[0]);
+            let status = d.status.changes_since(&persisted[1]);
             (intent, status, [d.intent.heads(), d.status.heads()])
         };
         if intent.is_empty() && status.is_empty() {
             return Ok(());
         }
         store.append_changes(site, &intent, &status)?;
-        *self.persisted.lock().unwrap_or_else(|e| e.into_inner()) = heads;
+        *persisted = heads;
         Ok(())
+    }
+
+    /// How far apart the site and the region are now.
+    pub fn distance(&self) -> Distance {
+        let peer = lock(&self.peer_heads).clone();
+        let mut d = lock(&self.docs);
+        let (ai, ui) = d.intent.distance(&peer[0]);
+        let (as_, us) = d.status.distance(&peer[1]);
+        Distance {
+            to_site: ai + as_,
+            from_site: ui + us,
+        }
+    }
+
+    /// Seconds the site has been out of sync while online (0 if in sync).
+    pub fn lag(&self) -> f64 {
+        lock(&self.out_of_sync_since).map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
+    pub fn is_online(&self) -> bool {
+        matches!(*lock(&self.availability), Availability::Online { .. })
+    }
+
+    /// After each frame from the site: its heads, and whether the two
+    /// sides now agree.
+    fn observe(&self, session: &Session) {
+        let peer = session.peer_heads();
+        let same = {
+            let mut d = lock(&self.docs);
+            let mut ours = [d.intent.heads(), d.status.heads()];
+            let mut theirs = peer.clone();
+            ours.iter_mut().for_each(|h| h.sort());
+            theirs.iter_mut().for_each(|h| h.sort());
+            ours == theirs
+        };
+        *lock(&self.peer_heads) = peer;
+        let mut since = lock(&self.out_of_sync_since);
+        match (same, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
     }
 }
 
@@ -73,43 +138,58 @@ impl SiteLink {
 pub struct Region {
     pub store: FleetStore,
     pub session: SessionConfig,
+    /// Silence after which a site is offline (the QUIC idle timeout the
+    /// endpoint is built with) and, after a start, how long a site has to
+    /// connect before its `site.offline` alarm is raised.
+    pub offline_after: Duration,
+    started: Instant,
     actor: Vec<u8>,
     sites: Mutex<HashMap<String, Arc<SiteLink>>>,
 }
 
+/// Why a write of the region's intent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IntentError {
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Doc(#[from] roost_sync::DocError),
+}
+
 impl Region {
-    pub fn new(store: FleetStore) -> Region {
+    pub fn new(store: FleetStore, offline_after: Duration) -> Region {
         Region {
             actor: format!("region:{}", store.region()).into_bytes(),
             store,
             session: SessionConfig::default(),
+            offline_after,
+            started: Instant::now(),
             sites: Mutex::new(HashMap::new()),
         }
     }
 
     /// The link of `site`, loading its documents the first time.
     pub fn site(&self, site: &str) -> Result<Arc<SiteLink>, FleetError> {
-        if let Some(l) = self
-            .sites
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(site)
-        {
+        if let Some(l) = lock(&self.sites).get(site) {
             return Ok(l.clone());
         }
         let mut docs = self.store.load_docs(site, &self.actor)?;
         let heads = [docs.intent.heads(), docs.status.heads()];
+        let peer_heads = self
+            .store
+            .sync_state(site)?
+            .map(|p| p.peer_heads())
+            .unwrap_or_default();
         let link = Arc::new(SiteLink {
             docs: Arc::new(Mutex::new(docs)),
             local: Arc::new(Notify::new()),
-            persisted: Mutex::new(heads),
+            persisting: Mutex::new(heads),
             connections: Mutex::new(0),
             availability: Mutex::new(Availability::Offline { since: None }),
+            peer_heads: Mutex::new(peer_heads),
+            out_of_sync_since: Mutex::new(None),
         });
-        Ok(self
-            .sites
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        Ok(lock(&self.sites)
             .entry(site.to_string())
             .or_insert(link)
             .clone())
@@ -117,17 +197,44 @@ impl Region {
 
     /// Availability of `site` (offline if never connected since start).
     pub fn availability(&self, site: &str) -> Availability {
-        self.sites
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.sites)
             .get(site)
-            .map(|l| {
-                l.availability
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-            })
+            .map(|l| lock(&l.availability).clone())
             .unwrap_or(Availability::Offline { since: None })
+    }
+
+    /// Writes the region's intent into `site`'s document and makes it
+    /// durable before returning; the site gets it now if connected, or
+    /// when it returns. If the write cannot be stored the documents are
+    /// reloaded from the store, so a failed call changes nothing. Blocks:
+    /// call from a blocking thread.
+    pub fn write_intent<T>(
+        &self,
+        site: &str,
+        edit: impl FnOnce(&mut IntentDoc) -> Result<T, roost_sync::DocError>,
+    ) -> Result<T, IntentError> {
+        let link = self.site(site)?;
+        let out = {
+            let mut d = lock(&link.docs);
+            match edit(&mut d.intent) {
+                Ok(v) => v,
+                Err(e) => {
+                    d.intent.discard_pending();
+                    return Err(e.into());
+                }
+            }
+        };
+        if let Err(e) = link.persist(&self.store, site) {
+            tracing::error!(site = %site, error = %e, "cannot store the region's intent; reloading the site's documents");
+            if let Ok(fresh) = self.store.load_docs(site, &self.actor) {
+                let mut d = lock(&link.docs);
+                *d = fresh;
+                *lock(&link.persisting) = [d.intent.heads(), d.status.heads()];
+            }
+            return Err(e.into());
+        }
+        link.local.notify_one();
+        Ok(out)
     }
 
     /// Accepts connections until the endpoint closes.
@@ -143,6 +250,33 @@ impl Region {
         }
     }
 
+    /// Raises `site.offline` for every enrolled site that has not connected
+    /// within `offline_after` of the controller's start (its state while
+    /// the controller was down is unknown). Runs once.
+    pub async fn audit_after_start(self: Arc<Self>) {
+        tokio::time::sleep_until((self.started + self.offline_after).into()).await;
+        let region = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let now = Utc::now();
+            let mut raised = 0;
+            for s in region.store.sites()? {
+                let online = lock(&region.sites)
+                    .get(&s.id)
+                    .is_some_and(|l| l.is_online());
+                if s.enrolled_at.is_some() && !online && region.store.raise_offline(&s.id, now)? {
+                    raised += 1;
+                }
+            }
+            Ok::<_, FleetError>(raised)
+        })
+        .await;
+        match result {
+            Ok(Ok(n)) => tracing::info!(raised = n, "availability audit after start"),
+            Ok(Err(e)) => tracing::error!(error = %e, "availability audit failed"),
+            Err(e) => tracing::error!(error = %e, "availability audit failed"),
+        }
+    }
+
     async fn handle(self: Arc<Self>, incoming: quinn::Incoming) -> Result<(), String> {
         let remote = incoming.remote_address();
         let conn = incoming
@@ -152,6 +286,7 @@ impl Region {
             Ok(s) => s,
             Err(e) => {
                 conn.close(1u32.into(), b"not a site certificate");
+                METRICS.connections.with_label_values(&["refused"]).inc();
                 return Err(format!("not a site certificate: {e}"));
             }
         };
@@ -163,6 +298,7 @@ impl Region {
             .map_err(|e| e.to_string())?;
         if known.is_none_or(|r| r.enrolled_at.is_none()) {
             conn.close(2u32.into(), b"unknown site");
+            METRICS.connections.with_label_values(&["refused"]).inc();
             return Err(format!("site {site:?} is not enrolled in this region"));
         }
         let link = self.site(&site).map_err(|e| e.to_string())?;
@@ -177,8 +313,10 @@ impl Region {
                 .map_err(|_| format!("site {site} said no hello within 10 s"))?
                 .map_err(|e| {
                     conn.close(3u32.into(), b"bad hello");
+                    METRICS.connections.with_label_values(&["refused"]).inc();
                     format!("site {site}: {e}")
                 })?;
+        METRICS.connections.with_label_values(&["accepted"]).inc();
         tracing::debug!(site = %site, version = %site_hello.version, "site said hello");
         let store = self.store.clone();
         let s = site.clone();
@@ -193,7 +331,7 @@ impl Region {
             Instant::now(),
         )
         .map_err(|e| e.to_string())?;
-        self.went_online(&link, &site, remote);
+        self.went_online(&link, &site, remote).await;
 
         // Received changes go to the store as they come, off the session's loop.
         let arrived = Arc::new(Notify::new());
@@ -218,9 +356,16 @@ impl Region {
                 }
             })
         };
+        let counted = Mutex::new(roost_sync::session::Stats::default());
         let on_received = {
-            let arrived = arrived.clone();
-            move |_| arrived.notify_one()
+            let (arrived, link, counted) = (arrived.clone(), link.clone(), &counted);
+            move |session: &Session, r: roost_sync::Received| {
+                if r.intent_changed || r.status_changed {
+                    arrived.notify_one();
+                }
+                link.observe(session);
+                count_bytes(counted, session.stats());
+            }
         };
         let result = drive(
             &mut session,
@@ -233,6 +378,7 @@ impl Region {
         )
         .await;
         persister.abort();
+        count_bytes(&counted, session.stats());
         let (store, s, l, state) = (
             self.store.clone(),
             site.clone(),
@@ -245,27 +391,58 @@ impl Region {
             store.mark_seen(&s, Utc::now())
         })
         .await;
-        self.went_offline(&link, &site);
+        self.went_offline(&link, &site).await;
         result.map_err(|e| format!("site {site}: {e}"))
     }
 
-    fn went_online(&self, link: &SiteLink, site: &str, remote: SocketAddr) {
-        *link.connections.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        *link.availability.lock().unwrap_or_else(|e| e.into_inner()) = Availability::Online {
-            since: Utc::now(),
+    async fn went_online(&self, link: &SiteLink, site: &str, remote: SocketAddr) {
+        *lock(&link.connections) += 1;
+        let now = Utc::now();
+        *lock(&link.availability) = Availability::Online {
+            since: now,
             address: remote.to_string(),
         };
         tracing::info!(site = %site, %remote, "site online");
+        self.record(site, true, Some(remote.to_string()), now).await;
     }
 
-    fn went_offline(&self, link: &SiteLink, site: &str) {
-        let mut n = link.connections.lock().unwrap_or_else(|e| e.into_inner());
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            *link.availability.lock().unwrap_or_else(|e| e.into_inner()) = Availability::Offline {
-                since: Some(Utc::now()),
-            };
-            tracing::warn!(site = %site, "site offline");
+    async fn went_offline(&self, link: &SiteLink, site: &str) {
+        let now = Utc::now();
+        {
+            let mut n = lock(&link.connections);
+            *n = n.saturating_sub(1);
+            if *n > 0 {
+                return;
+            }
+            *lock(&link.availability) = Availability::Offline { since: Some(now) };
+            *lock(&link.out_of_sync_since) = None;
+        }
+        tracing::warn!(site = %site, "site offline");
+        self.record(site, false, None, now).await;
+    }
+
+    async fn record(&self, site: &str, online: bool, address: Option<String>, at: DateTime<Utc>) {
+        let (store, s) = (self.store.clone(), site.to_string());
+        let r = tokio::task::spawn_blocking(move || {
+            store.record_availability(&s, online, address.as_deref(), at)
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            tracing::error!(site = %site, error = %e, "cannot record the site's availability");
         }
     }
+}
+
+/// Adds a session's new bytes to the region's counters.
+fn count_bytes(counted: &Mutex<roost_sync::session::Stats>, now: roost_sync::session::Stats) {
+    let mut c = lock(counted);
+    METRICS
+        .sync_bytes
+        .with_label_values(&["in"])
+        .inc_by(now.bytes_in.saturating_sub(c.bytes_in));
+    METRICS
+        .sync_bytes
+        .with_label_values(&["out"])
+        .inc_by(now.bytes_out.saturating_sub(c.bytes_out));
+    *c = now;
 }

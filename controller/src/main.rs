@@ -1,6 +1,8 @@
 //! `roost-controller`: the regional controller. Thin: parse flags, open the
 //! fleet store, serve the API and the QUIC endpoint until SIGTERM/SIGINT.
 
+mod client;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 use roost_common::config::{self, RegionConfig};
 use roost_controller::api::{self, ApiState};
-use roost_controller::fleet::FleetStore;
+use roost_controller::fleet::{self, FleetStore};
 use roost_controller::link::Region;
 
 /// Exit status for bad input (flags or config), as sysexits' EX_USAGE.
@@ -50,6 +52,12 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// The region's sites, from a running controller (dcmanager's
+    /// `subcloud` commands).
+    Site {
+        #[command(subcommand)]
+        command: client::SiteCommand,
     },
     /// Check a region config file and say what is wrong, without starting.
     CheckConfig {
@@ -131,6 +139,15 @@ fn main() -> ExitCode {
         } => {
             let r = token_create(&config, data_dir, &site_id, ttl);
             (config, r)
+        }
+        Command::Site { command } => {
+            return match client::run(command, Path::new(DEFAULT_DATA_DIR)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("roost-controller: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Command::Serve {
             config,
@@ -248,17 +265,25 @@ fn serve(
         let region_cred = ca
             .issue_region(&config.region.name)
             .context("cannot issue the region's certificate")?;
-        let endpoint = quinn::Endpoint::server(
-            roost_sync::transport::server_config(&region_cred)
-                .context("cannot set up TLS for QUIC")?,
-            quic_addr,
-        )
-        .with_context(|| format!("cannot listen on {quic_addr} (quic.listen)"))?;
-        let region = Arc::new(Region::new(store));
+        let offline_after = std::time::Duration::from_secs(config.offline_after_secs);
+        let mut quic_config = roost_sync::transport::server_config(&region_cred)
+            .context("cannot set up TLS for QUIC")?;
+        quic_config.transport_config(roost_sync::transport::region_transport(offline_after));
+        let endpoint = quinn::Endpoint::server(quic_config, quic_addr)
+            .with_context(|| format!("cannot listen on {quic_addr} (quic.listen)"))?;
+        let admin_token = fleet::admin_token(&dir).with_context(|| {
+            format!(
+                "cannot read or make {}",
+                dir.join(fleet::ADMIN_TOKEN_FILE).display()
+            )
+        })?;
+        let region = Arc::new(Region::new(store, offline_after));
         let quic = tokio::spawn(region.clone().serve(endpoint.clone()));
+        let audit = tokio::spawn(region.clone().audit_after_start());
         let state = ApiState {
             region,
             ca: Arc::new(ca),
+            admin_token: Arc::new(admin_token),
         };
         let api_addr = listener.local_addr().context("api address")?;
         let quic_addr = endpoint.local_addr().context("quic address")?;
@@ -267,6 +292,12 @@ fn serve(
         println!("  QUIC       {quic_addr} (sites sync here, mutual TLS)");
         println!("  sites      {} in the config", config.sites.len());
         println!("  data dir   {}", dir.display());
+        println!(
+            "  admin      token in {} (roost-controller site list --config {} --data-dir {})",
+            dir.join(fleet::ADMIN_TOKEN_FILE).display(),
+            config_path.display(),
+            dir.display()
+        );
         tracing::info!(%api_addr, %quic_addr, "serving");
         axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown_signal())
@@ -274,6 +305,7 @@ fn serve(
             .context("the API server failed")?;
         endpoint.close(0u32.into(), b"controller stopping");
         quic.abort();
+        audit.abort();
         Ok(())
     })
 }

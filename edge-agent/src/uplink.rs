@@ -286,7 +286,7 @@ impl Uplink {
         let docs = self.store.docs();
         let local = self.store.doc_changes();
         let arrived = self.intent_arrived.clone();
-        let on_received = move |r: roost_sync::Received| {
+        let on_received = move |_: &roost_sync::Session, r: roost_sync::Received| {
             if r.intent_changed {
                 arrived.notify_one();
             }

@@ -233,6 +233,29 @@ impl Replica {
             .collect()
     }
 
+    /// How far a peer whose heads are `peer_heads` is from this replica:
+    /// `(changes of ours the peer lacks, peer heads we lack)`. The second
+    /// is a lower bound of the changes waiting on the peer's side (each
+    /// unknown head is at least one change).
+    pub fn distance(&mut self, peer_heads: &[automerge::ChangeHash]) -> (usize, usize) {
+        let known: Vec<_> = peer_heads
+            .iter()
+            .filter(|h| self.doc.get_change_by_hash(h).is_some())
+            .copied()
+            .collect();
+        let unknown = peer_heads.len() - known.len();
+        let mut ours = self.doc.get_heads();
+        let mut theirs = known.clone();
+        ours.sort();
+        theirs.sort();
+        let ahead = if ours == theirs {
+            0
+        } else {
+            self.doc.get_changes(&known).len()
+        };
+        (ahead, unknown)
+    }
+
     /// Applies changes another replica made (as [`Self::changes_since`]
     /// returned them).
     pub fn apply_changes(&mut self, changes: &[Vec<u8>]) -> Result<(), DocError> {

@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use automerge::sync::{Message, State, SyncDoc};
-use automerge::ActorId;
+use automerge::{ActorId, ChangeHash};
 
 use crate::doc::{IntentDoc, StatusDoc};
 use crate::frame::{self, DocId, Frame, FrameError, HEADER};
@@ -116,6 +116,15 @@ pub struct Received {
 pub struct Persisted {
     pub intent: Vec<u8>,
     pub status: Vec<u8>,
+}
+
+impl Persisted {
+    /// The heads both sides shared when this state was saved (empty for a
+    /// state that cannot be read: the peer is then assumed to have nothing).
+    pub fn peer_heads(&self) -> [Vec<ChangeHash>; 2] {
+        [&self.intent, &self.status]
+            .map(|b| State::decode(b).map(|s| s.shared_heads).unwrap_or_default())
+    }
 }
 
 #[derive(Debug)]
@@ -220,6 +229,17 @@ impl Session {
             next_id: 0,
             flush_at: Some(now),
             stats: Stats::default(),
+        })
+    }
+
+    /// The heads the peer last said it has, per document (intent,
+    /// status); before it said anything, those both sides shared at the
+    /// end of the last session.
+    pub fn peer_heads(&self) -> [Vec<ChangeHash>; 2] {
+        self.states.each_ref().map(|s| {
+            s.their_heads
+                .clone()
+                .unwrap_or_else(|| s.shared_heads.clone())
         })
     }
 

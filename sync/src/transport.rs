@@ -57,14 +57,28 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// [`IDLE_TIMEOUT`]. One ping and its acknowledgement per 3 s is the whole
 /// idle cost of a connected site.
 fn transport(keep_alive: bool) -> Arc<quinn::TransportConfig> {
+    transport_with_idle(keep_alive, IDLE_TIMEOUT)
+}
+
+fn transport_with_idle(keep_alive: bool, idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(keep_alive.then_some(KEEP_ALIVE));
-    t.max_idle_timeout(Some(
+    // Anything over QUIC's varint limit (~146 years) is "never", which a
+    // caller cannot mean; fall back to the default.
+    t.max_idle_timeout(Some(idle.try_into().unwrap_or_else(|_| {
         IDLE_TIMEOUT
             .try_into()
-            .expect("10 s fits a QUIC idle timeout"),
-    ));
+            .expect("10 s fits a QUIC idle timeout")
+    })));
     Arc::new(t)
+}
+
+/// The region's transport with its own idle timeout (the controller's
+/// `offline_after_secs`): QUIC uses the smaller of the two ends' timeouts,
+/// so this is when a silent site is dropped. Keep it at least twice
+/// [`KEEP_ALIVE`] or idle sites flap.
+pub fn region_transport(idle: Duration) -> Arc<quinn::TransportConfig> {
+    transport_with_idle(false, idle)
 }
 
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<rustls::RootCertStore>, TransportError> {
@@ -246,13 +260,14 @@ async fn read_frames(
 
 /// Drives `session` over one bidirectional stream until the connection ends
 /// or a frame is refused. `local` is notified after each local write;
-/// `received` is told what each frame from the peer changed (called with
-/// the documents unlocked).
+/// `received` is called after each frame from the peer, with the session
+/// (for its view of the peer's heads) and what the frame changed (with the
+/// documents unlocked).
 pub async fn drive(
     session: &mut Session,
     docs: &Mutex<Docs>,
     local: &Notify,
-    received: &(dyn Fn(Received) + Sync),
+    received: &(dyn Fn(&Session, Received) + Sync),
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     max_frame: usize,
@@ -279,9 +294,7 @@ pub async fn drive(
                         let mut d = docs.lock().expect("docs lock");
                         session.handle_message(&mut d, &frame, Instant::now())?
                     };
-                    if r != Received::default() {
-                        received(r);
-                    }
+                    received(session, r);
                 }
                 _ = async { match deadline { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {}
                 _ = local.notified() => session.local_change(Instant::now()),

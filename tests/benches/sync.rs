@@ -102,7 +102,7 @@ async fn connect(net: &Endpoints, site: &Peer, region: &Peer, seed: u64) -> Link
         let conn = srv.accept().await?.await.ok()?;
         let (send, recv) = conn.accept_bi().await.ok()?;
         let mut s = Session::new(Role::Region, rcfg.clone(), rp.as_ref(), Instant::now()).ok()?;
-        let _ = drive(&mut s, &rd, &rl, &|_| {}, send, recv, rcfg.max_frame).await;
+        let _ = drive(&mut s, &rd, &rl, &|_, _| {}, send, recv, rcfg.max_frame).await;
         Some(s)
     });
     let site_conn = net
@@ -120,7 +120,7 @@ async fn connect(net: &Endpoints, site: &Peer, region: &Peer, seed: u64) -> Link
     let site_task = tokio::spawn(async move {
         let mut s =
             Session::new(Role::Site, cfg.clone(), sp.as_ref(), Instant::now()).expect("session");
-        let _ = drive(&mut s, &sd, &sl, &|_| {}, send, recv, cfg.max_frame).await;
+        let _ = drive(&mut s, &sd, &sl, &|_, _| {}, send, recv, cfg.max_frame).await;
         s
     });
     Link {

@@ -228,18 +228,36 @@ impl ControllerProcess {
             .expect("run roost-controller token create")
     }
 
-    /// The `GET /v1/sites` entry of `site`.
+    /// The region's admin token (made by `serve` in the data dir).
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("admin.token in the controller's data dir")
+            .trim()
+            .to_string()
+    }
+
+    /// A call to the fleet operator's API (`/roost/v1/...`) with the admin
+    /// token: the status code and the JSON body (`null` if none).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Reply {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}/roost/v1{path}", self.api))
+            .bearer_auth(self.admin_token());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("controller API call");
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `GET /roost/v1/sites/{site}`: the site as the region shows it.
     pub async fn site(&self, site: &str) -> Value {
-        let body: Value = reqwest::get(format!("{}/v1/sites", self.api))
-            .await
-            .expect("GET /v1/sites")
-            .json()
-            .await
-            .expect("json");
-        body["sites"]
-            .as_array()
-            .and_then(|a| a.iter().find(|s| s["id"] == site).cloned())
-            .unwrap_or(Value::Null)
+        let (code, body) = self
+            .call(reqwest::Method::GET, &format!("/sites/{site}"), None)
+            .await;
+        assert_eq!(code, 200, "GET /roost/v1/sites/{site}: {body}");
+        body["site"].clone()
     }
 }
 

@@ -67,7 +67,8 @@ impl TestRegion {
                     let cfg = SessionConfig::default();
                     let mut session = Session::new(Role::Region, cfg.clone(), None, Instant::now())
                         .expect("session");
-                    let _ = drive(&mut session, &d, &l, &|_| {}, send, recv, cfg.max_frame).await;
+                    let _ =
+                        drive(&mut session, &d, &l, &|_, _| {}, send, recv, cfg.max_frame).await;
                 });
             }
         });

@@ -76,7 +76,16 @@ async fn site_and_region_converge_over_quic_through_a_cut() {
         );
         let (send, recv) = conn.accept_bi().await.expect("stream");
         let mut session = Session::new(Role::Region, rcfg.clone(), None, Instant::now()).unwrap();
-        drive(&mut session, &rd, &rl, &|_| {}, send, recv, rcfg.max_frame).await
+        drive(
+            &mut session,
+            &rd,
+            &rl,
+            &|_, _| {},
+            send,
+            recv,
+            rcfg.max_frame,
+        )
+        .await
     });
 
     let site_docs = docs(Role::Site);
@@ -102,7 +111,16 @@ async fn site_and_region_converge_over_quic_through_a_cut() {
     let (sd, sl, scfg) = (site_docs.clone(), site_local.clone(), cfg.clone());
     let site = tokio::spawn(async move {
         let mut session = Session::new(Role::Site, scfg.clone(), None, Instant::now()).unwrap();
-        drive(&mut session, &sd, &sl, &|_| {}, send, recv, scfg.max_frame).await
+        drive(
+            &mut session,
+            &sd,
+            &sl,
+            &|_, _| {},
+            send,
+            recv,
+            scfg.max_frame,
+        )
+        .await
     });
 
     let view = |d: &Arc<Mutex<Docs>>| d.lock().unwrap().intent.resource("servers", "s1").unwrap();

@@ -91,7 +91,7 @@ async fn a_site_enrolls_syncs_and_goes_offline_when_silent() {
     wait_for(
         "the site enrolls and comes online",
         Duration::from_secs(20),
-        async || controller.site("vehicle-07").await["availability"]["availability"] == "online",
+        async || controller.site("vehicle-07").await["availability"] == "online",
     )
     .await;
     let site = controller.site("vehicle-07").await;
@@ -129,7 +129,7 @@ async fn a_site_enrolls_syncs_and_goes_offline_when_silent() {
     wait_for(
         "the region marks the site offline",
         Duration::from_secs(15),
-        async || controller.site("vehicle-07").await["availability"]["availability"] == "offline",
+        async || controller.site("vehicle-07").await["availability"] == "offline",
     )
     .await;
     let noticed = killed.elapsed();
@@ -142,7 +142,7 @@ async fn a_site_enrolls_syncs_and_goes_offline_when_silent() {
     wait_for(
         "the site comes back online",
         Duration::from_secs(20),
-        async || controller.site("vehicle-07").await["availability"]["availability"] == "online",
+        async || controller.site("vehicle-07").await["availability"] == "online",
     )
     .await;
 }
@@ -195,5 +195,5 @@ async fn a_site_that_is_not_enrolled_is_refused_and_harms_nothing() {
     assert!(reason.contains("unknown site"), "{reason}");
     let site = controller.site("edge-factory-01").await;
     assert_eq!(site["enrolled"], false);
-    assert_eq!(site["availability"]["availability"], "offline");
+    assert_eq!(site["availability"], "offline");
 }

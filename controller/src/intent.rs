@@ -1,0 +1,678 @@
+//! The region's intent: what a fleet operator asks of sites through the
+//! controller's API. Requests are validated here with the same rules the
+//! sites use (`roost_common`), then written into each target site's
+//! document through [`Region::write_intent`], durable before the API
+//! answers, whether the site is online or not; a connected site gets it at
+//! once, an offline one when it returns.
+//!
+//! - Servers: created and deleted per site. The region checks the flavor
+//!   against the flavors the site's document holds; the site picks the host.
+//! - Flavors and quotas: published to a set of sites, named or chosen by
+//!   label. Unmanaged sites chosen by label are skipped (and said so);
+//!   naming one is refused.
+//! - Placement ("global view, local decision"): `count` sites matching the
+//!   labels with room for the flavor, from the capacity each site
+//!   publishes; online sites first, then the most free RAM.
+//!
+//! Every refusal names the field and the rule, and changes nothing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use roost_common::api::{FlavorCreate, ServerCreate};
+use roost_common::model::{FlavorSpec, PowerIntent, ServerSpec, SiteCapacity, SiteQuota, Usage};
+use roost_common::FieldError;
+
+use crate::fleet::{FleetError, SiteRow};
+use crate::link::{IntentError, Region};
+use crate::metrics::METRICS;
+
+/// Why the region refused an intent request.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is well formed but the fleet's state does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] IntentError),
+}
+
+impl From<FleetError> for Refused {
+    fn from(e: FleetError) -> Self {
+        Refused::Store(e.into())
+    }
+}
+
+impl From<roost_sync::DocError> for Refused {
+    fn from(e: roost_sync::DocError) -> Self {
+        Refused::Store(e.into())
+    }
+}
+
+/// Which sites a request is for: named, or all those carrying every label.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    #[serde(default)]
+    pub sites: Option<Vec<String>>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A site a group request left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub site: String,
+    pub reason: String,
+}
+
+fn matches(row: &SiteRow, labels: &BTreeMap<String, String>) -> bool {
+    labels.iter().all(|(k, v)| row.labels.get(k) == Some(v))
+}
+
+/// The managed sites `target` names. Pure: `rows` are the region's sites.
+pub fn select(target: &Target, rows: &[SiteRow]) -> Result<(Vec<String>, Vec<Skipped>), Refused> {
+    match (&target.sites, &target.labels) {
+        (Some(_), Some(_)) | (None, None) => Err(FieldError::new(
+            "sites",
+            "",
+            "give exactly one of sites (a list of site ids) or labels (an object)",
+        )
+        .into()),
+        (Some(ids), None) => {
+            if ids.is_empty() {
+                return Err(FieldError::new("sites", "[]", "must name at least one site").into());
+            }
+            let mut out = Vec::new();
+            for id in ids {
+                let Some(row) = rows.iter().find(|r| &r.id == id) else {
+                    return Err(FieldError::new(
+                        "sites",
+                        id,
+                        "must be a site of this region (roost-controller site list)",
+                    )
+                    .into());
+                };
+                if row.management != "managed" {
+                    return Err(Refused::Conflict(format!(
+                        "site {id} is unmanaged: the region does not change it; run `roost-controller site manage {id}` first"
+                    )));
+                }
+                if !out.contains(id) {
+                    out.push(id.clone());
+                }
+            }
+            Ok((out, Vec::new()))
+        }
+        (None, Some(labels)) => {
+            let mut out = Vec::new();
+            let mut skipped = Vec::new();
+            for row in rows.iter().filter(|r| matches(r, labels)) {
+                if row.management == "managed" {
+                    out.push(row.id.clone());
+                } else {
+                    skipped.push(Skipped {
+                        site: row.id.clone(),
+                        reason: "unmanaged".into(),
+                    });
+                }
+            }
+            if out.is_empty() {
+                return Err(Refused::Conflict(format!(
+                    "no managed site carries the labels {}",
+                    serde_json::to_string(labels).unwrap_or_default()
+                )));
+            }
+            Ok((out, skipped))
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn fields_of<T: Serialize>(v: &T) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// The flavors a site's document holds (not deleted), by id.
+fn site_flavors(region: &Region, site: &str) -> Result<Vec<(String, FlavorSpec)>, Refused> {
+    let link = region.site(site)?;
+    let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    for id in d.intent.ids("flavors")? {
+        let Some(view) = d.intent.resource("flavors", &id)? else {
+            continue;
+        };
+        if view.deleted {
+            continue;
+        }
+        let fields: serde_json::Map<_, _> = view.fields.into_iter().collect();
+        if let Ok(spec) = serde_json::from_value::<FlavorSpec>(serde_json::Value::Object(fields)) {
+            out.push((id, spec));
+        }
+    }
+    Ok(out)
+}
+
+fn site_row(region: &Region, site: &str) -> Result<SiteRow, Refused> {
+    let row = region
+        .store
+        .site(site)?
+        .ok_or_else(|| Refused::NotFound(format!("no site {site:?} in this region")))?;
+    Ok(row)
+}
+
+fn managed(row: &SiteRow) -> Result<(), Refused> {
+    if row.management != "managed" {
+        return Err(Refused::Conflict(format!(
+            "site {} is unmanaged: the region does not change it; run `roost-controller site manage {}` first",
+            row.id, row.id
+        )));
+    }
+    Ok(())
+}
+
+/// A server request the region accepted for one site.
+#[derive(Debug, Clone, Serialize)]
+pub struct Placed {
+    pub site: String,
+    pub id: String,
+    pub name: String,
+    pub flavor_id: String,
+}
+
+/// The spec and flavor a server request asks for at `site`.
+fn server_spec(
+    region: &Region,
+    site: &str,
+    req: &ServerCreate,
+) -> Result<(ServerSpec, FlavorSpec), Refused> {
+    req.check_supported()?;
+    if let Some(az) = req.availability_zone.as_deref().filter(|a| !a.is_empty()) {
+        return Err(FieldError::new(
+            "server.availability_zone",
+            az,
+            "is chosen by the site; leave it out of region requests",
+        )
+        .into());
+    }
+    let wanted = req.flavor_ref.as_id();
+    let flavors = site_flavors(region, site)?;
+    let Some((flavor_id, flavor)) = flavors
+        .iter()
+        .find(|(id, f)| *id == wanted || f.name == wanted)
+        .cloned()
+    else {
+        let names: Vec<&str> = flavors.iter().map(|(_, f)| f.name.as_str()).collect();
+        return Err(FieldError::new(
+            "server.flavorRef",
+            &wanted,
+            format!(
+                "must be a flavor id or name of site {site}: {}",
+                if names.is_empty() {
+                    "it has none yet".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        )
+        .into());
+    };
+    let image = req.image_ref.as_deref().unwrap_or_default();
+    let spec = ServerSpec {
+        name: req.name.clone(),
+        // The site's admin project and user own the region's servers.
+        project_id: String::new(),
+        user_id: String::new(),
+        flavor_id,
+        image_id: image.rsplit('/').next().unwrap_or(image).to_string(),
+        availability_zone: None,
+        server_group: None,
+        power: PowerIntent::Running,
+        reboot_generation: 0,
+        reboot_hard: false,
+        deleted: false,
+        metadata: req.metadata.clone(),
+    };
+    Ok((spec, flavor))
+}
+
+fn write_server(region: &Region, site: &str, spec: ServerSpec) -> Result<Placed, Refused> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let placed = Placed {
+        site: site.to_string(),
+        id: id.clone(),
+        name: spec.name.clone(),
+        flavor_id: spec.flavor_id.clone(),
+    };
+    region.write_intent(site, |doc| {
+        doc.create("servers", &id, fields_of(&spec), now_ms())
+    })?;
+    METRICS.intent_writes.with_label_values(&["servers"]).inc();
+    tracing::info!(site = %site, server = %id, name = %placed.name, "the region asked for a server");
+    Ok(placed)
+}
+
+/// Asks `site` for a server. Blocks.
+pub fn create_server(region: &Region, site: &str, req: &ServerCreate) -> Result<Placed, Refused> {
+    managed(&site_row(region, site)?)?;
+    let (spec, _) = server_spec(region, site, req)?;
+    write_server(region, site, spec)
+}
+
+/// Withdraws a server from `site` (the site removes it). Blocks.
+pub fn delete_server(region: &Region, site: &str, id: &str) -> Result<(), Refused> {
+    managed(&site_row(region, site)?)?;
+    let link = region.site(site)?;
+    let exists = {
+        let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
+        d.intent
+            .resource("servers", id)
+            .ok()
+            .flatten()
+            .is_some_and(|v| !v.deleted)
+    };
+    if !exists {
+        return Err(Refused::NotFound(format!("site {site} has no server {id}")));
+    }
+    region.write_intent(site, |doc| doc.delete("servers", id, now_ms()))?;
+    METRICS.intent_writes.with_label_values(&["servers"]).inc();
+    tracing::info!(site = %site, server = %id, "the region withdrew a server");
+    Ok(())
+}
+
+/// The servers of `site` as the region knows them: intent with the status
+/// the site last reported.
+pub fn servers(region: &Region, site: &str) -> Result<Vec<serde_json::Value>, Refused> {
+    site_row(region, site)?;
+    let link = region.site(site)?;
+    let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    for id in d.intent.ids("servers")? {
+        let Some(view) = d.intent.resource("servers", &id)? else {
+            continue;
+        };
+        let status = d.status.get("servers", &id)?;
+        if view.deleted && status.is_none() {
+            continue;
+        }
+        out.push(serde_json::json!({
+            "id": id,
+            "name": view.fields.get("name"),
+            "flavor_id": view.fields.get("flavor_id"),
+            "image_id": view.fields.get("image_id"),
+            "deleted": view.deleted,
+            "status": status,
+        }));
+    }
+    Ok(out)
+}
+
+/// Result of a request to a group of sites.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub id: String,
+    pub sites: Vec<String>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Publishes a flavor to the target sites, with one id everywhere. A site
+/// that already has a different flavor of that name is skipped. Blocks.
+pub fn publish_flavor(
+    region: &Region,
+    target: &Target,
+    req: FlavorCreate,
+) -> Result<Published, Refused> {
+    let spec = req.into_spec()?;
+    let (sites, mut skipped) = select(target, &region.store.sites()?)?;
+    let id = spec
+        .id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut done = Vec::new();
+    for site in sites {
+        let flavors = site_flavors(region, &site)?;
+        if flavors.iter().any(|(fid, _)| *fid == id) {
+            skipped.push(Skipped {
+                site,
+                reason: format!("has a flavor with id {id} already"),
+            });
+            continue;
+        }
+        if let Some((other, _)) = flavors.iter().find(|(_, f)| f.name == spec.name) {
+            skipped.push(Skipped {
+                site,
+                reason: format!("has a flavor named {} already (id {other})", spec.name),
+            });
+            continue;
+        }
+        let mut s = spec.clone();
+        s.id = Some(id.clone());
+        region.write_intent(&site, |doc| {
+            doc.create("flavors", &id, fields_of(&s), now_ms())
+        })?;
+        METRICS.intent_writes.with_label_values(&["flavors"]).inc();
+        done.push(site);
+    }
+    tracing::info!(flavor = %id, sites = done.len(), skipped = skipped.len(), "the region published a flavor");
+    Ok(Published {
+        id,
+        sites: done,
+        skipped,
+    })
+}
+
+/// Sets (or with `None` lifts) the allotment of the target sites. Blocks.
+pub fn set_quota(
+    region: &Region,
+    target: &Target,
+    quota: Option<SiteQuota>,
+) -> Result<Published, Refused> {
+    if let Some(q) = &quota {
+        q.validate()?;
+    }
+    let (sites, skipped) = select(target, &region.store.sites()?)?;
+    for site in &sites {
+        let link = region.site(site)?;
+        let existing = {
+            let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
+            d.intent.resource("quotas", "site")?
+        };
+        region.write_intent(site, |doc| {
+            let now = now_ms();
+            match (&quota, existing) {
+                (None, Some(v)) if !v.deleted => doc.delete("quotas", "site", now),
+                (None, _) => Ok(()),
+                (Some(q), None) => doc.create("quotas", "site", fields_of(q), now),
+                (Some(q), Some(v)) => {
+                    if v.deleted {
+                        doc.set("quotas", "site", "deleted", false.into(), now)?;
+                    }
+                    for (field, value) in fields_of(q) {
+                        if v.fields.get(&field) != Some(&value) {
+                            doc.set("quotas", "site", &field, value, now)?;
+                        }
+                    }
+                    Ok(())
+                }
+            }
+        })?;
+        METRICS.intent_writes.with_label_values(&["quotas"]).inc();
+    }
+    tracing::info!(sites = sites.len(), quota = ?quota, "the region set site quotas");
+    Ok(Published {
+        id: "site".into(),
+        sites,
+        skipped,
+    })
+}
+
+/// A candidate for placement, as the region sees it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub site: String,
+    pub online: bool,
+    pub capacity: Option<SiteCapacity>,
+    pub quota: Option<SiteQuota>,
+    /// The flavor's needs at this site, if the site has the flavor.
+    pub need: Option<Usage>,
+}
+
+/// Picks `count` sites from `candidates` for one server each: sites with
+/// the flavor, published capacity with a host it fits on, and room in their
+/// allotment; online ones first, then the most free RAM, then by id. Pure.
+pub fn choose(candidates: &[Candidate], count: usize) -> Result<Vec<String>, Refused> {
+    let mut fit = Vec::new();
+    let mut why: Vec<String> = Vec::new();
+    for c in candidates {
+        let reason = match (&c.need, &c.capacity) {
+            (None, _) => Some("does not have the flavor".to_string()),
+            (_, None) => Some("has not published its capacity yet".to_string()),
+            (Some(need), Some(cap)) if !cap.fits(need) => {
+                Some("has no host with room for the flavor".to_string())
+            }
+            (Some(need), Some(cap)) => c.quota.and_then(|q| {
+                let over = [
+                    (q.instances, cap.instances + 1, "instances"),
+                    (q.cores, cap.used.vcpus + need.vcpus, "cores"),
+                    (q.ram_mb, cap.used.ram_mb + need.ram_mb, "ram_mb"),
+                    (q.disk_gb, cap.used.disk_gb + need.disk_gb, "disk_gb"),
+                ]
+                .into_iter()
+                .find(|(limit, wanted, _)| limit.is_some_and(|l| *wanted > l));
+                over.map(|(_, _, what)| format!("would exceed its {what} quota"))
+            }),
+        };
+        match reason {
+            Some(r) => why.push(format!("{} {r}", c.site)),
+            None => fit.push(c),
+        }
+    }
+    if fit.len() < count {
+        return Err(Refused::Conflict(format!(
+            "only {} of {} matching sites have room for it, {count} wanted{}{}",
+            fit.len(),
+            candidates.len(),
+            if why.is_empty() { "" } else { ": " },
+            why.join("; ")
+        )));
+    }
+    let free_ram = |c: &Candidate| {
+        c.capacity
+            .as_ref()
+            .map_or(0, |cap| cap.total.ram_mb.saturating_sub(cap.used.ram_mb))
+    };
+    fit.sort_by(|a, b| {
+        b.online
+            .cmp(&a.online)
+            .then(free_ram(b).cmp(&free_ram(a)))
+            .then(a.site.cmp(&b.site))
+    });
+    Ok(fit
+        .into_iter()
+        .take(count)
+        .map(|c| c.site.clone())
+        .collect())
+}
+
+/// A request to run one server at each of `count` sites.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementRequest {
+    pub server: ServerCreate,
+    pub count: usize,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Runs the request's server at `count` sites picked by [`choose`]. When
+/// fewer sites have room than asked for, nothing is written. Blocks.
+pub fn place(region: &Region, req: &PlacementRequest) -> Result<Vec<Placed>, Refused> {
+    if req.count == 0 || req.count > 1000 {
+        return Err(FieldError::new("count", req.count, "must be between 1 and 1000").into());
+    }
+    req.server.check_supported()?;
+    let target = Target {
+        sites: None,
+        labels: Some(req.labels.clone()),
+    };
+    let (sites, _) = select(&target, &region.store.sites()?)?;
+    let mut candidates = Vec::new();
+    let mut specs = BTreeMap::new();
+    for site in &sites {
+        let view = region.view(&site_row(region, site)?, Default::default())?;
+        let need = match server_spec(region, site, &req.server) {
+            Ok((spec, flavor)) => {
+                specs.insert(site.clone(), spec);
+                Some(flavor.usage())
+            }
+            Err(Refused::Invalid(e)) if e.field == "server.flavorRef" => None,
+            Err(e) => return Err(e),
+        };
+        candidates.push(Candidate {
+            site: site.clone(),
+            online: view.availability == "online",
+            capacity: view.capacity,
+            quota: view.quota,
+            need,
+        });
+    }
+    let chosen = choose(&candidates, req.count)?;
+    chosen
+        .into_iter()
+        .map(|site| {
+            let spec = specs.remove(&site).expect("chosen sites have a spec");
+            write_server(region, &site, spec)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, labels: &[(&str, &str)], management: &str) -> SiteRow {
+        SiteRow {
+            id: id.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            management: management.into(),
+            enrolled_at: None,
+            last_seen: None,
+        }
+    }
+
+    #[test]
+    fn targets_name_sites_or_labels_and_unmanaged_sites_are_left_alone() {
+        let rows = [
+            row("f1", &[("kind", "factory")], "managed"),
+            row("f2", &[("kind", "factory")], "unmanaged"),
+            row("v1", &[("kind", "vehicle")], "managed"),
+        ];
+        let labels = |k: &str, v: &str| Target {
+            sites: None,
+            labels: Some([(k.to_string(), v.to_string())].into()),
+        };
+        let (sites, skipped) = select(&labels("kind", "factory"), &rows).unwrap();
+        assert_eq!(sites, ["f1"]);
+        assert_eq!(skipped[0].site, "f2");
+        assert!(matches!(
+            select(&labels("kind", "ship"), &rows),
+            Err(Refused::Conflict(_))
+        ));
+        let named = |ids: &[&str]| Target {
+            sites: Some(ids.iter().map(|s| s.to_string()).collect()),
+            labels: None,
+        };
+        assert_eq!(select(&named(&["v1", "v1"]), &rows).unwrap().0, ["v1"]);
+        let Err(Refused::Invalid(e)) = select(&named(&["nope"]), &rows) else {
+            panic!()
+        };
+        assert_eq!(e.field, "sites");
+        assert!(matches!(
+            select(&named(&["f2"]), &rows),
+            Err(Refused::Conflict(m)) if m.contains("unmanaged")
+        ));
+        assert!(matches!(
+            select(&named(&[]), &rows),
+            Err(Refused::Invalid(_))
+        ));
+        assert!(matches!(
+            select(&Target::default(), &rows),
+            Err(Refused::Invalid(_))
+        ));
+    }
+
+    fn cap(free: &[(u64, u64)], used_ram: u64, instances: u64) -> SiteCapacity {
+        SiteCapacity {
+            total: Usage {
+                vcpus: 64,
+                ram_mb: 65536,
+                disk_gb: 1000,
+            },
+            used: Usage {
+                vcpus: 0,
+                ram_mb: used_ram,
+                disk_gb: 0,
+            },
+            host_free: free
+                .iter()
+                .map(|&(vcpus, ram_mb)| Usage {
+                    vcpus,
+                    ram_mb,
+                    disk_gb: 100,
+                })
+                .collect(),
+            instances,
+        }
+    }
+
+    #[test]
+    fn placement_picks_sites_with_room_online_first_then_most_free_ram() {
+        let need = Usage {
+            vcpus: 2,
+            ram_mb: 2048,
+            disk_gb: 10,
+        };
+        let c = |site: &str, online, capacity: Option<SiteCapacity>, has: bool| Candidate {
+            site: site.into(),
+            online,
+            capacity,
+            quota: None,
+            need: has.then_some(need),
+        };
+        let mut candidates = vec![
+            c("a-busy", true, Some(cap(&[(4, 4096)], 60000, 3)), true),
+            c("b-roomy", true, Some(cap(&[(8, 16384)], 1000, 1)), true),
+            c("c-offline", false, Some(cap(&[(8, 16384)], 0, 0)), true),
+            c(
+                "d-full",
+                true,
+                Some(cap(&[(1, 512), (2, 1024)], 0, 0)),
+                true,
+            ),
+            c("e-silent", true, None, true),
+            c("f-noflavor", true, Some(cap(&[(8, 16384)], 0, 0)), false),
+        ];
+        assert_eq!(choose(&candidates, 2).unwrap(), ["b-roomy", "a-busy"]);
+        assert_eq!(
+            choose(&candidates, 3).unwrap(),
+            ["b-roomy", "a-busy", "c-offline"]
+        );
+        let Err(Refused::Conflict(why)) = choose(&candidates, 4) else {
+            panic!()
+        };
+        assert!(
+            why.starts_with("only 3 of 6 matching sites have room"),
+            "{why}"
+        );
+        for s in ["d-full", "e-silent", "f-noflavor"] {
+            assert!(why.contains(s), "{why}");
+        }
+        // An allotment used up rules a site out.
+        candidates[1].quota = Some(SiteQuota {
+            instances: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(choose(&candidates, 1).unwrap(), ["a-busy"]);
+        let Err(Refused::Conflict(why)) = choose(&candidates, 3) else {
+            panic!()
+        };
+        assert!(
+            why.contains("b-roomy would exceed its instances quota"),
+            "{why}"
+        );
+    }
+}
