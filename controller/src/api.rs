@@ -175,10 +175,7 @@ struct EnrollRequest {
     csr: String,
 }
 
-async fn enroll(
-    State(s): State<ApiState>,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+async fn enroll(State(s): State<ApiState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: EnrollRequest = parse(&body)?;
     if !req.csr.contains("BEGIN CERTIFICATE REQUEST") {
         return Err(error(
