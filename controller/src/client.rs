@@ -328,6 +328,10 @@ fn show(site: &Value) -> anyhow::Result<String> {
             v.alarms.critical, v.alarms.major, v.alarms.minor
         ),
     );
+    kv(
+        "conflicts",
+        format!("{} journaled at the site", v.conflicts),
+    );
     if let Some(c) = &v.capacity {
         kv(
             "capacity",

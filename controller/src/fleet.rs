@@ -220,11 +220,16 @@ impl FleetStore {
     }
 
     pub fn sites(&self) -> Result<Vec<SiteRow>, FleetError> {
+        self.query_sites(None)
+    }
+
+    fn query_sites(&self, id: Option<&str>) -> Result<Vec<SiteRow>, FleetError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, labels, management, enrolled_at, last_seen FROM sites ORDER BY id",
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, labels, management, enrolled_at, last_seen FROM sites
+             WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map([id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -249,7 +254,7 @@ impl FleetStore {
     }
 
     pub fn site(&self, id: &str) -> Result<Option<SiteRow>, FleetError> {
-        Ok(self.sites()?.into_iter().find(|s| s.id == id))
+        Ok(self.query_sites(Some(id))?.into_iter().next())
     }
 
     /// A one-time join token for `site_id`, valid for `ttl`.

@@ -6,7 +6,9 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Sites named in `roost_region_sync_lag_seconds`.
 pub const TOP_LAGGING: usize = 5;
@@ -18,6 +20,7 @@ pub struct Metrics {
     pub sites_sync: IntGaugeVec,
     pub changes_waiting: IntGaugeVec,
     pub alarms: IntGaugeVec,
+    pub conflicts: IntGauge,
     pub sync_bytes: IntCounterVec,
     pub sync_lag: GaugeVec,
     pub intent_writes: IntCounterVec,
@@ -53,6 +56,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Active site alarms by severity",
             "severity",
         ),
+        conflicts: IntGauge::new(
+            "roost_region_conflicts",
+            "Concurrent intent edits the sites settled and journaled, summed as they last published",
+        )
+        .expect("valid metric"),
         sync_bytes: counter(
             "roost_region_sync_frame_bytes_total",
             "Sync frame bytes exchanged with sites, by direction (in, out)",
@@ -82,6 +90,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.sites_sync.clone()),
         Box::new(m.changes_waiting.clone()),
         Box::new(m.alarms.clone()),
+        Box::new(m.conflicts.clone()),
         Box::new(m.sync_bytes.clone()),
         Box::new(m.sync_lag.clone()),
         Box::new(m.intent_writes.clone()),

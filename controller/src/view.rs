@@ -92,6 +92,9 @@ pub struct SiteView {
     pub capacity: Option<SiteCapacity>,
     /// The region's allotment for the site.
     pub quota: Option<SiteQuota>,
+    /// Concurrent intent edits the site has settled and journaled (its
+    /// conflict journal's size, as it last published it).
+    pub conflicts: u64,
 }
 
 impl Region {
@@ -108,8 +111,15 @@ impl Region {
             Availability::Offline { since } => (false, since, None),
         };
         let distance = link.distance();
-        let (capacity, quota) = {
+        let (capacity, quota, conflicts) = {
             let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
+            let conflicts = d
+                .status
+                .get("site", "conflicts")
+                .ok()
+                .flatten()
+                .and_then(|v| v["total"].as_u64())
+                .unwrap_or(0);
             let capacity = d
                 .status
                 .get("site", "capacity")
@@ -128,7 +138,7 @@ impl Region {
                     ))
                     .ok()
                 });
-            (capacity, quota)
+            (capacity, quota, conflicts)
         };
         let last_seen = if online {
             Some(crate::fleet::now_text())
@@ -154,6 +164,7 @@ impl Region {
             alarms,
             capacity,
             quota,
+            conflicts,
         })
     }
 
@@ -215,6 +226,8 @@ pub fn export(views: &[SiteView]) {
     m.alarms
         .with_label_values(&["minor"])
         .set(total.minor as i64);
+    m.conflicts
+        .set(views.iter().map(|v| v.conflicts).sum::<u64>() as i64);
     m.sync_lag.reset();
     let mut lagging: Vec<&SiteView> = views.iter().filter(|v| v.sync.lag_seconds > 0.0).collect();
     lagging.sort_by(|a, b| b.sync.lag_seconds.total_cmp(&a.sync.lag_seconds));

@@ -138,13 +138,7 @@ impl AgentProcess {
 
     /// Resident memory of the process, from /proc, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        rss_kib(self.pid())
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -156,6 +150,28 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Resident memory of a process, in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time a process has used (user + system), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13
+    // after the state field that follows ')'.
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
 }
 
 /// A running `roost-controller serve` on ephemeral ports.
@@ -172,6 +188,11 @@ pub struct ControllerProcess {
 impl ControllerProcess {
     /// Starts the controller with `config` and waits for its banner.
     pub fn start(config: &Path, data_dir: &Path) -> ControllerProcess {
+        Self::start_logging(config, data_dir, "warn")
+    }
+
+    /// As [`Self::start`], logging at `level` (benchmarks use `error`).
+    pub fn start_logging(config: &Path, data_dir: &Path, level: &str) -> ControllerProcess {
         let mut child = Command::new(binary("roost-controller"))
             .args(["serve", "--config"])
             .arg(config)
@@ -183,7 +204,7 @@ impl ControllerProcess {
                 "--quic-listen",
                 "127.0.0.1:0",
             ])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -214,6 +235,10 @@ impl ControllerProcess {
             quic: quic.expect("quic"),
             data_dir: data_dir.into(),
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `roost-controller token create` against this controller's store.

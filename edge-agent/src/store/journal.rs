@@ -393,6 +393,13 @@ impl super::WriteCtx<'_> {
             )?;
             applied.conflicts += 1;
         }
+        if applied.conflicts > 0 {
+            // The region shows each site's journal size beside its sync state.
+            let total: i64 = self
+                .tx
+                .query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get(0))?;
+            self.record_status("site", "conflicts", &serde_json::json!({ "total": total }));
+        }
         let heads = self.docs.intent.heads();
         let touched: Vec<(String, String)> = match self.applied.as_deref() {
             Some(before) => self.docs.intent.touched_since(before).into_iter().collect(),

@@ -343,6 +343,11 @@ async fn the_regions_intent_becomes_rows_and_conflicts_are_journaled() {
     let docs = store.docs();
     let d = docs.lock().unwrap();
     assert!(d.status.get("servers", "from-region-1").unwrap().unwrap()["host"].is_string());
+    // The journal's size is published for the region's fleet view.
+    assert_eq!(
+        d.status.get("site", "conflicts").unwrap().unwrap()["total"],
+        1
+    );
 }
 
 /// The site's store and a region, syncing in memory through sessions, with
