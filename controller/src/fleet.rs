@@ -111,10 +111,11 @@ pub struct AvailabilityEntry {
     pub at: String,
 }
 
-/// The region's store. Cheap to clone; calls block (run them on blocking
-/// threads from async code).
+/// The region's store on SQLite (the default: embedded, nothing to
+/// install). Cheap to clone; calls block (run them on blocking threads from
+/// async code).
 #[derive(Debug, Clone)]
-pub struct FleetStore {
+pub struct SqliteFleet {
     conn: Arc<Mutex<Connection>>,
     region: String,
 }
@@ -128,10 +129,82 @@ pub fn now_text() -> String {
     time(Utc::now())
 }
 
-impl FleetStore {
+/// The boundary of the region's state: what a PostgreSQL backend (for
+/// several controller replicas) would implement. Every call is one
+/// transaction and blocks; the region's documents are kept here as the
+/// Automerge changes that make them, never as rows of their own.
+pub trait FleetStore: std::fmt::Debug + Send + Sync {
+    /// The region this store belongs to.
+    fn region(&self) -> &str;
+    /// Brings the sites in line with the config's `sites:` (new ones
+    /// added, labels updated; sites no longer listed are kept, with their
+    /// history, and can no longer enroll or connect).
+    fn sync_sites(&self, sites: &[RegionSite]) -> Result<(), FleetError>;
+    fn sites(&self) -> Result<Vec<SiteRow>, FleetError>;
+    fn site(&self, id: &str) -> Result<Option<SiteRow>, FleetError>;
+    /// A one-time join token for `site_id`, valid for `ttl`.
+    fn create_token(&self, site_id: &str, ttl: chrono::Duration) -> Result<String, FleetError>;
+    /// Spends a join token: its site id if the token is known, unused and
+    /// unexpired; marks it used and the site enrolled, atomically.
+    fn redeem(&self, token: &str) -> Result<String, FleetError>;
+    /// Every stored change of a site's documents (intent, status), in the
+    /// order they were appended.
+    fn changes(&self, site: &str) -> Result<[Vec<Vec<u8>>; 2], FleetError>;
+    /// Appends a site's new changes (intent, status) atomically.
+    fn append_changes(
+        &self,
+        site: &str,
+        intent: &[Vec<u8>],
+        status: &[Vec<u8>],
+    ) -> Result<(), FleetError>;
+    fn sync_state(&self, site: &str) -> Result<Option<Persisted>, FleetError>;
+    fn save_sync_state(&self, site: &str, p: &Persisted) -> Result<(), FleetError>;
+    fn mark_seen(&self, site: &str, at: DateTime<Utc>) -> Result<(), FleetError>;
+    /// Sets a site's management state; false if the site is unknown.
+    fn set_management(&self, site: &str, management: &str) -> Result<bool, FleetError>;
+    /// Records an availability transition and raises or clears the site's
+    /// `site.offline` alarm with it, atomically.
+    fn record_availability(
+        &self,
+        site: &str,
+        online: bool,
+        address: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<(), FleetError>;
+    /// Raises `site.offline` unless it is active; whether it did.
+    fn raise_offline(&self, site: &str, at: DateTime<Utc>) -> Result<bool, FleetError>;
+    /// Alarms, active ones only unless `history`; newest first.
+    fn alarms(&self, site: Option<&str>, history: bool) -> Result<Vec<AlarmRow>, FleetError>;
+    /// A site's last `limit` availability transitions, newest first.
+    fn availability_history(
+        &self,
+        site: &str,
+        limit: usize,
+    ) -> Result<Vec<AvailabilityEntry>, FleetError>;
+
+    /// The region's copy of a site's documents, from its changes, writing
+    /// as `actor`.
+    fn load_docs(&self, site: &str, actor: &[u8]) -> Result<Docs, FleetError> {
+        let [intent, status] = self.changes(site)?;
+        let bad =
+            |e: roost_sync::DocError| FleetError::Corrupt(format!("documents of {site}: {e}"));
+        Ok(Docs {
+            intent: IntentDoc::from_chunks(
+                intent.iter().map(Vec::as_slice),
+                actor,
+                &format!("region:{}", self.region()),
+            )
+            .map_err(bad)?,
+            status: StatusDoc::from_chunks(status.iter().map(Vec::as_slice), actor).map_err(bad)?,
+            site_status_actor: site_status_actor(site),
+        })
+    }
+}
+
+impl SqliteFleet {
     /// Opens (creating if needed) the store in `data_dir` for `region`, and
     /// returns it with the region's CA (made on first open).
-    pub fn open(data_dir: &Path, region: &str) -> Result<(FleetStore, Ca), FleetError> {
+    pub fn open(data_dir: &Path, region: &str) -> Result<(SqliteFleet, Ca), FleetError> {
         let path = data_dir.join(DB_FILE);
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -185,7 +258,7 @@ impl FleetStore {
             }
         };
         Ok((
-            FleetStore {
+            SqliteFleet {
                 conn: Arc::new(Mutex::new(conn)),
                 region: region.into(),
             },
@@ -195,32 +268,6 @@ impl FleetStore {
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn region(&self) -> &str {
-        &self.region
-    }
-
-    /// Brings the sites table in line with the config's `sites:` (new ones
-    /// added, labels updated; sites no longer listed are kept, with their
-    /// history, and can no longer enroll or connect).
-    pub fn sync_sites(&self, sites: &[RegionSite]) -> Result<(), FleetError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        for s in sites {
-            let labels = serde_json::to_string(&s.labels).unwrap_or_else(|_| "{}".into());
-            tx.execute(
-                "INSERT INTO sites (id, labels) VALUES (?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET labels = excluded.labels",
-                params![s.id, labels],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    pub fn sites(&self) -> Result<Vec<SiteRow>, FleetError> {
-        self.query_sites(None)
     }
 
     fn query_sites(&self, id: Option<&str>) -> Result<Vec<SiteRow>, FleetError> {
@@ -252,13 +299,41 @@ impl FleetStore {
         })
         .collect()
     }
+}
 
-    pub fn site(&self, id: &str) -> Result<Option<SiteRow>, FleetError> {
+impl FleetStore for SqliteFleet {
+    fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Brings the sites table in line with the config's `sites:` (new ones
+    /// added, labels updated; sites no longer listed are kept, with their
+    /// history, and can no longer enroll or connect).
+    fn sync_sites(&self, sites: &[RegionSite]) -> Result<(), FleetError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for s in sites {
+            let labels = serde_json::to_string(&s.labels).unwrap_or_else(|_| "{}".into());
+            tx.execute(
+                "INSERT INTO sites (id, labels) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET labels = excluded.labels",
+                params![s.id, labels],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn sites(&self) -> Result<Vec<SiteRow>, FleetError> {
+        self.query_sites(None)
+    }
+
+    fn site(&self, id: &str) -> Result<Option<SiteRow>, FleetError> {
         Ok(self.query_sites(Some(id))?.into_iter().next())
     }
 
     /// A one-time join token for `site_id`, valid for `ttl`.
-    pub fn create_token(&self, site_id: &str, ttl: chrono::Duration) -> Result<String, FleetError> {
+    fn create_token(&self, site_id: &str, ttl: chrono::Duration) -> Result<String, FleetError> {
         if self.site(site_id)?.is_none() {
             return Err(FleetError::UnknownSite(site_id.into()));
         }
@@ -274,7 +349,7 @@ impl FleetStore {
     /// Spends a join token: returns its site id if the token is known,
     /// unused and unexpired, and marks it used and the site enrolled, in one
     /// transaction. A token is good once.
-    pub fn redeem(&self, token: &str) -> Result<String, FleetError> {
+    fn redeem(&self, token: &str) -> Result<String, FleetError> {
         let site = join_token::site_of(token).ok_or(FleetError::Token("malformed"))?;
         let hash = join_token::hash(token);
         let mut conn = self.conn();
@@ -308,37 +383,8 @@ impl FleetStore {
         Ok(site.to_string())
     }
 
-    /// The region's copy of a site's documents, from its changes.
-    pub fn load_docs(&self, site: &str, actor: &[u8]) -> Result<Docs, FleetError> {
-        let conn = self.conn();
-        let mut chunks: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
-        for (i, doc) in ["intent", "status"].iter().enumerate() {
-            let mut stmt = conn.prepare_cached(
-                "SELECT bytes FROM site_changes WHERE site = ?1 AND doc = ?2 ORDER BY seq",
-            )?;
-            let rows = stmt.query_map(params![site, doc], |r| r.get::<_, Vec<u8>>(0))?;
-            for r in rows {
-                chunks[i].push(r?);
-            }
-        }
-        let bad =
-            |e: roost_sync::DocError| FleetError::Corrupt(format!("documents of {site}: {e}"));
-        let status_actor = site_status_actor(site);
-        Ok(Docs {
-            intent: IntentDoc::from_chunks(
-                chunks[0].iter().map(Vec::as_slice),
-                actor,
-                &format!("region:{}", self.region),
-            )
-            .map_err(bad)?,
-            status: StatusDoc::from_chunks(chunks[1].iter().map(Vec::as_slice), actor)
-                .map_err(bad)?,
-            site_status_actor: status_actor,
-        })
-    }
-
     /// Appends a site's new changes (intent, status) in one transaction.
-    pub fn append_changes(
+    fn append_changes(
         &self,
         site: &str,
         intent: &[Vec<u8>],
@@ -358,7 +404,7 @@ impl FleetStore {
         Ok(())
     }
 
-    pub fn sync_state(&self, site: &str) -> Result<Option<Persisted>, FleetError> {
+    fn sync_state(&self, site: &str) -> Result<Option<Persisted>, FleetError> {
         Ok(self
             .conn()
             .query_row(
@@ -374,7 +420,7 @@ impl FleetStore {
             .optional()?)
     }
 
-    pub fn save_sync_state(&self, site: &str, p: &Persisted) -> Result<(), FleetError> {
+    fn save_sync_state(&self, site: &str, p: &Persisted) -> Result<(), FleetError> {
         self.conn().execute(
             "INSERT INTO site_sync (site, intent, status) VALUES (?1, ?2, ?3)
              ON CONFLICT (site) DO UPDATE SET intent = excluded.intent, status = excluded.status",
@@ -384,7 +430,7 @@ impl FleetStore {
     }
 
     /// Sets a site's management state; returns false if the site is unknown.
-    pub fn set_management(&self, site: &str, management: &str) -> Result<bool, FleetError> {
+    fn set_management(&self, site: &str, management: &str) -> Result<bool, FleetError> {
         Ok(self.conn().execute(
             "UPDATE sites SET management = ?2 WHERE id = ?1",
             params![site, management],
@@ -393,7 +439,7 @@ impl FleetStore {
 
     /// Records an availability transition, and raises or clears the site's
     /// `site.offline` alarm with it, in one transaction.
-    pub fn record_availability(
+    fn record_availability(
         &self,
         site: &str,
         online: bool,
@@ -428,7 +474,7 @@ impl FleetStore {
 
     /// Raises `site.offline` for an enrolled site that has not connected
     /// since the controller started (its last state is unknown).
-    pub fn raise_offline(&self, site: &str, at: DateTime<Utc>) -> Result<bool, FleetError> {
+    fn raise_offline(&self, site: &str, at: DateTime<Utc>) -> Result<bool, FleetError> {
         let conn = self.conn();
         raise_alarm(
             &conn,
@@ -441,7 +487,7 @@ impl FleetStore {
     }
 
     /// Alarms, active ones only unless `history`; newest first.
-    pub fn alarms(&self, site: Option<&str>, history: bool) -> Result<Vec<AlarmRow>, FleetError> {
+    fn alarms(&self, site: Option<&str>, history: bool) -> Result<Vec<AlarmRow>, FleetError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT id, site, code, severity, reason, raised_at, cleared_at FROM alarms
@@ -463,7 +509,7 @@ impl FleetStore {
     }
 
     /// A site's last `limit` availability transitions, newest first.
-    pub fn availability_history(
+    fn availability_history(
         &self,
         site: &str,
         limit: usize,
@@ -483,12 +529,27 @@ impl FleetStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn mark_seen(&self, site: &str, at: DateTime<Utc>) -> Result<(), FleetError> {
+    fn mark_seen(&self, site: &str, at: DateTime<Utc>) -> Result<(), FleetError> {
         self.conn().execute(
             "UPDATE sites SET last_seen = ?2 WHERE id = ?1",
             params![site, time(at)],
         )?;
         Ok(())
+    }
+
+    fn changes(&self, site: &str) -> Result<[Vec<Vec<u8>>; 2], FleetError> {
+        let conn = self.conn();
+        let mut chunks: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+        for (i, doc) in ["intent", "status"].iter().enumerate() {
+            let mut stmt = conn.prepare_cached(
+                "SELECT bytes FROM site_changes WHERE site = ?1 AND doc = ?2 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![site, doc], |r| r.get::<_, Vec<u8>>(0))?;
+            for r in rows {
+                chunks[i].push(r?);
+            }
+        }
+        Ok(chunks)
     }
 }
 
@@ -535,8 +596,8 @@ fn clear_alarm(
 mod tests {
     use super::*;
 
-    fn store(dir: &Path) -> (FleetStore, Ca) {
-        let (s, ca) = FleetStore::open(dir, "eu").unwrap();
+    fn store(dir: &Path) -> (SqliteFleet, Ca) {
+        let (s, ca) = SqliteFleet::open(dir, "eu").unwrap();
         s.sync_sites(&[RegionSite {
             id: "vehicle-07".into(),
             labels: [("kind".to_string(), "vehicle".to_string())].into(),
@@ -636,12 +697,12 @@ mod tests {
         let changes = docs.intent.changes_since(&before);
         s.append_changes("vehicle-07", &changes, &[]).unwrap();
         drop(s);
-        let (s, again) = FleetStore::open(dir.path(), "eu").unwrap();
+        let (s, again) = SqliteFleet::open(dir.path(), "eu").unwrap();
         assert_eq!(again.key_pem(), ca.key_pem());
         let docs = s.load_docs("vehicle-07", b"region-actor-0002").unwrap();
         assert!(docs.intent.resource("servers", "s1").unwrap().is_some());
         assert!(matches!(
-            FleetStore::open(dir.path(), "us"),
+            SqliteFleet::open(dir.path(), "us"),
             Err(FleetError::WrongRegion { .. })
         ));
     }

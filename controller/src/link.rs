@@ -74,7 +74,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl SiteLink {
     /// Appends what the documents gained since the last call to the store.
-    fn persist(&self, store: &FleetStore, site: &str) -> Result<(), FleetError> {
+    fn persist(&self, store: &dyn FleetStore, site: &str) -> Result<(), FleetError> {
         let mut persisted = lock(&self.persisting);
         let (intent, status, heads) = {
             let mut d = lock(&self.docs);
@@ -136,7 +136,7 @@ impl SiteLink {
 /// Every site's link, loaded on first use.
 #[derive(Debug)]
 pub struct Region {
-    pub store: FleetStore,
+    pub store: Arc<dyn FleetStore>,
     pub session: SessionConfig,
     /// Silence after which a site is offline (the QUIC idle timeout the
     /// endpoint is built with) and, after a start, how long a site has to
@@ -157,7 +157,7 @@ pub enum IntentError {
 }
 
 impl Region {
-    pub fn new(store: FleetStore, offline_after: Duration) -> Region {
+    pub fn new(store: Arc<dyn FleetStore>, offline_after: Duration) -> Region {
         Region {
             actor: format!("region:{}", store.region()).into_bytes(),
             store,
@@ -224,7 +224,7 @@ impl Region {
                 }
             }
         };
-        if let Err(e) = link.persist(&self.store, site) {
+        if let Err(e) = link.persist(self.store.as_ref(), site) {
             tracing::error!(site = %site, error = %e, "cannot store the region's intent; reloading the site's documents");
             if let Ok(fresh) = self.store.load_docs(site, &self.actor) {
                 let mut d = lock(&link.docs);
@@ -346,7 +346,7 @@ impl Region {
                 loop {
                     arrived.notified().await;
                     let (l, st, s) = (link.clone(), store.clone(), site.clone());
-                    match tokio::task::spawn_blocking(move || l.persist(&st, &s)).await {
+                    match tokio::task::spawn_blocking(move || l.persist(st.as_ref(), &s)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             tracing::error!(site = %site, error = %e, "cannot store the site's changes")
@@ -386,7 +386,7 @@ impl Region {
             session.persist(),
         );
         let _ = tokio::task::spawn_blocking(move || {
-            l.persist(&store, &s)?;
+            l.persist(store.as_ref(), &s)?;
             store.save_sync_state(&s, &state)?;
             store.mark_seen(&s, Utc::now())
         })

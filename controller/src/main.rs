@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 use roost_common::config::{self, RegionConfig};
 use roost_controller::api::{self, ApiState};
-use roost_controller::fleet::{self, FleetStore};
+use roost_controller::fleet::{self, FleetStore, SqliteFleet};
 use roost_controller::link::Region;
 
 /// Exit status for bad input (flags or config), as sysexits' EX_USAGE.
@@ -190,7 +190,7 @@ fn load(path: &Path) -> Result<RegionConfig, String> {
 fn open_store(
     config: &RegionConfig,
     data_dir: Option<PathBuf>,
-) -> anyhow::Result<(FleetStore, roost_sync::pki::Ca, PathBuf)> {
+) -> anyhow::Result<(SqliteFleet, roost_sync::pki::Ca, PathBuf)> {
     let dir = data_dir
         .or_else(|| config.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
@@ -204,7 +204,7 @@ fn open_store(
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot make {} private", dir.display()))?;
     }
-    let (store, ca) = FleetStore::open(&dir, &config.region.name)
+    let (store, ca) = SqliteFleet::open(&dir, &config.region.name)
         .with_context(|| format!("cannot open the fleet store in {}", dir.display()))?;
     store
         .sync_sites(&config.sites)
@@ -277,7 +277,7 @@ fn serve(
                 dir.join(fleet::ADMIN_TOKEN_FILE).display()
             )
         })?;
-        let region = Arc::new(Region::new(store, offline_after));
+        let region = Arc::new(Region::new(Arc::new(store), offline_after));
         let quic = tokio::spawn(region.clone().serve(endpoint.clone()));
         let audit = tokio::spawn(region.clone().audit_after_start());
         let state = ApiState {

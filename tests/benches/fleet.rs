@@ -26,12 +26,12 @@
 //! The controller's counts come from its `/metrics` (polled once a second
 //! outside the idle window, so scraping costs nothing there).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use roost_controller::fleet::FleetStore;
+use roost_controller::fleet::{FleetStore, SqliteFleet};
 use roost_sync::pki::region_server_name;
 use roost_sync::transport::{client_config, drive, site_open, Hello};
 use roost_sync::{
@@ -97,46 +97,63 @@ fn sim_docs(site: &str) -> Docs {
     docs
 }
 
-/// Connects one site, retrying as the agent does (0.5 s doubling to 60 s,
-/// full jitter), and runs its session until the connection ends; `permit`
-/// is let go once the hellos are exchanged.
+/// Connects one site and runs its session, reconnecting as the agent does
+/// (0.5 s doubling to 60 s, full jitter) whenever a connection fails or
+/// ends, until the bench lets go of the fleet ([`HOLD`] false); `permit` is
+/// let go once the first hellos are exchanged.
 async fn run_site(
     site: Arc<SimSite>,
     endpoint: quinn::Endpoint,
     addr: std::net::SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
+    mut permit: Option<OwnedSemaphorePermit>,
 ) {
     let mut cap = Duration::from_millis(500);
-    let (conn, send, recv) = loop {
-        match open(&site, &endpoint, addr).await {
-            Ok(open) => break open,
+    while HOLD.load(Ordering::SeqCst) {
+        let (conn, send, recv) = match open(&site, &endpoint, addr).await {
+            Ok(open) => open,
             Err(_) => {
                 RETRIES.fetch_add(1, Ordering::Relaxed);
                 let wait = rand::rng().random_range(Duration::ZERO..=cap);
                 tokio::time::sleep(wait).await;
                 cap = (cap * 2).min(Duration::from_secs(60));
+                continue;
+            }
+        };
+        cap = Duration::from_millis(500);
+        permit.take();
+        *site.conn.lock().expect("lock") = Some(conn);
+        let cfg = SessionConfig::default();
+        let persisted = site.persisted.lock().expect("lock").clone();
+        let mut session = Session::new(Role::Site, cfg.clone(), persisted.as_ref(), Instant::now())
+            .expect("session");
+        let ended = drive(
+            &mut session,
+            &site.docs,
+            &site.local,
+            &|_, _| {},
+            send,
+            recv,
+            cfg.max_frame,
+        )
+        .await;
+        *site.persisted.lock().expect("lock") = Some(session.persist());
+        if HOLD.load(Ordering::SeqCst) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            eprintln!("  {}: session ended ({ended:?}); reconnecting", site.id);
+            if let Some(c) = site.conn.lock().expect("lock").take() {
+                let st = c.stats();
+                *site.closed_bytes.lock().expect("lock") += st.udp_tx.bytes
+                    + st.udp_rx.bytes
+                    + 28 * (st.udp_tx.datagrams + st.udp_rx.datagrams);
             }
         }
-    };
-    drop(permit);
-    *site.conn.lock().expect("lock") = Some(conn);
-    let cfg = SessionConfig::default();
-    let persisted = site.persisted.lock().expect("lock").clone();
-    let mut session =
-        Session::new(Role::Site, cfg.clone(), persisted.as_ref(), Instant::now()).expect("session");
-    let _ = drive(
-        &mut session,
-        &site.docs,
-        &site.local,
-        &|_, _| {},
-        send,
-        recv,
-        cfg.max_frame,
-    )
-    .await;
-    *site.persisted.lock().expect("lock") = Some(session.persist());
+    }
 }
 
+/// While true, sites whose connection ends reconnect.
+static HOLD: AtomicBool = AtomicBool::new(true);
+/// Sessions that ended while the bench held the fleet.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Connection attempts that failed (and were retried), across all sites.
 static RETRIES: AtomicU64 = AtomicU64::new(0);
 
@@ -242,7 +259,7 @@ async fn run(n: usize) -> Figures {
     let sites: Vec<Arc<SimSite>> = {
         let parsed: roost_common::config::RegionConfig =
             roost_common::config::load(&config_path).expect("config");
-        let (store, ca) = FleetStore::open(&data, REGION).expect("fleet store");
+        let (store, ca) = SqliteFleet::open(&data, REGION).expect("fleet store");
         store.sync_sites(&parsed.sites).expect("sites");
         ids.iter()
             .enumerate()
@@ -321,6 +338,7 @@ async fn run(n: usize) -> Figures {
     );
 
     // 3. The storm: all drop, each writes while apart, all return at once.
+    HOLD.store(false, Ordering::SeqCst);
     for s in &sites {
         if let Some(c) = s.conn.lock().expect("lock").take() {
             let st = c.stats();
@@ -352,6 +370,7 @@ async fn run(n: usize) -> Figures {
         record_server(&mut s.docs.lock().expect("lock"), 100, 1_700_000_100_000);
     }
     eprintln!("  all {n} sites offline; each recorded a server; returning at once");
+    HOLD.store(true, Ordering::SeqCst);
     let mut tasks = Vec::with_capacity(n);
     for (i, s) in sites.iter().enumerate() {
         let (s, ep) = (s.clone(), endpoints[i % ENDPOINTS].clone());
@@ -362,6 +381,7 @@ async fn run(n: usize) -> Figures {
         }));
     }
     let storm = wait_in_sync(&http, &controller.api, n, "storm", Duration::from_secs(600)).await;
+    HOLD.store(false, Ordering::SeqCst);
     eprintln!(
         "  storm: all {n} sites back in sync after {storm:.1?} ({} attempts retried)",
         RETRIES.swap(0, Ordering::Relaxed)
@@ -375,6 +395,11 @@ async fn run(n: usize) -> Figures {
         let _ = t.await;
     }
     drop(controller);
+    HOLD.store(true, Ordering::SeqCst);
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        eprintln!("  {dropped} sessions ended by themselves and were reopened");
+    }
     Figures {
         n,
         connect,
