@@ -98,7 +98,7 @@ echo
 echo "Roost region $REGION_NAME is running on this machine."
 echo "  controller API   $API/roost/v1/sites   (admin token in .roost/region/admin.token)"
 echo "  fleet view       ./target/release/roost-controller site list --config $REGION_CFG --data-dir .roost/region"
-echo "  dashboard        not built yet: the site list above is the fleet view until it lands"
+echo "  dashboard        $API/#token=$(cat .roost/region/admin.token)   (read-only: viewer.token)"
 for site in "${SITES[@]}"; do
   url=$(banner_field ".roost/$site/agent.log" API)
   echo "  site $site   $url   admin password in .roost/$site/admin-password"

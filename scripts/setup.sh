@@ -9,6 +9,9 @@ set -euo pipefail
 #   pkg-config:      finds system libraries for -sys crates
 #   curl:            the README's tour
 PACKAGES=(build-essential pkg-config curl)
+# test.sh adds what only the tests need (a real browser for the dashboard):
+#   chromium, chromium-driver: headless Chromium driven over WebDriver
+PACKAGES+=(${EXTRA_PACKAGES[@]+"${EXTRA_PACKAGES[@]}"})
 
 say() { printf '[setup] %s\n' "$*"; }
 

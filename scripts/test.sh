@@ -4,6 +4,7 @@
 # with one line counting every test that ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+EXTRA_PACKAGES=(chromium chromium-driver)
 source scripts/setup.sh
 
 echo "[test] building and running the whole test suite"

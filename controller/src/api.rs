@@ -47,11 +47,29 @@ pub struct ApiState {
     pub ca: Arc<Ca>,
     /// The fleet operator's bearer token.
     pub admin_token: Arc<String>,
+    /// The read-only token: GETs only (dashboard viewers).
+    pub viewer_token: Arc<String>,
 }
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Viewer,
+}
+
+/// How often the event stream sends the overview.
+const EVENT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn router(state: ApiState) -> Router {
     let operator = Router::new()
+        .route("/whoami", get(whoami))
+        .route("/overview", get(overview))
+        .route("/events", get(events))
         .route("/sites", get(sites))
+        .route("/sites/{id}/tokens", post(create_token))
+        .route("/alarms/{id}/acknowledge", post(acknowledge))
         .route("/sites/{id}", get(site))
         .route("/sites/{id}/manage", post(manage))
         .route("/sites/{id}/unmanage", post(unmanage))
@@ -63,6 +81,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/alarms", get(alarms))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .route("/v1/enroll", post(enroll))
@@ -108,7 +127,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 async fn authorize(
     State(s): State<ApiState>,
     headers: HeaderMap,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let given = headers
@@ -116,11 +135,29 @@ async fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-auth-token").and_then(|v| v.to_str().ok()));
-    match given {
-        Some(t) if same(t.trim().as_bytes(), s.admin_token.as_bytes()) => next.run(req).await,
-        Some(_) => error(
+    let role = given.and_then(|t| {
+        let t = t.trim().as_bytes();
+        if same(t, s.admin_token.as_bytes()) {
+            Some(Role::Admin)
+        } else if same(t, s.viewer_token.as_bytes()) {
+            Some(Role::Viewer)
+        } else {
+            None
+        }
+    });
+    match role {
+        Some(Role::Viewer) if req.method() != axum::http::Method::GET => error(
+            StatusCode::FORBIDDEN,
+            "this token is read-only (viewer.token); changes need the admin token",
+        )
+        .into_response(),
+        Some(role) => {
+            req.extensions_mut().insert(role);
+            next.run(req).await
+        }
+        None if given.is_some() => error(
             StatusCode::UNAUTHORIZED,
-            "the admin token is wrong; it is in admin.token in the controller's data dir",
+            "the token is wrong; the admin token is in admin.token in the controller's data dir (viewer.token for read-only)",
         )
         .into_response(),
         None => error(
@@ -221,10 +258,159 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-async fn sites(State(s): State<ApiState>) -> Response {
+/// `GET /sites[?q&label&availability&sync&sort&order&page&per_page]`:
+/// every site without `page`, one page of the filtered table with it.
+async fn sites(State(s): State<ApiState>, query: axum::extract::RawQuery) -> Response {
+    let q: view::SiteQuery = match query_params(query.0.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
     let region = s.region.clone();
-    let r = blocking(move || region.views().map_err(internal)).await;
-    respond(StatusCode::OK, r.map(|v| json!({ "sites": v })))
+    let r = blocking(move || {
+        let views = region.views().map_err(internal)?;
+        view::query(views, &q).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+    })
+    .await;
+    respond(StatusCode::OK, r)
+}
+
+/// Parses a query string with the struct's own field names and rules
+/// (unknown parameters refused, naming them).
+fn query_params<T: serde::de::DeserializeOwned>(q: Option<&str>) -> Result<T, ApiError> {
+    let uri = format!("/?{}", q.unwrap_or(""));
+    let uri: axum::http::Uri = uri
+        .parse()
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "query: not a valid query string"))?;
+    Query::<T>::try_from_uri(&uri)
+        .map(|Query(v)| v)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))
+}
+
+async fn whoami(
+    State(s): State<ApiState>,
+    axum::Extension(role): axum::Extension<Role>,
+) -> Response {
+    Json(json!({"role": role, "region": s.region.store.region()})).into_response()
+}
+
+fn overview_of(region: &Region) -> Result<view::Overview, ApiError> {
+    let views = region.views().map_err(internal)?;
+    let minute = chrono::Utc::now().timestamp() / 60;
+    let bytes = region
+        .traffic
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .last_hour(minute);
+    Ok(view::overview(&views, bytes))
+}
+
+async fn overview(State(s): State<ApiState>) -> Response {
+    let region = s.region.clone();
+    let r = blocking(move || overview_of(&region)).await;
+    respond(StatusCode::OK, r.map(|o| json!({ "overview": o })))
+}
+
+/// `GET /events`: server-sent events, an `overview` event every 2 s (the
+/// dashboard refreshes what it shows on each).
+async fn events(State(s): State<ApiState>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let region = s.region.clone();
+    let stream = futures_util::stream::unfold((region, true), |(region, first)| async move {
+        if !first {
+            tokio::time::sleep(EVENT_EVERY).await;
+        }
+        let r = region.clone();
+        let data = match blocking(move || overview_of(&r)).await {
+            Ok(o) => json!({ "overview": o }).to_string(),
+            Err(e) => json!({ "error": e.message }).to_string(),
+        };
+        let event = Event::default().event("overview").data(data);
+        Some((Ok::<_, std::convert::Infallible>(event), (region, false)))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    #[serde(default = "default_ttl_hours")]
+    ttl_hours: i64,
+}
+
+fn default_ttl_hours() -> i64 {
+    24
+}
+
+/// `POST /sites/{id}/tokens {"ttl_hours"}`: a one-time join token, as
+/// `roost-controller token create` prints it.
+async fn create_token(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let region = s.region.clone();
+    let r = blocking(move || {
+        let req: TokenRequest = if body.is_empty() {
+            TokenRequest {
+                ttl_hours: default_ttl_hours(),
+            }
+        } else {
+            parse(&body)?
+        };
+        if !(1..=720).contains(&req.ttl_hours) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "ttl_hours: must be between 1 and 720 (got {})",
+                    req.ttl_hours
+                ),
+            ));
+        }
+        let token = region
+            .store
+            .create_token(&id, chrono::Duration::hours(req.ttl_hours))
+            .map_err(|e| match e {
+                FleetError::UnknownSite(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+                e => internal(e),
+            })?;
+        tracing::info!(site = %id, ttl_hours = req.ttl_hours, "join token created through the API");
+        Ok(json!({"token": token, "site": id, "ttl_hours": req.ttl_hours}))
+    })
+    .await;
+    respond(StatusCode::CREATED, r)
+}
+
+async fn acknowledge(State(s): State<ApiState>, Path(id): Path<i64>) -> Response {
+    let region = s.region.clone();
+    let r = blocking(move || {
+        if region
+            .store
+            .acknowledge_alarm(id, chrono::Utc::now())
+            .map_err(internal)?
+        {
+            tracing::info!(alarm = id, "alarm acknowledged");
+            Ok(json!({"acknowledged": id}))
+        } else {
+            Err(error(StatusCode::NOT_FOUND, format!("no alarm {id}")))
+        }
+    })
+    .await;
+    respond(StatusCode::OK, r)
+}
+
+/// The dashboard: one page, everything inline, nothing fetched from
+/// anywhere but this controller.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
 }
 
 async fn site(State(s): State<ApiState>, Path(id): Path<String>) -> Response {

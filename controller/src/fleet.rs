@@ -21,11 +21,22 @@ pub const DB_FILE: &str = "roost-controller.db";
 /// The fleet operator's API token, inside the data dir (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
+/// The read-only token (dashboard viewers), inside the data dir (0600).
+pub const VIEWER_TOKEN_FILE: &str = "viewer.token";
+
 /// The region's admin token: read from the data dir, or made there (256
 /// random bits, hex) if it is not there yet.
 pub fn admin_token(data_dir: &Path) -> std::io::Result<String> {
-    let path = data_dir.join(ADMIN_TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
+    token_file(&data_dir.join(ADMIN_TOKEN_FILE))
+}
+
+/// The region's read-only token, as [`admin_token`].
+pub fn viewer_token(data_dir: &Path) -> std::io::Result<String> {
+    token_file(&data_dir.join(VIEWER_TOKEN_FILE))
+}
+
+fn token_file(path: &Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -35,7 +46,7 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    roost_common::files::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)?;
+    roost_common::files::write_atomic(path, format!("{token}\n").as_bytes(), 0o600)?;
     Ok(token)
 }
 
@@ -82,7 +93,7 @@ CREATE TABLE IF NOT EXISTS site_sync (
 CREATE TABLE IF NOT EXISTS alarms (
     id INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL REFERENCES sites(id),
     code TEXT NOT NULL, severity TEXT NOT NULL CHECK (severity IN ('critical', 'major', 'minor')),
-    reason TEXT NOT NULL, raised_at TEXT NOT NULL, cleared_at TEXT) STRICT;
+    reason TEXT NOT NULL, raised_at TEXT NOT NULL, cleared_at TEXT, acknowledged_at TEXT) STRICT;
 CREATE UNIQUE INDEX IF NOT EXISTS alarms_active ON alarms(site, code) WHERE cleared_at IS NULL;
 CREATE TABLE IF NOT EXISTS availability_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL REFERENCES sites(id),
@@ -101,6 +112,8 @@ pub struct AlarmRow {
     pub reason: String,
     pub raised_at: String,
     pub cleared_at: Option<String>,
+    /// When an operator acknowledged it (it stays active until cleared).
+    pub acknowledged_at: Option<String>,
 }
 
 /// One availability transition of a site.
@@ -175,6 +188,8 @@ pub trait FleetStore: std::fmt::Debug + Send + Sync {
     fn raise_offline(&self, site: &str, at: DateTime<Utc>) -> Result<bool, FleetError>;
     /// Alarms, active ones only unless `history`; newest first.
     fn alarms(&self, site: Option<&str>, history: bool) -> Result<Vec<AlarmRow>, FleetError>;
+    /// Marks an alarm acknowledged; false if there is no such alarm.
+    fn acknowledge_alarm(&self, id: i64, at: DateTime<Utc>) -> Result<bool, FleetError>;
     /// A site's last `limit` availability transitions, newest first.
     fn availability_history(
         &self,
@@ -490,7 +505,7 @@ impl FleetStore for SqliteFleet {
     fn alarms(&self, site: Option<&str>, history: bool) -> Result<Vec<AlarmRow>, FleetError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, site, code, severity, reason, raised_at, cleared_at FROM alarms
+            "SELECT id, site, code, severity, reason, raised_at, cleared_at, acknowledged_at FROM alarms
              WHERE (?1 IS NULL OR site = ?1) AND (?2 OR cleared_at IS NULL)
              ORDER BY id DESC LIMIT 1000",
         )?;
@@ -503,12 +518,20 @@ impl FleetStore for SqliteFleet {
                 reason: r.get(4)?,
                 raised_at: r.get(5)?,
                 cleared_at: r.get(6)?,
+                acknowledged_at: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// A site's last `limit` availability transitions, newest first.
+    fn acknowledge_alarm(&self, id: i64, at: DateTime<Utc>) -> Result<bool, FleetError> {
+        Ok(self.conn().execute(
+            "UPDATE alarms SET acknowledged_at = COALESCE(acknowledged_at, ?2) WHERE id = ?1",
+            params![id, time(at)],
+        )? == 1)
+    }
+
     fn availability_history(
         &self,
         site: &str,
@@ -665,6 +688,9 @@ mod tests {
         let all = s.alarms(None, true).unwrap();
         assert_eq!(all.len(), 1);
         assert!(all[0].cleared_at.is_some());
+        assert!(s.acknowledge_alarm(all[0].id, t0).unwrap());
+        assert!(!s.acknowledge_alarm(all[0].id + 100, t0).unwrap());
+        assert!(s.alarms(None, true).unwrap()[0].acknowledged_at.is_some());
         let history = s.availability_history("vehicle-07", 10).unwrap();
         assert_eq!(
             history

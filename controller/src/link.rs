@@ -24,6 +24,7 @@ use roost_sync::transport::{drive, peer_site_id, region_accept, Hello};
 use roost_sync::{Docs, IntentDoc, Role, Session, SessionConfig};
 
 use crate::metrics::METRICS;
+use crate::view::Traffic;
 
 use crate::fleet::{FleetError, FleetStore};
 
@@ -66,6 +67,8 @@ pub struct SiteLink {
     peer_heads: Mutex<[Vec<ChangeHash>; 2]>,
     /// Since when the site has been out of sync while online.
     out_of_sync_since: Mutex<Option<Instant>>,
+    /// Sync frame bytes (in, out) since the controller started.
+    bytes: Mutex<(u64, u64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,6 +110,11 @@ impl SiteLink {
         lock(&self.out_of_sync_since).map_or(0.0, |t| t.elapsed().as_secs_f64())
     }
 
+    /// Sync frame bytes (from, to) the site since the controller started.
+    pub fn bytes(&self) -> (u64, u64) {
+        *lock(&self.bytes)
+    }
+
     pub fn is_online(&self) -> bool {
         matches!(*lock(&self.availability), Availability::Online { .. })
     }
@@ -145,6 +153,8 @@ pub struct Region {
     started: Instant,
     actor: Vec<u8>,
     sites: Mutex<HashMap<String, Arc<SiteLink>>>,
+    /// Sync bytes per minute, for the last hour's total.
+    pub traffic: Mutex<Traffic>,
 }
 
 /// Why a write of the region's intent failed.
@@ -165,6 +175,7 @@ impl Region {
             offline_after,
             started: Instant::now(),
             sites: Mutex::new(HashMap::new()),
+            traffic: Mutex::new(Traffic::default()),
         }
     }
 
@@ -188,6 +199,7 @@ impl Region {
             availability: Mutex::new(Availability::Offline { since: None }),
             peer_heads: Mutex::new(peer_heads),
             out_of_sync_since: Mutex::new(None),
+            bytes: Mutex::new((0, 0)),
         });
         Ok(lock(&self.sites)
             .entry(site.to_string())
@@ -359,12 +371,13 @@ impl Region {
         let counted = Mutex::new(roost_sync::session::Stats::default());
         let on_received = {
             let (arrived, link, counted) = (arrived.clone(), link.clone(), &counted);
+            let traffic = &self.traffic;
             move |session: &Session, r: roost_sync::Received| {
                 if r.intent_changed || r.status_changed {
                     arrived.notify_one();
                 }
                 link.observe(session);
-                count_bytes(counted, session.stats());
+                count_bytes(counted, session.stats(), &link, traffic);
             }
         };
         let result = drive(
@@ -378,7 +391,7 @@ impl Region {
         )
         .await;
         persister.abort();
-        count_bytes(&counted, session.stats());
+        count_bytes(&counted, session.stats(), &link, &self.traffic);
         let (store, s, l, state) = (
             self.store.clone(),
             site.clone(),
@@ -433,16 +446,35 @@ impl Region {
     }
 }
 
-/// Adds a session's new bytes to the region's counters.
-fn count_bytes(counted: &Mutex<roost_sync::session::Stats>, now: roost_sync::session::Stats) {
+/// Adds a session's new bytes to the region's, the site's and the last
+/// hour's counters.
+fn count_bytes(
+    counted: &Mutex<roost_sync::session::Stats>,
+    now: roost_sync::session::Stats,
+    link: &SiteLink,
+    traffic: &Mutex<Traffic>,
+) {
     let mut c = lock(counted);
+    let (bytes_in, bytes_out) = (
+        now.bytes_in.saturating_sub(c.bytes_in),
+        now.bytes_out.saturating_sub(c.bytes_out),
+    );
+    *c = now;
+    if bytes_in + bytes_out == 0 {
+        return;
+    }
     METRICS
         .sync_bytes
         .with_label_values(&["in"])
-        .inc_by(now.bytes_in.saturating_sub(c.bytes_in));
+        .inc_by(bytes_in);
     METRICS
         .sync_bytes
         .with_label_values(&["out"])
-        .inc_by(now.bytes_out.saturating_sub(c.bytes_out));
-    *c = now;
+        .inc_by(bytes_out);
+    {
+        let mut b = lock(&link.bytes);
+        b.0 += bytes_in;
+        b.1 += bytes_out;
+    }
+    lock(traffic).add(Utc::now().timestamp() / 60, bytes_in, bytes_out);
 }

@@ -277,6 +277,12 @@ fn serve(
                 dir.join(fleet::ADMIN_TOKEN_FILE).display()
             )
         })?;
+        let viewer_token = fleet::viewer_token(&dir).with_context(|| {
+            format!(
+                "cannot read or make {}",
+                dir.join(fleet::VIEWER_TOKEN_FILE).display()
+            )
+        })?;
         let region = Arc::new(Region::new(Arc::new(store), offline_after));
         let quic = tokio::spawn(region.clone().serve(endpoint.clone()));
         let audit = tokio::spawn(region.clone().audit_after_start());
@@ -284,11 +290,13 @@ fn serve(
             region,
             ca: Arc::new(ca),
             admin_token: Arc::new(admin_token),
+            viewer_token: Arc::new(viewer_token),
         };
         let api_addr = listener.local_addr().context("api address")?;
         let quic_addr = endpoint.local_addr().context("quic address")?;
         println!("roost-controller: region {} is serving", config.region.name);
         println!("  API        http://{api_addr}");
+        println!("  dashboard  http://{api_addr}/ (sign in with admin.token, or viewer.token to look only)");
         println!("  QUIC       {quic_addr} (sites sync here, mutual TLS)");
         println!("  sites      {} in the config", config.sites.len());
         println!("  data dir   {}", dir.display());

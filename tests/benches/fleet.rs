@@ -26,168 +26,21 @@
 //! The controller's counts come from its `/metrics` (polled once a second
 //! outside the idle window, so scraping costs nothing there).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use roost_controller::fleet::{FleetStore, SqliteFleet};
-use roost_sync::pki::region_server_name;
-use roost_sync::transport::{client_config, drive, site_open, Hello};
-use roost_sync::{
-    site_author, site_status_actor, Docs, IntentDoc, Persisted, Role, Session, SessionConfig,
-    StatusDoc,
-};
+use roost_tests::sim::{self, SimSite};
 use roost_tests::{cpu_ticks, rss_kib, ControllerProcess};
-use serde_json::json;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 const REGION: &str = "eu-bench";
 const ENDPOINTS: usize = 4;
 const IDLE: Duration = Duration::from_secs(30);
 
-struct SimSite {
-    id: String,
-    config: quinn::ClientConfig,
-    docs: Arc<Mutex<Docs>>,
-    local: Arc<Notify>,
-    persisted: Mutex<Option<Persisted>>,
-    conn: Mutex<Option<quinn::Connection>>,
-    /// Wire bytes of connections already closed.
-    closed_bytes: Mutex<u64>,
-}
-
-fn record_server(docs: &mut Docs, n: usize, now_ms: i64) {
-    let id = format!("srv-{n:04}");
-    let spec = json!({"name": format!("cam-{n}"), "project_id": "p", "user_id": "u",
-        "flavor_id": "2", "image_id": "img", "availability_zone": null, "server_group": null,
-        "power": "running", "reboot_generation": 0, "reboot_hard": false, "deleted": false,
-        "metadata": {}});
-    let status = json!({"host": "node-0", "availability_zone": "nova", "vm_state": "active",
-        "task_state": null, "power_state": "running", "reboot_generation": 0, "fault": null});
-    docs.intent
-        .create(
-            "servers",
-            &id,
-            spec.as_object().expect("object").clone(),
-            now_ms,
-        )
-        .expect("record spec");
-    docs.status
-        .set("servers", &id, &status)
-        .expect("record status");
-}
-
-fn sim_docs(site: &str) -> Docs {
-    let mut docs = Docs {
-        intent: IntentDoc::new(format!("sim:{site}").as_bytes(), &site_author(site)),
-        status: StatusDoc::new(&site_status_actor(site)),
-        site_status_actor: site_status_actor(site),
-    };
-    let now = 1_700_000_000_000;
-    for n in 0..3 {
-        record_server(&mut docs, n, now);
-    }
-    let capacity = json!({"total": {"vcpus": 16, "ram_mb": 14336, "disk_gb": 256},
-        "used": {"vcpus": 3, "ram_mb": 1536, "disk_gb": 3},
-        "host_free": [{"vcpus": 13, "ram_mb": 12800, "disk_gb": 253}], "instances": 3});
-    docs.status
-        .set("site", "capacity", &capacity)
-        .expect("record capacity");
-    docs
-}
-
-/// Connects one site and runs its session, reconnecting as the agent does
-/// (0.5 s doubling to 60 s, full jitter) whenever a connection fails or
-/// ends, until the bench lets go of the fleet ([`HOLD`] false); `permit` is
-/// let go once the first hellos are exchanged.
-async fn run_site(
-    site: Arc<SimSite>,
-    endpoint: quinn::Endpoint,
-    addr: std::net::SocketAddr,
-    mut permit: Option<OwnedSemaphorePermit>,
-) {
-    let mut cap = Duration::from_millis(500);
-    while HOLD.load(Ordering::SeqCst) {
-        let (conn, send, recv) = match open(&site, &endpoint, addr).await {
-            Ok(open) => open,
-            Err(_) => {
-                RETRIES.fetch_add(1, Ordering::Relaxed);
-                let wait = rand::rng().random_range(Duration::ZERO..=cap);
-                tokio::time::sleep(wait).await;
-                cap = (cap * 2).min(Duration::from_secs(60));
-                continue;
-            }
-        };
-        cap = Duration::from_millis(500);
-        permit.take();
-        *site.conn.lock().expect("lock") = Some(conn);
-        let cfg = SessionConfig::default();
-        let persisted = site.persisted.lock().expect("lock").clone();
-        let mut session = Session::new(Role::Site, cfg.clone(), persisted.as_ref(), Instant::now())
-            .expect("session");
-        let ended = drive(
-            &mut session,
-            &site.docs,
-            &site.local,
-            &|_, _| {},
-            send,
-            recv,
-            cfg.max_frame,
-        )
-        .await;
-        *site.persisted.lock().expect("lock") = Some(session.persist());
-        if HOLD.load(Ordering::SeqCst) {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            eprintln!("  {}: session ended ({ended:?}); reconnecting", site.id);
-            if let Some(c) = site.conn.lock().expect("lock").take() {
-                let st = c.stats();
-                *site.closed_bytes.lock().expect("lock") += st.udp_tx.bytes
-                    + st.udp_rx.bytes
-                    + 28 * (st.udp_tx.datagrams + st.udp_rx.datagrams);
-            }
-        }
-    }
-}
-
-/// While true, sites whose connection ends reconnect.
-static HOLD: AtomicBool = AtomicBool::new(true);
-/// Sessions that ended while the bench held the fleet.
-static DROPPED: AtomicU64 = AtomicU64::new(0);
-/// Connection attempts that failed (and were retried), across all sites.
-static RETRIES: AtomicU64 = AtomicU64::new(0);
-
-async fn open(
-    site: &SimSite,
-    endpoint: &quinn::Endpoint,
-    addr: std::net::SocketAddr,
-) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), String> {
-    let conn = endpoint
-        .connect_with(site.config.clone(), addr, &region_server_name(REGION))
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    let hello = Hello {
-        name: site.id.clone(),
-        version: "fleet-bench".into(),
-        protocol: roost_sync::frame::VERSION,
-    };
-    let (_, send, recv) = site_open(&conn, &hello).await.map_err(|e| e.to_string())?;
-    Ok((conn, send, recv))
-}
-
 fn wire_bytes(sites: &[Arc<SimSite>]) -> u64 {
-    sites
-        .iter()
-        .map(|s| {
-            let closed = *s.closed_bytes.lock().expect("lock");
-            let open = s.conn.lock().expect("lock").as_ref().map_or(0, |c| {
-                let st = c.stats();
-                st.udp_tx.bytes + st.udp_rx.bytes + 28 * (st.udp_tx.datagrams + st.udp_rx.datagrams)
-            });
-            closed + open
-        })
-        .sum()
+    sites.iter().map(|s| s.wire_bytes()).sum()
 }
 
 /// A gauge's value from the controller's `/metrics`.
@@ -256,34 +109,9 @@ async fn run(n: usize) -> Figures {
 
     // Enrollment as a join token does it, straight through the fleet store.
     let t = Instant::now();
-    let sites: Vec<Arc<SimSite>> = {
-        let parsed: roost_common::config::RegionConfig =
-            roost_common::config::load(&config_path).expect("config");
-        let (store, ca) = SqliteFleet::open(&data, REGION).expect("fleet store");
-        store.sync_sites(&parsed.sites).expect("sites");
-        ids.iter()
-            .enumerate()
-            .map(|(i, id)| {
-                let token = store
-                    .create_token(id, chrono::Duration::hours(1))
-                    .expect("token");
-                store.redeem(&token).expect("redeem");
-                let cred = ca.issue_site(id).expect("site certificate");
-                if (i + 1) % 1000 == 0 {
-                    eprintln!("  enrolled {} of {n} sites ({:.0?})", i + 1, t.elapsed());
-                }
-                Arc::new(SimSite {
-                    id: id.clone(),
-                    config: client_config(&cred).expect("client config"),
-                    docs: Arc::new(Mutex::new(sim_docs(id))),
-                    local: Arc::new(Notify::new()),
-                    persisted: Mutex::new(None),
-                    conn: Mutex::new(None),
-                    closed_bytes: Mutex::new(0),
-                })
-            })
-            .collect()
-    };
+    let sites = sim::enroll(&data, &config_path, |i| {
+        eprintln!("  enrolled {i} of {n} sites ({:.0?})", t.elapsed())
+    });
     eprintln!("  {n} sites enrolled in {:.1?}", t.elapsed());
 
     let controller = ControllerProcess::start_logging(&config_path, &data, "error");
@@ -300,7 +128,7 @@ async fn run(n: usize) -> Figures {
         let (s, ep, gate) = (s.clone(), endpoints[i % ENDPOINTS].clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("semaphore");
-            run_site(s, ep, quic, Some(permit)).await
+            s.run(ep, quic, Some(permit)).await
         }));
     }
     let connect = wait_in_sync(
@@ -313,7 +141,7 @@ async fn run(n: usize) -> Figures {
     .await;
     eprintln!(
         "  all {n} sites online and in sync after {connect:.1?} ({} attempts retried)",
-        RETRIES.swap(0, Ordering::Relaxed)
+        sim::RETRIES.swap(0, Ordering::Relaxed)
     );
 
     // 2. Idle.
@@ -338,15 +166,8 @@ async fn run(n: usize) -> Figures {
     );
 
     // 3. The storm: all drop, each writes while apart, all return at once.
-    HOLD.store(false, Ordering::SeqCst);
     for s in &sites {
-        if let Some(c) = s.conn.lock().expect("lock").take() {
-            let st = c.stats();
-            *s.closed_bytes.lock().expect("lock") += st.udp_tx.bytes
-                + st.udp_rx.bytes
-                + 28 * (st.udp_tx.datagrams + st.udp_rx.datagrams);
-            c.close(0u32.into(), b"storm");
-        }
+        s.let_go();
     }
     for t in tasks {
         let _ = t.await;
@@ -367,36 +188,31 @@ async fn run(n: usize) -> Figures {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for s in &sites {
-        record_server(&mut s.docs.lock().expect("lock"), 100, 1_700_000_100_000);
+        sim::record_server(&mut s.docs.lock().expect("lock"), 100, 1_700_000_100_000);
     }
     eprintln!("  all {n} sites offline; each recorded a server; returning at once");
-    HOLD.store(true, Ordering::SeqCst);
     let mut tasks = Vec::with_capacity(n);
     for (i, s) in sites.iter().enumerate() {
         let (s, ep) = (s.clone(), endpoints[i % ENDPOINTS].clone());
         let jitter = Duration::from_millis(rand::rng().random_range(0..500));
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(jitter).await;
-            run_site(s, ep, quic, None).await
+            s.run(ep, quic, None).await
         }));
     }
     let storm = wait_in_sync(&http, &controller.api, n, "storm", Duration::from_secs(600)).await;
-    HOLD.store(false, Ordering::SeqCst);
     eprintln!(
         "  storm: all {n} sites back in sync after {storm:.1?} ({} attempts retried)",
-        RETRIES.swap(0, Ordering::Relaxed)
+        sim::RETRIES.swap(0, Ordering::Relaxed)
     );
     for s in &sites {
-        if let Some(c) = s.conn.lock().expect("lock").take() {
-            c.close(0u32.into(), b"done");
-        }
+        s.let_go();
     }
     for t in tasks {
         let _ = t.await;
     }
     drop(controller);
-    HOLD.store(true, Ordering::SeqCst);
-    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    let dropped = sim::DROPPED.swap(0, Ordering::Relaxed);
     if dropped > 0 {
         eprintln!("  {dropped} sessions ended by themselves and were reopened");
     }

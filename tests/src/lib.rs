@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod browser;
 pub mod link;
 pub mod region;
+pub mod sim;
 
 /// The admin password tests give agents through `ROOST_ADMIN_PASSWORD`.
 pub const ADMIN_PASSWORD: &str = "test-password-1";
