@@ -11,10 +11,12 @@
 //!   placement across sites), validated and written as the region's intent.
 //! - [`view`]: a site as the region shows it (dcmanager's separate fields).
 //! - [`api`]: the HTTP API: enrollment, the fleet operator's API under
-//!   `/roost/v1/`, `/metrics`.
+//!   `/roost/v1/` (admin and read-only viewer tokens), `/metrics`, and the
+//!   dashboard page at `/` (`dashboard.html`, compiled into the binary).
 //! - [`metrics`]: every Prometheus metric, declared in one place.
 //!
-//! Not here yet: the dashboard, PostgreSQL, several controller replicas.
+//! Not here yet: PostgreSQL, several controller replicas, users and roles
+//! beyond the two tokens.
 
 pub mod api;
 pub mod fleet;
