@@ -268,7 +268,7 @@ async fn sites(State(s): State<ApiState>, query: axum::extract::RawQuery) -> Res
     let region = s.region.clone();
     let r = blocking(move || {
         let views = region.views().map_err(internal)?;
-        view::query(views, &q).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+        view::query(&views, &q).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
     })
     .await;
     respond(StatusCode::OK, r)
@@ -453,6 +453,7 @@ async fn set_management(s: ApiState, id: String, management: &'static str) -> Re
             ));
         }
         tracing::info!(site = %id, management, "site management changed");
+        region.invalidate_views();
         let row = region
             .store
             .site(&id)

@@ -24,7 +24,7 @@ use roost_sync::transport::{drive, peer_site_id, region_accept, Hello};
 use roost_sync::{Docs, IntentDoc, Role, Session, SessionConfig};
 
 use crate::metrics::METRICS;
-use crate::view::Traffic;
+use crate::view::{DocFacts, Traffic};
 
 use crate::fleet::{FleetError, FleetStore};
 
@@ -52,6 +52,10 @@ pub struct Distance {
     pub from_site: usize,
 }
 
+/// Facts read from the documents, with the (intent, status) heads they were
+/// read at.
+type FactsAt = ([Vec<ChangeHash>; 2], Arc<DocFacts>);
+
 /// The region's side of one site.
 #[derive(Debug)]
 pub struct SiteLink {
@@ -69,6 +73,8 @@ pub struct SiteLink {
     out_of_sync_since: Mutex<Option<Instant>>,
     /// Sync frame bytes (in, out) since the controller started.
     bytes: Mutex<(u64, u64)>,
+    /// What the view reads from the documents, with the heads it was read at.
+    facts: Mutex<Option<FactsAt>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -108,6 +114,22 @@ impl SiteLink {
     /// Seconds the site has been out of sync while online (0 if in sync).
     pub fn lag(&self) -> f64 {
         lock(&self.out_of_sync_since).map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
+    /// What the region's view needs from the documents, read again only
+    /// when they changed.
+    pub fn doc_facts(&self) -> Arc<DocFacts> {
+        let mut d = lock(&self.docs);
+        let heads = [d.intent.heads(), d.status.heads()];
+        let mut cached = lock(&self.facts);
+        if let Some((at, facts)) = cached.as_ref() {
+            if *at == heads {
+                return facts.clone();
+            }
+        }
+        let facts = Arc::new(DocFacts::read(&d));
+        *cached = Some((heads, facts.clone()));
+        facts
     }
 
     /// Sync frame bytes (from, to) the site since the controller started.
@@ -155,6 +177,8 @@ pub struct Region {
     sites: Mutex<HashMap<String, Arc<SiteLink>>>,
     /// Sync bytes per minute, for the last hour's total.
     pub traffic: Mutex<Traffic>,
+    /// The last computed site views (see `Region::views`).
+    pub(crate) views_cache: Mutex<Option<(Instant, Arc<Vec<crate::view::SiteView>>)>>,
 }
 
 /// Why a write of the region's intent failed.
@@ -176,6 +200,7 @@ impl Region {
             started: Instant::now(),
             sites: Mutex::new(HashMap::new()),
             traffic: Mutex::new(Traffic::default()),
+            views_cache: Mutex::new(None),
         }
     }
 
@@ -200,6 +225,7 @@ impl Region {
             peer_heads: Mutex::new(peer_heads),
             out_of_sync_since: Mutex::new(None),
             bytes: Mutex::new((0, 0)),
+            facts: Mutex::new(None),
         });
         Ok(lock(&self.sites)
             .entry(site.to_string())
@@ -246,6 +272,7 @@ impl Region {
             return Err(e.into());
         }
         link.local.notify_one();
+        self.invalidate_views();
         Ok(out)
     }
 

@@ -4,6 +4,8 @@
 //! way for the API, the CLI and `/metrics`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +98,10 @@ pub struct SiteView {
     /// Concurrent intent edits the site has settled and journaled (its
     /// conflict journal's size, as it last published it).
     pub conflicts: u64,
+    /// The latest entries of that journal (resource, field, winner and
+    /// loser with their authors and times).
+    #[serde(default)]
+    pub recent_conflicts: Vec<serde_json::Value>,
     /// Sync frame bytes from and to the site since the controller started.
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -115,35 +121,7 @@ impl Region {
             Availability::Offline { since } => (false, since, None),
         };
         let distance = link.distance();
-        let (capacity, quota, conflicts) = {
-            let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
-            let conflicts = d
-                .status
-                .get("site", "conflicts")
-                .ok()
-                .flatten()
-                .and_then(|v| v["total"].as_u64())
-                .unwrap_or(0);
-            let capacity = d
-                .status
-                .get("site", "capacity")
-                .ok()
-                .flatten()
-                .and_then(|v| serde_json::from_value(v).ok());
-            let quota = d
-                .intent
-                .resource("quotas", "site")
-                .ok()
-                .flatten()
-                .filter(|q| !q.deleted)
-                .and_then(|q| {
-                    serde_json::from_value(serde_json::Value::Object(
-                        q.fields.into_iter().collect(),
-                    ))
-                    .ok()
-                });
-            (capacity, quota, conflicts)
-        };
+        let facts = link.doc_facts();
         let last_seen = if online {
             Some(crate::fleet::now_text())
         } else {
@@ -166,16 +144,36 @@ impl Region {
             },
             last_seen,
             alarms,
-            capacity,
-            quota,
-            conflicts,
+            capacity: facts.capacity.clone(),
+            quota: facts.quota,
+            conflicts: facts.conflicts,
+            recent_conflicts: facts.recent_conflicts.clone(),
             bytes_in: link.bytes().0,
             bytes_out: link.bytes().1,
         })
     }
 
-    /// Every site's view, in id order. Blocks.
-    pub fn views(&self) -> Result<Vec<SiteView>, FleetError> {
+    /// Every site's view, in id order, computed at most once per
+    /// [`VIEWS_FRESH`] (the dashboard, `/metrics` and the event stream all
+    /// ask). Blocks.
+    pub fn views(&self) -> Result<Arc<Vec<SiteView>>, FleetError> {
+        let mut cache = self.views_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, views)) = cache.as_ref() {
+            if at.elapsed() < VIEWS_FRESH {
+                return Ok(views.clone());
+            }
+        }
+        let views = Arc::new(self.compute_views()?);
+        *cache = Some((Instant::now(), views.clone()));
+        Ok(views)
+    }
+
+    /// Drops the cached views (after a change the caller will want to see).
+    pub fn invalidate_views(&self) {
+        *self.views_cache.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn compute_views(&self) -> Result<Vec<SiteView>, FleetError> {
         let alarms = self.store.alarms(None, false)?;
         let mut by_site: BTreeMap<&str, Vec<&AlarmRow>> = BTreeMap::new();
         for a in &alarms {
@@ -190,6 +188,58 @@ impl Region {
                 self.view(row, counts)
             })
             .collect()
+    }
+}
+
+/// How long computed site views are reused.
+pub const VIEWS_FRESH: Duration = Duration::from_secs(1);
+
+/// What the region reads out of a site's documents for its view, kept per
+/// site until the documents change.
+#[derive(Debug, Clone, Default)]
+pub struct DocFacts {
+    pub capacity: Option<SiteCapacity>,
+    pub quota: Option<SiteQuota>,
+    pub conflicts: u64,
+    pub recent_conflicts: Vec<serde_json::Value>,
+}
+
+impl DocFacts {
+    pub fn read(d: &roost_sync::Docs) -> DocFacts {
+        let (conflicts, recent_conflicts) = d
+            .status
+            .get("site", "conflicts")
+            .ok()
+            .flatten()
+            .map(|v| {
+                (
+                    v["total"].as_u64().unwrap_or(0),
+                    v["recent"].as_array().cloned().unwrap_or_default(),
+                )
+            })
+            .unwrap_or_default();
+        let capacity = d
+            .status
+            .get("site", "capacity")
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_value(v).ok());
+        let quota = d
+            .intent
+            .resource("quotas", "site")
+            .ok()
+            .flatten()
+            .filter(|q| !q.deleted)
+            .and_then(|q| {
+                serde_json::from_value(serde_json::Value::Object(q.fields.into_iter().collect()))
+                    .ok()
+            });
+        DocFacts {
+            capacity,
+            quota,
+            conflicts,
+            recent_conflicts,
+        }
     }
 }
 
@@ -284,6 +334,7 @@ mod tests {
             capacity: None,
             quota: None,
             conflicts: 1,
+            recent_conflicts: Vec::new(),
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -302,12 +353,12 @@ mod tests {
     #[test]
     fn the_site_table_filters_sorts_and_pages_on_the_server() {
         let ids = |p: &SitePage| p.sites.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
-        let all = query(fleet(), &SiteQuery::default()).unwrap();
+        let all = query(&fleet(), &SiteQuery::default()).unwrap();
         assert_eq!(ids(&all), ["f-01", "f-02", "v-01", "v-02", "v-03"]);
         let q = |f: fn(&mut SiteQuery)| {
             let mut q = SiteQuery::default();
             f(&mut q);
-            query(fleet(), &q)
+            query(&fleet(), &q)
         };
         let p = q(|q| {
             q.label = Some("kind=vehicle".into());
@@ -353,9 +404,9 @@ mod tests {
         t.add(100, 5, 1);
         t.add(100, 5, 1);
         t.add(130, 1, 0);
+        assert_eq!(t.last_hour(159), (11, 2));
         t.add(161, 0, 7);
         assert_eq!(t.last_hour(161), (1, 7), "minute 100 is over an hour old");
-        assert_eq!(t.last_hour(159), (11, 2));
     }
 
     #[test]
@@ -419,7 +470,7 @@ fn one_of(field: &str, v: &Option<String>, allowed: &[&str]) -> Result<(), Field
 }
 
 /// Filters, sorts and pages `views`. Pure.
-pub fn query(mut views: Vec<SiteView>, q: &SiteQuery) -> Result<SitePage, FieldError> {
+pub fn query(views: &[SiteView], q: &SiteQuery) -> Result<SitePage, FieldError> {
     one_of("availability", &q.availability, &["online", "offline"])?;
     one_of("sync", &q.sync, &["in-sync", "out-of-sync", "unknown"])?;
     one_of(
@@ -441,6 +492,7 @@ pub fn query(mut views: Vec<SiteView>, q: &SiteQuery) -> Result<SitePage, FieldE
         return Err(FieldError::new("page", 0, "must be 1 or more"));
     }
     let needle = q.q.as_deref().map(str::to_lowercase);
+    let mut views: Vec<&SiteView> = views.iter().collect();
     views.retain(|v| {
         needle
             .as_deref()
@@ -484,6 +536,7 @@ pub fn query(mut views: Vec<SiteView>, q: &SiteQuery) -> Result<SitePage, FieldE
         .into_iter()
         .skip((page - 1) * per_page)
         .take(per_page)
+        .cloned()
         .collect();
     Ok(SitePage {
         sites,

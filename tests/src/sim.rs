@@ -196,6 +196,13 @@ impl SimSite {
         Some(c)
     }
 
+    /// Changes the site's documents as the agent would, and tells the
+    /// session.
+    pub fn record(&self, edit: impl FnOnce(&mut Docs)) {
+        edit(&mut self.docs.lock().expect("lock"));
+        self.local.notify_one();
+    }
+
     /// Ends the site's connection and its reconnecting (`run` returns).
     pub fn let_go(&self) {
         self.hold.store(false, Ordering::SeqCst);

@@ -158,6 +158,39 @@ async fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         .screenshot(&screenshots().join("dashboard-fleet.png"))
         .await;
 
+    // A site publishes its conflict journal; its page shows the entries.
+    let site5 = sites.iter().find(|s| s.id == "site-005").unwrap();
+    site5.record(|d| {
+        d.status
+            .set(
+                "site",
+                "conflicts",
+                &serde_json::json!({"total": 1, "recent": [{"seq": 1, "kind": "servers",
+                    "resource_id": "cam-9", "field": "name", "recorded_at": "2026-11-22T10:00:00Z",
+                    "winner": {"v": "cam-north", "at": 2, "by": "region:eu-central"},
+                    "loser": {"v": "cam-south", "at": 1, "by": "site:site-005"}}]}),
+            )
+            .unwrap()
+    });
+    browser
+        .eval("location.hash = '#/site/site-005'; return true")
+        .await;
+    browser
+        .wait_for(
+            "site-005's page shows its conflict journal",
+            "const t = document.getElementById('site').textContent; return t.includes('Conflict journal (1 at the site') && t.includes('cam-south') && t.includes('servers/cam-9')",
+            Duration::from_secs(15),
+        )
+        .await;
+    browser.eval("location.hash = '#/'; return true").await;
+    browser
+        .wait_for(
+            "back on the table",
+            &format!("return ({rows}) === 25"),
+            Duration::from_secs(10),
+        )
+        .await;
+
     // Cut site-003's link: the open page shows it offline without a reload.
     browser.eval("window.__stayed = true; return true").await;
     relay.cut(true);

@@ -31,6 +31,9 @@ pub const COMPACT_AFTER: usize = 2000;
 /// The kinds of resource the documents hold, by table name.
 pub const KINDS: [&str; 3] = ["servers", "flavors", "server_groups"];
 
+/// Latest conflict journal entries published in the status document.
+const PUBLISHED_CONFLICTS: i64 = 20;
+
 /// Intent only the region writes: the site's allotment (one resource,
 /// id [`QUOTA_ID`]).
 pub const QUOTAS: &str = "quotas";
@@ -394,11 +397,34 @@ impl super::WriteCtx<'_> {
             applied.conflicts += 1;
         }
         if applied.conflicts > 0 {
-            // The region shows each site's journal size beside its sync state.
+            // The region shows each site's journal (its size and the latest
+            // entries) beside its sync state.
             let total: i64 = self
                 .tx
                 .query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get(0))?;
-            self.record_status("site", "conflicts", &serde_json::json!({ "total": total }));
+            let mut recent = Vec::new();
+            let mut stmt = self.tx.prepare_cached(
+                "SELECT seq, kind, resource_id, field, winner, loser, recorded_at FROM conflicts
+                 ORDER BY seq DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([PUBLISHED_CONFLICTS], |r| {
+                Ok(serde_json::json!({
+                    "seq": r.get::<_, i64>(0)?, "kind": r.get::<_, String>(1)?,
+                    "resource_id": r.get::<_, String>(2)?, "field": r.get::<_, String>(3)?,
+                    "winner": serde_json::from_str::<serde_json::Value>(&r.get::<_, String>(4)?).unwrap_or_default(),
+                    "loser": serde_json::from_str::<serde_json::Value>(&r.get::<_, String>(5)?).unwrap_or_default(),
+                    "recorded_at": r.get::<_, String>(6)?,
+                }))
+            })?;
+            for row in rows {
+                recent.push(row?);
+            }
+            drop(stmt);
+            self.record_status(
+                "site",
+                "conflicts",
+                &serde_json::json!({ "total": total, "recent": recent }),
+            );
         }
         let heads = self.docs.intent.heads();
         let touched: Vec<(String, String)> = match self.applied.as_deref() {
