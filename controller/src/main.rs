@@ -269,8 +269,15 @@ fn serve(
         let mut quic_config = roost_sync::transport::server_config(&region_cred)
             .context("cannot set up TLS for QUIC")?;
         quic_config.transport_config(roost_sync::transport::region_transport(offline_after));
-        let endpoint = quinn::Endpoint::server(quic_config, quic_addr)
+        let (endpoint, buffer) = roost_sync::transport::region_endpoint(quic_config, quic_addr)
             .with_context(|| format!("cannot listen on {quic_addr} (quic.listen)"))?;
+        if buffer < roost_sync::transport::REGION_SOCKET_BUFFER {
+            tracing::warn!(
+                granted = buffer,
+                wanted = roost_sync::transport::REGION_SOCKET_BUFFER,
+                "the kernel gave the QUIC socket a smaller receive buffer; raise net.core.rmem_max for reconnect storms"
+            );
+        }
         let admin_token = fleet::admin_token(&dir).with_context(|| {
             format!(
                 "cannot read or make {}",

@@ -87,6 +87,37 @@ fn roots(ca: &CertificateDer<'static>) -> Result<Arc<rustls::RootCertStore>, Tra
     Ok(Arc::new(roots))
 }
 
+/// Receive (and send) buffer the region asks for on its UDP socket: at a
+/// reconnect storm thousands of sites' first packets arrive within a
+/// second, and a default-sized buffer (~200 KiB) drops most of them, which
+/// turns into handshake timeouts and backoff. The kernel caps it at
+/// `net.core.rmem_max`.
+pub const REGION_SOCKET_BUFFER: usize = 8 << 20;
+
+/// The region's QUIC endpoint on `addr`, with a large socket buffer.
+/// Returns the endpoint and the receive buffer the kernel granted.
+pub fn region_endpoint(
+    config: quinn::ServerConfig,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<(quinn::Endpoint, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, only worse in a storm.
+    let _ = socket.set_recv_buffer_size(REGION_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(REGION_SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket.into(),
+        runtime,
+    )?;
+    Ok((endpoint, granted))
+}
+
 /// The region's side: requires a client certificate from the CA.
 pub fn server_config(cred: &Credential) -> Result<quinn::ServerConfig, TransportError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(&cred.ca)?, provider())

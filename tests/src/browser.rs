@@ -122,6 +122,16 @@ impl Browser {
             .await;
     }
 
+    /// Resizes the window (e.g. to a tablet's 820x1180).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
     /// Runs `script` (a function body; `return` gives the value) in the page.
     pub async fn eval(&self, script: &str) -> Value {
         self.call(

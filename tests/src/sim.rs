@@ -43,6 +43,25 @@ pub struct SimSite {
     hold: AtomicBool,
 }
 
+/// A client endpoint for many simulated sites. Real sites have a socket
+/// each; these share one, so it gets a large buffer (as much as the kernel
+/// allows) to not drop what a socket per site would have received.
+pub fn client_endpoint() -> quinn::Endpoint {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("UDP socket");
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    socket.bind(&addr.into()).expect("bind");
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        quinn::default_runtime().expect("tokio runtime"),
+    )
+    .expect("client endpoint")
+}
+
 /// Enrolls every site of the region config at `config_path` in the fleet
 /// store in `data_dir` (before the controller starts), each with its own
 /// certificate. `progress` is called every 1,000 sites.

@@ -157,6 +157,19 @@ async fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
     browser
         .screenshot(&screenshots().join("dashboard-fleet.png"))
         .await;
+    // On a tablet the table still fits the width (narrow columns hide).
+    browser.resize(820, 1180).await;
+    browser
+        .wait_for(
+            "the page fits a tablet's width",
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser
+        .screenshot(&screenshots().join("dashboard-tablet.png"))
+        .await;
+    browser.resize(1280, 900).await;
 
     // A site publishes its conflict journal; its page shows the entries.
     let site5 = sites.iter().find(|s| s.id == "site-005").unwrap();

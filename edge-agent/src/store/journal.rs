@@ -13,6 +13,12 @@
 //!   loads one snapshot and a short tail.
 //! - A store made before the documents existed gets them built from its
 //!   rows on first open.
+//! - Besides each resource's status, the site publishes facts about itself
+//!   under `site/...` in the status document: `capacity` (written by the
+//!   writer in any batch that changed claims) and `conflicts` (the journal's
+//!   size and latest entries, after a pass that journaled one).
+//! - Intent only the region writes: `quotas/site`, the site's allotment,
+//!   enforced by the writer on every create (see `quota`).
 
 use std::sync::{Arc, Mutex};
 
