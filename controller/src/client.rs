@@ -336,7 +336,7 @@ fn show(site: &Value) -> anyhow::Result<String> {
         kv(
             "capacity",
             format!(
-                "{}/{} vCPUs, {}/{} MB RAM, {}/{} GB disk used, {} instances, {} hosts",
+                "{}/{} vCPUs, {}/{} MB RAM, {}/{} GB disk used; instances {}, hosts {}",
                 c.used.vcpus,
                 c.total.vcpus,
                 c.used.ram_mb,
