@@ -462,8 +462,9 @@ impl Validate for RegionConfig {
                 "must differ from api.listen",
             ));
         }
-        // At least twice the sites' 3 s keep-alive, or idle sites flap.
-        validate::range("offline_after_secs", self.offline_after_secs, 6, 300)?;
+        // Sites send a keep-alive every 3 s: at least 8 s, so one lost
+        // keep-alive (a 6 s gap) never makes a live site look silent.
+        validate::range("offline_after_secs", self.offline_after_secs, 8, 300)?;
         each(
             &self.sites,
             "sites",

@@ -7,12 +7,15 @@
 //! - A connection that fails its handshake, presents no site certificate,
 //!   or names a site this region does not know is refused with a logged
 //!   reason; a refused frame ends that connection alone.
-//! - A site is online while a connection of its is up; QUIC's 10 s idle
-//!   timeout ends a silent site's connection, so it goes offline within
-//!   10 s of its last packet.
+//! - A site is online while a connection of its is up. A watchdog per
+//!   connection closes it once nothing has arrived for `offline_after`
+//!   (sites send a keep-alive every 3 s), so a silent site is offline
+//!   within `offline_after` of its last packet; QUIC's idle timeout, set to
+//!   the same value, is the backstop.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -179,6 +182,11 @@ pub struct Region {
     pub traffic: Mutex<Traffic>,
     /// The last computed site views (see `Region::views`).
     pub(crate) views_cache: Mutex<Option<(Instant, Arc<Vec<crate::view::SiteView>>)>>,
+    /// Set when the controller stops: connections then end because of us,
+    /// not the sites, so no site is marked offline or alarmed for it.
+    stopping: AtomicBool,
+    /// Site connections being handled (their end saves sync state).
+    active: AtomicUsize,
 }
 
 /// Why a write of the region's intent failed.
@@ -201,6 +209,8 @@ impl Region {
             sites: Mutex::new(HashMap::new()),
             traffic: Mutex::new(Traffic::default()),
             views_cache: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
         }
     }
 
@@ -276,6 +286,17 @@ impl Region {
         Ok(out)
     }
 
+    /// Stops: closes every site connection, waits (up to `within`) until
+    /// each has saved its sync state, without marking anyone offline.
+    pub async fn stop(&self, endpoint: &quinn::Endpoint, within: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        endpoint.close(0u32.into(), b"controller stopping");
+        let deadline = Instant::now() + within;
+        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Accepts connections until the endpoint closes.
     pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
         while let Some(incoming) = endpoint.accept().await {
@@ -317,6 +338,13 @@ impl Region {
     }
 
     async fn handle(self: Arc<Self>, incoming: quinn::Incoming) -> Result<(), String> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let r = self.clone().handle_inner(incoming).await;
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    async fn handle_inner(self: Arc<Self>, incoming: quinn::Incoming) -> Result<(), String> {
         let remote = incoming.remote_address();
         let conn = incoming
             .await
@@ -407,6 +435,11 @@ impl Region {
                 count_bytes(counted, session.stats(), &link, traffic);
             }
         };
+        let watchdog = tokio::spawn(watch_silence(
+            conn.clone(),
+            site.clone(),
+            self.offline_after,
+        ));
         let result = drive(
             &mut session,
             &link.docs,
@@ -417,6 +450,8 @@ impl Region {
             self.session.max_frame,
         )
         .await;
+        let ended = Utc::now();
+        watchdog.abort();
         persister.abort();
         count_bytes(&counted, session.stats(), &link, &self.traffic);
         let (store, s, l, state) = (
@@ -431,7 +466,7 @@ impl Region {
             store.mark_seen(&s, Utc::now())
         })
         .await;
-        self.went_offline(&link, &site).await;
+        self.went_offline(&link, &site, ended).await;
         result.map_err(|e| format!("site {site}: {e}"))
     }
 
@@ -446,8 +481,7 @@ impl Region {
         self.record(site, true, Some(remote.to_string()), now).await;
     }
 
-    async fn went_offline(&self, link: &SiteLink, site: &str) {
-        let now = Utc::now();
+    async fn went_offline(&self, link: &SiteLink, site: &str, now: DateTime<Utc>) {
         {
             let mut n = lock(&link.connections);
             *n = n.saturating_sub(1);
@@ -456,6 +490,10 @@ impl Region {
             }
             *lock(&link.availability) = Availability::Offline { since: Some(now) };
             *lock(&link.out_of_sync_since) = None;
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            tracing::info!(site = %site, "site disconnected: the controller is stopping");
+            return;
         }
         tracing::warn!(site = %site, "site offline");
         self.record(site, false, None, now).await;
@@ -469,6 +507,39 @@ impl Region {
         .await;
         if let Ok(Err(e)) = r {
             tracing::error!(site = %site, error = %e, "cannot record the site's availability");
+        }
+    }
+}
+
+/// How often a connection's silence is checked.
+const SILENCE_CHECK: Duration = Duration::from_millis(500);
+
+/// Ends a connection once nothing at all has arrived from the site for
+/// `limit` (sites send a keep-alive every 3 s, so a live site is never that
+/// quiet). QUIC's idle timeout alone is not a bound: it restarts whenever
+/// the region sends after the site's last packet (RFC 9000, 10.1), so a
+/// dead site could stay "online" for longer than `limit`. This measures
+/// silence from the packets received, checked every [`SILENCE_CHECK`], and
+/// closes within `limit` of the last one.
+async fn watch_silence(conn: quinn::Connection, site: String, limit: Duration) {
+    let mut seen = conn.stats().udp_rx.datagrams;
+    // The last packet arrived after `heard` (the check before the one that
+    // saw it), so `heard` errs early: silence is never under-counted.
+    let mut heard = Instant::now();
+    let mut checked = heard;
+    let mut tick = tokio::time::interval(SILENCE_CHECK);
+    loop {
+        tick.tick().await;
+        let now = conn.stats().udp_rx.datagrams;
+        if now != seen {
+            seen = now;
+            heard = checked;
+        }
+        checked = Instant::now();
+        if checked.duration_since(heard) + SILENCE_CHECK >= limit {
+            tracing::warn!(site = %site, silent_secs = heard.elapsed().as_secs_f64(), "site silent; closing its connection");
+            conn.close(4u32.into(), b"silent");
+            return;
         }
     }
 }

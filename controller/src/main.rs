@@ -292,6 +292,7 @@ fn serve(
         })?;
         let region = Arc::new(Region::new(Arc::new(store), offline_after));
         let quic = tokio::spawn(region.clone().serve(endpoint.clone()));
+        let stopping = region.clone();
         let audit = tokio::spawn(region.clone().audit_after_start());
         let state = ApiState {
             region,
@@ -318,7 +319,11 @@ fn serve(
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("the API server failed")?;
-        endpoint.close(0u32.into(), b"controller stopping");
+        // Sites see a clean close and reconnect with backoff; their sync
+        // state is saved and nobody is marked offline for our restart.
+        stopping
+            .stop(&endpoint, std::time::Duration::from_secs(5))
+            .await;
         quic.abort();
         audit.abort();
         Ok(())

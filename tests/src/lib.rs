@@ -243,6 +243,14 @@ impl ControllerProcess {
         self.child.id()
     }
 
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait")
+    }
+
     /// `roost-controller token create` against this controller's store.
     pub fn token(config: &Path, data_dir: &Path, site: &str) -> std::process::Output {
         Command::new(binary("roost-controller"))

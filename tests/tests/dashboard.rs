@@ -16,7 +16,7 @@ use roost_tests::{repo_root, ControllerProcess};
 use serde_json::Value;
 
 const SITES: usize = 30;
-const OFFLINE_AFTER: u64 = 6;
+const OFFLINE_AFTER: u64 = 8;
 
 fn screenshots() -> PathBuf {
     repo_root().join("target/screenshots")
@@ -211,7 +211,7 @@ async fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         .wait_for(
             "site-003 turns offline on the page",
             "const r = document.querySelector('#rows tr[data-site=\"site-003\"] .availability'); return !!r && r.textContent.startsWith('offline')",
-            Duration::from_secs(OFFLINE_AFTER + 10),
+            Duration::from_secs(30),
         )
         .await;
     println!("the cut site showed offline on the open page {took:?} after the cut");
