@@ -154,6 +154,19 @@ impl Drop for AgentProcess {
     }
 }
 
+/// Polls `f` (every 100 ms) until it is true; fails the test naming `what`
+/// if that takes longer than `within`.
+pub async fn wait_for(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Resident memory of a process, in KiB (0 if it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

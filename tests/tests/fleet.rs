@@ -10,11 +10,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Method;
 use roost_tests::link::{LinkParams, Relay};
-use roost_tests::{binary, site_config, AgentProcess, Api, ControllerProcess};
+use roost_tests::{binary, site_config, wait_for, AgentProcess, Api, ControllerProcess};
 use serde_json::{json, Value};
 
 const IMAGE: &str = "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98";
@@ -30,17 +30,6 @@ sites:
   - {id: vehicle-07, labels: {kind: vehicle}}
   - {id: vehicle-08, labels: {kind: vehicle}}
 ";
-
-async fn wait_for(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// `roost-controller site list --output json`, the operator's real CLI.
 fn site_list(config: &Path, controller: &ControllerProcess) -> Vec<Value> {

@@ -3,23 +3,12 @@
 //! timeout of going silent. Bad tokens and garbage on the QUIC port are
 //! refused without harm.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use roost_tests::{site_config, AgentProcess, Api, ControllerProcess};
+use roost_tests::{site_config, wait_for, AgentProcess, Api, ControllerProcess};
 use serde_json::json;
 
 const IMAGE: &str = "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98";
-
-async fn wait_for(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn changes_stored(db: &std::path::Path, site: &str) -> i64 {
     let conn = rusqlite::Connection::open(db).unwrap();
