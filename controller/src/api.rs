@@ -515,49 +515,39 @@ async fn delete_server(
     }
 }
 
+/// Requests for a group of sites: the payload beside `sites` or `labels`
+/// ([`Target`], whose own rules refuse any other field).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FlavorRequest {
     flavor: FlavorCreate,
-    #[serde(default)]
-    sites: Option<Vec<String>>,
-    #[serde(default)]
-    labels: Option<std::collections::BTreeMap<String, String>>,
-}
-
-async fn publish_flavor(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
-    let region = s.region.clone();
-    let r = blocking(move || {
-        let req: FlavorRequest = parse(&body)?;
-        let target = Target {
-            sites: req.sites,
-            labels: req.labels,
-        };
-        intent::publish_flavor(&region, &target, req.flavor).map_err(refused)
-    })
-    .await;
-    respond(StatusCode::CREATED, r.map(|p| json!({ "flavor": p })))
+    #[serde(flatten)]
+    target: Target,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct QuotaRequest {
     quota: Option<SiteQuota>,
-    #[serde(default)]
-    sites: Option<Vec<String>>,
-    #[serde(default)]
-    labels: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(flatten)]
+    target: Target,
+}
+
+async fn publish_flavor(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let region = s.region.clone();
+    let r = blocking(move || {
+        let req: FlavorRequest = parse(&body)?;
+        intent::publish_flavor(&region, &req.target, req.flavor).map_err(refused)
+    })
+    .await;
+    respond(StatusCode::CREATED, r.map(|p| json!({ "flavor": p })))
 }
 
 async fn set_quota(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
     let region = s.region.clone();
     let r = blocking(move || {
         let req: QuotaRequest = parse(&body)?;
-        let target = Target {
-            sites: req.sites,
-            labels: req.labels,
-        };
-        intent::set_quota(&region, &target, req.quota).map_err(refused)
+        intent::set_quota(&region, &req.target, req.quota).map_err(refused)
     })
     .await;
     respond(StatusCode::OK, r.map(|p| json!({ "quota": p })))
@@ -592,4 +582,27 @@ async fn alarms(State(s): State<ApiState>, Query(q): Query<AlarmQuery>) -> Respo
     })
     .await;
     respond(StatusCode::OK, r.map(|a| json!({ "alarms": a })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_requests_take_sites_or_labels_and_refuse_anything_else() {
+        let q: QuotaRequest =
+            serde_json::from_str(r#"{"quota": {"instances": 3}, "labels": {"kind": "vehicle"}}"#)
+                .unwrap();
+        assert_eq!(q.target.labels.unwrap()["kind"], "vehicle");
+        let f: FlavorRequest = serde_json::from_str(
+            r#"{"flavor": {"name": "x", "vcpus": 1, "ram": 1, "disk": 1}, "sites": ["a"]}"#,
+        )
+        .unwrap();
+        assert_eq!(f.target.sites.unwrap(), ["a"]);
+        let bad = serde_json::from_str::<QuotaRequest>(r#"{"quota": null, "site": ["a"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("unknown field `site`"), "{bad}");
+        assert!(serde_json::from_str::<FlavorRequest>(r#"{"sites": ["a"]}"#).is_err());
+    }
 }

@@ -510,7 +510,9 @@ pub fn place(region: &Region, req: &PlacementRequest) -> Result<Vec<Placed>, Ref
     let mut candidates = Vec::new();
     let mut specs = BTreeMap::new();
     for site in &sites {
-        let view = region.view(&site_row(region, site)?, Default::default())?;
+        // Only what the choice needs: no site row, sync distance or alarms.
+        let link = region.site(site)?;
+        let facts = link.doc_facts();
         let need = match server_spec(region, site, &req.server) {
             Ok((spec, flavor)) => {
                 specs.insert(site.clone(), spec);
@@ -521,9 +523,9 @@ pub fn place(region: &Region, req: &PlacementRequest) -> Result<Vec<Placed>, Ref
         };
         candidates.push(Candidate {
             site: site.clone(),
-            online: view.availability == "online",
-            capacity: view.capacity,
-            quota: view.quota,
+            online: link.is_online(),
+            capacity: facts.capacity.clone(),
+            quota: facts.quota,
             need,
         });
     }

@@ -122,6 +122,7 @@ impl Region {
         };
         let distance = link.distance();
         let facts = link.doc_facts();
+        let (bytes_in, bytes_out) = link.bytes();
         let last_seen = if online {
             Some(crate::fleet::now_text())
         } else {
@@ -148,8 +149,8 @@ impl Region {
             quota: facts.quota,
             conflicts: facts.conflicts,
             recent_conflicts: facts.recent_conflicts.clone(),
-            bytes_in: link.bytes().0,
-            bytes_out: link.bytes().1,
+            bytes_in,
+            bytes_out,
         })
     }
 

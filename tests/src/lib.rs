@@ -167,6 +167,19 @@ pub async fn wait_for(what: &str, within: Duration, mut f: impl AsyncFnMut() -> 
     }
 }
 
+/// How long after `from` the region marked a site's availability as it is
+/// now: its own `availability_since`, read from the site's view (so a slow
+/// poll on a busy machine does not count).
+pub fn changed_after(site: &Value, from: chrono::DateTime<chrono::Utc>) -> Duration {
+    let since = site["availability_since"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .unwrap_or_else(|| panic!("no availability_since in {site}"));
+    (since.with_timezone(&chrono::Utc) - from)
+        .to_std()
+        .unwrap_or_default()
+}
+
 /// Resident memory of a process, in KiB (0 if it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

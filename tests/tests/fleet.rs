@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use reqwest::Method;
 use roost_tests::link::{LinkParams, Relay};
-use roost_tests::{binary, site_config, wait_for, AgentProcess, Api, ControllerProcess};
+use roost_tests::{
+    binary, changed_after, site_config, wait_for, AgentProcess, Api, ControllerProcess,
+};
 use serde_json::{json, Value};
 
 const IMAGE: &str = "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98";
@@ -339,13 +341,7 @@ async fn a_region_of_three_sites_through_a_cut_a_heal_and_a_dead_site() {
     )
     .await;
     let list = site_list(&region_cfg, &controller);
-    let since = entry(&list, "edge-factory-01")["availability_since"]
-        .as_str()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .expect("availability_since");
-    let noticed = (since.with_timezone(&chrono::Utc) - killed)
-        .to_std()
-        .unwrap_or_default();
+    let noticed = changed_after(entry(&list, "edge-factory-01"), killed);
     println!("a site killed with -9 was offline at the region after {noticed:?}");
     assert!(
         noticed <= Duration::from_secs(OFFLINE_AFTER),

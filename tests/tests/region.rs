@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use roost_tests::{site_config, wait_for, AgentProcess, Api, ControllerProcess};
+use roost_tests::{changed_after, site_config, wait_for, AgentProcess, Api, ControllerProcess};
 use serde_json::json;
 
 const IMAGE: &str = "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98";
@@ -123,13 +123,7 @@ async fn a_site_enrolls_syncs_and_goes_offline_when_silent() {
     .await;
     // The region's timestamp of the transition, against the kill: a slow
     // poll on a busy machine changes nothing here.
-    let since = controller.site("vehicle-07").await["availability_since"]
-        .as_str()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .expect("availability_since");
-    let noticed = (since.with_timezone(&chrono::Utc) - killed)
-        .to_std()
-        .unwrap_or_default();
+    let noticed = changed_after(&controller.site("vehicle-07").await, killed);
     eprintln!("offline noticed after {noticed:?}");
     assert!(noticed <= Duration::from_secs(10), "{noticed:?}");
     assert!(controller.site("vehicle-07").await["last_seen"].is_string());
