@@ -8,9 +8,14 @@ set -euo pipefail
 #   build-essential: the C compiler that builds the bundled SQLite
 #   pkg-config:      finds system libraries for -sys crates
 #   curl:            the README's tour
-PACKAGES=(build-essential pkg-config curl)
-# test.sh adds what only the tests need (a real browser for the dashboard):
+#   libvirt-dev:     libvirt's library, which the agent's compute driver links
+#   libvirt-daemon-driver-qemu, qemu-system-x86: libvirt's QEMU driver and
+#                    QEMU itself, which run the site's VMs (no daemon needed)
+#   qemu-utils:      qemu-img, which makes the servers' qcow2 disks
+PACKAGES=(build-essential pkg-config curl libvirt-dev libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils)
+# test.sh adds what only the tests need:
 #   chromium, chromium-driver: headless Chromium driven over WebDriver
+#   cpio:            packs the test guest's initramfs (scripts/guest-image.sh)
 PACKAGES+=(${EXTRA_PACKAGES[@]+"${EXTRA_PACKAGES[@]}"})
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -46,5 +51,16 @@ else
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
   say "installed: ${missing[*]}"
+fi
+# libvirt's QEMU driver refuses to start without these (libvirtd's package
+# would make them; Roost runs the driver inside the agent instead).
+if ! getent passwd libvirt-qemu >/dev/null || ! getent group kvm >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    say "libvirt's QEMU driver needs a libvirt-qemu user and a kvm group: as root run: useradd -r libvirt-qemu; groupadd -r kvm"
+    exit 1
+  fi
+  getent group kvm >/dev/null || groupadd -r kvm
+  getent passwd libvirt-qemu >/dev/null || useradd -r -M -s /usr/sbin/nologin libvirt-qemu
+  say "created libvirt's libvirt-qemu user and kvm group"
 fi
 say "rust: $(cargo --version)"

@@ -4,8 +4,11 @@
 # with one line counting every test that ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRA_PACKAGES=(chromium chromium-driver)
+EXTRA_PACKAGES=(chromium chromium-driver cpio)
 source scripts/setup.sh
+# The tiny bootable guest the compute tests run (from Debian's kernel and
+# busybox packages), and whether this host's KVM can boot it.
+./scripts/guest-image.sh
 
 echo "[test] building and running the whole test suite"
 log=$(mktemp)

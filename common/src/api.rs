@@ -402,6 +402,18 @@ pub enum ServerAction {
     Start(serde_json::Value),
     #[serde(rename = "reboot")]
     Reboot(RebootArgs),
+    #[serde(rename = "rebuild")]
+    Rebuild(RebuildArgs),
+}
+
+/// Nova's `rebuild` action: the image to rebuild the root disk from.
+/// Nova's other rebuild fields (name, metadata, adminPass, ...) are refused
+/// rather than ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildArgs {
+    #[serde(rename = "imageRef")]
+    pub image_ref: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -287,16 +287,168 @@ pub fn check_password(field: &str, p: &str) -> Result<(), FieldError> {
 #[serde(rename_all = "kebab-case")]
 pub enum ComputeDriverKind {
     /// Schedules and tracks servers and their power state without starting
-    /// any VM: the stand-in until the libvirt driver lands.
+    /// any VM: for sites that only hold intent (and the API tests).
     #[default]
     RecordOnly,
+    /// Real VMs through libvirt (`compute.libvirt`).
+    Libvirt,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComputeSection {
     #[serde(default)]
     pub driver: ComputeDriverKind,
+    /// Settings of the libvirt driver; defaults apply when absent.
+    #[serde(default)]
+    pub libvirt: LibvirtSection,
+    /// Servers the reconciler works on at once (spawns, stops, reboots).
+    #[serde(default = "default_parallel")]
+    pub max_parallel: usize,
+}
+
+fn default_parallel() -> usize {
+    8
+}
+
+impl Default for ComputeSection {
+    fn default() -> Self {
+        ComputeSection {
+            driver: ComputeDriverKind::default(),
+            libvirt: LibvirtSection::default(),
+            max_parallel: default_parallel(),
+        }
+    }
+}
+
+/// How the libvirt driver reaches the hypervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtSection {
+    /// `qemu:///system` (libvirtd), `qemu:///embed?root=DIR` (QEMU driver
+    /// inside the agent, no daemon), or `test:///default` (libvirt's test
+    /// driver, for tests only).
+    #[serde(default = "default_libvirt_uri")]
+    pub uri: String,
+    /// Where each server's disks and console log live; defaults to
+    /// `<data dir>/instances`.
+    #[serde(default)]
+    pub instances_dir: Option<PathBuf>,
+    /// Seconds a guest gets to shut down on stop or soft reboot before it is
+    /// powered off.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: u64,
+    /// The guest CPU model under KVM, as Nova's `cpu_mode`.
+    #[serde(default)]
+    pub cpu_mode: CpuMode,
+    /// KVM or QEMU's software emulation; `auto` uses KVM when /dev/kvm
+    /// can be opened.
+    #[serde(default)]
+    pub accel: AccelChoice,
+}
+
+/// How guests are run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccelChoice {
+    #[default]
+    Auto,
+    Kvm,
+    /// QEMU's software emulation: slow, for hosts whose KVM is missing or
+    /// cannot boot guests (some nested hosts).
+    Tcg,
+}
+
+/// The CPU a KVM guest sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuMode {
+    /// The host CPU's model and features, as far as they can be migrated.
+    #[default]
+    HostModel,
+    /// The host CPU exactly: fastest, but fails on some nested hosts.
+    HostPassthrough,
+    /// QEMU's default model: works everywhere, fewest features.
+    QemuDefault,
+}
+
+fn default_libvirt_uri() -> String {
+    "qemu:///system".into()
+}
+fn default_shutdown_timeout() -> u64 {
+    30
+}
+
+impl Default for LibvirtSection {
+    fn default() -> Self {
+        LibvirtSection {
+            uri: default_libvirt_uri(),
+            instances_dir: None,
+            shutdown_timeout_secs: default_shutdown_timeout(),
+            cpu_mode: CpuMode::default(),
+            accel: AccelChoice::default(),
+        }
+    }
+}
+
+/// Longest embedded-driver root: libvirt puts UNIX sockets under it and a
+/// socket path may not exceed 108 bytes.
+pub const MAX_EMBED_ROOT: usize = 60;
+
+impl LibvirtSection {
+    /// The embedded driver's root directory, when the URI names one.
+    pub fn embed_root(&self) -> Option<PathBuf> {
+        self.uri
+            .strip_prefix("qemu:///embed?root=")
+            .map(PathBuf::from)
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        let u = &self.uri;
+        let ok = match self.embed_root() {
+            Some(root) => {
+                if !root.is_absolute() || u.len() - "qemu:///embed?root=".len() > MAX_EMBED_ROOT {
+                    return Err(FieldError::new(
+                        "uri",
+                        u,
+                        format!("the embedded driver's root must be an absolute path of at most {MAX_EMBED_ROOT} bytes (libvirt's sockets live under it)"),
+                    ));
+                }
+                true
+            }
+            None => {
+                u == "qemu:///system"
+                    || u == "qemu:///session"
+                    || u == "test:///default"
+                    || u.starts_with("qemu+ssh://") && u.ends_with("/system")
+            }
+        };
+        if !ok || u.chars().any(char::is_whitespace) {
+            return Err(FieldError::new(
+                "uri",
+                u,
+                "must be qemu:///system, qemu:///session, qemu:///embed?root=/DIR, qemu+ssh://HOST/system or test:///default",
+            ));
+        }
+        if let Some(d) = &self.instances_dir {
+            if !d.is_absolute() {
+                return Err(FieldError::new(
+                    "instances_dir",
+                    d.display(),
+                    "must be an absolute path",
+                ));
+            }
+        }
+        validate::range("shutdown_timeout_secs", self.shutdown_timeout_secs, 0, 3600)?;
+        Ok(())
+    }
+}
+
+impl ComputeSection {
+    fn validate(&self) -> Result<(), FieldError> {
+        validate::range("max_parallel", self.max_parallel, 1, 256)?;
+        self.libvirt.validate().map_err(|e| e.at("libvirt"))
+    }
 }
 
 /// Weigher multipliers, as Nova's: a positive RAM multiplier spreads servers
@@ -371,6 +523,7 @@ impl Validate for SiteConfig {
             check_url("api.public_url", u)?;
         }
         self.scheduler.validate().map_err(|e| e.at("scheduler"))?;
+        self.compute.validate().map_err(|e| e.at("compute"))?;
         if let Some(r) = &self.region {
             r.validate()?;
         }
@@ -628,6 +781,51 @@ mod tests {
             msg,
             "f.yaml: hosts[0].vcpus: must be between 1 and 4096 (got 0)"
         );
+    }
+
+    #[test]
+    fn libvirt_settings_are_checked() {
+        let with = |compute: &str| {
+            parse::<SiteConfig>(
+                Path::new("f"),
+                &format!("{}compute:\n{compute}", site_yaml(HOST)),
+            )
+        };
+        let ok = with("  driver: libvirt\n  libvirt: {uri: \"qemu:///embed?root=/var/lib/roost/lv\", accel: tcg}\n").unwrap();
+        assert_eq!(
+            ok.compute.libvirt.embed_root(),
+            Some(PathBuf::from("/var/lib/roost/lv"))
+        );
+        assert_eq!(ok.compute.max_parallel, 8);
+        for (compute, want) in [
+            (
+                "  libvirt: {uri: \"xen:///system\"}\n",
+                "compute.libvirt.uri: must be qemu:///system",
+            ),
+            (
+                "  libvirt: {uri: \"qemu:///embed?root=lv\"}\n",
+                "compute.libvirt.uri: the embedded driver's root must be an absolute path",
+            ),
+            (
+                &format!(
+                    "  libvirt: {{uri: \"qemu:///embed?root=/{}\"}}\n",
+                    "d".repeat(70)
+                ),
+                "at most 60 bytes",
+            ),
+            (
+                "  libvirt: {instances_dir: rel/dir}\n",
+                "compute.libvirt.instances_dir: must be an absolute path",
+            ),
+            ("  libvirt: {accel: fast}\n", "unknown variant `fast`"),
+            (
+                "  max_parallel: 0\n",
+                "compute.max_parallel: must be between 1 and 256 (got 0)",
+            ),
+        ] {
+            let msg = with(compute).unwrap_err().to_string();
+            assert!(msg.contains(want), "{compute}: {msg}");
+        }
     }
 
     #[test]

@@ -241,6 +241,7 @@ fn server_spec(
         power: PowerIntent::Running,
         reboot_generation: 0,
         reboot_hard: false,
+        rebuild_generation: 0,
         deleted: false,
         metadata: req.metadata.clone(),
     };

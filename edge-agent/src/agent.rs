@@ -17,7 +17,7 @@ use roost_common::config::{self, ComputeDriverKind, ConfigError, SiteConfig};
 
 use crate::api::{self, AppState};
 use crate::compute::reconciler::{Reconciler, WorkQueue};
-use crate::compute::{ComputeDriver, RecordOnly};
+use crate::compute::{ComputeDriver, Libvirt, LibvirtError, RecordOnly};
 use crate::identity::Authority;
 use crate::store::{Store, StoreError};
 use crate::uplink::{self, Uplink};
@@ -57,6 +57,8 @@ pub enum StartError {
     },
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("compute: {0}")]
+    Compute(#[from] LibvirtError),
 }
 
 impl StartError {
@@ -146,6 +148,17 @@ impl Agent {
         };
         let driver: Arc<dyn ComputeDriver> = match config.compute.driver {
             ComputeDriverKind::RecordOnly => Arc::new(RecordOnly),
+            ComputeDriverKind::Libvirt => {
+                let (cfg, site, dir) = (
+                    config.compute.libvirt.clone(),
+                    config.site.id.clone(),
+                    data_dir.clone(),
+                );
+                let lv = tokio::task::spawn_blocking(move || Libvirt::open(&cfg, &site, &dir))
+                    .await
+                    .map_err(|e| StartError::Invalid(format!("libvirt open task failed: {e}")))??;
+                Arc::new(lv)
+            }
         };
 
         let addr = listener.local_addr().map_err(|source| StartError::Listen {
@@ -217,6 +230,7 @@ impl Agent {
             store,
             driver,
             queue,
+            max_parallel: config.compute.max_parallel,
         };
         Ok(Agent {
             config,

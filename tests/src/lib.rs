@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod browser;
+pub mod guest;
 pub mod link;
 pub mod region;
 pub mod sim;

@@ -155,6 +155,25 @@ impl Usage {
     }
 }
 
+/// Flavor extra spec pinning a server's vCPUs to host CPUs.
+pub const CPUSET_SPEC: &str = "roost:cpuset";
+
+/// Parses a CPU set (`0-3,6`) into its CPUs, or says the rule it breaks.
+pub fn parse_cpuset(s: &str) -> Result<BTreeSet<u32>, &'static str> {
+    const RULE: &str =
+        "must be CPU numbers and ranges, e.g. 0-3,6 (each below 4096, ranges ascending)";
+    let mut cpus = BTreeSet::new();
+    for part in s.split(',') {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi): (u32, u32) = match (lo.parse(), hi.parse()) {
+            (Ok(lo), Ok(hi)) if lo <= hi && hi < 4096 => (lo, hi),
+            _ => return Err(RULE),
+        };
+        cpus.extend(lo..=hi);
+    }
+    Ok(cpus)
+}
+
 /// Host status: what is allocated on it and how many servers it holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostStatus {
@@ -218,6 +237,9 @@ impl FlavorSpec {
                     "keys must be 1 to 255 characters",
                 ));
             }
+            if k == CPUSET_SPEC {
+                parse_cpuset(v).map_err(|rule| FieldError::new(&field, v, rule))?;
+            }
             if let Some(t) = k.strip_prefix("trait:") {
                 check_trait(&field, t)?;
                 if v != "required" && v != "forbidden" {
@@ -239,6 +261,12 @@ impl FlavorSpec {
             ram_mb: self.ram_mb + self.swap_mb,
             disk_gb: self.disk_gb + self.ephemeral_gb,
         }
+    }
+
+    /// Host CPUs the server's vCPUs are pinned to (`roost:cpuset`), as
+    /// libvirt's `cpuset` syntax, e.g. `2-3,6`.
+    pub fn cpuset(&self) -> Option<&str> {
+        self.extra_specs.get(CPUSET_SPEC).map(String::as_str)
     }
 
     /// Traits the flavor requires (`trait:X: required`).
@@ -290,6 +318,11 @@ pub struct ServerSpec {
     /// `status.reboot_generation` catches up.
     pub reboot_generation: u64,
     pub reboot_hard: bool,
+    /// Bumped by every rebuild request (with `image_id` set to the image to
+    /// rebuild from); the reconciler rebuilds until
+    /// `status.rebuild_generation` catches up.
+    #[serde(default)]
+    pub rebuild_generation: u64,
     /// Set by a delete request; the reconciler removes the server.
     pub deleted: bool,
     pub metadata: BTreeMap<String, String>,
@@ -322,6 +355,8 @@ pub enum TaskState {
     RebootingHard,
     #[serde(rename = "deleting")]
     Deleting,
+    #[serde(rename = "rebuilding")]
+    Rebuilding,
 }
 
 /// Nova's power_state numbers.
@@ -363,6 +398,8 @@ pub struct ServerStatus {
     pub task_state: Option<TaskState>,
     pub power_state: PowerState,
     pub reboot_generation: u64,
+    #[serde(default)]
+    pub rebuild_generation: u64,
     pub launched_at: Option<DateTime<Utc>>,
     pub fault: Option<Fault>,
 }
@@ -374,6 +411,7 @@ impl ServerStatus {
             (VmState::Deleted, _) => "DELETED",
             (VmState::Active, Some(TaskState::Rebooting)) => "REBOOT",
             (VmState::Active, Some(TaskState::RebootingHard)) => "HARD_REBOOT",
+            (VmState::Active | VmState::Stopped, Some(TaskState::Rebuilding)) => "REBUILD",
             (VmState::Building, _) => "BUILD",
             (VmState::Active, _) => "ACTIVE",
             (VmState::Stopped, _) => "SHUTOFF",

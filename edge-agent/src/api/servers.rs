@@ -221,6 +221,7 @@ async fn create(
         power: PowerIntent::Running,
         reboot_generation: 0,
         reboot_hard: false,
+        rebuild_generation: 0,
         deleted: false,
         metadata: req.metadata,
     };
@@ -279,6 +280,9 @@ async fn action(
         ServerAction::Stop(_) => ServerIntent::Stop,
         ServerAction::Start(_) => ServerIntent::Start,
         ServerAction::Reboot(r) => ServerIntent::Reboot { hard: r.hard()? },
+        ServerAction::Rebuild(r) => ServerIntent::Rebuild {
+            image_id: ref_id(&r.image_ref),
+        },
     };
     change(&s, &caller, id, intent).await?;
     Ok(accepted())

@@ -36,7 +36,7 @@ pub fn server_ref(base: &str, s: &Server) -> Value {
 }
 
 pub fn server(base: &str, s: &Server) -> Value {
-    let st = &s.status;
+    let st = &crate::store::shown_status(s);
     let host = st.host.as_deref();
     let task: Option<TaskState> = st.task_state;
     let mut v = json!({

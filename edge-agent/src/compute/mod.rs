@@ -1,25 +1,47 @@
 //! Compute: the driver boundary and the reconciler that drives servers from
 //! spec to status.
 //!
-//! - [`ComputeDriver`] is the boundary a hypervisor driver implements
-//!   (libvirt lands with the compute issue). It is blocking; the reconciler
-//!   calls it on a blocking thread.
-//! - [`plan`] and [`finish`] are pure: given a server, what to do next; given
-//!   what the driver said, what status to write. They are tested without
-//!   any driver or store.
-//! - [`reconciler`] is the thin loop around them: level-triggered (each
-//!   pass looks at every server), woken by API writes and by a period, safe to
-//!   restart at any point because it derives all it does from the store.
+//! - [`ComputeDriver`] is the boundary a hypervisor driver implements. It
+//!   is blocking; the reconciler calls it on blocking threads.
+//! - [`Libvirt`] is the driver that runs real VMs; [`domain`] renders and
+//!   reads its domain XML (pure, unit-tested). [`RecordOnly`] starts nothing
+//!   and only tracks intent (API tests, sites that hold intent only).
+//! - [`plan`] and [`finish`] are pure: given a server and what the
+//!   hypervisor showed, what to do next; given what the driver said, what
+//!   status to write. They are tested without any driver or store.
+//! - [`reconciler`] is the thin loop around them: level-triggered (each full
+//!   pass looks at every server and every domain Roost made), woken by API
+//!   writes and by a period, several servers at once, safe to restart at any
+//!   point because it derives all it does from the store and the hypervisor.
 
+pub mod domain;
+mod libvirt;
 mod plan;
 pub mod reconciler;
 mod record_only;
 
-use roost_common::model::{PowerState, Server};
+use roost_common::model::{Flavor, Image, PowerState, Server};
 
-pub use plan::{finish, plan, Outcome, Step};
+pub use libvirt::{Libvirt, LibvirtError};
+pub use plan::{finish, plan, Outcome, Seen, Step};
 pub use reconciler::WorkQueue;
 pub use record_only::RecordOnly;
+
+/// A server with what a driver needs to build it: its flavor and image as
+/// the store has them (either may be gone since the server was created).
+#[derive(Debug, Clone)]
+pub struct Guest {
+    pub server: Server,
+    pub flavor: Option<Flavor>,
+    pub image: Option<Image>,
+}
+
+/// A domain a driver found that Roost made for this site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub server_id: String,
+    pub power: PowerState,
+}
 
 /// What the reconciler asks a driver to do to one server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +49,11 @@ pub enum DriverAction {
     Spawn,
     PowerOn,
     PowerOff,
-    Reboot { hard: bool },
+    Reboot {
+        hard: bool,
+    },
+    /// A new root disk from the spec's image, then the spec's power state.
+    Rebuild,
     Destroy,
 }
 
@@ -39,6 +65,7 @@ impl DriverAction {
             DriverAction::PowerOff => "power_off",
             DriverAction::Reboot { hard: false } => "reboot",
             DriverAction::Reboot { hard: true } => "reboot_hard",
+            DriverAction::Rebuild => "rebuild",
             DriverAction::Destroy => "destroy",
         }
     }
@@ -56,5 +83,12 @@ pub trait ComputeDriver: Send + Sync + std::fmt::Debug + 'static {
     /// Carries out `action` and returns the power state it left the server
     /// in. Must be idempotent: the reconciler may repeat an action after a
     /// crash.
-    fn apply(&self, server: &Server, action: DriverAction) -> Result<PowerState, DriverError>;
+    fn apply(&self, guest: &Guest, action: DriverAction) -> Result<PowerState, DriverError>;
+    /// Every domain this driver made for this site, with its power state;
+    /// `None` when the driver cannot look (then the recorded status is
+    /// trusted). Domains Roost did not make are never listed.
+    fn observe(&self) -> Result<Option<Vec<Observed>>, DriverError>;
+    /// Removes a domain of a server the store no longer has (deleted while
+    /// the agent was down, or a store restored from a backup).
+    fn remove_orphan(&self, server_id: &str) -> Result<(), DriverError>;
 }

@@ -33,6 +33,17 @@ pub enum Outcome {
     Remove,
 }
 
+/// What the hypervisor showed of a server at the last look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Not looked at (a wake-up from the API): trust the recorded status.
+    Unknown,
+    /// The hypervisor has no domain for the server.
+    Absent,
+    /// The domain exists in this power state.
+    Power(PowerState),
+}
+
 fn act(server: &Server, action: DriverAction, task: TaskState) -> Step {
     let during = ServerStatus {
         task_state: Some(task),
@@ -41,16 +52,21 @@ fn act(server: &Server, action: DriverAction, task: TaskState) -> Step {
     Step::Act { action, during }
 }
 
-/// Compares spec with status and says what to do next.
-pub fn plan(server: &Server) -> Step {
+/// Compares spec with status (and with what the hypervisor showed) and says
+/// what to do next.
+pub fn plan(server: &Server, seen: Seen) -> Step {
     let (spec, st) = (&server.spec, &server.status);
     if spec.deleted {
         return act(server, DriverAction::Destroy, TaskState::Deleting);
     }
     let reboot_due = spec.reboot_generation > st.reboot_generation;
+    let rebuild_due = spec.rebuild_generation > st.rebuild_generation;
     match (st.vm_state, spec.power) {
         (VmState::Error | VmState::Deleted, _) => Step::Nothing,
         (VmState::Building, _) => act(server, DriverAction::Spawn, TaskState::Spawning),
+        (VmState::Active | VmState::Stopped, _) if rebuild_due => {
+            act(server, DriverAction::Rebuild, TaskState::Rebuilding)
+        }
         (VmState::Active, PowerIntent::Stopped) => {
             act(server, DriverAction::PowerOff, TaskState::PoweringOff)
         }
@@ -72,7 +88,27 @@ pub fn plan(server: &Server) -> Step {
                 ..st.clone()
             })
         }
-        _ => Step::Nothing,
+        // In sync on paper: repair what the hypervisor shows otherwise (a
+        // host reboot, a guest that powered itself off, a domain removed by
+        // hand).
+        (VmState::Active, PowerIntent::Running) => match seen {
+            Seen::Unknown => Step::Nothing,
+            Seen::Absent => act(server, DriverAction::Spawn, TaskState::Spawning),
+            Seen::Power(PowerState::Running) if st.power_state == PowerState::Running => {
+                Step::Nothing
+            }
+            Seen::Power(PowerState::Running) => Step::Record(ServerStatus {
+                power_state: PowerState::Running,
+                ..st.clone()
+            }),
+            Seen::Power(_) => act(server, DriverAction::PowerOn, TaskState::PoweringOn),
+        },
+        (VmState::Stopped, PowerIntent::Stopped) => match seen {
+            Seen::Power(PowerState::Running | PowerState::Paused) => {
+                act(server, DriverAction::PowerOff, TaskState::PoweringOff)
+            }
+            _ => Step::Nothing,
+        },
     }
 }
 
@@ -88,40 +124,44 @@ pub fn finish(
         task_state: None,
         ..before.clone()
     };
+    let fault = |e: DriverError| Fault {
+        code: 500,
+        message: e.0,
+        at: now,
+    };
     match (action, result) {
         (DriverAction::Destroy, Ok(_)) => return Outcome::Remove,
         (_, Ok(power)) => {
             st.power_state = power;
             st.fault = None;
-            match action {
-                DriverAction::PowerOff => st.vm_state = VmState::Stopped,
-                _ => {
-                    st.vm_state = VmState::Active;
-                    st.reboot_generation = server.spec.reboot_generation;
-                }
+            st.vm_state = if power == PowerState::Running {
+                VmState::Active
+            } else {
+                VmState::Stopped
+            };
+            if action != DriverAction::PowerOff {
+                st.reboot_generation = server.spec.reboot_generation;
             }
-            if action == DriverAction::Spawn {
+            if matches!(action, DriverAction::Spawn | DriverAction::Rebuild) {
                 st.launched_at = Some(now);
+                st.rebuild_generation = server.spec.rebuild_generation;
             }
         }
-        (DriverAction::Spawn, Err(e)) => {
+        (DriverAction::Spawn, Err(e)) if before.vm_state == VmState::Building => {
             st.power_state = PowerState::NoState;
-            return Outcome::Fail(
-                st,
-                Fault {
-                    code: 500,
-                    message: e.0,
-                    at: now,
-                },
-            );
+            return Outcome::Fail(st, fault(e));
+        }
+        (DriverAction::Rebuild, Err(e)) => {
+            // As Nova: a failed rebuild leaves the server in ERROR (it keeps
+            // its claim; deleting it gives the claim back).
+            st.vm_state = VmState::Error;
+            st.power_state = PowerState::NoState;
+            st.rebuild_generation = server.spec.rebuild_generation;
+            st.fault = Some(fault(e));
         }
         (_, Err(e)) => {
             // Keep the state it was in; the next pass tries again.
-            st.fault = Some(Fault {
-                code: 500,
-                message: e.0,
-                at: now,
-            });
+            st.fault = Some(fault(e));
         }
     }
     Outcome::Status(st)
@@ -144,6 +184,7 @@ mod tests {
             power,
             reboot_generation: 0,
             reboot_hard: false,
+            rebuild_generation: 0,
             deleted: false,
             metadata: Default::default(),
         };
@@ -162,7 +203,7 @@ mod tests {
     #[test]
     fn new_server_spawns_then_is_in_sync() {
         let mut s = server(VmState::Building, PowerIntent::Running);
-        let Step::Act { action, during } = plan(&s) else {
+        let Step::Act { action, during } = plan(&s, Seen::Unknown) else {
             panic!("should act")
         };
         assert_eq!(
@@ -179,13 +220,16 @@ mod tests {
         );
         assert_eq!(st.launched_at, Some(now));
         s.status = st;
-        assert_eq!(plan(&s), Step::Nothing);
+        assert_eq!(plan(&s, Seen::Unknown), Step::Nothing);
     }
 
     #[test]
     fn stop_and_start() {
         let s = server(VmState::Active, PowerIntent::Stopped);
-        assert_eq!(action(plan(&s)), Some(DriverAction::PowerOff));
+        assert_eq!(
+            action(plan(&s, Seen::Unknown)),
+            Some(DriverAction::PowerOff)
+        );
         let Outcome::Status(st) = finish(
             &s,
             DriverAction::PowerOff,
@@ -196,7 +240,7 @@ mod tests {
         };
         assert_eq!(st.vm_state, VmState::Stopped);
         let s = server(VmState::Stopped, PowerIntent::Running);
-        assert_eq!(action(plan(&s)), Some(DriverAction::PowerOn));
+        assert_eq!(action(plan(&s, Seen::Unknown)), Some(DriverAction::PowerOn));
     }
 
     #[test]
@@ -204,7 +248,10 @@ mod tests {
         let mut s = server(VmState::Active, PowerIntent::Running);
         s.spec.reboot_generation = 2;
         s.spec.reboot_hard = true;
-        assert_eq!(action(plan(&s)), Some(DriverAction::Reboot { hard: true }));
+        assert_eq!(
+            action(plan(&s, Seen::Unknown)),
+            Some(DriverAction::Reboot { hard: true })
+        );
         let Outcome::Status(st) = finish(
             &s,
             DriverAction::Reboot { hard: true },
@@ -215,14 +262,14 @@ mod tests {
         };
         assert_eq!(st.reboot_generation, 2);
         s.status = st;
-        assert_eq!(plan(&s), Step::Nothing);
+        assert_eq!(plan(&s, Seen::Unknown), Step::Nothing);
     }
 
     #[test]
     fn delete_wins_over_everything() {
         let mut s = server(VmState::Error, PowerIntent::Stopped);
         s.spec.deleted = true;
-        assert_eq!(action(plan(&s)), Some(DriverAction::Destroy));
+        assert_eq!(action(plan(&s, Seen::Unknown)), Some(DriverAction::Destroy));
         assert_eq!(
             finish(
                 &s,
@@ -248,7 +295,7 @@ mod tests {
         };
         assert_eq!(fault.message, "no memory");
         assert_eq!(
-            plan(&server(VmState::Error, PowerIntent::Running)),
+            plan(&server(VmState::Error, PowerIntent::Running), Seen::Unknown),
             Step::Nothing
         );
     }
@@ -267,6 +314,93 @@ mod tests {
         assert_eq!(st.vm_state, VmState::Active);
         assert!(st.fault.is_some());
         let s = Server { status: st, ..s };
-        assert_eq!(action(plan(&s)), Some(DriverAction::PowerOff));
+        assert_eq!(
+            action(plan(&s, Seen::Unknown)),
+            Some(DriverAction::PowerOff)
+        );
+    }
+
+    #[test]
+    fn what_the_hypervisor_shows_is_repaired() {
+        let mut s = server(VmState::Active, PowerIntent::Running);
+        s.status.power_state = PowerState::Running;
+        // A host reboot left the domain shut off: start it.
+        assert_eq!(
+            action(plan(&s, Seen::Power(PowerState::Shutdown))),
+            Some(DriverAction::PowerOn)
+        );
+        assert_eq!(
+            action(plan(&s, Seen::Power(PowerState::Crashed))),
+            Some(DriverAction::PowerOn)
+        );
+        // The domain is gone (removed by hand): build it again.
+        assert_eq!(action(plan(&s, Seen::Absent)), Some(DriverAction::Spawn));
+        assert_eq!(plan(&s, Seen::Power(PowerState::Running)), Step::Nothing);
+        // Not looked at: trust the record.
+        assert_eq!(plan(&s, Seen::Unknown), Step::Nothing);
+        // Running but recorded otherwise: record what is true, no action.
+        s.status.power_state = PowerState::Shutdown;
+        let Step::Record(st) = plan(&s, Seen::Power(PowerState::Running)) else {
+            panic!()
+        };
+        assert_eq!(st.power_state, PowerState::Running);
+        // A stopped server whose guest was started behind Roost's back.
+        let s = server(VmState::Stopped, PowerIntent::Stopped);
+        assert_eq!(
+            action(plan(&s, Seen::Power(PowerState::Running))),
+            Some(DriverAction::PowerOff)
+        );
+        assert_eq!(plan(&s, Seen::Absent), Step::Nothing);
+        // An ERROR server is left for the operator to delete.
+        let s = server(VmState::Error, PowerIntent::Running);
+        assert_eq!(plan(&s, Seen::Absent), Step::Nothing);
+    }
+
+    #[test]
+    fn respawn_failure_keeps_the_server_and_its_claim() {
+        let s = server(VmState::Active, PowerIntent::Running);
+        let out = finish(
+            &s,
+            DriverAction::Spawn,
+            Err(DriverError("no memory".into())),
+            Utc::now(),
+        );
+        let Outcome::Status(st) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(st.vm_state, VmState::Active);
+        assert_eq!(st.fault.map(|f| f.message).as_deref(), Some("no memory"));
+    }
+
+    #[test]
+    fn rebuild_follows_generation_and_power() {
+        let mut s = server(VmState::Stopped, PowerIntent::Stopped);
+        s.spec.rebuild_generation = 1;
+        let Step::Act { action, during } = plan(&s, Seen::Unknown) else {
+            panic!()
+        };
+        assert_eq!(action, DriverAction::Rebuild);
+        assert_eq!(during.nova_status(), "REBUILD");
+        let now = Utc::now();
+        let Outcome::Status(st) = finish(&s, action, Ok(PowerState::Shutdown), now) else {
+            panic!()
+        };
+        assert_eq!((st.vm_state, st.rebuild_generation), (VmState::Stopped, 1));
+        assert_eq!(st.launched_at, Some(now));
+        s.status = st;
+        assert_eq!(plan(&s, Seen::Unknown), Step::Nothing);
+        // A failed rebuild is ERROR, as in Nova, and is not retried.
+        s.spec.rebuild_generation = 2;
+        let Outcome::Status(st) = finish(
+            &s,
+            DriverAction::Rebuild,
+            Err(DriverError("bad image".into())),
+            now,
+        ) else {
+            panic!()
+        };
+        assert_eq!(st.vm_state, VmState::Error);
+        s.status = st;
+        assert_eq!(plan(&s, Seen::Unknown), Step::Nothing);
     }
 }

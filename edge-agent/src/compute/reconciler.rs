@@ -3,25 +3,33 @@
 //! Work arrives two ways: the API pushes the id of each server it changed
 //! onto a [`WorkQueue`] (so a create costs one server's reconcile, not a scan
 //! of the site), and every [`RESYNC_PERIOD`] plus at start a full pass looks
-//! at every server (so nothing missed, e.g. across a crash, stays missed).
-//! Each server is driven step by step until [`plan`] says it is in sync.
+//! at every server and every domain the driver made (so nothing missed,
+//! e.g. across a crash or a host reboot, stays missed: stopped domains of
+//! running servers are started, domains of servers the store no longer has
+//! are removed). Each server is driven step by step until [`plan`] says it
+//! is in sync; up to `max_parallel` servers are driven at once, never one
+//! server twice at once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use roost_common::model::Server;
+use roost_common::model::{PowerState, Server};
 
-use super::{finish, plan, ComputeDriver, DriverError, Outcome, Step};
+use super::{finish, plan, ComputeDriver, DriverError, Guest, Observed, Outcome, Seen, Step};
 use crate::metrics::METRICS;
 use crate::store::{ServerQuery, Store, WriteError};
 
 /// How often the reconciler looks at every server even when nothing woke it.
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(10);
+
+/// How long a stopping agent waits for compute actions under way.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Most steps taken for one server in a row before moving on (a server that
 /// needs more is picked up again by the next pass).
@@ -56,61 +64,123 @@ pub struct Reconciler {
     pub store: Store,
     pub driver: Arc<dyn ComputeDriver>,
     pub queue: Arc<WorkQueue>,
+    /// Servers driven at once.
+    pub max_parallel: usize,
 }
 
 impl Reconciler {
-    /// Runs until `shutdown` turns true.
+    /// Runs until `shutdown` turns true, then waits (a bounded time) for
+    /// actions under way to finish.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut full = true;
         // A fixed schedule, not a sleep restarted after every wake-up: under
         // a steady stream of API writes the full pass must still come round.
         let mut resync = tokio::time::interval(RESYNC_PERIOD);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
+        let mut full = true;
+        let mut pending: BTreeMap<String, Seen> = BTreeMap::new();
+        let mut inflight: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut tasks = JoinSet::new();
         loop {
-            let result = if full {
-                self.pass().await
-            } else {
-                self.queued().await
-            };
-            if let Err(e) = result {
-                warn!(error = %e, "compute reconcile pass failed; retrying");
+            if std::mem::take(&mut full) {
+                match self.survey().await {
+                    // What was seen of a server under way is already stale.
+                    Ok(work) => pending.extend(
+                        work.into_iter()
+                            .filter(|(id, _)| !inflight.values().any(|b| b == id)),
+                    ),
+                    Err(e) => warn!(error = %e, "compute survey failed; retrying at the next pass"),
+                }
+            }
+            for id in self.queue.take() {
+                pending.entry(id).or_insert(Seen::Unknown);
+            }
+            // One task per server at a time; the rest wait their turn.
+            let busy: HashSet<&String> = inflight.values().collect();
+            let room = self.max_parallel.saturating_sub(inflight.len());
+            let ready: Vec<String> = pending
+                .keys()
+                .filter(|id| !busy.contains(id))
+                .take(room)
+                .cloned()
+                .collect();
+            for id in ready {
+                let seen = pending.remove(&id).unwrap_or(Seen::Unknown);
+                let me = self.clone();
+                let sid = id.clone();
+                let handle = tasks.spawn(async move { me.drive(sid, seen).await });
+                inflight.insert(handle.id(), id);
             }
             tokio::select! {
-                _ = self.queue.notify.notified() => full = false,
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let task = match done {
+                        Ok((task, ())) => task,
+                        Err(e) => {
+                            warn!(error = %e, "a compute task failed");
+                            e.id()
+                        }
+                    };
+                    inflight.remove(&task);
+                }
+                _ = self.queue.notify.notified() => {}
                 _ = resync.tick() => full = true,
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
             }
-            if *shutdown.borrow() {
-                return;
-            }
+        }
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN_LIMIT, drain).await.is_err() {
+            warn!(
+                servers = inflight.len(),
+                "compute actions still under way at shutdown; the next start finishes them"
+            );
         }
     }
 
-    /// A level-triggered pass over every server.
-    pub async fn pass(&self) -> Result<(), WriteError> {
-        self.queue.take();
-        for server in self.store.servers(ServerQuery::default()).await? {
-            self.drive(server).await;
-        }
-        Ok(())
-    }
-
-    /// The servers the API asked about since the last pass.
-    async fn queued(&self) -> Result<(), WriteError> {
-        for id in self.queue.take() {
-            if let Some(server) = self.store.server(id).await? {
-                self.drive(server).await;
+    /// Looks at every server and every domain: the servers that need work,
+    /// with what the hypervisor showed of each. Removes domains of servers
+    /// the store no longer has.
+    async fn survey(&self) -> Result<Vec<(String, Seen)>, WriteError> {
+        // The hypervisor first, then the store: a domain is made only after
+        // its server is committed, so a domain seen here whose server is not
+        // in the store read after it is truly an orphan.
+        let driver = self.driver.clone();
+        let observed = match tokio::task::spawn_blocking(move || driver.observe()).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot list domains; trusting recorded status this pass");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "domain listing task failed");
+                None
+            }
+        };
+        let servers = self.store.servers(ServerQuery::default()).await?;
+        let (work, orphans) = survey(&servers, observed.as_deref());
+        for id in orphans {
+            let driver = self.driver.clone();
+            let sid = id.clone();
+            match tokio::task::spawn_blocking(move || driver.remove_orphan(&sid)).await {
+                Ok(Ok(())) => {
+                    info!(server_id = %id, "removed the domain of a server the site no longer has")
+                }
+                Ok(Err(e)) => {
+                    warn!(server_id = %id, error = %e, "cannot remove an orphaned domain")
+                }
+                Err(e) => warn!(server_id = %id, error = %e, "orphan removal task failed"),
             }
         }
-        Ok(())
+        Ok(work)
     }
 
     /// Steps one server until it is in sync (or [`MAX_STEPS`]).
-    async fn drive(&self, mut server: Server) {
+    async fn drive(&self, id: String, mut seen: Seen) {
         for _ in 0..MAX_STEPS {
-            let id = server.id.clone();
-            match self.step(server).await {
+            let server = match self.store.server(id.clone()).await {
+                Ok(Some(s)) => s,
+                _ => return,
+            };
+            match self.step(server, seen).await {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
@@ -118,17 +188,15 @@ impl Reconciler {
                     return;
                 }
             }
-            server = match self.store.server(id).await {
-                Ok(Some(s)) => s,
-                _ => return,
-            };
+            // What the hypervisor showed is stale once we have acted.
+            seen = Seen::Unknown;
         }
     }
 
     /// Takes one step; says whether anything was done.
-    async fn step(&self, server: Server) -> Result<bool, WriteError> {
+    async fn step(&self, server: Server, seen: Seen) -> Result<bool, WriteError> {
         let id = server.id.clone();
-        match plan(&server) {
+        match plan(&server, seen) {
             Step::Nothing => Ok(false),
             Step::Record(status) => {
                 self.store
@@ -147,9 +215,15 @@ impl Reconciler {
                     status: during,
                     ..server
                 };
+                let guest = Guest {
+                    flavor: self.store.flavor(server.spec.flavor_id.clone()).await?,
+                    image: self.store.image(server.spec.image_id.clone()).await?,
+                    server,
+                };
                 let driver = self.driver.clone();
-                let s = server.clone();
-                let result = tokio::task::spawn_blocking(move || driver.apply(&s, action))
+                let g = guest.clone();
+                let started = std::time::Instant::now();
+                let result = tokio::task::spawn_blocking(move || driver.apply(&g, action))
                     .await
                     .unwrap_or_else(|e| Err(DriverError(format!("driver task failed: {e}"))));
                 let outcome_label = if result.is_ok() { "ok" } else { "error" };
@@ -157,14 +231,17 @@ impl Reconciler {
                     .reconcile_actions
                     .with_label_values(&[action.name(), outcome_label])
                     .inc();
+                let ms = started.elapsed().as_millis() as u64;
                 match &result {
-                    Ok(_) => info!(server_id = %id, action = action.name(), "compute action done"),
+                    Ok(power) => {
+                        info!(server_id = %id, action = action.name(), power = ?power, ms, "compute action done")
+                    }
                     Err(e) => {
-                        warn!(server_id = %id, action = action.name(), error = %e, "compute action failed")
+                        warn!(server_id = %id, action = action.name(), error = %e, ms, "compute action failed")
                     }
                 }
                 let failed = result.is_err();
-                match finish(&server, action, result, Utc::now()) {
+                match finish(&guest.server, action, result, Utc::now()) {
                     Outcome::Status(st) => {
                         self.store
                             .write(move |ctx| ctx.set_server_status(&id, &st))
@@ -181,5 +258,110 @@ impl Reconciler {
                 Ok(!failed)
             }
         }
+    }
+}
+
+/// The pure half of a full pass: which servers need work (with what the
+/// hypervisor showed of each) and which observed domains belong to no
+/// server. `observed` is `None` when the driver cannot look.
+pub fn survey(
+    servers: &[Server],
+    observed: Option<&[Observed]>,
+) -> (Vec<(String, Seen)>, Vec<String>) {
+    let power: HashMap<&str, PowerState> = observed
+        .unwrap_or_default()
+        .iter()
+        .map(|o| (o.server_id.as_str(), o.power))
+        .collect();
+    let work = servers
+        .iter()
+        .filter_map(|s| {
+            let seen = match (observed, power.get(s.id.as_str())) {
+                (None, _) => Seen::Unknown,
+                (Some(_), Some(p)) => Seen::Power(*p),
+                (Some(_), None) => Seen::Absent,
+            };
+            (plan(s, seen) != Step::Nothing).then(|| (s.id.clone(), seen))
+        })
+        .collect();
+    let known: HashSet<&str> = servers.iter().map(|s| s.id.as_str()).collect();
+    let orphans = observed
+        .unwrap_or_default()
+        .iter()
+        .filter(|o| !known.contains(o.server_id.as_str()))
+        .map(|o| o.server_id.clone())
+        .collect();
+    (work, orphans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roost_common::model::{PowerIntent, Resource, ServerSpec, VmState};
+
+    fn server(id: &str, vm: VmState) -> Server {
+        let spec = ServerSpec {
+            name: id.into(),
+            project_id: "p".into(),
+            user_id: "u".into(),
+            flavor_id: "f".into(),
+            image_id: "i".into(),
+            availability_zone: None,
+            server_group: None,
+            power: PowerIntent::Running,
+            reboot_generation: 0,
+            reboot_hard: false,
+            rebuild_generation: 0,
+            deleted: false,
+            metadata: Default::default(),
+        };
+        let mut s: Server = Resource::new(spec, Utc::now());
+        s.id = id.into();
+        s.status.vm_state = vm;
+        s.status.power_state = PowerState::Running;
+        s
+    }
+
+    fn seen(id: &str, power: PowerState) -> Observed {
+        Observed {
+            server_id: id.into(),
+            power,
+        }
+    }
+
+    #[test]
+    fn survey_after_a_host_reboot() {
+        let servers = [
+            server("a", VmState::Active),
+            server("b", VmState::Active),
+            server("c", VmState::Active),
+            server("new", VmState::Building),
+        ];
+        let observed = [
+            seen("a", PowerState::Running),
+            seen("b", PowerState::Shutdown),
+            seen("gone", PowerState::Running),
+        ];
+        let (work, orphans) = survey(&servers, Some(&observed));
+        assert_eq!(
+            work,
+            vec![
+                ("b".to_string(), Seen::Power(PowerState::Shutdown)),
+                ("c".to_string(), Seen::Absent),
+                ("new".to_string(), Seen::Absent),
+            ]
+        );
+        assert_eq!(orphans, vec!["gone".to_string()]);
+    }
+
+    #[test]
+    fn survey_without_a_look_trusts_the_record_and_removes_nothing() {
+        let servers = [
+            server("a", VmState::Active),
+            server("new", VmState::Building),
+        ];
+        let (work, orphans) = survey(&servers, None);
+        assert_eq!(work, vec![("new".to_string(), Seen::Unknown)]);
+        assert!(orphans.is_empty());
     }
 }

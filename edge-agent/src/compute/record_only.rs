@@ -1,11 +1,10 @@
 //! The record-only driver: servers are scheduled, claimed and tracked with
-//! their power state, but no VM is started. It is what the agent runs until
-//! the libvirt driver lands (the compute issue), and the agent says so at
-//! start-up.
+//! their power state, but no VM is started. For sites that only hold intent
+//! and for API tests; the agent warns at start-up when it runs it.
 
-use roost_common::model::{PowerState, Server};
+use roost_common::model::PowerState;
 
-use super::{ComputeDriver, DriverAction, DriverError};
+use super::{ComputeDriver, DriverAction, DriverError, Guest, Observed};
 
 #[derive(Debug, Default)]
 pub struct RecordOnly;
@@ -15,13 +14,25 @@ impl ComputeDriver for RecordOnly {
         "record-only"
     }
 
-    fn apply(&self, _server: &Server, action: DriverAction) -> Result<PowerState, DriverError> {
+    fn apply(&self, guest: &Guest, action: DriverAction) -> Result<PowerState, DriverError> {
         Ok(match action {
             DriverAction::Spawn | DriverAction::PowerOn | DriverAction::Reboot { .. } => {
                 PowerState::Running
             }
+            DriverAction::Rebuild => match guest.server.spec.power {
+                roost_common::model::PowerIntent::Running => PowerState::Running,
+                roost_common::model::PowerIntent::Stopped => PowerState::Shutdown,
+            },
             DriverAction::PowerOff => PowerState::Shutdown,
             DriverAction::Destroy => PowerState::NoState,
         })
+    }
+
+    fn observe(&self) -> Result<Option<Vec<Observed>>, DriverError> {
+        Ok(None)
+    }
+
+    fn remove_orphan(&self, _server_id: &str) -> Result<(), DriverError> {
+        Ok(())
     }
 }

@@ -34,7 +34,7 @@ use crate::scheduler::NoValidHost;
 pub use inventory::{HypervisorView, Identity};
 pub use journal::Applied;
 pub use quota::Quota;
-pub use servers::{NewServer, ServerIntent, ServerQuery};
+pub use servers::{shown_status, NewServer, ServerIntent, ServerQuery};
 pub use writer::WriteCtx;
 
 /// The file name of the SQLite database inside the data dir.
@@ -298,6 +298,10 @@ impl Store {
 
     pub async fn flavor(&self, id: String) -> Result<Option<Flavor>, WriteError> {
         self.read(move |c| Ok(rows::get(c, "flavors", &id)?)).await
+    }
+
+    pub async fn image(&self, id: String) -> Result<Option<Image>, WriteError> {
+        self.read(move |c| Ok(rows::get(c, "images", &id)?)).await
     }
 
     pub async fn images(&self) -> Result<Vec<Image>, WriteError> {

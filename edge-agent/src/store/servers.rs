@@ -25,17 +25,24 @@ pub struct NewServer {
 }
 
 /// A change of intent on an existing server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerIntent {
     Stop,
     Start,
-    Reboot { hard: bool },
+    Reboot {
+        hard: bool,
+    },
+    /// Rebuild the root disk from this image (Nova's `rebuild`).
+    Rebuild {
+        image_id: String,
+    },
     Delete,
 }
 
 impl ServerIntent {
-    fn verb(self) -> &'static str {
+    fn verb(&self) -> &'static str {
         match self {
+            ServerIntent::Rebuild { .. } => "rebuild",
             ServerIntent::Stop => "stop",
             ServerIntent::Start => "start",
             ServerIntent::Reboot { hard: false } => "reboot",
@@ -257,7 +264,7 @@ impl WriteCtx<'_> {
             .task_state
             .or_else(|| pending_task(&server.spec, &server.status));
         let vm = server.status.vm_state;
-        match intent {
+        match &intent {
             ServerIntent::Delete => server.spec.deleted = true,
             _ if busy.is_some() => {
                 return conflict(format!("while it is in task_state {}", task_name(busy)))
@@ -275,6 +282,21 @@ impl WriteCtx<'_> {
                 server.spec.reboot_generation += 1;
                 server.spec.reboot_hard = true;
                 server.spec.power = PowerIntent::Running;
+            }
+            ServerIntent::Rebuild { image_id }
+                if matches!(vm, VmState::Active | VmState::Stopped) =>
+            {
+                let image: Option<Image> = rows::get(self.tx, "images", image_id)?;
+                if image.is_none() {
+                    return Err(FieldError::new(
+                        "rebuild.imageRef",
+                        image_id,
+                        "must be the id of an image at this site",
+                    )
+                    .into());
+                }
+                server.spec.image_id = image_id.clone();
+                server.spec.rebuild_generation += 1;
             }
             _ => return conflict(format!("while it is in vm_state {}", vm_name(vm))),
         }
@@ -344,10 +366,29 @@ impl WriteCtx<'_> {
 /// A task the spec asks for that status has not caught up with.
 fn pending_task(spec: &ServerSpec, status: &ServerStatus) -> Option<TaskState> {
     match (spec.power, status.vm_state) {
+        _ if spec.deleted => Some(TaskState::Deleting),
         (PowerIntent::Stopped, VmState::Active) => Some(TaskState::PoweringOff),
         (PowerIntent::Running, VmState::Stopped) => Some(TaskState::PoweringOn),
+        _ if spec.rebuild_generation > status.rebuild_generation => Some(TaskState::Rebuilding),
+        _ if spec.reboot_generation > status.reboot_generation && spec.reboot_hard => {
+            Some(TaskState::RebootingHard)
+        }
         _ if spec.reboot_generation > status.reboot_generation => Some(TaskState::Rebooting),
         _ => None,
+    }
+}
+
+/// The status as the API shows it: a task asked for and not yet picked up
+/// by the reconciler already shows, as Nova sets task_state when it accepts
+/// an action.
+pub fn shown_status(server: &Server) -> ServerStatus {
+    let st = &server.status;
+    if st.task_state.is_some() || st.vm_state == VmState::Deleted {
+        return st.clone();
+    }
+    ServerStatus {
+        task_state: pending_task(&server.spec, st),
+        ..st.clone()
     }
 }
 
@@ -478,6 +519,7 @@ mod tests {
             power: PowerIntent::Stopped,
             reboot_generation: 0,
             reboot_hard: false,
+            rebuild_generation: 0,
             deleted: false,
             metadata: Default::default(),
         };

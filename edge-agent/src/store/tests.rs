@@ -35,6 +35,7 @@ fn spec(name: &str, flavor: &str) -> ServerSpec {
         power: PowerIntent::Running,
         reboot_generation: 0,
         reboot_hard: false,
+        rebuild_generation: 0,
         deleted: false,
         metadata: Default::default(),
     }

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Builds the tiny bootable guest the compute tests and benchmarks run, from
+# Debian's packages: the cloud kernel (direct kernel boot), an initramfs
+# holding a static busybox whose /init prints one line on the serial
+# console, and a blank qcow2 base image the servers' root disks overlay.
+#
+#   scripts/guest-image.sh [DIR]     (default: target/roost-guest)
+#
+# Safe to run again: a complete DIR is left as it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-${ROOST_GUEST_DIR:-target/roost-guest}}
+say() { printf '[guest-image] %s\n' "$*"; }
+
+# Can this host's KVM boot the guest? /dev/kvm opening is not enough: on
+# some nested hosts guests hang in firmware. Boots it once, with QEMU's
+# default CPU model, and writes kvm or tcg to $dir/accel for the tests.
+probe_kvm() {
+  [ -s "$dir/accel" ] && { say "accelerator: $(cat "$dir/accel")"; return; }
+  local verdict="tcg: /dev/kvm cannot be opened"
+  if [ -w /dev/kvm ]; then
+    if timeout 20 qemu-system-x86_64 -enable-kvm -m 128 -display none -serial stdio -no-reboot \
+         -kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" \
+         -append "console=ttyS0 rdinit=/init quiet panic=-1" 2>/dev/null | grep -a -m1 -q "roost-guest: init reached"; then
+      verdict="kvm"
+    else
+      verdict="tcg: /dev/kvm opens but a KVM guest did not reach its init within 20 s (seen on nested hosts)"
+    fi
+  fi
+  echo "$verdict" > "$dir/accel"
+  say "accelerator: $verdict"
+}
+
+if [ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ] && [ -s "$dir/base.qcow2" ]; then
+  say "present in $dir ($(cat "$dir/VERSION" 2>/dev/null || echo unknown kernel))"
+  probe_kvm
+  exit 0
+fi
+for tool in apt-get dpkg-deb cpio gzip qemu-img qemu-system-x86_64; do
+  command -v "$tool" >/dev/null || { say "$tool is missing: run scripts/setup.sh first"; exit 1; }
+done
+
+kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
+if [ -z "$kernel_pkg" ] || ! apt-cache policy busybox-static | grep -q 'Candidate: [0-9]'; then
+  say "package lists lack the kernel or busybox: updating them"
+  if [ "$(id -u)" -eq 0 ]; then apt-get update -qq; else sudo apt-get update -qq; fi
+  kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
+fi
+[ -n "$kernel_pkg" ] || { say "no linux-image-cloud-amd64 in the package lists"; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+chmod 777 "$work"  # apt fetches as its own user where it can
+say "downloading $kernel_pkg and busybox-static"
+(cd "$work" && apt-get download -qq "$kernel_pkg" busybox-static)
+mkdir -p "$work/kernel" "$work/busybox"
+dpkg-deb -x "$work"/linux-image-*.deb "$work/kernel"
+dpkg-deb -x "$work"/busybox-static_*.deb "$work/busybox"
+
+root="$work/initramfs"
+mkdir -p "$root"/{bin,dev,proc,sys,tmp}
+cp "$work/busybox/bin/busybox" "$root/bin/busybox"
+# The initial console, where the kernel points /init's output (needs root;
+# /init also reopens the console from devtmpfs, so it is not required).
+mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
+cat > "$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+exec >/dev/console 2>&1 </dev/console
+echo "roost-guest: init reached: kernel $(uname -r), $(nproc) vcpu, $(awk '/MemTotal/ {print $2 $3}' /proc/meminfo) memory"
+echo "roost-guest: up $(cut -d' ' -f1 /proc/uptime)s"
+while :; do sleep 3600; done
+INIT
+chmod 755 "$root/init"
+
+mkdir -p "$dir"
+cp "$work"/kernel/boot/vmlinuz-* "$dir/vmlinuz.part"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$dir/initrd.img.part"
+qemu-img create -q -f qcow2 "$dir/base.qcow2.part" 64M
+mv "$dir/vmlinuz.part" "$dir/vmlinuz"
+mv "$dir/initrd.img.part" "$dir/initrd.img"
+mv "$dir/base.qcow2.part" "$dir/base.qcow2"
+echo "$kernel_pkg, busybox-static $(dpkg-deb -f "$work"/busybox-static_*.deb Version)" > "$dir/VERSION"
+say "built in $dir: $(cat "$dir/VERSION")"
+probe_kvm
