@@ -7,6 +7,10 @@
 # Data and logs are kept in .roost/ in the repository, so a second run finds
 # the same region and sites (already enrolled). Ctrl-C stops everything.
 #
+# vehicle-07 runs its servers as real VMs (libvirt's QEMU driver inside the
+# agent, no daemon), booting the tiny guest scripts/guest-image.sh builds;
+# edge-factory-01 records its servers without starting VMs.
+#
 # SITE=vehicle-07 ./scripts/quickstart.sh runs that one site alone, without
 # a controller.
 set -euo pipefail
@@ -18,11 +22,26 @@ say() { printf '[quickstart] %s\n' "$*"; }
 say "building roost-agent and roost-controller (release; the first build takes a few minutes)"
 cargo build --release --locked --bin roost-agent --bin roost-controller
 
+# The guest vehicle-07's image list points at, and whether KVM can boot it.
+GUEST=/var/lib/roost/images/busybox
+./scripts/guest-image.sh "$GUEST"
+ACCEL=tcg
+[ "$(cat "$GUEST/accel")" = kvm ] && ACCEL=kvm
+# Appended to vehicle-07's config: its servers become libvirt domains.
+real_vms() {
+  printf '\ncompute:\n  driver: libvirt\n  libvirt:\n    uri: "qemu:///embed?root=/var/lib/roost/%s/libvirt"\n    accel: %s\n    cpu_mode: qemu-default\n    shutdown_timeout_secs: 5\n' "$1" "$ACCEL"
+}
+
 if [ -n "${SITE:-}" ]; then
   DATA=".roost/$SITE"
   mkdir -p "$DATA"
+  cfg="site-configs/$SITE.yaml"
+  if [ "$SITE" = vehicle-07 ]; then
+    cfg="$DATA.yaml"
+    { cat "site-configs/$SITE.yaml"; real_vms "$SITE"; } >"$cfg"
+  fi
   say "starting site $SITE alone (data in $DATA)"
-  exec ./target/release/roost-agent run --config "site-configs/$SITE.yaml" --data-dir "$DATA" "$@"
+  exec ./target/release/roost-agent run --config "$cfg" --data-dir "$DATA" "$@"
 fi
 
 REGION_CFG=site-configs/region.yaml
@@ -74,6 +93,7 @@ for site in "${SITES[@]}"; do
       cat "site-configs/$site.yaml"
       printf '\nregion:\n  name: %s\n  address: %s\n  central_api: %s\n  join_token: %s\n' \
         "$REGION_NAME" "$QUIC" "$API" "$token"
+      if [ "$site" = vehicle-07 ]; then real_vms "$site"; fi
     } >"$cfg"
   fi
   say "starting site $site (log: $data/agent.log)"

@@ -9,13 +9,14 @@
 //! Where to work:
 //! - a new API call: a handler in `api/`, a write as a `WriteCtx` method in
 //!   `store/`, validation in `roost_common`;
-//! - a new hypervisor: implement [`compute::ComputeDriver`];
+//! - a new hypervisor: implement [`compute::ComputeDriver`]; libvirt calls
+//!   stay in `compute/libvirt.rs`, domain XML in `compute/domain.rs`;
 //! - scheduling policy: `scheduler/` (pure; no I/O allowed there);
 //! - a metric: declare it in [`metrics`];
 //! - what syncs with the region: `store/journal.rs`.
 //!
-//! Not here yet: real VMs (libvirt), networking and storage; each lands
-//! with its own issue.
+//! Not here yet: networking and storage (volumes, the image cache); each
+//! lands with its own issue.
 
 pub mod agent;
 pub mod api;
