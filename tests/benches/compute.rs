@@ -83,6 +83,7 @@ async fn main() {
     eprintln!("[bench] accelerator: {}", image.verdict);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("lv");
+    let _guests = guest::QemuGuard(root.clone());
     let data = tmp.path().join("data");
     let config = tmp.path().join("site.yaml");
     std::fs::write(&config, image.site_yaml("bench-compute", &root, 65536)).unwrap();

@@ -56,8 +56,10 @@ impl GuestImage {
     }
 
     /// A site config running servers through libvirt's embedded QEMU driver
-    /// rooted at `embed_root`, with the guest as image [`IMAGE_ID`] and a
-    /// `tiny` flavor (id `1`, 1 vCPU, 128 MB, 1 GB).
+    /// rooted at `embed_root`, with the guest as image [`IMAGE_ID`], a
+    /// `tiny` flavor (id `1`, 1 vCPU, 128 MB, 1 GB), and two things that
+    /// cannot start: flavor `9` pins to a host CPU that does not exist,
+    /// image `broken` boots a kernel file that is not there.
     pub fn site_yaml(&self, site_id: &str, embed_root: &Path, ram_mb: u64) -> String {
         let d = self.dir.display();
         format!(
@@ -65,7 +67,8 @@ impl GuestImage {
              compute:\n  driver: libvirt\n  libvirt:\n    uri: \"qemu:///embed?root={root}\"\n    \
              accel: {accel}\n    cpu_mode: qemu-default\n    shutdown_timeout_secs: 2\n\
              hosts:\n  - {{name: node-0, roles: [controller, compute], vcpus: 64, ram_mb: {ram_mb}, disk_gb: 500}}\n\
-             flavors:\n  - {{name: tiny, id: \"1\", vcpus: 1, ram_mb: 128, disk_gb: 1}}\n\
+             flavors:\n  - {{name: tiny, id: \"1\", vcpus: 1, ram_mb: 128, disk_gb: 1}}\n  \
+             - {{name: pinned-away, id: \"9\", vcpus: 1, ram_mb: 128, disk_gb: 1, extra_specs: {{\"roost:cpuset\": \"4000\"}}}}\n\
              images:\n  - name: busybox\n    id: {IMAGE_ID}\n    disk_format: qcow2\n    \
              file: {d}/base.qcow2\n    kernel: {d}/vmlinuz\n    ramdisk: {d}/initrd.img\n    \
              command_line: \"console=ttyS0 rdinit=/init quiet panic=-1\"\n  \
@@ -118,4 +121,16 @@ pub fn kill_all_qemu(embed_root: &Path) -> usize {
         }
     }
     n
+}
+
+/// Kills every QEMU process under an embedded root when dropped, so a test
+/// that fails (or a bench that stops) leaves no guest running. Declare it
+/// after the temporary directory it guards, so it drops first.
+#[derive(Debug)]
+pub struct QemuGuard(pub PathBuf);
+
+impl Drop for QemuGuard {
+    fn drop(&mut self) {
+        kill_all_qemu(&self.0);
+    }
 }

@@ -74,6 +74,7 @@ async fn a_real_guest_through_its_whole_life() {
     println!("accelerator: {}", image.verdict);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("lv");
+    let _guests = guest::QemuGuard(root.clone());
     let data = tmp.path().join("data");
     let config = write_config(tmp.path(), &image.site_yaml("lab-01", &root, 8192));
     let mut agent = AgentProcess::start(&config, &data);
@@ -217,6 +218,7 @@ async fn a_guest_that_cannot_start_is_error_with_libvirts_reason_and_no_claim() 
     let image = GuestImage::find();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("lv");
+    let _guests = guest::QemuGuard(root.clone());
     let data = tmp.path().join("data");
     let config = write_config(tmp.path(), &image.site_yaml("lab-02", &root, 8192));
     let agent = AgentProcess::start(&config, &data);
@@ -242,9 +244,31 @@ async fn a_guest_that_cannot_start_is_error_with_libvirts_reason_and_no_claim() 
         "claim released"
     );
     assert_eq!(guest::qemu_pid(&root, &id), None);
-    // Deleting it cleans up what was made for it.
-    let (code, _) = api.delete(&format!("/compute/v2.1/servers/{id}")).await;
-    assert_eq!(code, 204);
-    api.wait_status(&id, "GONE", Duration::from_secs(30)).await;
-    assert!(!data.join("instances").join(&id).exists());
+    // libvirt refuses to start a guest pinned to a CPU the host lacks: its
+    // reason is the fault.
+    let (code, body) = api.create_server("pinned", "9", IMAGE_ID).await;
+    assert_eq!(code, 202, "{body}");
+    let pinned = body["server"]["id"].as_str().unwrap().to_string();
+    let s = api
+        .wait_status(&pinned, "ERROR", Duration::from_secs(60))
+        .await;
+    let fault = s["server"]["fault"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(fault.starts_with("libvirt: "), "{s}");
+    println!("libvirt's reason: {fault}");
+    assert_eq!(
+        api.hypervisors().await[0]["memory_mb_used"],
+        0,
+        "claim released"
+    );
+    // Deleting them cleans up what was made for them.
+    for id in [&id, &pinned] {
+        let (code, _) = api.delete(&format!("/compute/v2.1/servers/{id}")).await;
+        assert_eq!(code, 204);
+        api.wait_status(id, "GONE", Duration::from_secs(30)).await;
+        assert!(!data.join("instances").join(id).exists());
+        assert!(!root.join(format!("etc/qemu/roost-{id}.xml")).exists());
+    }
 }

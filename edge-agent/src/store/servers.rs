@@ -535,5 +535,24 @@ mod tests {
         };
         assert_eq!(pending_task(&running, &status), Some(TaskState::Rebooting));
         assert_eq!(task_name(Some(TaskState::PoweringOff)), "powering-off");
+        let hard = ServerSpec {
+            reboot_hard: true,
+            ..running.clone()
+        };
+        assert_eq!(pending_task(&hard, &status), Some(TaskState::RebootingHard));
+        let rebuild = ServerSpec {
+            rebuild_generation: 1,
+            ..running.clone()
+        };
+        assert_eq!(pending_task(&rebuild, &status), Some(TaskState::Rebuilding));
+        // What the API shows: the accepted task at once, as Nova.
+        let mut server: Server = Resource::new(rebuild, chrono::Utc::now());
+        server.status = status.clone();
+        assert_eq!(shown_status(&server).nova_status(), "REBUILD");
+        server.spec.deleted = true;
+        assert_eq!(shown_status(&server).task_state, Some(TaskState::Deleting));
+        // A task under way is shown as the reconciler wrote it.
+        server.status.task_state = Some(TaskState::Spawning);
+        assert_eq!(shown_status(&server).task_state, Some(TaskState::Spawning));
     }
 }
