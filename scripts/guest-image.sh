@@ -41,7 +41,8 @@ for tool in apt-get dpkg-deb cpio gzip qemu-img qemu-system-x86_64; do
 done
 
 kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
-if [ -z "$kernel_pkg" ] || ! apt-cache policy busybox-static | grep -q 'Candidate: [0-9]'; then
+busybox_candidate=$(apt-cache policy busybox-static 2>/dev/null | awk '/Candidate:/ { print $2 }')
+if [ -z "$kernel_pkg" ] || [ -z "$busybox_candidate" ] || [ "$busybox_candidate" = "(none)" ]; then
   say "package lists lack the kernel or busybox: updating them"
   if [ "$(id -u)" -eq 0 ]; then apt-get update -qq; else sudo apt-get update -qq; fi
   kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')

@@ -177,6 +177,9 @@ impl Libvirt {
             .clone()
             .unwrap_or_else(|| data_dir.join("instances"));
         std::fs::create_dir_all(&instances).map_err(io(&instances))?;
+        // QEMU runs elsewhere than the agent's working directory: every
+        // path in the domain XML must be absolute.
+        let instances = std::fs::canonicalize(&instances).map_err(io(&instances))?;
         info!(%uri, accel = ?accel, instances = %instances.display(), "libvirt driver ready");
         Ok(Libvirt {
             conn,
@@ -667,6 +670,33 @@ mod tests {
         assert_eq!(listed(&other_site, &g.server.id), Some(PowerState::Running));
         impostor.undefine().unwrap();
         other_site.apply(&g, DriverAction::Destroy).unwrap();
+    }
+
+    #[test]
+    fn instance_paths_are_absolute_even_for_a_relative_data_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let rel = pathdiff(tmp.path(), &cwd);
+        let cfg = LibvirtSection {
+            uri: "test:///default".into(),
+            ..LibvirtSection::default()
+        };
+        let d = Libvirt::open(&cfg, "site-f", &rel).unwrap();
+        assert!(d.instances.is_absolute(), "{}", d.instances.display());
+        assert_eq!(
+            d.instances,
+            tmp.path().canonicalize().unwrap().join("instances")
+        );
+    }
+
+    /// `to` written relative to `from` (both absolute).
+    fn pathdiff(to: &Path, from: &Path) -> PathBuf {
+        let ups = from.components().count() - 1;
+        let mut p = PathBuf::new();
+        for _ in 0..ups {
+            p.push("..");
+        }
+        p.join(to.strip_prefix("/").unwrap())
     }
 
     #[test]
