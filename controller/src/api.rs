@@ -234,6 +234,8 @@ async fn enroll(State(s): State<ApiState>, body: axum::body::Bytes) -> Result<Re
     .await;
     match result {
         Ok(Ok((site, cert, ca))) => {
+            // The store dropped the old incarnation's status; so does memory.
+            s.region.forget(&site);
             tracing::info!(site = %site, "site enrolled");
             Ok(Json(json!({"site_id": site, "certificate": cert, "ca": ca})).into_response())
         }

@@ -394,6 +394,18 @@ impl FleetStore for SqliteFleet {
             "UPDATE sites SET enrolled_at = ?2 WHERE id = ?1",
             params![site, time(now)],
         )?;
+        // An enrollment is a new incarnation of the site (a replaced disk, a
+        // reinstall): its status document starts again from what it now
+        // reports. The region's copy of the old one would clash with the new
+        // site's (same status actor, same sequence numbers, other contents),
+        // and Automerge sync between the two never settles. Status is the
+        // site's alone, so nothing is lost; intent is kept whole, and the
+        // sync state is dropped so the next session starts from scratch.
+        tx.execute(
+            "DELETE FROM site_changes WHERE site = ?1 AND doc = 'status'",
+            [site],
+        )?;
+        tx.execute("DELETE FROM site_sync WHERE site = ?1", [site])?;
         tx.commit()?;
         Ok(site.to_string())
     }

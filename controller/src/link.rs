@@ -243,6 +243,13 @@ impl Region {
             .clone())
     }
 
+    /// Drops what memory holds of `site` (after a new enrollment reset its
+    /// stored documents); the next use loads them again from the store.
+    pub fn forget(&self, site: &str) {
+        lock(&self.sites).remove(site);
+        *lock(&self.views_cache) = None;
+    }
+
     /// Availability of `site` (offline if never connected since start).
     pub fn availability(&self, site: &str) -> Availability {
         lock(&self.sites)

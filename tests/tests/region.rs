@@ -205,3 +205,90 @@ async fn a_site_that_is_not_enrolled_is_refused_and_harms_nothing() {
     assert_eq!(site["enrolled"], false);
     assert_eq!(site["availability"], "offline");
 }
+
+/// A site whose disk was replaced enrolls again with a new token and an
+/// empty data dir, while the region still holds its old documents. It
+/// must sync as the new site it is (its status from scratch, the region's
+/// intent kept), not fight the old incarnation's history: before the fix
+/// the two status histories (same actor, same sequence numbers) never
+/// settled and the agent grew until the kernel killed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_lost_its_disk_enrolls_again_and_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let region_cfg = site_config("region.yaml");
+    let cdata = dir.path().join("controller");
+    let controller = ControllerProcess::start(&region_cfg, &cdata);
+    let enroll = |n: u32| {
+        let out = ControllerProcess::token(&region_cfg, &cdata, "vehicle-07");
+        assert!(out.status.success());
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let cfg = dir.path().join(format!("vehicle-07-{n}.yaml"));
+        let text = std::fs::read_to_string(site_config("vehicle-07.yaml")).unwrap()
+            + &format!(
+                "\nregion:\n  name: eu-central\n  address: {}\n  central_api: {}\n  join_token: {token}\n",
+                controller.quic, controller.api
+            );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let in_sync = async || {
+        let s = controller.site("vehicle-07").await;
+        s["availability"] == "online" && s["sync"]["status"] == "in-sync"
+    };
+
+    // The first incarnation writes status (two servers) and syncs it.
+    let first = dir.path().join("site-1");
+    let mut agent = AgentProcess::start(&enroll(1), &first);
+    let api = Api::login(&agent.url).await;
+    for name in ["cam-1", "cam-2"] {
+        let (code, body) = api.create_server(name, "2", IMAGE).await;
+        assert_eq!(code, 202, "{body}");
+    }
+    wait_for(
+        "the first site in sync with 2 servers",
+        Duration::from_secs(30),
+        async || {
+            in_sync().await && controller.site("vehicle-07").await["capacity"]["instances"] == 2
+        },
+    )
+    .await;
+    // Intent the region queues for the site while it is away.
+    agent.kill9();
+    std::fs::remove_dir_all(&first).unwrap();
+
+    // The new incarnation: an empty disk, a new token.
+    let second = dir.path().join("site-2");
+    let agent = AgentProcess::start(&enroll(2), &second);
+    // Healthy throughout: alive and small (checked at every poll, so a
+    // runaway fails here long before it hurts the machine).
+    let healthy = || {
+        let rss = agent.rss_kib();
+        assert!(rss > 0 && rss < 300 * 1024, "agent RSS {rss} KiB");
+    };
+    wait_for(
+        "the new site in sync",
+        Duration::from_secs(30),
+        async || {
+            healthy();
+            in_sync().await
+        },
+    )
+    .await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        healthy();
+    }
+    let api = Api::login(&agent.url).await;
+    let (code, body) = api.create_server("cam-3", "2", IMAGE).await;
+    assert_eq!(code, 202, "{body}");
+    let servers = api.servers().await.len();
+    wait_for(
+        "the region shows the new site's servers",
+        Duration::from_secs(30),
+        async || {
+            in_sync().await
+                && controller.site("vehicle-07").await["capacity"]["instances"] == servers as u64
+        },
+    )
+    .await;
+}
