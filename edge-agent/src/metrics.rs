@@ -19,6 +19,7 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     pub store_batch_jobs: Histogram,
     pub reconcile_actions: IntCounterVec,
+    pub unclaimed_domains: IntGauge,
     pub uplink_connected: IntGauge,
     pub uplink_connects: IntCounterVec,
     pub uplink_bytes: IntCounterVec,
@@ -83,6 +84,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["action", "outcome"],
         )
         .expect("valid metric"),
+        unclaimed_domains: IntGauge::new(
+            "roost_agent_unclaimed_domains",
+            "Domains this site made whose server the store does not have (left running; see the log)",
+        )
+        .expect("valid metric"),
         uplink_connected: IntGauge::new(
             "roost_agent_uplink_connected",
             "1 while a sync session with the region is up",
@@ -118,6 +124,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.store_commit_seconds.clone()),
         Box::new(m.store_batch_jobs.clone()),
         Box::new(m.reconcile_actions.clone()),
+        Box::new(m.unclaimed_domains.clone()),
         Box::new(m.uplink_connected.clone()),
         Box::new(m.uplink_connects.clone()),
         Box::new(m.uplink_bytes.clone()),

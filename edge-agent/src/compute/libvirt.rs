@@ -55,7 +55,6 @@ stdio_handler = \"file\"\n";
 #[derive(Debug)]
 pub struct Libvirt {
     conn: Connect,
-    uri: String,
     site_id: String,
     instances: PathBuf,
     accel: Accel,
@@ -183,7 +182,6 @@ impl Libvirt {
         info!(%uri, accel = ?accel, instances = %instances.display(), "libvirt driver ready");
         Ok(Libvirt {
             conn,
-            uri,
             site_id: site_id.to_string(),
             instances,
             accel,
@@ -496,11 +494,6 @@ impl ComputeDriver for Libvirt {
         }
         Ok(Some(seen))
     }
-
-    fn remove_orphan(&self, server_id: &str) -> Result<(), DriverError> {
-        warn!(server_id, uri = %self.uri, "removing the domain of a server this site no longer has");
-        self.remove(server_id)
-    }
 }
 
 #[cfg(test)]
@@ -593,10 +586,13 @@ mod tests {
         let g = guest(None);
         let id = g.server.id.clone();
         assert_eq!(d.apply(&g, DriverAction::Spawn), Ok(PowerState::Running));
-        // Idempotent: a repeated spawn (after a crash) changes nothing.
-        assert_eq!(d.apply(&g, DriverAction::Spawn), Ok(PowerState::Running));
-        assert_eq!(listed(&d, &id), Some(PowerState::Running));
         let disk = tmp.path().join("instances").join(&id).join("disk.qcow2");
+        let made = std::fs::metadata(&disk).unwrap().modified().unwrap();
+        // Idempotent: a repeated spawn (after a crash, or a server brought
+        // back by the region's intent) adopts the domain and keeps its disk.
+        assert_eq!(d.apply(&g, DriverAction::Spawn), Ok(PowerState::Running));
+        assert_eq!(std::fs::metadata(&disk).unwrap().modified().unwrap(), made);
+        assert_eq!(listed(&d, &id), Some(PowerState::Running));
         assert!(disk.is_file(), "root disk made with qemu-img");
         let dom = d.lookup(&id).unwrap().unwrap();
         let xml = dom.get_xml_desc(0).unwrap();
@@ -663,8 +659,10 @@ mod tests {
         g2.server.id = id.clone();
         let err = d.apply(&g2, DriverAction::Destroy).unwrap_err();
         assert!(err.0.contains("did not make"), "{err}");
-        assert!(d.remove_orphan(&id).is_err());
-        assert!(d.remove_orphan(&g.server.id).is_err());
+        assert!(
+            d.apply(&g, DriverAction::Destroy).is_err(),
+            "another site's"
+        );
         assert!(impostor.get_name().is_ok(), "still defined");
         assert!(stranger.is_active().unwrap(), "still running");
         assert_eq!(listed(&other_site, &g.server.id), Some(PowerState::Running));

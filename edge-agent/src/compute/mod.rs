@@ -88,7 +88,4 @@ pub trait ComputeDriver: Send + Sync + std::fmt::Debug + 'static {
     /// `None` when the driver cannot look (then the recorded status is
     /// trusted). Domains Roost did not make are never listed.
     fn observe(&self) -> Result<Option<Vec<Observed>>, DriverError>;
-    /// Removes a domain of a server the store no longer has (deleted while
-    /// the agent was down, or a store restored from a backup).
-    fn remove_orphan(&self, server_id: &str) -> Result<(), DriverError>;
 }

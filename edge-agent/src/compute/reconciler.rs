@@ -5,8 +5,8 @@
 //! of the site), and every [`RESYNC_PERIOD`] plus at start a full pass looks
 //! at every server and every domain the driver made (so nothing missed,
 //! e.g. across a crash or a host reboot, stays missed: stopped domains of
-//! running servers are started, domains of servers the store no longer has
-//! are removed). Each server is driven step by step until [`plan`] says it
+//! running servers are started; domains of servers the store does not have
+//! are reported and left alone). Each server is driven step by step until [`plan`] says it
 //! is in sync; up to `max_parallel` servers are driven at once, never one
 //! server twice at once.
 
@@ -81,9 +81,10 @@ impl Reconciler {
         let mut pending: BTreeMap<String, Seen> = BTreeMap::new();
         let mut inflight: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut tasks = JoinSet::new();
+        let mut warned = HashSet::new();
         loop {
             if std::mem::take(&mut full) {
-                match self.survey().await {
+                match self.survey(&mut warned).await {
                     // What was seen of a server under way is already stale.
                     Ok(work) => pending.extend(
                         work.into_iter()
@@ -137,12 +138,15 @@ impl Reconciler {
     }
 
     /// Looks at every server and every domain: the servers that need work,
-    /// with what the hypervisor showed of each. Removes domains of servers
-    /// the store no longer has.
-    async fn survey(&self) -> Result<Vec<(String, Seen)>, WriteError> {
+    /// with what the hypervisor showed of each. Domains this site made whose
+    /// server the store lacks are reported, never removed (see [`survey`]).
+    async fn survey(
+        &self,
+        warned: &mut HashSet<String>,
+    ) -> Result<Vec<(String, Seen)>, WriteError> {
         // The hypervisor first, then the store: a domain is made only after
         // its server is committed, so a domain seen here whose server is not
-        // in the store read after it is truly an orphan.
+        // in the store read after it is truly unclaimed.
         let driver = self.driver.clone();
         let observed = match tokio::task::spawn_blocking(move || driver.observe()).await {
             Ok(Ok(o)) => o,
@@ -156,18 +160,11 @@ impl Reconciler {
             }
         };
         let servers = self.store.servers(ServerQuery::default()).await?;
-        let (work, orphans) = survey(&servers, observed.as_deref());
-        for id in orphans {
-            let driver = self.driver.clone();
-            let sid = id.clone();
-            match tokio::task::spawn_blocking(move || driver.remove_orphan(&sid)).await {
-                Ok(Ok(())) => {
-                    info!(server_id = %id, "removed the domain of a server the site no longer has")
-                }
-                Ok(Err(e)) => {
-                    warn!(server_id = %id, error = %e, "cannot remove an orphaned domain")
-                }
-                Err(e) => warn!(server_id = %id, error = %e, "orphan removal task failed"),
+        let (work, unclaimed) = survey(&servers, observed.as_deref());
+        METRICS.unclaimed_domains.set(unclaimed.len() as i64);
+        for id in unclaimed {
+            if warned.insert(id.clone()) {
+                warn!(server_id = %id, "a domain this site made has no server in the store; left as it is (a store restored from a backup, or a site re-enrolled on the same host: the region's intent may bring the server back and the domain is adopted with its disk). Delete it by hand if it is not wanted");
             }
         }
         Ok(work)
@@ -264,6 +261,12 @@ impl Reconciler {
 /// The pure half of a full pass: which servers need work (with what the
 /// hypervisor showed of each) and which observed domains belong to no
 /// server. `observed` is `None` when the driver cannot look.
+///
+/// A domain without a server is never removed: deletes go through the
+/// server's `deleted` spec and keep its row until the domain is gone, so
+/// such a domain means the store lost the server (a restore, a wiped disk
+/// with the instances kept), and removing it would destroy a workload and
+/// its disk that the region's intent may bring back.
 pub fn survey(
     servers: &[Server],
     observed: Option<&[Observed]>,

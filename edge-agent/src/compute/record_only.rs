@@ -31,8 +31,4 @@ impl ComputeDriver for RecordOnly {
     fn observe(&self) -> Result<Option<Vec<Observed>>, DriverError> {
         Ok(None)
     }
-
-    fn remove_orphan(&self, _server_id: &str) -> Result<(), DriverError> {
-        Ok(())
-    }
 }
