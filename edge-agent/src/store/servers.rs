@@ -434,7 +434,7 @@ pub(super) fn list(conn: &Connection, q: &ServerQuery) -> Result<Vec<Server>, Wr
         q.name.as_deref().is_none_or(|n| s.spec.name.contains(n))
             && q.status
                 .as_deref()
-                .is_none_or(|st| st.eq_ignore_ascii_case(s.status.nova_status()))
+                .is_none_or(|st| st.eq_ignore_ascii_case(shown_status(s).nova_status()))
             && q.host
                 .as_deref()
                 .is_none_or(|h| s.status.host.as_deref() == Some(h))
