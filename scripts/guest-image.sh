@@ -19,9 +19,12 @@ probe_kvm() {
   [ -s "$dir/accel" ] && { say "accelerator: $(cat "$dir/accel")"; return; }
   local verdict="tcg: /dev/kvm cannot be opened"
   if [ -w /dev/kvm ]; then
-    if timeout 20 qemu-system-x86_64 -enable-kvm -m 128 -display none -serial stdio -no-reboot \
+    # The guest never exits: timeout always ends QEMU, so its status is
+    # ignored (under pipefail it would fail the pipeline) and grep decides.
+    if { timeout 20 qemu-system-x86_64 -enable-kvm -m 128 -display none -serial stdio -no-reboot \
          -kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" \
-         -append "console=ttyS0 rdinit=/init quiet panic=-1" 2>/dev/null | grep -a -m1 -q "roost-guest: init reached"; then
+         -append "console=ttyS0 rdinit=/init quiet panic=-1" 2>/dev/null || true; } \
+       | grep -a -m1 -q "roost-guest: init reached"; then
       verdict="kvm"
     else
       verdict="tcg: /dev/kvm opens but a KVM guest did not reach its init within 20 s (seen on nested hosts)"
@@ -40,12 +43,12 @@ for tool in apt-get dpkg-deb cpio gzip qemu-img qemu-system-x86_64; do
   command -v "$tool" >/dev/null || { say "$tool is missing: run scripts/setup.sh first"; exit 1; }
 done
 
-kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
-busybox_candidate=$(apt-cache policy busybox-static 2>/dev/null | awk '/Candidate:/ { print $2 }')
+kernel_pkg=$( (apt-cache depends linux-image-cloud-amd64 2>/dev/null || true) | awk '/Depends: linux-image-/ { print $2; exit }')
+busybox_candidate=$( (apt-cache policy busybox-static 2>/dev/null || true) | awk '/Candidate:/ { print $2 }')
 if [ -z "$kernel_pkg" ] || [ -z "$busybox_candidate" ] || [ "$busybox_candidate" = "(none)" ]; then
   say "package lists lack the kernel or busybox: updating them"
   if [ "$(id -u)" -eq 0 ]; then apt-get update -qq; else sudo apt-get update -qq; fi
-  kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
+  kernel_pkg=$( (apt-cache depends linux-image-cloud-amd64 2>/dev/null || true) | awk '/Depends: linux-image-/ { print $2; exit }')
 fi
 [ -n "$kernel_pkg" ] || { say "no linux-image-cloud-amd64 in the package lists"; exit 1; }
 

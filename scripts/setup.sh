@@ -55,12 +55,15 @@ fi
 # libvirt's QEMU driver refuses to start without these (libvirtd's package
 # would make them; Roost runs the driver inside the agent instead).
 if ! getent passwd libvirt-qemu >/dev/null || ! getent group kvm >/dev/null; then
+  SUDO=""
   if [ "$(id -u)" -ne 0 ]; then
-    say "libvirt's QEMU driver needs a libvirt-qemu user and a kvm group: as root run: useradd -r libvirt-qemu; groupadd -r kvm"
-    exit 1
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+      say "libvirt's QEMU driver needs a libvirt-qemu user and a kvm group: as root run: groupadd -r kvm; useradd -r -M libvirt-qemu"
+      exit 1
+    fi
   fi
-  getent group kvm >/dev/null || groupadd -r kvm
-  getent passwd libvirt-qemu >/dev/null || useradd -r -M -s /usr/sbin/nologin libvirt-qemu
+  getent group kvm >/dev/null || $SUDO groupadd -r kvm
+  getent passwd libvirt-qemu >/dev/null || $SUDO useradd -r -M -s /usr/sbin/nologin libvirt-qemu
   say "created libvirt's libvirt-qemu user and kvm group"
 fi
 say "rust: $(cargo --version)"

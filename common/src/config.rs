@@ -391,9 +391,10 @@ impl Default for LibvirtSection {
     }
 }
 
-/// Longest embedded-driver root: libvirt puts UNIX sockets under it and a
-/// socket path may not exceed 108 bytes.
-pub const MAX_EMBED_ROOT: usize = 60;
+/// Longest embedded-driver root: libvirt puts each guest's monitor socket at
+/// `<root>/lib/qemu/domain-<n>-<20 chars of name>/monitor.sock` and a
+/// socket path may not exceed 107 bytes.
+pub const MAX_EMBED_ROOT: usize = 48;
 
 impl LibvirtSection {
     /// The embedded driver's root directory, when the URI names one.
@@ -407,27 +408,30 @@ impl LibvirtSection {
         let u = &self.uri;
         let ok = match self.embed_root() {
             Some(root) => {
-                if !root.is_absolute() || u.len() - "qemu:///embed?root=".len() > MAX_EMBED_ROOT {
+                let text = root.to_string_lossy();
+                if !root.is_absolute()
+                    || text.len() > MAX_EMBED_ROOT
+                    || text.contains(['&', '#', '?', '%'])
+                {
                     return Err(FieldError::new(
                         "uri",
                         u,
-                        format!("the embedded driver's root must be an absolute path of at most {MAX_EMBED_ROOT} bytes (libvirt's sockets live under it)"),
+                        format!("the embedded driver's root must be an absolute path of at most {MAX_EMBED_ROOT} bytes without '&', '#', '?' or '%' (libvirt's sockets live under it)"),
                     ));
                 }
                 true
             }
             None => {
-                u == "qemu:///system"
-                    || u == "qemu:///session"
-                    || u == "test:///default"
-                    || u.starts_with("qemu+ssh://") && u.ends_with("/system")
+                // Remote URIs (qemu+ssh://) are refused: the driver makes
+                // disks and checks files on the agent's own host.
+                u == "qemu:///system" || u == "qemu:///session" || u == "test:///default"
             }
         };
         if !ok || u.chars().any(char::is_whitespace) {
             return Err(FieldError::new(
                 "uri",
                 u,
-                "must be qemu:///system, qemu:///session, qemu:///embed?root=/DIR, qemu+ssh://HOST/system or test:///default",
+                "must be qemu:///system, qemu:///session, qemu:///embed?root=/DIR or test:///default (the driver makes disks on this host, so remote URIs are not supported)",
             ));
         }
         if let Some(d) = &self.instances_dir {
@@ -811,7 +815,15 @@ mod tests {
                     "  libvirt: {{uri: \"qemu:///embed?root=/{}\"}}\n",
                     "d".repeat(70)
                 ),
-                "at most 60 bytes",
+                "at most 48 bytes",
+            ),
+            (
+                "  libvirt: {uri: \"qemu:///embed?root=/var/lv&x=1\"}\n",
+                "without '&'",
+            ),
+            (
+                "  libvirt: {uri: \"qemu+ssh://cmp-1/system\"}\n",
+                "remote URIs are not supported",
             ),
             (
                 "  libvirt: {instances_dir: rel/dir}\n",

@@ -78,6 +78,10 @@ pub struct SiteLink {
     bytes: Mutex<(u64, u64)>,
     /// What the view reads from the documents, with the heads it was read at.
     facts: Mutex<Option<FactsAt>>,
+    /// Set when the site enrolled anew and this link was dropped: a session
+    /// of the old incarnation still running writes nothing back (no
+    /// changes, no sync state, no availability).
+    retired: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -88,6 +92,9 @@ impl SiteLink {
     /// Appends what the documents gained since the last call to the store.
     fn persist(&self, store: &dyn FleetStore, site: &str) -> Result<(), FleetError> {
         let mut persisted = lock(&self.persisting);
+        if self.retired.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let (intent, status, heads) = {
             let mut d = lock(&self.docs);
             let intent = d.intent.changes_since(&persisted[0]);
@@ -236,6 +243,7 @@ impl Region {
             out_of_sync_since: Mutex::new(None),
             bytes: Mutex::new((0, 0)),
             facts: Mutex::new(None),
+            retired: AtomicBool::new(false),
         });
         Ok(lock(&self.sites)
             .entry(site.to_string())
@@ -246,7 +254,9 @@ impl Region {
     /// Drops what memory holds of `site` (after a new enrollment reset its
     /// stored documents); the next use loads them again from the store.
     pub fn forget(&self, site: &str) {
-        lock(&self.sites).remove(site);
+        if let Some(old) = lock(&self.sites).remove(site) {
+            old.retired.store(true, Ordering::SeqCst);
+        }
         *lock(&self.views_cache) = None;
     }
 
@@ -467,6 +477,10 @@ impl Region {
             link.clone(),
             session.persist(),
         );
+        if link.retired.load(Ordering::SeqCst) {
+            tracing::info!(site = %site, "a session of the site's previous enrollment ended");
+            return result.map_err(|e| format!("site {site}: {e}"));
+        }
         let _ = tokio::task::spawn_blocking(move || {
             l.persist(store.as_ref(), &s)?;
             store.save_sync_state(&s, &state)?;

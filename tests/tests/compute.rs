@@ -184,6 +184,8 @@ async fn a_real_guest_through_its_whole_life() {
         guest::qemu_pid(&root, &id).is_none()
     })
     .await;
+    // So the init line awaited below can only come from a new boot.
+    std::fs::remove_file(data.join("instances").join(&id).join("console.log")).unwrap();
     let t = Instant::now();
     let agent = AgentProcess::start(&config, &data);
     let api = Api::login(&agent.url).await;

@@ -238,6 +238,16 @@ impl Libvirt {
         std::fs::create_dir_all(&dir)
             .map_err(|e| DriverError(format!("cannot create {}: {e}", dir.display())))?;
         let disk = dir.join("disk.qcow2");
+        let (flavor, image) = parts(guest)?;
+        if let Some(base) = image.spec.file.as_ref().filter(|b| !b.is_file()) {
+            // Checked before a rebuild removes the old disk.
+            return Err(DriverError(format!(
+                "image {} ({}) has no file at {}: put the image there",
+                image.spec.name,
+                image.id,
+                base.display()
+            )));
+        }
         if fresh {
             match std::fs::remove_file(&disk) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -252,19 +262,10 @@ impl Libvirt {
         if disk.exists() {
             return Ok(disk);
         }
-        let (flavor, image) = parts(guest)?;
         let tmp = dir.join("disk.qcow2.part");
         let mut cmd = Command::new("qemu-img");
         cmd.args(["create", "-q", "-f", "qcow2"]);
         if let Some(base) = &image.spec.file {
-            if !base.is_file() {
-                return Err(DriverError(format!(
-                    "image {} ({}) has no file at {}: put the image there or fix images[].file",
-                    image.spec.name,
-                    image.id,
-                    base.display()
-                )));
-            }
             let fmt = match image.spec.disk_format {
                 DiskFormat::Qcow2 => "qcow2",
                 DiskFormat::Raw => "raw",

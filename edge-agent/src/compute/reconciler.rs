@@ -84,7 +84,8 @@ impl Reconciler {
         let mut warned = HashSet::new();
         loop {
             if std::mem::take(&mut full) {
-                match self.survey(&mut warned).await {
+                let busy: HashSet<String> = inflight.values().cloned().collect();
+                match self.survey(&mut warned, &busy).await {
                     // What was seen of a server under way is already stale.
                     Ok(work) => pending.extend(
                         work.into_iter()
@@ -143,10 +144,12 @@ impl Reconciler {
     async fn survey(
         &self,
         warned: &mut HashSet<String>,
+        busy: &HashSet<String>,
     ) -> Result<Vec<(String, Seen)>, WriteError> {
         // The hypervisor first, then the store: a domain is made only after
         // its server is committed, so a domain seen here whose server is not
-        // in the store read after it is truly unclaimed.
+        // in the store read after it (and is not being deleted right now) is
+        // truly unclaimed.
         let driver = self.driver.clone();
         let observed = match tokio::task::spawn_blocking(move || driver.observe()).await {
             Ok(Ok(o)) => o,
@@ -161,6 +164,12 @@ impl Reconciler {
         };
         let servers = self.store.servers(ServerQuery::default()).await?;
         let (work, unclaimed) = survey(&servers, observed.as_deref());
+        // A delete under way removes the domain, then the row: between the
+        // two reads above it can look unclaimed.
+        let unclaimed: Vec<String> = unclaimed
+            .into_iter()
+            .filter(|id| !busy.contains(id))
+            .collect();
         METRICS.unclaimed_domains.set(unclaimed.len() as i64);
         for id in unclaimed {
             if warned.insert(id.clone()) {

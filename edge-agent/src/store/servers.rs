@@ -86,28 +86,7 @@ impl WriteCtx<'_> {
                 "must be the id of an existing image",
             )
         })?;
-        if flavor.spec.disk_gb > 0 && image.spec.min_disk_gb > flavor.spec.disk_gb {
-            return Err(FieldError::new(
-                "server.flavorRef",
-                &flavor.id,
-                format!(
-                    "the flavor's disk ({} GB) is smaller than the image's min_disk ({} GB)",
-                    flavor.spec.disk_gb, image.spec.min_disk_gb
-                ),
-            )
-            .into());
-        }
-        if image.spec.min_ram_mb > flavor.spec.ram_mb {
-            return Err(FieldError::new(
-                "server.flavorRef",
-                &flavor.id,
-                format!(
-                    "the flavor's RAM ({} MB) is less than the image's min_ram ({} MB)",
-                    flavor.spec.ram_mb, image.spec.min_ram_mb
-                ),
-            )
-            .into());
-        }
+        image_fits(&flavor, &image, "server.flavorRef", &flavor.id)?;
         if let Some(az) = &spec.availability_zone {
             if !self.hosts().iter().any(|h| &h.spec.availability_zone == az) {
                 let mut zones: Vec<&str> = self
@@ -286,14 +265,16 @@ impl WriteCtx<'_> {
             ServerIntent::Rebuild { image_id }
                 if matches!(vm, VmState::Active | VmState::Stopped) =>
             {
-                let image: Option<Image> = rows::get(self.tx, "images", image_id)?;
-                if image.is_none() {
-                    return Err(FieldError::new(
+                let image: Image = rows::get(self.tx, "images", image_id)?.ok_or_else(|| {
+                    FieldError::new(
                         "rebuild.imageRef",
                         image_id,
                         "must be the id of an image at this site",
                     )
-                    .into());
+                })?;
+                let flavor: Option<Flavor> = rows::get(self.tx, "flavors", &server.spec.flavor_id)?;
+                if let Some(flavor) = flavor {
+                    image_fits(&flavor, &image, "rebuild.imageRef", &image.id)?;
                 }
                 server.spec.image_id = image_id.clone();
                 server.spec.rebuild_generation += 1;
@@ -361,6 +342,35 @@ impl WriteCtx<'_> {
         }
         Ok(())
     }
+}
+
+/// Refuses an image whose min_disk or min_ram the flavor does not offer.
+/// The error names `field` with `value` (the flavor on create, the image on
+/// rebuild).
+fn image_fits(flavor: &Flavor, image: &Image, field: &str, value: &str) -> Result<(), WriteError> {
+    if flavor.spec.disk_gb > 0 && image.spec.min_disk_gb > flavor.spec.disk_gb {
+        return Err(FieldError::new(
+            field,
+            value,
+            format!(
+                "the flavor's disk ({} GB) is smaller than the image's min_disk ({} GB)",
+                flavor.spec.disk_gb, image.spec.min_disk_gb
+            ),
+        )
+        .into());
+    }
+    if image.spec.min_ram_mb > flavor.spec.ram_mb {
+        return Err(FieldError::new(
+            field,
+            value,
+            format!(
+                "the flavor's RAM ({} MB) is less than the image's min_ram ({} MB)",
+                flavor.spec.ram_mb, image.spec.min_ram_mb
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// A task the spec asks for that status has not caught up with.
