@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use roost_common::api::{FlavorCreate, ServerCreate};
-use roost_common::model::{FlavorSpec, PowerIntent, ServerSpec, SiteCapacity, SiteQuota, Usage};
+use roost_common::model::{FlavorSpec, ServerSpec, SiteCapacity, SiteQuota, Usage};
 use roost_common::FieldError;
 
 use crate::fleet::{FleetError, SiteRow};
@@ -230,20 +230,15 @@ fn server_spec(
     };
     let image = req.image_ref.as_deref().unwrap_or_default();
     let spec = ServerSpec {
-        name: req.name.clone(),
-        // The site's admin project and user own the region's servers.
-        project_id: String::new(),
-        user_id: String::new(),
-        flavor_id,
-        image_id: image.rsplit('/').next().unwrap_or(image).to_string(),
-        availability_zone: None,
-        server_group: None,
-        power: PowerIntent::Running,
-        reboot_generation: 0,
-        reboot_hard: false,
-        rebuild_generation: 0,
-        deleted: false,
         metadata: req.metadata.clone(),
+        // The site's admin project and user own the region's servers.
+        ..ServerSpec::new(
+            req.name.clone(),
+            "",
+            "",
+            flavor_id,
+            image.rsplit('/').next().unwrap_or(image),
+        )
     };
     Ok((spec, flavor))
 }

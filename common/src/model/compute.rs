@@ -328,6 +328,34 @@ pub struct ServerSpec {
     pub metadata: BTreeMap<String, String>,
 }
 
+impl ServerSpec {
+    /// A server asked to run, of `flavor_id` from `image_id`, with nothing
+    /// else asked (no zone, group, metadata, reboot, rebuild or delete).
+    pub fn new(
+        name: impl Into<String>,
+        project_id: impl Into<String>,
+        user_id: impl Into<String>,
+        flavor_id: impl Into<String>,
+        image_id: impl Into<String>,
+    ) -> Self {
+        ServerSpec {
+            name: name.into(),
+            project_id: project_id.into(),
+            user_id: user_id.into(),
+            flavor_id: flavor_id.into(),
+            image_id: image_id.into(),
+            availability_zone: None,
+            server_group: None,
+            power: PowerIntent::Running,
+            reboot_generation: 0,
+            reboot_hard: false,
+            rebuild_generation: 0,
+            deleted: false,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
 /// Nova's vm_state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use roost_common::api::{ServerAction, ServerCreateBody};
-use roost_common::model::{PowerIntent, ServerSpec};
+use roost_common::model::ServerSpec;
 use roost_common::FieldError;
 
 use super::{accepted, parse_body, views, ApiError, AppState, Caller};
@@ -211,19 +211,16 @@ async fn create(
         Some(az) => Some(az.to_string()),
     };
     let spec = ServerSpec {
-        name: req.name,
-        project_id: caller.0.project_id.clone(),
-        user_id: caller.0.user_id.clone(),
-        flavor_id: req.flavor_ref.as_id(),
-        image_id: ref_id(req.image_ref.as_deref().unwrap_or_default()),
         availability_zone,
         server_group: hints.group,
-        power: PowerIntent::Running,
-        reboot_generation: 0,
-        reboot_hard: false,
-        rebuild_generation: 0,
-        deleted: false,
         metadata: req.metadata,
+        ..ServerSpec::new(
+            req.name,
+            caller.0.project_id.clone(),
+            caller.0.user_id.clone(),
+            req.flavor_ref.as_id(),
+            ref_id(req.image_ref.as_deref().unwrap_or_default()),
+        )
     };
     let server = s
         .store

@@ -546,24 +546,8 @@ mod tests {
             },
             now,
         );
-        let server: Server = Resource::new(
-            ServerSpec {
-                name: "plc".into(),
-                project_id: "p".into(),
-                user_id: "u".into(),
-                flavor_id: "1".into(),
-                image_id: image.id.clone(),
-                availability_zone: None,
-                server_group: None,
-                power: PowerIntent::Running,
-                reboot_generation: 0,
-                reboot_hard: false,
-                rebuild_generation: 0,
-                deleted: false,
-                metadata: Default::default(),
-            },
-            now,
-        );
+        let server: Server =
+            Resource::new(ServerSpec::new("plc", "p", "u", "1", image.id.clone()), now);
         Guest {
             server,
             flavor: Some(flavor),

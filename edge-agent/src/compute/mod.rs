@@ -28,7 +28,9 @@ pub use reconciler::WorkQueue;
 pub use record_only::RecordOnly;
 
 /// A server with what a driver needs to build it: its flavor and image as
-/// the store has them (either may be gone since the server was created).
+/// the store has them (either may be gone since the server was created;
+/// neither is read for an action that cannot build the domain, see
+/// [`DriverAction::may_build`]).
 #[derive(Debug, Clone)]
 pub struct Guest {
     pub server: Server,
@@ -58,6 +60,12 @@ pub enum DriverAction {
 }
 
 impl DriverAction {
+    /// Whether carrying it out may define the domain from the server (so
+    /// the driver needs the flavor and image).
+    pub fn may_build(self) -> bool {
+        !matches!(self, DriverAction::PowerOff | DriverAction::Destroy)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DriverAction::Spawn => "spawn",

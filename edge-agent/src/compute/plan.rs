@@ -174,19 +174,8 @@ mod tests {
 
     fn server(vm: VmState, power: PowerIntent) -> Server {
         let spec = ServerSpec {
-            name: "s".into(),
-            project_id: "p".into(),
-            user_id: "u".into(),
-            flavor_id: "f".into(),
-            image_id: "i".into(),
-            availability_zone: None,
-            server_group: None,
             power,
-            reboot_generation: 0,
-            reboot_hard: false,
-            rebuild_generation: 0,
-            deleted: false,
-            metadata: Default::default(),
+            ..ServerSpec::new("s", "p", "u", "f", "i")
         };
         let mut s: Server = Resource::new(spec, Utc::now());
         s.status.vm_state = vm;

@@ -221,9 +221,19 @@ impl Reconciler {
                     status: during,
                     ..server
                 };
+                // Flavor and image are read only for an action that may
+                // (re)build the domain: stop and delete never need them.
+                let (flavor, image) = if action.may_build() {
+                    (
+                        self.store.flavor(server.spec.flavor_id.clone()).await?,
+                        self.store.image(server.spec.image_id.clone()).await?,
+                    )
+                } else {
+                    (None, None)
+                };
                 let guest = Guest {
-                    flavor: self.store.flavor(server.spec.flavor_id.clone()).await?,
-                    image: self.store.image(server.spec.image_id.clone()).await?,
+                    flavor,
+                    image,
                     server,
                 };
                 let driver = self.driver.clone();
@@ -309,25 +319,10 @@ pub fn survey(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roost_common::model::{PowerIntent, Resource, ServerSpec, VmState};
+    use roost_common::model::{Resource, ServerSpec, VmState};
 
     fn server(id: &str, vm: VmState) -> Server {
-        let spec = ServerSpec {
-            name: id.into(),
-            project_id: "p".into(),
-            user_id: "u".into(),
-            flavor_id: "f".into(),
-            image_id: "i".into(),
-            availability_zone: None,
-            server_group: None,
-            power: PowerIntent::Running,
-            reboot_generation: 0,
-            reboot_hard: false,
-            rebuild_generation: 0,
-            deleted: false,
-            metadata: Default::default(),
-        };
-        let mut s: Server = Resource::new(spec, Utc::now());
+        let mut s: Server = Resource::new(ServerSpec::new(id, "p", "u", "f", "i"), Utc::now());
         s.id = id.into();
         s.status.vm_state = vm;
         s.status.power_state = PowerState::Running;

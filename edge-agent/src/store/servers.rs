@@ -519,19 +519,8 @@ mod tests {
     #[test]
     fn pending_tasks_follow_spec_against_status() {
         let spec = ServerSpec {
-            name: "a".into(),
-            project_id: "p".into(),
-            user_id: "u".into(),
-            flavor_id: "f".into(),
-            image_id: "i".into(),
-            availability_zone: None,
-            server_group: None,
             power: PowerIntent::Stopped,
-            reboot_generation: 0,
-            reboot_hard: false,
-            rebuild_generation: 0,
-            deleted: false,
-            metadata: Default::default(),
+            ..ServerSpec::new("a", "p", "u", "f", "i")
         };
         let status = ServerStatus {
             vm_state: VmState::Active,

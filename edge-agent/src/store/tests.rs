@@ -24,21 +24,13 @@ fn open(dir: &Path) -> Store {
 }
 
 fn spec(name: &str, flavor: &str) -> ServerSpec {
-    ServerSpec {
-        name: name.into(),
-        project_id: "p".into(),
-        user_id: "u".into(),
-        flavor_id: flavor.into(),
-        image_id: "11111111-2222-4333-8444-555555555555".into(),
-        availability_zone: None,
-        server_group: None,
-        power: PowerIntent::Running,
-        reboot_generation: 0,
-        reboot_hard: false,
-        rebuild_generation: 0,
-        deleted: false,
-        metadata: Default::default(),
-    }
+    ServerSpec::new(
+        name,
+        "p",
+        "u",
+        flavor,
+        "11111111-2222-4333-8444-555555555555",
+    )
 }
 
 async fn create(store: &Store, name: &str, flavor: &str) -> Result<String, WriteError> {
