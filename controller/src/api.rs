@@ -49,6 +49,8 @@ pub struct ApiState {
     pub admin_token: Arc<String>,
     /// The read-only token: GETs only (dashboard viewers).
     pub viewer_token: Arc<String>,
+    /// The port sites reach the QUIC endpoint at (told to installers).
+    pub quic_port: u16,
 }
 
 /// What a token allows.
@@ -85,6 +87,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .route("/v1/enroll", post(enroll))
+        .route("/v1/region", get(region_info))
+        .route("/v1/enroll/check", post(check_token))
         .nest("/roost/v1", operator)
         .fallback(|| async {
             error(
@@ -212,6 +216,62 @@ struct EnrollRequest {
     csr: String,
 }
 
+/// What an installer needs before it enrolls: the region's name (its
+/// certificate says `<name>.region.roost`) and the QUIC port. Public, as
+/// the region's certificate already tells anyone who connects.
+async fn region_info(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({"region": s.region.store.region(), "quic_port": s.quic_port}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenCheck {
+    token: String,
+}
+
+/// Says whether a join token would enroll its site now, spending nothing:
+/// an installer asks before it writes anything to the node.
+async fn check_token(
+    State(s): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: TokenCheck = parse(&body)?;
+    let store = s.region.store.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        token_site(&*store, &req.token)?;
+        store.check_token(&req.token)
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match r {
+        Ok(site) => Ok(Json(json!({"site_id": site, "usable": true})).into_response()),
+        Err(e) => Err(token_refusal(e)),
+    }
+}
+
+/// The site a well-formed token names, if the region knows that site.
+fn token_site(store: &dyn crate::fleet::FleetStore, token: &str) -> Result<String, FleetError> {
+    let site = roost_sync::pki::join_token::site_of(token)
+        .ok_or(FleetError::Token("malformed"))?
+        .to_string();
+    if store.site(&site)?.is_none() {
+        return Err(FleetError::UnknownSite(site));
+    }
+    Ok(site)
+}
+
+/// A token the region will not take, said as the installer shows it.
+fn token_refusal(e: FleetError) -> ApiError {
+    match e {
+        FleetError::Token(why) => error(StatusCode::FORBIDDEN, format!("token: {why}")),
+        FleetError::UnknownSite(site) => error(
+            StatusCode::FORBIDDEN,
+            format!("token: site {site:?} is not a site of this region (add it to the region config's sites and create a new token)"),
+        ),
+        e => internal(e),
+    }
+}
+
 async fn enroll(State(s): State<ApiState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: EnrollRequest = parse(&body)?;
     if !req.csr.contains("BEGIN CERTIFICATE REQUEST") {
@@ -224,9 +284,7 @@ async fn enroll(State(s): State<ApiState>, body: axum::body::Bytes) -> Result<Re
     let ca = s.ca.clone();
     let result = tokio::task::spawn_blocking(move || {
         // Sign first so a bad request does not spend the token.
-        let site = roost_sync::pki::join_token::site_of(&req.token)
-            .ok_or(FleetError::Token("malformed"))?
-            .to_string();
+        let site = token_site(&*store, &req.token)?;
         let cert = ca.sign_site_request(&site, &req.csr)?;
         let redeemed = store.redeem(&req.token)?;
         Ok::<_, FleetError>((redeemed, cert, ca.cert_pem()))
@@ -237,11 +295,18 @@ async fn enroll(State(s): State<ApiState>, body: axum::body::Bytes) -> Result<Re
             // The store dropped the old incarnation's status; so does memory.
             s.region.forget(&site);
             tracing::info!(site = %site, "site enrolled");
-            Ok(Json(json!({"site_id": site, "certificate": cert, "ca": ca})).into_response())
+            Ok(Json(json!({
+                "site_id": site,
+                "certificate": cert,
+                "ca": ca,
+                "region": s.region.store.region(),
+                "quic_port": s.quic_port,
+            }))
+            .into_response())
         }
-        Ok(Err(FleetError::Token(why))) => {
-            tracing::warn!(reason = why, "enrollment refused");
-            Err(error(StatusCode::FORBIDDEN, format!("token: {why}")))
+        Ok(Err(e @ (FleetError::UnknownSite(_) | FleetError::Token(_)))) => {
+            tracing::warn!(reason = %e, "enrollment refused");
+            Err(token_refusal(e))
         }
         Ok(Err(FleetError::Pki(e))) => Err(error(StatusCode::BAD_REQUEST, format!("csr: {e}"))),
         Ok(Err(e)) => Err(internal(e)),

@@ -160,6 +160,8 @@ pub trait FleetStore: std::fmt::Debug + Send + Sync {
     /// Spends a join token: its site id if the token is known, unused and
     /// unexpired; marks it used and the site enrolled, atomically.
     fn redeem(&self, token: &str) -> Result<String, FleetError>;
+    /// Whether `redeem` would accept the token now, spending nothing.
+    fn check_token(&self, token: &str) -> Result<String, FleetError>;
     /// Every stored change of a site's documents (intent, status), in the
     /// order they were appended.
     fn changes(&self, site: &str) -> Result<[Vec<Vec<u8>>; 2], FleetError>;
@@ -213,6 +215,29 @@ pub trait FleetStore: std::fmt::Debug + Send + Sync {
             status: StatusDoc::from_chunks(status.iter().map(Vec::as_slice), actor).map_err(bad)?,
             site_status_actor: site_status_actor(site),
         })
+    }
+}
+
+/// Refuses a join token that is unknown, for another site, used or expired.
+fn token_usable(
+    conn: &rusqlite::Connection,
+    site: &str,
+    hash: &str,
+    now: DateTime<Utc>,
+) -> Result<(), FleetError> {
+    let row: Option<(String, String, Option<String>)> = conn
+        .query_row(
+            "SELECT site_id, expires_at, used_at FROM join_tokens WHERE hash = ?1",
+            [hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    match row {
+        None => Err(FleetError::Token("unknown to this region")),
+        Some((s, _, _)) if s != site => Err(FleetError::Token("unknown to this region")),
+        Some((_, _, Some(_))) => Err(FleetError::Token("already used")),
+        Some((_, exp, None)) if exp <= time(now) => Err(FleetError::Token("expired")),
+        Some(_) => Ok(()),
     }
 }
 
@@ -361,6 +386,14 @@ impl FleetStore for SqliteFleet {
         Ok(token)
     }
 
+    /// Whether a join token would enroll its site now; its site id if so.
+    /// Spends nothing (an installer asks before it writes anything).
+    fn check_token(&self, token: &str) -> Result<String, FleetError> {
+        let site = join_token::site_of(token).ok_or(FleetError::Token("malformed"))?;
+        token_usable(&self.conn(), site, &join_token::hash(token), Utc::now())?;
+        Ok(site.to_string())
+    }
+
     /// Spends a join token: returns its site id if the token is known,
     /// unused and unexpired, and marks it used and the site enrolled, in one
     /// transaction. A token is good once.
@@ -369,23 +402,8 @@ impl FleetStore for SqliteFleet {
         let hash = join_token::hash(token);
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row: Option<(String, String, Option<String>)> = tx
-            .query_row(
-                "SELECT site_id, expires_at, used_at FROM join_tokens WHERE hash = ?1",
-                [&hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
         let now = Utc::now();
-        match row {
-            None => return Err(FleetError::Token("unknown to this region")),
-            Some((s, _, _)) if s != site => {
-                return Err(FleetError::Token("unknown to this region"))
-            }
-            Some((_, _, Some(_))) => return Err(FleetError::Token("already used")),
-            Some((_, exp, None)) if exp <= time(now) => return Err(FleetError::Token("expired")),
-            Some(_) => {}
-        }
+        token_usable(&tx, site, &hash, now)?;
         tx.execute(
             "UPDATE join_tokens SET used_at = ?2 WHERE hash = ?1",
             params![hash, time(now)],
@@ -652,9 +670,17 @@ mod tests {
         let t = s
             .create_token("vehicle-07", chrono::Duration::hours(1))
             .unwrap();
+        // Asking spends nothing, however often.
+        assert_eq!(s.check_token(&t).unwrap(), "vehicle-07");
+        assert_eq!(s.check_token(&t).unwrap(), "vehicle-07");
+        assert!(s.site("vehicle-07").unwrap().unwrap().enrolled_at.is_none());
         assert_eq!(s.redeem(&t).unwrap(), "vehicle-07");
         assert!(matches!(
             s.redeem(&t),
+            Err(FleetError::Token("already used"))
+        ));
+        assert!(matches!(
+            s.check_token(&t),
             Err(FleetError::Token("already used"))
         ));
         assert!(s.site("vehicle-07").unwrap().unwrap().enrolled_at.is_some());
@@ -662,6 +688,10 @@ mod tests {
             .create_token("vehicle-07", chrono::Duration::seconds(-1))
             .unwrap();
         assert!(matches!(s.redeem(&old), Err(FleetError::Token("expired"))));
+        assert!(matches!(
+            s.check_token(&old),
+            Err(FleetError::Token("expired"))
+        ));
         // A token for one site with another site's name pasted in.
         let t = s
             .create_token("vehicle-07", chrono::Duration::hours(1))

@@ -294,14 +294,15 @@ fn serve(
         let quic = tokio::spawn(region.clone().serve(endpoint.clone()));
         let stopping = region.clone();
         let audit = tokio::spawn(region.clone().audit_after_start());
+        let api_addr = listener.local_addr().context("api address")?;
+        let quic_addr = endpoint.local_addr().context("quic address")?;
         let state = ApiState {
             region,
             ca: Arc::new(ca),
             admin_token: Arc::new(admin_token),
             viewer_token: Arc::new(viewer_token),
+            quic_port: quic_addr.port(),
         };
-        let api_addr = listener.local_addr().context("api address")?;
-        let quic_addr = endpoint.local_addr().context("quic address")?;
         println!("roost-controller: region {} is serving", config.region.name);
         println!("  API        http://{api_addr}");
         println!("  dashboard  http://{api_addr}/ (sign in with admin.token, or viewer.token to look only)");
