@@ -52,7 +52,17 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
 
 /// Parses and validates YAML text that came from `path`.
 pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<T, ConfigError> {
-    let value: T = serde_yaml::from_str(text).map_err(|e| {
+    let value: T = parse_yaml(path, text)?;
+    value.validate().map_err(|source| ConfigError::Invalid {
+        file: path.into(),
+        source,
+    })?;
+    Ok(value)
+}
+
+/// Parses YAML text that came from `path`, without validating it.
+fn parse_yaml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| {
         let (line, column) = e
             .location()
             .map(|l| (l.line(), l.column()))
@@ -63,12 +73,7 @@ pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<
             column,
             message: e.to_string(),
         }
-    })?;
-    value.validate().map_err(|source| ConfigError::Invalid {
-        file: path.into(),
-        source,
-    })?;
-    Ok(value)
+    })
 }
 
 /// Checks each item of a list with its index in the field path, and that
@@ -211,11 +216,11 @@ impl UplinkSection {
                 ));
             }
         }
-        if self.join_token.is_some() != self.central_api.is_some() {
+        if self.join_token.is_some() && self.central_api.is_none() {
             return Err(FieldError::new(
                 "region.join_token",
                 "<hidden>",
-                "join_token and central_api go together: enrollment needs both",
+                "needs region.central_api: enrollment goes there",
             ));
         }
         Ok(())
@@ -748,6 +753,188 @@ impl Validate for EdgeNetConfig {
     }
 }
 
+// ---------------------------------------------------------------- install
+
+/// `roost-agent install`'s arguments. The flags and a `--from-file` file
+/// (zero-touch: a USB stick, a config drive) fill the same struct: the
+/// file's keys are the flags' names with `_` for `-`, and a flag given on
+/// the command line wins over the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallArgs {
+    /// The site's id, as the region's config lists it.
+    #[serde(default)]
+    pub site_id: Option<String>,
+    /// A display name; defaults to the site id.
+    #[serde(default)]
+    pub site_name: Option<String>,
+    /// The controller's API, where the site enrolls.
+    #[serde(default)]
+    pub central_api: Option<String>,
+    /// The controller's address as this site reaches it (QUIC).
+    #[serde(default)]
+    pub controller_ip: Option<IpAddr>,
+    /// The controller's QUIC port; asked of the controller when omitted.
+    #[serde(default)]
+    pub quic_port: Option<u16>,
+    /// The region's name; asked of the controller when omitted (so needed
+    /// only with `offline` when the controller cannot be reached).
+    #[serde(default)]
+    pub region_name: Option<String>,
+    /// A one-time join token from `roost-controller token create`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The site's physical networking ([`EdgeNetConfig`]); relative to the
+    /// file it is named in.
+    #[serde(default)]
+    pub network_config: Option<PathBuf>,
+    /// Port of the local API, on the management address.
+    #[serde(default)]
+    pub api_port: Option<u16>,
+    /// `libvirt` (default) or `record-only` (no VMs: intent only).
+    #[serde(default)]
+    pub compute_driver: Option<ComputeDriverKind>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Where the config goes (default `/etc/roost`).
+    #[serde(default)]
+    pub config_dir: Option<PathBuf>,
+    /// Where the store goes (default `/var/lib/roost/agent`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Install under this directory as if it were `/` (image builds, tests).
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// Install even if the controller cannot be reached; the agent enrolls
+    /// when it first can.
+    #[serde(default)]
+    pub offline: bool,
+    /// Start the agent once installed.
+    #[serde(default)]
+    pub start: bool,
+}
+
+impl InstallArgs {
+    /// Fills what `self` lacks from `file` (flags win over the file).
+    pub fn or_from(self, file: InstallArgs) -> InstallArgs {
+        let mut labels = file.labels;
+        labels.extend(self.labels);
+        InstallArgs {
+            site_id: self.site_id.or(file.site_id),
+            site_name: self.site_name.or(file.site_name),
+            central_api: self.central_api.or(file.central_api),
+            controller_ip: self.controller_ip.or(file.controller_ip),
+            quic_port: self.quic_port.or(file.quic_port),
+            region_name: self.region_name.or(file.region_name),
+            token: self.token.or(file.token),
+            network_config: self.network_config.or(file.network_config),
+            api_port: self.api_port.or(file.api_port),
+            compute_driver: self.compute_driver.or(file.compute_driver),
+            labels,
+            config_dir: self.config_dir.or(file.config_dir),
+            data_dir: self.data_dir.or(file.data_dir),
+            root: self.root.or(file.root),
+            offline: self.offline || file.offline,
+            start: self.start || file.start,
+        }
+    }
+
+    /// Reads an install file (checked whole once the flags are merged in,
+    /// by [`Validate`]): paths in it are relative to its directory.
+    pub fn load(path: &Path) -> Result<InstallArgs, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.into(),
+            source,
+        })?;
+        let mut args: InstallArgs = parse_yaml(path, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut args.network_config,
+            &mut args.config_dir,
+            &mut args.data_dir,
+            &mut args.root,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(args)
+    }
+}
+
+fn required<'a, T>(v: &'a Option<T>, field: &str) -> Result<&'a T, FieldError> {
+    v.as_ref().ok_or_else(|| FieldError::missing(field))
+}
+
+impl Validate for InstallArgs {
+    /// Field names are the file's keys; the flags are the same with `-`.
+    fn validate(&self) -> Result<(), FieldError> {
+        crate::ids::check_site_id("site_id", required(&self.site_id, "site_id")?)?;
+        if let Some(n) = &self.site_name {
+            validate::name("site_name", n)?;
+        }
+        check_url("central_api", required(&self.central_api, "central_api")?)?;
+        let ip = required(&self.controller_ip, "controller_ip")?;
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(FieldError::new(
+                "controller_ip",
+                ip,
+                "must be the controller's unicast address",
+            ));
+        }
+        if self.quic_port == Some(0) {
+            return Err(FieldError::new("quic_port", 0, "must be from 1 to 65535"));
+        }
+        if self.api_port == Some(0) {
+            return Err(FieldError::new("api_port", 0, "must be from 1 to 65535"));
+        }
+        if let Some(n) = &self.region_name {
+            crate::ids::check_dns_label("region_name", n)?;
+        }
+        if let Some(t) = &self.token {
+            let parts: Vec<&str> = t.split('.').collect();
+            if parts.len() != 3 || parts[0] != "rjt1" || parts[2].is_empty() {
+                return Err(FieldError::new(
+                    "token",
+                    "<hidden>",
+                    "must be a token from `roost-controller token create` (rjt1.<site>.<secret>)",
+                ));
+            }
+            if Some(parts[1]) != self.site_id.as_deref() {
+                return Err(FieldError::new(
+                    "token",
+                    format!("<a token for site {}>", parts[1]),
+                    format!(
+                        "must be a token for this site, {}",
+                        self.site_id.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        required(&self.network_config, "network_config")?;
+        check_labels("labels", &self.labels)?;
+        for (field, p) in [
+            ("config_dir", &self.config_dir),
+            ("data_dir", &self.data_dir),
+            ("root", &self.root),
+        ] {
+            if let Some(p) = p {
+                if p.is_relative() {
+                    return Err(FieldError::new(
+                        field,
+                        p.display(),
+                        "must be an absolute path",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -921,5 +1108,79 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("management.gateway"));
+    }
+
+    #[test]
+    fn install_args_from_a_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("install.yaml");
+        std::fs::write(
+            &f,
+            "site_id: edge-factory-01\ncentral_api: https://region.example:7443\ncontroller_ip: 192.168.1.100\ntoken: rjt1.edge-factory-01.abc\nnetwork_config: edge-net.yaml\nlabels: {kind: factory}\n",
+        )
+        .unwrap();
+        let file = InstallArgs::load(&f).unwrap();
+        assert_eq!(file.network_config, Some(dir.path().join("edge-net.yaml")));
+        let flags = InstallArgs {
+            controller_ip: Some("10.0.0.1".parse().unwrap()),
+            start: true,
+            ..Default::default()
+        };
+        let args = flags.or_from(file);
+        assert_eq!(args.controller_ip, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(args.site_id.as_deref(), Some("edge-factory-01"));
+        assert!(args.start);
+        args.validate().unwrap();
+    }
+
+    #[test]
+    fn install_args_name_the_field_and_rule() {
+        let ok = InstallArgs {
+            site_id: Some("edge-a".into()),
+            central_api: Some("http://10.0.0.1:7443".into()),
+            controller_ip: Some("10.0.0.1".parse().unwrap()),
+            token: Some("rjt1.edge-a.secret".into()),
+            network_config: Some("/n.yaml".into()),
+            ..Default::default()
+        };
+        ok.validate().unwrap();
+        let err = |a: InstallArgs| a.validate().unwrap_err().to_string();
+        assert_eq!(
+            err(InstallArgs {
+                site_id: None,
+                ..ok.clone()
+            }),
+            "site_id: is required (got nothing)"
+        );
+        assert!(err(InstallArgs {
+            token: Some("rjt1.edge-b.secret".into()),
+            ..ok.clone()
+        })
+        .starts_with("token: must be a token for this site, edge-a"));
+        assert!(err(InstallArgs {
+            token: Some("hunter2".into()),
+            ..ok.clone()
+        })
+        .contains("(got <hidden>)"));
+        assert!(err(InstallArgs {
+            central_api: Some("region:7443".into()),
+            ..ok.clone()
+        })
+        .starts_with("central_api: must be an http"));
+        assert!(err(InstallArgs {
+            controller_ip: Some("0.0.0.0".parse().unwrap()),
+            ..ok.clone()
+        })
+        .starts_with("controller_ip: "));
+        assert!(err(InstallArgs {
+            data_dir: Some("var/lib".into()),
+            ..ok.clone()
+        })
+        .starts_with("data_dir: must be an absolute path"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("i.yaml");
+        std::fs::write(&f, "site_id: edge-a\n  central_api: x\n").unwrap();
+        let e = InstallArgs::load(&f).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { line: 2, .. }), "{e}");
     }
 }

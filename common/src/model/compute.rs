@@ -62,6 +62,26 @@ pub fn default_az() -> String {
 }
 
 impl HostSpec {
+    /// A host with the given size, in both roles, and every other field at
+    /// the default a config file would give it.
+    pub fn new(name: &str, vcpus: u32, ram_mb: u64, disk_gb: u64) -> HostSpec {
+        HostSpec {
+            name: name.to_string(),
+            roles: BTreeSet::from([HostRole::Controller, HostRole::Compute]),
+            vcpus,
+            ram_mb,
+            disk_gb,
+            cpu_allocation_ratio: default_cpu_ratio(),
+            ram_allocation_ratio: one(),
+            disk_allocation_ratio: one(),
+            reserved_ram_mb: 0,
+            traits: BTreeSet::new(),
+            availability_zone: default_az(),
+            enabled: yes(),
+            address: None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), FieldError> {
         crate::ids::check_dns_label("name", &self.name)?;
         if self.roles.is_empty() {
