@@ -300,7 +300,7 @@ impl Agent {
 
 /// The admin password: `ROOST_ADMIN_PASSWORD`, else the config's, else the
 /// one kept in the data dir, else a new one written there (mode 0600).
-fn admin_password(
+pub(crate) fn admin_password(
     config: &SiteConfig,
     data_dir: &Path,
 ) -> Result<(String, PasswordSource), StartError> {

@@ -13,7 +13,10 @@
 //!   stay in `compute/libvirt.rs`, domain XML in `compute/domain.rs`;
 //! - scheduling policy: `scheduler/` (pure; no I/O allowed there);
 //! - a metric: declare it in [`metrics`];
-//! - what syncs with the region: `store/journal.rs`.
+//! - what syncs with the region: `store/journal.rs`;
+//! - turning a node into a site (`roost-agent install`/`uninstall`):
+//!   [`install`], decisions in `install/plan.rs` (pure), effects in
+//!   `install/apply.rs`.
 //!
 //! Not here yet: networking and storage (volumes, the image cache); each
 //! lands with its own issue.
@@ -22,6 +25,7 @@ pub mod agent;
 pub mod api;
 pub mod compute;
 pub mod identity;
+pub mod install;
 pub mod metrics;
 pub mod scheduler;
 pub mod store;

@@ -79,12 +79,96 @@ pub enum UplinkError {
 }
 
 /// Why an enrollment attempt failed.
-#[derive(Debug)]
-enum Enroll {
+#[derive(Debug, thiserror::Error)]
+pub enum Enroll {
     /// The region said no (bad, used or expired token): retrying is futile.
+    #[error("the region refused: {0}")]
     Refused(String),
     /// Could not reach the region, or it failed: try again later.
+    #[error("cannot reach the region: {0}")]
     Retry(String),
+}
+
+/// What enrollment gave the site.
+#[derive(Debug)]
+pub struct Enrolled {
+    pub credential: Credential,
+    /// The region's name and QUIC port, as the controller told them.
+    pub region: Option<String>,
+    pub quic_port: Option<u16>,
+}
+
+/// Trades a join token for a certificate at the controller's `url`, once,
+/// and writes the credential into `dir`. The site's key never leaves it.
+pub async fn enroll_once(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    site_id: &str,
+    dir: &std::path::Path,
+) -> Result<Enrolled, Enroll> {
+    let request =
+        roost_sync::pki::Request::new(site_id).map_err(|e| Enroll::Refused(e.to_string()))?;
+    let resp = http
+        .post(format!("{url}/v1/enroll"))
+        .json(&serde_json::json!({"token": token, "csr": request.csr_pem}))
+        .send()
+        .await
+        .map_err(|e| Enroll::Retry(error_chain(&e)))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| Enroll::Retry(format!("unreadable answer: {e}")))?;
+    if status.is_client_error() {
+        return Err(Enroll::Refused(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("refused")
+                .to_string(),
+        ));
+    }
+    if !status.is_success() {
+        return Err(Enroll::Retry(format!("HTTP {status}")));
+    }
+    if body["site_id"] != site_id {
+        return Err(Enroll::Refused(format!(
+            "the token is for site {}, but this is {site_id}",
+            body["site_id"]
+        )));
+    }
+    let credential = request
+        .complete(
+            body["certificate"].as_str().unwrap_or_default(),
+            body["ca"].as_str().unwrap_or_default(),
+        )
+        .map_err(|e| Enroll::Refused(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|e| Enroll::Refused(format!("{}: {e}", dir.display())))?;
+    credential
+        .write_pem(dir)
+        .map_err(|e| Enroll::Refused(e.to_string()))?;
+    Ok(Enrolled {
+        credential,
+        region: body["region"].as_str().map(str::to_string),
+        quic_port: body["quic_port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok()),
+    })
+}
+
+/// An error with its causes (reqwest's own message hides them:
+/// "error sending request" says nothing of "connection refused").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s = format!("{s}: {text}");
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// The site's side of the link.
@@ -172,10 +256,10 @@ impl Uplink {
             .ok()?;
         let mut backoff = Backoff::new(Backoff::BASE, Backoff::CAP);
         loop {
-            match self.enroll_once(&http, url, token).await {
-                Ok(cred) => {
+            match enroll_once(&http, url, token, &self.site_id, &self.credentials_dir).await {
+                Ok(enrolled) => {
                     tracing::info!(site = %self.site_id, dir = %self.credentials_dir.display(), "enrolled with the region");
-                    return Some(cred);
+                    return Some(enrolled.credential);
                 }
                 Err(Enroll::Refused(why)) => {
                     tracing::error!(site = %self.site_id, reason = %why,
@@ -191,55 +275,6 @@ impl Uplink {
                 _ = shutdown.changed() => return None,
             }
         }
-    }
-
-    async fn enroll_once(
-        &self,
-        http: &reqwest::Client,
-        url: &str,
-        token: &str,
-    ) -> Result<Credential, Enroll> {
-        let request = roost_sync::pki::Request::new(&self.site_id)
-            .map_err(|e| Enroll::Refused(e.to_string()))?;
-        let resp = http
-            .post(format!("{url}/v1/enroll"))
-            .json(&serde_json::json!({"token": token, "csr": request.csr_pem}))
-            .send()
-            .await
-            .map_err(|e| Enroll::Retry(e.to_string()))?;
-        let status = resp.status();
-        let body: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|e| Enroll::Retry(format!("unreadable answer: {e}")))?;
-        if status.is_client_error() {
-            return Err(Enroll::Refused(
-                body["error"]["message"]
-                    .as_str()
-                    .unwrap_or("refused")
-                    .to_string(),
-            ));
-        }
-        if !status.is_success() {
-            return Err(Enroll::Retry(format!("HTTP {status}")));
-        }
-        if body["site_id"] != self.site_id {
-            return Err(Enroll::Refused(format!(
-                "the token is for site {}, but this is {}",
-                body["site_id"], self.site_id
-            )));
-        }
-        let cred = request
-            .complete(
-                body["certificate"].as_str().unwrap_or_default(),
-                body["ca"].as_str().unwrap_or_default(),
-            )
-            .map_err(|e| Enroll::Refused(e.to_string()))?;
-        std::fs::create_dir_all(&self.credentials_dir)
-            .map_err(|e| Enroll::Refused(format!("{}: {e}", self.credentials_dir.display())))?;
-        cred.write_pem(&self.credentials_dir)
-            .map_err(|e| Enroll::Refused(e.to_string()))?;
-        Ok(cred)
     }
 
     async fn connect_and_sync(&self, endpoint: &quinn::Endpoint) -> Result<(), UplinkError> {
