@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 pub mod browser;
 pub mod guest;
 pub mod link;
+pub mod netns;
 pub mod region;
 pub mod sim;
 
@@ -222,17 +223,23 @@ impl ControllerProcess {
 
     /// As [`Self::start`], logging at `level` (benchmarks use `error`).
     pub fn start_logging(config: &Path, data_dir: &Path, level: &str) -> ControllerProcess {
+        Self::start_at(config, data_dir, level, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// As [`Self::start`], with the API and QUIC on the addresses given.
+    pub fn start_at(
+        config: &Path,
+        data_dir: &Path,
+        level: &str,
+        api: &str,
+        quic: &str,
+    ) -> ControllerProcess {
         let mut child = Command::new(binary("roost-controller"))
             .args(["serve", "--config"])
             .arg(config)
             .arg("--data-dir")
             .arg(data_dir)
-            .args([
-                "--api-listen",
-                "127.0.0.1:0",
-                "--quic-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["--api-listen", api, "--quic-listen", quic])
             .env("RUST_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

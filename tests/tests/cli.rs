@@ -31,6 +31,16 @@ fn every_example_config_is_valid() {
     let net: EdgeNetConfig =
         config::load(&site_config("edge-net.yaml")).unwrap_or_else(|e| panic!("{e}"));
     assert!(!net.providers.is_empty());
+    // The example install file, with the token a flag would add.
+    let file = config::InstallArgs::load(&site_config("install-edge-factory-01.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(file.network_config, Some(site_config("edge-net.yaml")));
+    let args = config::InstallArgs {
+        token: Some(format!("rjt1.edge-factory-01.{}", "x".repeat(43))),
+        ..Default::default()
+    }
+    .or_from(file);
+    config::Validate::validate(&args).unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn run_agent(args: &[&str]) -> (i32, String) {
