@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::model::{FlavorSpec, GroupPolicy, ServerGroupSpec};
+use crate::model::{
+    AllocationPool, Cidr, Direction, FixedIpRequest, FlavorSpec, GroupPolicy, NetworkKind,
+    NetworkSpec, PortSpec, SecurityGroupRuleSpec, SecurityGroupSpec, ServerGroupSpec, SubnetSpec,
+};
 use crate::validate::FieldError;
 
 // ---------------------------------------------------------------- keystone
@@ -435,6 +438,286 @@ impl RebootArgs {
                 "must be SOFT or HARD",
             )),
         }
+    }
+}
+
+// ---------------------------------------------------------------- neutron
+//
+// Fields python-openstackclient sends that Roost does not act on
+// (`description`, `port_security_enabled`, ...) are accepted and ignored;
+// anything else unknown is refused.
+
+/// Deserializes a field that may be absent (`None`), `null` (`Some(None)`)
+/// or a value.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreateBody {
+    pub network: NetworkCreate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreate {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "yes")]
+    pub admin_state_up: bool,
+    #[serde(default)]
+    pub shared: bool,
+    #[serde(default, rename = "provider:network_type")]
+    pub network_type: Option<NetworkKind>,
+    #[serde(default, rename = "provider:segmentation_id")]
+    pub segmentation_id: Option<u32>,
+    #[serde(default, rename = "provider:physical_network")]
+    pub physical_network: Option<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub port_security_enabled: Option<bool>,
+    #[serde(default)]
+    pub availability_zone_hints: Option<Vec<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl NetworkCreate {
+    /// Tenant networks are VXLAN unless the caller says otherwise.
+    pub fn into_spec(self, project_id: &str) -> Result<NetworkSpec, FieldError> {
+        let kind = self.network_type.unwrap_or(NetworkKind::Vxlan);
+        let spec = NetworkSpec {
+            name: self.name,
+            project_id: project_id.to_string(),
+            kind,
+            segmentation_id: self.segmentation_id,
+            physical_network: self.physical_network,
+            mtu: self.mtu.unwrap_or(match kind {
+                NetworkKind::Vxlan => 1450,
+                _ => 1500,
+            }),
+            shared: self.shared,
+            admin_state_up: self.admin_state_up,
+            deleted: false,
+        };
+        spec.validate().map_err(|e| e.at("network"))?;
+        Ok(spec)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetCreateBody {
+    pub subnet: SubnetCreate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetCreate {
+    pub network_id: String,
+    pub cidr: String,
+    #[serde(default)]
+    pub ip_version: Option<u8>,
+    #[serde(default)]
+    pub name: String,
+    /// Absent: the first host address; `null`: no gateway.
+    #[serde(default, deserialize_with = "present")]
+    pub gateway_ip: Option<Option<std::net::IpAddr>>,
+    #[serde(default)]
+    pub allocation_pools: Option<Vec<AllocationPool>>,
+    #[serde(default)]
+    pub dns_nameservers: Vec<std::net::IpAddr>,
+    #[serde(default = "yes")]
+    pub enable_dhcp: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub ipv6_ra_mode: Option<String>,
+    #[serde(default)]
+    pub ipv6_address_mode: Option<String>,
+}
+
+impl SubnetCreate {
+    pub fn into_spec(self, project_id: &str) -> Result<SubnetSpec, FieldError> {
+        let at = |e: FieldError| e.at("subnet");
+        let cidr = Cidr::parse("cidr", &self.cidr).map_err(at)?;
+        if let Some(v) = self.ip_version {
+            if v != cidr.ip_version() {
+                return Err(FieldError::new(
+                    "subnet.ip_version",
+                    v,
+                    format!("must be the cidr's version ({})", cidr.ip_version()),
+                ));
+            }
+        }
+        let mut spec = SubnetSpec::with_defaults(
+            self.name,
+            project_id.to_string(),
+            self.network_id,
+            cidr,
+            self.gateway_ip,
+            self.allocation_pools,
+        );
+        spec.dns_nameservers = self.dns_nameservers;
+        spec.enable_dhcp = self.enable_dhcp;
+        spec.validate().map_err(at)?;
+        Ok(spec)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortCreateBody {
+    pub port: PortCreate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortCreate {
+    pub network_id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "yes")]
+    pub admin_state_up: bool,
+    #[serde(default)]
+    pub fixed_ips: Vec<FixedIpRequest>,
+    #[serde(default)]
+    pub mac_address: Option<String>,
+    #[serde(default)]
+    pub device_id: Option<String>,
+    #[serde(default)]
+    pub device_owner: Option<String>,
+    #[serde(default)]
+    pub security_groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub port_security_enabled: Option<bool>,
+    #[serde(default, rename = "binding:host_id")]
+    pub host_id: Option<String>,
+}
+
+impl PortCreate {
+    pub fn into_spec(self, project_id: &str) -> Result<PortSpec, FieldError> {
+        let spec = PortSpec {
+            name: self.name,
+            project_id: project_id.to_string(),
+            network_id: self.network_id,
+            fixed_ips: self.fixed_ips,
+            mac_address: self.mac_address.map(|m| m.to_ascii_lowercase()),
+            device_id: self.device_id.filter(|d| !d.is_empty()),
+            device_owner: self.device_owner.filter(|d| !d.is_empty()),
+            security_groups: self.security_groups,
+            admin_state_up: self.admin_state_up,
+            deleted: false,
+        };
+        spec.validate().map_err(|e| e.at("port"))?;
+        Ok(spec)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupCreateBody {
+    pub security_group: SecurityGroupCreate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupCreate {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub stateful: Option<bool>,
+}
+
+impl SecurityGroupCreate {
+    pub fn into_spec(self, project_id: &str) -> Result<SecurityGroupSpec, FieldError> {
+        let spec = SecurityGroupSpec {
+            name: self.name,
+            description: self.description,
+            project_id: project_id.to_string(),
+            deleted: false,
+        };
+        spec.validate().map_err(|e| e.at("security_group"))?;
+        Ok(spec)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupRuleCreateBody {
+    pub security_group_rule: SecurityGroupRuleCreate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupRuleCreate {
+    pub security_group_id: String,
+    pub direction: Direction,
+    #[serde(default)]
+    pub ethertype: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub port_range_min: Option<u16>,
+    #[serde(default)]
+    pub port_range_max: Option<u16>,
+    #[serde(default)]
+    pub remote_ip_prefix: Option<String>,
+    #[serde(default)]
+    pub remote_group_id: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl SecurityGroupRuleCreate {
+    pub fn into_spec(self, project_id: &str) -> Result<SecurityGroupRuleSpec, FieldError> {
+        let at = |e: FieldError| e.at("security_group_rule");
+        let ip_version = match self.ethertype.as_deref() {
+            None | Some("IPv4") => 4,
+            Some("IPv6") => 6,
+            Some(other) => {
+                return Err(at(FieldError::new(
+                    "ethertype",
+                    other,
+                    "must be IPv4 or IPv6",
+                )))
+            }
+        };
+        let remote_ip_prefix = self
+            .remote_ip_prefix
+            .map(|p| Cidr::parse("remote_ip_prefix", &p))
+            .transpose()
+            .map_err(at)?;
+        let protocol = self
+            .protocol
+            .map(|p| p.to_ascii_lowercase())
+            .filter(|p| p != "any");
+        let spec = SecurityGroupRuleSpec {
+            security_group_id: self.security_group_id,
+            project_id: project_id.to_string(),
+            direction: self.direction,
+            ip_version,
+            protocol,
+            port_range_min: self.port_range_min,
+            port_range_max: self.port_range_max,
+            remote_ip_prefix,
+            remote_group_id: self.remote_group_id,
+        };
+        spec.validate().map_err(at)?;
+        Ok(spec)
     }
 }
 
