@@ -14,6 +14,7 @@
 
 mod inventory;
 mod journal;
+pub mod network;
 mod quota;
 mod rows;
 mod schema;

@@ -54,6 +54,53 @@ const MIGRATIONS: &[&str] = &[
         kind TEXT NOT NULL, resource_id TEXT NOT NULL, field TEXT NOT NULL,
         winner TEXT NOT NULL, loser TEXT NOT NULL, recorded_at TEXT NOT NULL) STRICT;
     "#,
+    // 3: networking (site-local for now) and IPAM.
+    r#"
+    CREATE TABLE networks (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL, kind TEXT NOT NULL,
+        physnet TEXT NOT NULL, segmentation_id INTEGER, shared INTEGER NOT NULL,
+        spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE UNIQUE INDEX networks_by_segment ON networks(kind, physnet, segmentation_id)
+        WHERE segmentation_id IS NOT NULL;
+    CREATE TABLE subnets (
+        id TEXT PRIMARY KEY, network_id TEXT NOT NULL REFERENCES networks(id),
+        project_id TEXT NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE INDEX subnets_by_network ON subnets(network_id);
+    CREATE TABLE ports (
+        id TEXT PRIMARY KEY, network_id TEXT NOT NULL REFERENCES networks(id),
+        project_id TEXT NOT NULL, device_id TEXT, mac TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE INDEX ports_by_network ON ports(network_id);
+    CREATE INDEX ports_by_device ON ports(device_id);
+    -- IPAM: one row per address held, in the port's transaction; the key
+    -- makes a double allocation impossible.
+    CREATE TABLE ip_allocations (
+        subnet_id TEXT NOT NULL REFERENCES subnets(id),
+        ip TEXT NOT NULL,
+        port_id TEXT NOT NULL REFERENCES ports(id) ON DELETE CASCADE,
+        PRIMARY KEY (subnet_id, ip)) STRICT;
+    CREATE INDEX ip_allocations_by_port ON ip_allocations(port_id);
+    CREATE TABLE security_groups (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL, name TEXT NOT NULL,
+        spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE INDEX security_groups_by_project ON security_groups(project_id);
+    CREATE UNIQUE INDEX one_default_group ON security_groups(project_id) WHERE name = 'default';
+    CREATE TABLE security_group_rules (
+        id TEXT PRIMARY KEY,
+        group_id TEXT NOT NULL REFERENCES security_groups(id) ON DELETE CASCADE,
+        spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE INDEX security_group_rules_by_group ON security_group_rules(group_id);
+    CREATE TABLE port_security_groups (
+        port_id TEXT NOT NULL REFERENCES ports(id) ON DELETE CASCADE,
+        group_id TEXT NOT NULL REFERENCES security_groups(id),
+        PRIMARY KEY (port_id, group_id)) STRICT;
+    CREATE INDEX port_security_groups_by_group ON port_security_groups(group_id);
+    "#,
 ];
 
 /// Brings the schema up to date. Returns the version reached.

@@ -1,0 +1,1011 @@
+//! Networks, subnets, ports and security groups, and the site's IPAM.
+//!
+//! IPAM is the site's alone: an address is a row of `ip_allocations`
+//! (primary key: subnet and address) written in the same transaction as
+//! its port, by the one writer, so two ports can never hold one address,
+//! and deleting a port releases its addresses with it (`ON DELETE
+//! CASCADE`). These resources are the site's own for now: they are not in
+//! the documents the site syncs with its region.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use roost_common::model::{
+    ip_from_number, ip_number, Direction, FixedIp, Network, NetworkKind, NetworkSpec, Port,
+    PortSpec, Resource, SecurityGroup, SecurityGroupRule, SecurityGroupRuleSpec, SecurityGroupSpec,
+    Subnet, SubnetSpec,
+};
+use roost_common::FieldError;
+
+use super::rows::{self, json, time};
+use super::{StoreError, WriteCtx, WriteError};
+
+/// VXLAN VNIs and VLAN ids the site picks from when a network asks for none.
+const VNI_FIRST: u32 = 1000;
+const VLAN_FIRST: u32 = 100;
+/// The OUI Neutron gives ports (`base_mac`).
+const MAC_PREFIX: &str = "fa:16:3e";
+
+/// Who may see what: `None` is an admin (everything).
+pub type Scope = Option<String>;
+
+fn visible(scope: &Scope, project_id: &str, shared: bool) -> bool {
+    scope.as_deref().is_none_or(|p| p == project_id) || shared
+}
+
+impl WriteCtx<'_> {
+    /// Creates a network, picking a free segment when none was asked for.
+    pub fn create_network(&mut self, mut spec: NetworkSpec) -> Result<Network, WriteError> {
+        let physnet = spec.physical_network.clone().unwrap_or_default();
+        let (first, last) = match spec.kind {
+            NetworkKind::Vxlan => (VNI_FIRST, 16_777_215),
+            NetworkKind::Vlan => (VLAN_FIRST, 4094),
+            _ => (0, 0),
+        };
+        let used: BTreeSet<u32> = {
+            let mut stmt = self.tx.prepare_cached(
+                "SELECT segmentation_id FROM networks WHERE kind = ?1 AND physnet = ?2 AND segmentation_id IS NOT NULL",
+            )?;
+            let ids = stmt.query_map(params![spec.kind.as_str(), physnet], |r| r.get(0))?;
+            ids.collect::<Result<_, _>>()?
+        };
+        match spec.segmentation_id {
+            Some(id) if used.contains(&id) => {
+                return Err(WriteError::Conflict(format!(
+                    "Unable to create the network. The {} segment {id}{} is in use.",
+                    spec.kind.as_str(),
+                    if physnet.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" on physical network {physnet}")
+                    }
+                )))
+            }
+            None if last > 0 => {
+                let free = (first..=last).find(|i| !used.contains(i)).ok_or_else(|| {
+                    WriteError::Conflict(format!(
+                        "Unable to create the network. No {} segment is free.",
+                        spec.kind.as_str()
+                    ))
+                })?;
+                spec.segmentation_id = Some(free);
+            }
+            _ => {}
+        }
+        let n: Network = Resource::new(spec, self.now);
+        self.tx.execute(
+            "INSERT INTO networks (id, project_id, kind, physnet, segmentation_id, shared, spec, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+            params![
+                n.id,
+                n.spec.project_id,
+                n.spec.kind.as_str(),
+                physnet,
+                n.spec.segmentation_id,
+                n.spec.shared,
+                json(&n.spec)?,
+                json(&n.status)?,
+                time(&self.now)
+            ],
+        )?;
+        Ok(n)
+    }
+
+    /// Deletes a network and its subnets; refused while it has ports.
+    pub fn delete_network(&mut self, id: &str, scope: &Scope) -> Result<(), WriteError> {
+        let n = network_in(self.tx, id, scope)?;
+        let ports: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM ports WHERE network_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        if ports > 0 {
+            return Err(WriteError::Conflict(format!(
+                "Unable to complete operation on network {}. There are one or more ports still in use on the network ({ports}).",
+                n.id
+            )));
+        }
+        self.tx
+            .execute("DELETE FROM subnets WHERE network_id = ?1", [id])?;
+        self.tx
+            .execute("DELETE FROM networks WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Creates a subnet on a network the caller may use; refused if it
+    /// overlaps another subnet of that network.
+    pub fn create_subnet(&mut self, spec: SubnetSpec, scope: &Scope) -> Result<Subnet, WriteError> {
+        let n = network_in(self.tx, &spec.network_id, scope).map_err(|_| {
+            FieldError::new(
+                "subnet.network_id",
+                &spec.network_id,
+                "must be the id of a network you can use",
+            )
+        })?;
+        if scope.as_deref().is_some_and(|p| p != n.spec.project_id) {
+            return Err(WriteError::Conflict(format!(
+                "Network {} is shared, but only its owner may add subnets to it.",
+                n.id
+            )));
+        }
+        for other in subnets_of(self.tx, &n.id)? {
+            if other.spec.cidr.overlaps(&spec.cidr) {
+                return Err(FieldError::new(
+                    "subnet.cidr",
+                    String::from(spec.cidr),
+                    format!(
+                        "must not overlap another subnet of network {} ({} is {})",
+                        n.id,
+                        other.id,
+                        String::from(other.spec.cidr)
+                    ),
+                )
+                .into());
+            }
+        }
+        let s: Subnet = Resource::new(spec, self.now);
+        self.tx.execute(
+            "INSERT INTO subnets (id, network_id, project_id, spec, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![
+                s.id,
+                s.spec.network_id,
+                s.spec.project_id,
+                json(&s.spec)?,
+                json(&s.status)?,
+                time(&self.now)
+            ],
+        )?;
+        Ok(s)
+    }
+
+    /// Deletes a subnet; refused while a port holds an address from it.
+    pub fn delete_subnet(&mut self, id: &str, scope: &Scope) -> Result<(), WriteError> {
+        let s: Subnet = rows::get(self.tx, "subnets", id)?
+            .filter(|s: &Subnet| visible(scope, &s.spec.project_id, false))
+            .ok_or_else(|| WriteError::NotFound(format!("Subnet {id} could not be found.")))?;
+        let held: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM ip_allocations WHERE subnet_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        if held > 0 {
+            return Err(WriteError::Conflict(format!(
+                "Unable to complete operation on subnet {}: One or more ports have an IP allocation from this subnet ({held}).",
+                s.id
+            )));
+        }
+        self.tx.execute("DELETE FROM subnets WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Creates a port with its MAC and addresses, in one step: the
+    /// addresses are allocated in this transaction.
+    pub fn create_port(&mut self, spec: PortSpec, scope: &Scope) -> Result<Port, WriteError> {
+        let n = network_in(self.tx, &spec.network_id, scope).map_err(|_| {
+            FieldError::new(
+                "port.network_id",
+                &spec.network_id,
+                "must be the id of a network you can use",
+            )
+        })?;
+        let mac = match &spec.mac_address {
+            Some(m) => {
+                if mac_taken(self.tx, m)? {
+                    return Err(WriteError::Conflict(format!(
+                        "Unable to complete operation for network {}. The mac address {m} is in use.",
+                        n.id
+                    )));
+                }
+                m.clone()
+            }
+            None => loop {
+                let b: [u8; 3] = rand::random();
+                let m = format!("{MAC_PREFIX}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]);
+                if !mac_taken(self.tx, &m)? {
+                    break m;
+                }
+            },
+        };
+        let groups = match &spec.security_groups {
+            Some(ids) => {
+                for (i, g) in ids.iter().enumerate() {
+                    let ok = rows::get::<
+                        SecurityGroupSpec,
+                        roost_common::model::SecurityGroupStatus,
+                    >(self.tx, "security_groups", g)?
+                    .is_some_and(|sg| sg.spec.project_id == spec.project_id);
+                    if !ok {
+                        return Err(FieldError::new(
+                            format!("port.security_groups[{i}]"),
+                            g,
+                            "must be the id of a security group of the port's project",
+                        )
+                        .into());
+                    }
+                }
+                ids.clone()
+            }
+            None => vec![self.ensure_default_group(&spec.project_id)?],
+        };
+        let subnets = subnets_of(self.tx, &n.id)?;
+        let mut fixed = Vec::new();
+        if spec.fixed_ips.is_empty() {
+            // One address per IP version, from the first subnet of each.
+            let mut seen = BTreeSet::new();
+            for s in &subnets {
+                if seen.insert(s.spec.cidr.ip_version()) {
+                    fixed.push(FixedIp {
+                        subnet_id: s.id.clone(),
+                        ip_address: allocate(self.tx, s, &n.id)?,
+                    });
+                }
+            }
+        } else {
+            for (i, want) in spec.fixed_ips.iter().enumerate() {
+                let field = format!("port.fixed_ips[{i}]");
+                let subnet = match (&want.subnet_id, want.ip_address) {
+                    (Some(sid), ip) => {
+                        let s = subnets.iter().find(|s| &s.id == sid).ok_or_else(|| {
+                            FieldError::new(
+                                format!("{field}.subnet_id"),
+                                sid,
+                                format!("must be a subnet of network {}", n.id),
+                            )
+                        })?;
+                        if let Some(ip) = ip.filter(|ip| !s.spec.cidr.contains(*ip)) {
+                            return Err(FieldError::new(
+                                format!("{field}.ip_address"),
+                                ip,
+                                format!(
+                                    "must be inside the subnet's cidr {}",
+                                    String::from(s.spec.cidr)
+                                ),
+                            )
+                            .into());
+                        }
+                        s
+                    }
+                    (None, Some(ip)) => subnets
+                        .iter()
+                        .find(|s| s.spec.cidr.contains(ip))
+                        .ok_or_else(|| {
+                            FieldError::new(
+                                format!("{field}.ip_address"),
+                                ip,
+                                format!("must be inside a subnet of network {}", n.id),
+                            )
+                        })?,
+                    (None, None) => {
+                        unreachable!("PortSpec::validate refuses an empty fixed_ips entry")
+                    }
+                };
+                let ip = match want.ip_address {
+                    Some(ip) => {
+                        if subnet.spec.gateway_ip == Some(ip)
+                            || address_taken(self.tx, &subnet.id, ip)?
+                        {
+                            return Err(WriteError::Conflict(format!(
+                                "Unable to complete operation for network {}. The IP address {ip} is in use.",
+                                n.id
+                            )));
+                        }
+                        ip
+                    }
+                    None => allocate(self.tx, subnet, &n.id)?,
+                };
+                fixed.push(FixedIp {
+                    subnet_id: subnet.id.clone(),
+                    ip_address: ip,
+                });
+            }
+        }
+        let mut p: Port = Resource::new(spec, self.now);
+        p.status.mac_address = mac;
+        p.status.fixed_ips = fixed;
+        p.status.security_groups = groups;
+        self.tx.execute(
+            "INSERT INTO ports (id, network_id, project_id, device_id, mac, spec, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            params![
+                p.id,
+                p.spec.network_id,
+                p.spec.project_id,
+                p.spec.device_id,
+                p.status.mac_address,
+                json(&p.spec)?,
+                json(&p.status)?,
+                time(&self.now)
+            ],
+        )?;
+        for f in &p.status.fixed_ips {
+            self.tx.execute(
+                "INSERT INTO ip_allocations (subnet_id, ip, port_id) VALUES (?1, ?2, ?3)",
+                params![f.subnet_id, f.ip_address.to_string(), p.id],
+            )?;
+        }
+        for g in &p.status.security_groups {
+            self.tx.execute(
+                "INSERT INTO port_security_groups (port_id, group_id) VALUES (?1, ?2)",
+                params![p.id, g],
+            )?;
+        }
+        Ok(p)
+    }
+
+    /// Deletes a port; its addresses are free again in the same commit.
+    pub fn delete_port(&mut self, id: &str, scope: &Scope) -> Result<(), WriteError> {
+        let n = match scope {
+            Some(p) => self.tx.execute(
+                "DELETE FROM ports WHERE id = ?1 AND project_id = ?2",
+                [id, p],
+            )?,
+            None => self.tx.execute("DELETE FROM ports WHERE id = ?1", [id])?,
+        };
+        if n == 0 {
+            return Err(WriteError::NotFound(format!(
+                "Port {id} could not be found."
+            )));
+        }
+        Ok(())
+    }
+
+    /// The project's `default` security group, made on first use as
+    /// Neutron makes it: egress to anywhere, ingress only from members.
+    pub fn ensure_default_group(&mut self, project_id: &str) -> Result<String, WriteError> {
+        let found: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT id FROM security_groups WHERE project_id = ?1 AND name = 'default'",
+                [project_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = found {
+            return Ok(id);
+        }
+        let g = self.insert_group(SecurityGroupSpec {
+            name: "default".into(),
+            description: "Default security group".into(),
+            project_id: project_id.into(),
+            deleted: false,
+        })?;
+        for (direction, ip_version, remote) in [
+            (Direction::Egress, 4, None),
+            (Direction::Egress, 6, None),
+            (Direction::Ingress, 4, Some(g.id.clone())),
+            (Direction::Ingress, 6, Some(g.id.clone())),
+        ] {
+            self.insert_rule(SecurityGroupRuleSpec {
+                security_group_id: g.id.clone(),
+                project_id: project_id.into(),
+                direction,
+                ip_version,
+                protocol: None,
+                port_range_min: None,
+                port_range_max: None,
+                remote_ip_prefix: None,
+                remote_group_id: remote,
+            })?;
+        }
+        Ok(g.id)
+    }
+
+    pub fn create_security_group(
+        &mut self,
+        spec: SecurityGroupSpec,
+    ) -> Result<SecurityGroup, WriteError> {
+        if spec.name == "default" {
+            self.ensure_default_group(&spec.project_id)?;
+            return Err(WriteError::Conflict(
+                "Default security group already exists.".into(),
+            ));
+        }
+        let g = self.insert_group(spec)?;
+        // Neutron's new groups allow all egress.
+        for ip_version in [4, 6] {
+            self.insert_rule(SecurityGroupRuleSpec {
+                security_group_id: g.id.clone(),
+                project_id: g.spec.project_id.clone(),
+                direction: Direction::Egress,
+                ip_version,
+                protocol: None,
+                port_range_min: None,
+                port_range_max: None,
+                remote_ip_prefix: None,
+                remote_group_id: None,
+            })?;
+        }
+        Ok(g)
+    }
+
+    fn insert_group(&mut self, spec: SecurityGroupSpec) -> Result<SecurityGroup, WriteError> {
+        let g: SecurityGroup = Resource::new(spec, self.now);
+        self.tx.execute(
+            "INSERT INTO security_groups (id, project_id, name, spec, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![
+                g.id,
+                g.spec.project_id,
+                g.spec.name,
+                json(&g.spec)?,
+                json(&g.status)?,
+                time(&self.now)
+            ],
+        )?;
+        Ok(g)
+    }
+
+    /// Deletes a group; refused for `default` and while a port is in it.
+    pub fn delete_security_group(&mut self, id: &str, scope: &Scope) -> Result<(), WriteError> {
+        let g = group_in(self.tx, id, scope)?;
+        if g.spec.name == "default" {
+            return Err(WriteError::Conflict(
+                "Removing default security group not allowed.".into(),
+            ));
+        }
+        let members: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM port_security_groups WHERE group_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        if members > 0 {
+            return Err(WriteError::Conflict(format!(
+                "Security Group {id} in use ({members} ports)."
+            )));
+        }
+        self.tx
+            .execute("DELETE FROM security_groups WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn create_security_group_rule(
+        &mut self,
+        spec: SecurityGroupRuleSpec,
+        scope: &Scope,
+    ) -> Result<SecurityGroupRule, WriteError> {
+        let g = group_in(self.tx, &spec.security_group_id, scope).map_err(|_| {
+            FieldError::new(
+                "security_group_rule.security_group_id",
+                &spec.security_group_id,
+                "must be the id of a security group of yours",
+            )
+        })?;
+        if let Some(r) = &spec.remote_group_id {
+            group_in(self.tx, r, scope).map_err(|_| {
+                FieldError::new(
+                    "security_group_rule.remote_group_id",
+                    r,
+                    "must be the id of a security group of yours",
+                )
+            })?;
+        }
+        let same = rules_of(self.tx, &g.id)?
+            .into_iter()
+            .find(|r| r.spec == spec);
+        if let Some(r) = same {
+            return Err(WriteError::Conflict(format!(
+                "Security group rule already exists. Rule id is {}.",
+                r.id
+            )));
+        }
+        self.insert_rule(spec)
+    }
+
+    fn insert_rule(
+        &mut self,
+        spec: SecurityGroupRuleSpec,
+    ) -> Result<SecurityGroupRule, WriteError> {
+        let r: SecurityGroupRule = Resource::new(spec, self.now);
+        self.tx.execute(
+            "INSERT INTO security_group_rules (id, group_id, spec, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![
+                r.id,
+                r.spec.security_group_id,
+                json(&r.spec)?,
+                json(&r.status)?,
+                time(&self.now)
+            ],
+        )?;
+        Ok(r)
+    }
+
+    pub fn delete_security_group_rule(
+        &mut self,
+        id: &str,
+        scope: &Scope,
+    ) -> Result<(), WriteError> {
+        let r: Option<SecurityGroupRule> = rows::get(self.tx, "security_group_rules", id)?;
+        match r {
+            Some(r) if visible(scope, &r.spec.project_id, false) => {
+                self.tx
+                    .execute("DELETE FROM security_group_rules WHERE id = ?1", [id])?;
+                Ok(())
+            }
+            _ => Err(WriteError::NotFound(format!(
+                "Security group rule {id} does not exist"
+            ))),
+        }
+    }
+}
+
+fn network_in(c: &Connection, id: &str, scope: &Scope) -> Result<Network, WriteError> {
+    rows::get::<NetworkSpec, _>(c, "networks", id)?
+        .filter(|n: &Network| visible(scope, &n.spec.project_id, n.spec.shared))
+        .ok_or_else(|| WriteError::NotFound(format!("Network {id} could not be found.")))
+}
+
+fn group_in(c: &Connection, id: &str, scope: &Scope) -> Result<SecurityGroup, WriteError> {
+    rows::get::<SecurityGroupSpec, _>(c, "security_groups", id)?
+        .filter(|g: &SecurityGroup| visible(scope, &g.spec.project_id, false))
+        .ok_or_else(|| WriteError::NotFound(format!("Security group {id} does not exist")))
+}
+
+fn subnets_of(c: &Connection, network_id: &str) -> Result<Vec<Subnet>, StoreError> {
+    rows::list(c, "subnets", "network_id = ?1", [network_id])
+}
+
+fn rules_of(c: &Connection, group_id: &str) -> Result<Vec<SecurityGroupRule>, StoreError> {
+    rows::list(c, "security_group_rules", "group_id = ?1", [group_id])
+}
+
+fn mac_taken(c: &Connection, mac: &str) -> Result<bool, StoreError> {
+    Ok(
+        c.query_row("SELECT 1 FROM ports WHERE mac = ?1", [mac], |_| Ok(()))
+            .optional()?
+            .is_some(),
+    )
+}
+
+fn address_taken(c: &Connection, subnet_id: &str, ip: IpAddr) -> Result<bool, StoreError> {
+    Ok(c.query_row(
+        "SELECT 1 FROM ip_allocations WHERE subnet_id = ?1 AND ip = ?2",
+        params![subnet_id, ip.to_string()],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
+/// The lowest free address of the subnet's pools (never the gateway).
+fn allocate(c: &Connection, s: &Subnet, network_id: &str) -> Result<IpAddr, WriteError> {
+    let taken: BTreeSet<u128> = {
+        let mut stmt = c.prepare_cached("SELECT ip FROM ip_allocations WHERE subnet_id = ?1")?;
+        let ips = stmt.query_map([&s.id], |r| r.get::<_, String>(0))?;
+        let mut set = BTreeSet::new();
+        for ip in ips {
+            let ip = ip?;
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("allocation {ip:?}: {e}")))?;
+            set.insert(ip_number(ip));
+        }
+        set
+    };
+    let gateway = s.spec.gateway_ip.map(ip_number);
+    for pool in &s.spec.allocation_pools {
+        let (lo, hi) = (ip_number(pool.start), ip_number(pool.end));
+        // Walk only past taken addresses: O(allocations), whatever the pool.
+        let mut n = lo;
+        while n <= hi {
+            if !taken.contains(&n) && Some(n) != gateway {
+                return Ok(ip_from_number(n, s.spec.cidr.addr));
+            }
+            n += 1;
+        }
+    }
+    Err(WriteError::Conflict(format!(
+        "No more IP addresses available on network {network_id} (subnet {} is full).",
+        s.id
+    )))
+}
+
+/// Reads for the API.
+pub mod read {
+    use super::*;
+
+    fn scoped(scope: &Scope, extra: &str) -> String {
+        let own = if scope.is_some() {
+            "(project_id = ?1 OR shared = 1)"
+        } else {
+            "(?1 IS NULL)"
+        };
+        format!("{own}{extra}")
+    }
+
+    pub fn networks(c: &Connection, scope: &Scope) -> Result<Vec<Network>, WriteError> {
+        Ok(rows::list(c, "networks", &scoped(scope, ""), [scope])?)
+    }
+
+    pub fn network(c: &Connection, id: &str, scope: &Scope) -> Result<Network, WriteError> {
+        network_in(c, id, scope)
+    }
+
+    pub fn subnets(
+        c: &Connection,
+        scope: &Scope,
+        network_id: Option<&str>,
+    ) -> Result<Vec<Subnet>, WriteError> {
+        let visible_nets = "network_id IN (SELECT id FROM networks WHERE project_id = ?1 OR shared = 1 OR ?1 IS NULL)";
+        let sql = match network_id {
+            Some(_) => format!("{visible_nets} AND network_id = ?2"),
+            None => format!("{visible_nets} AND ?2 IS NULL"),
+        };
+        Ok(rows::list(c, "subnets", &sql, params![scope, network_id])?)
+    }
+
+    pub fn subnet(c: &Connection, id: &str, scope: &Scope) -> Result<Subnet, WriteError> {
+        subnets(c, scope, None)?
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| WriteError::NotFound(format!("Subnet {id} could not be found.")))
+    }
+
+    pub fn ports(
+        c: &Connection,
+        scope: &Scope,
+        network_id: Option<&str>,
+        device_id: Option<&str>,
+    ) -> Result<Vec<Port>, WriteError> {
+        Ok(rows::list(
+            c,
+            "ports",
+            "(project_id = ?1 OR ?1 IS NULL) AND (network_id = ?2 OR ?2 IS NULL) AND (device_id = ?3 OR ?3 IS NULL)",
+            params![scope, network_id, device_id],
+        )?)
+    }
+
+    pub fn port(c: &Connection, id: &str, scope: &Scope) -> Result<Port, WriteError> {
+        let p: Option<Port> = rows::get(c, "ports", id)?;
+        p.filter(|p| visible(scope, &p.spec.project_id, false))
+            .ok_or_else(|| WriteError::NotFound(format!("Port {id} could not be found.")))
+    }
+
+    pub fn security_groups(
+        c: &Connection,
+        scope: &Scope,
+    ) -> Result<Vec<(SecurityGroup, Vec<SecurityGroupRule>)>, WriteError> {
+        let groups: Vec<SecurityGroup> = rows::list(
+            c,
+            "security_groups",
+            "project_id = ?1 OR ?1 IS NULL",
+            [scope],
+        )?;
+        groups
+            .into_iter()
+            .map(|g| {
+                let rules = rules_of(c, &g.id)?;
+                Ok((g, rules))
+            })
+            .collect()
+    }
+
+    pub fn security_group(
+        c: &Connection,
+        id: &str,
+        scope: &Scope,
+    ) -> Result<(SecurityGroup, Vec<SecurityGroupRule>), WriteError> {
+        let g = group_in(c, id, scope)?;
+        let rules = rules_of(c, &g.id)?;
+        Ok((g, rules))
+    }
+
+    pub fn security_group_rules(
+        c: &Connection,
+        scope: &Scope,
+    ) -> Result<Vec<SecurityGroupRule>, WriteError> {
+        Ok(rows::list(
+            c,
+            "security_group_rules",
+            "group_id IN (SELECT id FROM security_groups WHERE project_id = ?1 OR ?1 IS NULL)",
+            [scope],
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use roost_common::api::{NetworkCreateBody, PortCreateBody, SubnetCreateBody};
+    use roost_common::config::{self, SiteConfig};
+
+    use super::*;
+    use crate::store::Store;
+
+    const SITE: &str = "site: {id: net-test, name: Net test}\nhosts:\n  - {name: c0, roles: [compute], vcpus: 4, ram_mb: 8192, disk_gb: 100}\n";
+    const ADMIN: Scope = None;
+
+    fn open(dir: &Path) -> Store {
+        let cfg: SiteConfig = config::parse(Path::new("site.yaml"), SITE).unwrap();
+        Store::open(dir, "net-test", &cfg).unwrap().0
+    }
+
+    fn body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    async fn network(store: &Store, v: serde_json::Value) -> Result<Network, WriteError> {
+        let spec = body::<NetworkCreateBody>(serde_json::json!({ "network": v }))
+            .network
+            .into_spec("p")?;
+        store.write(move |w| w.create_network(spec)).await
+    }
+
+    async fn subnet(
+        store: &Store,
+        net: &str,
+        cidr: &str,
+        extra: serde_json::Value,
+    ) -> Result<Subnet, WriteError> {
+        let mut v = serde_json::json!({"network_id": net, "cidr": cidr});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let spec = body::<SubnetCreateBody>(serde_json::json!({ "subnet": v }))
+            .subnet
+            .into_spec("p")?;
+        store.write(move |w| w.create_subnet(spec, &ADMIN)).await
+    }
+
+    async fn port(store: &Store, net: &str, extra: serde_json::Value) -> Result<Port, WriteError> {
+        let mut v = serde_json::json!({"network_id": net});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let spec = body::<PortCreateBody>(serde_json::json!({ "port": v }))
+            .port
+            .into_spec("p")?;
+        store.write(move |w| w.create_port(spec, &ADMIN)).await
+    }
+
+    #[tokio::test]
+    async fn concurrent_ports_never_share_an_address_and_a_full_pool_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let n = network(&store, serde_json::json!({"name": "plant"}))
+            .await
+            .unwrap();
+        assert_eq!(n.spec.segmentation_id, Some(VNI_FIRST), "a VNI was picked");
+        // A /28: .1 is the gateway, .2-.14 the pool: 13 addresses.
+        subnet(&store, &n.id, "10.1.0.0/28", serde_json::json!({}))
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (store, id) = (store.clone(), n.id.clone());
+            tasks.spawn(async move { port(&store, &id, serde_json::json!({})).await });
+        }
+        let (mut ips, mut full) = (BTreeSet::new(), 0);
+        while let Some(r) = tasks.join_next().await {
+            match r.unwrap() {
+                Ok(p) => {
+                    assert_eq!(p.status.fixed_ips.len(), 1);
+                    assert!(
+                        ips.insert(p.status.fixed_ips[0].ip_address),
+                        "allocated twice"
+                    );
+                    assert!(p.status.mac_address.starts_with("fa:16:3e:"));
+                }
+                Err(WriteError::Conflict(m)) => {
+                    assert!(
+                        m.starts_with("No more IP addresses available on network"),
+                        "{m}"
+                    );
+                    full += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((ips.len(), full), (13, 7));
+        assert!(
+            !ips.contains(&"10.1.0.1".parse().unwrap()),
+            "never the gateway"
+        );
+
+        // A delete frees its address in the same commit; the next port gets it.
+        let c = store
+            .read(|c| read::ports(c, &ADMIN, None, None))
+            .await
+            .unwrap();
+        let freed = c[0].status.fixed_ips[0].ip_address;
+        let id = c[0].id.clone();
+        store
+            .write(move |w| w.delete_port(&id, &ADMIN))
+            .await
+            .unwrap();
+        let p = port(&store, &n.id, serde_json::json!({})).await.unwrap();
+        assert_eq!(p.status.fixed_ips[0].ip_address, freed);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let err = network(
+            &store,
+            serde_json::json!({"provider:network_type": "vlan", "provider:segmentation_id": 4095}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "network.provider:segmentation_id: must be between 1 and 4094 (got 4095)"
+        );
+        let n = network(&store, serde_json::json!({"provider:network_type": "vlan", "provider:segmentation_id": 100, "provider:physical_network": "plant"}))
+            .await
+            .unwrap();
+        let dup = network(&store, serde_json::json!({"provider:network_type": "vlan", "provider:segmentation_id": 100, "provider:physical_network": "plant"}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&dup, WriteError::Conflict(m) if m.contains("vlan segment 100 on physical network plant is in use")),
+            "{dup}"
+        );
+
+        subnet(&store, &n.id, "10.2.0.0/24", serde_json::json!({}))
+            .await
+            .unwrap();
+        let overlap = subnet(&store, &n.id, "10.2.0.128/25", serde_json::json!({}))
+            .await
+            .unwrap_err();
+        assert!(
+            overlap
+                .to_string()
+                .starts_with("subnet.cidr: must not overlap another subnet"),
+            "{overlap}"
+        );
+        let v6 = subnet(
+            &store,
+            &n.id,
+            "fd00:2::/64",
+            serde_json::json!({"ip_version": 6}),
+        )
+        .await
+        .unwrap();
+
+        let outside = port(
+            &store,
+            &n.id,
+            serde_json::json!({"fixed_ips": [{"ip_address": "10.9.0.5"}]}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(outside.to_string(), format!("port.fixed_ips[0].ip_address: must be inside a subnet of network {} (got 10.9.0.5)", n.id));
+        let wrong_subnet = port(
+            &store,
+            &n.id,
+            serde_json::json!({"fixed_ips": [{"subnet_id": v6.id, "ip_address": "10.2.0.5"}]}),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            wrong_subnet
+                .to_string()
+                .contains("must be inside the subnet's cidr fd00:2::/64"),
+            "{wrong_subnet}"
+        );
+
+        // Dual stack: one address of each version by default.
+        let p = port(&store, &n.id, serde_json::json!({})).await.unwrap();
+        let got: Vec<String> = p
+            .status
+            .fixed_ips
+            .iter()
+            .map(|f| f.ip_address.to_string())
+            .collect();
+        assert_eq!(got, ["10.2.0.2", "fd00:2::2"]);
+        let taken = port(
+            &store,
+            &n.id,
+            serde_json::json!({"fixed_ips": [{"ip_address": "10.2.0.2"}]}),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&taken, WriteError::Conflict(m) if m.contains("10.2.0.2 is in use")),
+            "{taken}"
+        );
+        let gw = port(
+            &store,
+            &n.id,
+            serde_json::json!({"fixed_ips": [{"ip_address": "10.2.0.1"}]}),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(gw, WriteError::Conflict(_)));
+        let mac = port(
+            &store,
+            &n.id,
+            serde_json::json!({"mac_address": p.status.mac_address}),
+        )
+        .await
+        .unwrap_err();
+        assert!(mac.to_string().contains("is in use"));
+
+        // Refusals left nothing behind: one port with its two addresses.
+        let (ports, allocs): (i64, i64) = store
+            .read(|c| {
+                Ok((
+                    c.query_row("SELECT COUNT(*) FROM ports", [], |r| r.get(0))?,
+                    c.query_row("SELECT COUNT(*) FROM ip_allocations", [], |r| r.get(0))?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!((ports, allocs), (1, 2));
+
+        // A network or subnet with a port on it stays.
+        let (nid, sid) = (n.id.clone(), p.status.fixed_ips[0].subnet_id.clone());
+        let busy = store
+            .write(move |w| w.delete_network(&nid, &ADMIN))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&busy, WriteError::Conflict(m) if m.contains("ports still in use")),
+            "{busy}"
+        );
+        let busy = store
+            .write(move |w| w.delete_subnet(&sid, &ADMIN))
+            .await
+            .unwrap_err();
+        assert!(matches!(busy, WriteError::Conflict(_)));
+        let pid = p.id.clone();
+        store
+            .write(move |w| w.delete_port(&pid, &ADMIN))
+            .await
+            .unwrap();
+        let nid = n.id.clone();
+        store
+            .write(move |w| w.delete_network(&nid, &ADMIN))
+            .await
+            .unwrap();
+        let left: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM subnets", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "a network's subnets go with it");
+    }
+
+    #[tokio::test]
+    async fn a_project_gets_one_default_group_that_cannot_be_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let n = network(&store, serde_json::json!({})).await.unwrap();
+        let p = port(&store, &n.id, serde_json::json!({})).await.unwrap();
+        assert_eq!(p.status.fixed_ips, vec![], "no subnet, no address");
+        let groups = store
+            .read(|c| read::security_groups(c, &Some("p".into())))
+            .await
+            .unwrap();
+        assert_eq!(groups.len(), 1);
+        let (g, rules) = &groups[0];
+        assert_eq!(g.spec.name, "default");
+        assert_eq!(p.status.security_groups, vec![g.id.clone()]);
+        assert_eq!(rules.len(), 4);
+        assert_eq!(
+            rules
+                .iter()
+                .filter(|r| r.spec.direction == Direction::Ingress
+                    && r.spec.remote_group_id.as_deref() == Some(g.id.as_str()))
+                .count(),
+            2,
+            "ingress only from the group's own members"
+        );
+        let gid = g.id.clone();
+        let e = store
+            .write(move |w| w.delete_security_group(&gid, &ADMIN))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("default security group"));
+        // Another project sees none of it.
+        let other = store
+            .read(|c| read::security_groups(c, &Some("q".into())))
+            .await
+            .unwrap();
+        assert!(other.is_empty());
+    }
+}
