@@ -162,6 +162,7 @@ fn token_body(s: &AppState, c: &Claims) -> Value {
         "catalog": [
             {"type": "identity", "name": "keystone", "id": "identity", "endpoints": endpoints("/identity")},
             {"type": "compute", "name": "nova", "id": "compute", "endpoints": endpoints("/compute/v2.1")},
+            {"type": "network", "name": "neutron", "id": "network", "endpoints": endpoints("/network")},
         ],
     })
 }

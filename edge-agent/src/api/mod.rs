@@ -4,13 +4,14 @@
 //! `validate` functions the config uses), hand a job to the store, render the
 //! result. Every write returns only after the store committed it. Files are
 //! one per service: [`identity`] (Keystone), [`servers`], [`flavors`],
-//! [`server_groups`], [`hypervisors`] (Nova); [`views`] renders resources as
-//! Nova does.
+//! [`server_groups`], [`hypervisors`] (Nova), [`network`] (Neutron); [`views`]
+//! renders resources as Nova does.
 
 mod error;
 mod flavors;
 mod hypervisors;
 mod identity;
+mod network;
 mod server_groups;
 mod servers;
 mod views;
@@ -61,8 +62,13 @@ pub fn router(state: AppState) -> Router {
         .route("/roost/v1/conflicts", get(conflicts))
         .merge(identity::routes())
         .nest("/compute", compute)
+        .nest("/network", network::routes())
+        // Version discovery asks with a trailing slash.
+        .route("/network/", get(network::versions))
         .fallback(|| async {
-            ApiError::not_found("No such API path; see /identity/v3 and /compute/v2.1")
+            ApiError::not_found(
+                "No such API path; see /identity/v3, /compute/v2.1 and /network/v2.0",
+            )
         })
         .layer(axum::middleware::from_fn(record_metrics))
         .with_state(state)
