@@ -149,6 +149,67 @@ pub struct SiteConfig {
     /// The region this site syncs with; without it the site runs alone.
     #[serde(default)]
     pub region: Option<UplinkSection>,
+    /// How this agent's host realises the site's networks; without it the
+    /// networks are recorded, not built.
+    #[serde(default)]
+    pub network: Option<NetworkSection>,
+}
+
+/// The host this agent runs on, for tenant networking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Which of `hosts` this agent runs on; its `address` is its VXLAN
+    /// tunnel endpoint, and the other hosts' addresses are its peers.
+    pub host: String,
+    /// The interface VXLAN runs over.
+    #[serde(default)]
+    pub underlay: Option<String>,
+    /// Provider networks (a VLAN network's `provider:physical_network`) and
+    /// the interface each is on.
+    #[serde(default)]
+    pub physnets: BTreeMap<String, String>,
+    /// Seconds between the network reconciler's passes.
+    #[serde(default = "default_network_period")]
+    pub period_secs: u64,
+}
+
+fn default_network_period() -> u64 {
+    10
+}
+
+impl NetworkSection {
+    fn validate(&self, hosts: &[HostSpec]) -> Result<(), FieldError> {
+        let host = hosts.iter().find(|h| h.name == self.host).ok_or_else(|| {
+            FieldError::new(
+                "network.host",
+                &self.host,
+                "must be the name of one of hosts[]",
+            )
+        })?;
+        if let Some(u) = &self.underlay {
+            check_ifname("network.underlay", u)?;
+            let v4 = host
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok());
+            if v4.is_none() {
+                return Err(FieldError::new(
+                    "network.underlay",
+                    u,
+                    format!(
+                        "needs an IPv4 address on host {} (hosts[].address): it is the tunnel endpoint",
+                        host.name
+                    ),
+                ));
+            }
+        }
+        for (name, iface) in &self.physnets {
+            crate::ids::check_dns_label("network.physnets", name)?;
+            check_ifname(&format!("network.physnets.{name}"), iface)?;
+        }
+        validate::range("network.period_secs", self.period_secs, 1, 3600)
+    }
 }
 
 /// An http:// or https:// URL with a host and no trailing '/'.
@@ -535,6 +596,9 @@ impl Validate for SiteConfig {
         self.compute.validate().map_err(|e| e.at("compute"))?;
         if let Some(r) = &self.region {
             r.validate()?;
+        }
+        if let Some(n) = &self.network {
+            n.validate(&self.hosts)?;
         }
         if self.hosts.is_empty() {
             return Err(FieldError::new(
@@ -1108,6 +1172,41 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("management.gateway"));
+    }
+
+    #[test]
+    fn network_section_names_a_host_with_an_address() {
+        let hosts = "  - {name: compute-0, roles: [compute], vcpus: 8, ram_mb: 16384, disk_gb: 100, address: 10.0.0.5}\n";
+        let with = |net: &str| {
+            parse::<SiteConfig>(
+                Path::new("f"),
+                &format!("{}network: {net}\n", site_yaml(hosts)),
+            )
+        };
+        let ok = with("{host: compute-0, underlay: eth0, physnets: {plant: eno2}}").unwrap();
+        assert_eq!(ok.network.unwrap().period_secs, 10);
+        let e = with("{host: compute-9}").unwrap_err().to_string();
+        assert!(
+            e.contains("network.host: must be the name of one of hosts[]"),
+            "{e}"
+        );
+        let e = with("{host: compute-0, physnets: {plant: 'eth0:1'}}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("network.physnets.plant"), "{e}");
+        let no_addr = parse::<SiteConfig>(
+            Path::new("f"),
+            &format!(
+                "{}network: {{host: compute-0, underlay: eth0}}\n",
+                site_yaml(HOST)
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            no_addr.contains("needs an IPv4 address on host compute-0"),
+            "{no_addr}"
+        );
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub struct Agent {
     listener: TcpListener,
     state: AppState,
     reconciler: Reconciler,
+    network: Option<crate::network::Reconciler>,
     uplink: Option<Uplink>,
 }
 
@@ -188,7 +189,13 @@ impl Agent {
             queue: queue.clone(),
             base_url: base_url.clone(),
             compute_driver: driver.name(),
+            net_changed: Arc::new(Notify::new()),
         };
+        let network = crate::network::Reconciler::for_config(
+            &config,
+            store.clone(),
+            state.net_changed.clone(),
+        );
         let (region, uplink) = match &config.region {
             None => (RegionLink::None, None),
             Some(r) => {
@@ -243,6 +250,7 @@ impl Agent {
             region,
             state,
             reconciler,
+            network,
             uplink,
         })
     }
@@ -276,6 +284,13 @@ impl Agent {
             stop_rx.clone(),
         ));
         let link = self.uplink.map(|u| tokio::spawn(u.run(stop_rx.clone())));
+        if let Some(net) = self.network {
+            tokio::spawn(net.run(stop_rx.clone()));
+        } else {
+            tracing::info!(
+                "no network section in the config: networks are recorded, not built on this host"
+            );
+        }
         let reconciler = tokio::spawn(self.reconciler.run(stop_rx));
         let app = api::router(self.state);
         tracing::info!(addr = %self.addr, site_id = %self.config.site.id, "serving the site API");

@@ -18,8 +18,11 @@
 //!   [`install`], decisions in `install/plan.rs` (pure), effects in
 //!   `install/apply.rs`.
 //!
-//! Not here yet: networking and storage (volumes, the image cache); each
-//! lands with its own issue.
+//! - tenant networking on the host's kernel: [`network`] (plan pure, netlink
+//!   driver thin); networks, subnets, ports and IPAM in `store/network.rs`,
+//!   Neutron's API in `api/network.rs`.
+//!
+//! Not here yet: storage (volumes, the image cache), with its own issue.
 
 pub mod agent;
 pub mod api;
@@ -27,6 +30,7 @@ pub mod compute;
 pub mod identity;
 pub mod install;
 pub mod metrics;
+pub mod network;
 pub mod scheduler;
 pub mod store;
 pub mod uplink;

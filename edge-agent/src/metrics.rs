@@ -20,6 +20,7 @@ pub struct Metrics {
     pub store_batch_jobs: Histogram,
     pub reconcile_actions: IntCounterVec,
     pub unclaimed_domains: IntGauge,
+    pub network_steps_failed: IntGauge,
     pub uplink_connected: IntGauge,
     pub uplink_connects: IntCounterVec,
     pub uplink_bytes: IntCounterVec,
@@ -89,6 +90,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Domains this site made whose server the store does not have (left running; see the log)",
         )
         .expect("valid metric"),
+        network_steps_failed: IntGauge::new(
+            "roost_agent_network_steps_failed",
+            "Steps the last network pass could not apply on this host (see the log)",
+        )
+        .expect("valid metric"),
         uplink_connected: IntGauge::new(
             "roost_agent_uplink_connected",
             "1 while a sync session with the region is up",
@@ -125,6 +131,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.store_batch_jobs.clone()),
         Box::new(m.reconcile_actions.clone()),
         Box::new(m.unclaimed_domains.clone()),
+        Box::new(m.network_steps_failed.clone()),
         Box::new(m.uplink_connected.clone()),
         Box::new(m.uplink_connects.clone()),
         Box::new(m.uplink_bytes.clone()),

@@ -83,13 +83,29 @@ impl AgentProcess {
     /// Starts `roost-agent run` on an ephemeral port and waits until it
     /// prints its API URL.
     pub fn start(config: &Path, data_dir: &Path) -> AgentProcess {
+        Self::start_with(
+            Command::new(binary("roost-agent")),
+            config,
+            data_dir,
+            "127.0.0.1:0",
+        )
+    }
+
+    /// As [`Self::start`], run by `cmd` (e.g. inside a network namespace)
+    /// with the API on `listen`.
+    pub fn start_with(
+        mut cmd: Command,
+        config: &Path,
+        data_dir: &Path,
+        listen: &str,
+    ) -> AgentProcess {
         let t = Instant::now();
-        let mut child = Command::new(binary("roost-agent"))
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(config)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--api-listen", "127.0.0.1:0"])
+            .args(["--api-listen", listen])
             .env("ROOST_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())

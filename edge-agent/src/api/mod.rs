@@ -46,6 +46,8 @@ pub struct AppState {
     /// Public base URL of this API, for links and the catalog.
     pub base_url: String,
     pub compute_driver: &'static str,
+    /// Told after a network write, so the host's network reconciler runs now.
+    pub net_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Builds the router.

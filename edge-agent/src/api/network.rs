@@ -313,6 +313,7 @@ async fn create_network(State(s): State<AppState>, c: Caller, body: Bytes) -> Re
         .into());
     }
     let n = s.store.write(move |w| w.create_network(spec)).await?;
+    s.net_changed.notify_one();
     tracing::info!(network_id = %n.id, kind = n.spec.kind.as_str(), segment = ?n.spec.segmentation_id, "network created");
     created(json!({"network": network_view(&n, &[])}))
 }
@@ -321,6 +322,7 @@ async fn delete_network(State(s): State<AppState>, c: Caller, Path(id): Path<Str
     let sc = scope(&c);
     let gone = id.clone();
     s.store.write(move |w| w.delete_network(&id, &sc)).await?;
+    s.net_changed.notify_one();
     tracing::info!(network_id = %gone, "network deleted");
     no_content()
 }
@@ -355,6 +357,7 @@ async fn create_subnet(State(s): State<AppState>, c: Caller, body: Bytes) -> Rep
         .into_spec(&c.0.project_id)?;
     let sc = scope(&c);
     let sub = s.store.write(move |w| w.create_subnet(spec, &sc)).await?;
+    s.net_changed.notify_one();
     tracing::info!(subnet_id = %sub.id, cidr = %String::from(sub.spec.cidr), network_id = %sub.spec.network_id, "subnet created");
     created(json!({"subnet": subnet_view(&sub)}))
 }
@@ -362,6 +365,7 @@ async fn create_subnet(State(s): State<AppState>, c: Caller, body: Bytes) -> Rep
 async fn delete_subnet(State(s): State<AppState>, c: Caller, Path(id): Path<String>) -> Reply {
     let sc = scope(&c);
     s.store.write(move |w| w.delete_subnet(&id, &sc)).await?;
+    s.net_changed.notify_one();
     no_content()
 }
 

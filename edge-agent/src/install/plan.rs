@@ -4,8 +4,8 @@
 //! machine, so every decision is unit-tested.
 
 use roost_common::config::{
-    AccelChoice, ComputeDriverKind, LibvirtSection, SiteConfig, SiteSection, UplinkSection,
-    Validate,
+    AccelChoice, ComputeDriverKind, LibvirtSection, NetworkSection, ProviderKind, SiteConfig,
+    SiteSection, UplinkSection, Validate,
 };
 use roost_common::model::HostSpec;
 
@@ -566,7 +566,7 @@ pub fn libvirt_uri(i: &Install, f: &Facts) -> (String, String) {
 }
 
 /// The agent config: what the install owns (site, API, region, compute,
-/// this host) over what an earlier config has (flavors, images, other
+/// network, this host) over what an earlier config has (flavors, images, other
 /// hosts, scheduler weights and anything an operator added stay).
 pub fn desired_config(
     i: &Install,
@@ -607,6 +607,7 @@ pub fn desired_config(
         flavors: Vec::new(),
         images: Vec::new(),
         region: None,
+        network: None,
     });
     c.site.id = i.site_id.clone();
     c.site.name = i.site_name.clone();
@@ -631,6 +632,29 @@ pub fn desired_config(
         Some(h) => *h = this_host,
         None => c.hosts.push(this_host),
     }
+    // Tenant networks: VXLAN over the overlay provider's interface (or the
+    // management one), VLAN networks on their provider's interface; an
+    // operator's period is kept.
+    let underlay = i
+        .net
+        .providers
+        .iter()
+        .find(|p| p.kind == ProviderKind::Vxlan)
+        .map_or(mgmt.interface.clone(), |p| p.interface.clone());
+    let physnets = i
+        .net
+        .providers
+        .iter()
+        .filter(|p| p.kind != ProviderKind::Vxlan)
+        .map(|p| (p.name.clone(), p.interface.clone()))
+        .collect();
+    let period_secs = c.network.as_ref().map_or(10, |n| n.period_secs);
+    c.network = Some(NetworkSection {
+        host: f.hostname.clone(),
+        underlay: mgmt.address.is_ipv4().then_some(underlay),
+        physnets,
+        period_secs,
+    });
     let controller = std::net::SocketAddr::new(i.controller_ip, quic_port);
     c.region = Some(UplinkSection {
         name: region.to_string(),
@@ -833,8 +857,8 @@ fn steps(i: &Install, f: &Facts, config: &SiteConfig, enrollment: &Enrollment) -
 pub fn config_yaml(c: &SiteConfig) -> String {
     format!(
         "# Written by roost-agent install. A later install rewrites site, api,\n\
-         # region, compute and this host's entry and keeps the rest (flavors,\n\
-         # images, other hosts). Fields: site-configs/README.md.\n{}",
+         # region, compute, network and this host's entry and keeps the rest\n\
+         # (flavors, images, other hosts). Fields: site-configs/README.md.\n{}",
         serde_yaml::to_string(c).expect("a config serializes")
     )
 }
@@ -968,6 +992,11 @@ mod tests {
             "qemu:///embed?root=/var/lib/roost/agent/libvirt"
         );
         assert_eq!(c.compute.libvirt.accel, AccelChoice::Auto);
+        let n = c.network.unwrap();
+        assert_eq!(
+            (n.host.as_str(), n.underlay.as_deref()),
+            ("node-1", Some("eno1"))
+        );
     }
 
     #[test]

@@ -1,0 +1,432 @@
+//! The network reconciler against the real kernel: two hosts of one site
+//! are two network namespaces joined by a veth (the underlay); each runs
+//! the reconciler on the same store, which makes the bridges and the VXLAN
+//! tunnel between them. Guests are namespaces plugged into the bridges as
+//! libvirt plugs a tap (a veth whose host end joins the bridge), with
+//! their port's MAC and address. Real UDP between them proves what
+//! reaches what.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use roost_common::api::{NetworkCreateBody, PortCreateBody, SubnetCreateBody};
+use roost_common::config::{self, SiteConfig};
+use roost_common::model::{Network, Port};
+use roost_edge_agent::network::plan::{bridge_name, HostNet};
+use roost_edge_agent::network::{netlink::Netlink, Reconciler};
+use roost_edge_agent::store::Store;
+use serde_json::json;
+
+const SITE: &str = "site: {id: net-kernel, name: Net kernel}\nhosts:\n  - {name: c0, roles: [compute], vcpus: 4, ram_mb: 8192, disk_gb: 100}\n";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Namespaces made by this test, removed when dropped.
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn add(&mut self, name: &str) -> String {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        ip(&["netns", "add", name]);
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        self.0.push(name.to_string());
+        name.to_string()
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+fn inside<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).expect("open the namespace");
+        rustix::thread::move_into_link_name_space(
+            fd.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// One reconciler pass for `host`, inside namespace `ns`.
+fn pass(ns: &str, store: &Store, host: &HostNet) -> roost_edge_agent::network::Pass {
+    let r = Reconciler {
+        store: store.clone(),
+        host: host.clone(),
+        changed: Default::default(),
+        period: Duration::from_secs(10),
+    };
+    inside(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let nl = Netlink::open().expect("netlink");
+            r.pass(&nl).await.expect("pass")
+        })
+    })
+}
+
+/// Plugs a guest into `bridge` on host `host_ns`, with the port's MAC and
+/// address, as libvirt plugs a tap.
+fn plug(guests: &mut Namespaces, host_ns: &str, guest: &str, bridge: &str, port: &Port) {
+    let g = guests.add(guest);
+    let host_end = format!("t{}", &guest[guest.len() - 6..]);
+    ip(&[
+        "-n", host_ns, "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
+        &g,
+    ]);
+    ip(&[
+        "-n", host_ns, "link", "set", &host_end, "master", bridge, "up",
+    ]);
+    ip(&[
+        "-n",
+        &g,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        &port.status.mac_address,
+        "up",
+    ]);
+    let addr = format!("{}/24", port.status.fixed_ips[0].ip_address);
+    ip(&["-n", &g, "addr", "add", &addr, "dev", "eth0"]);
+}
+
+/// A UDP echo in `ns` on `at`, answering up to `n` datagrams.
+fn echo(ns: &str, at: SocketAddr) -> std::thread::JoinHandle<()> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        rustix::thread::move_into_link_name_space(
+            fd.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap();
+        let s = UdpSocket::bind(at).expect("bind the echo");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    })
+}
+
+/// Whether `to` answers from inside `ns` (a few tries: ARP and the
+/// bridges' learning take a moment).
+fn reaches(ns: &str, to: SocketAddr) -> bool {
+    inside(ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        (0..4).any(|_| {
+            let _ = s.send_to(b"roost", to);
+            matches!(s.recv_from(&mut buf), Ok((5, _)))
+        })
+    })
+}
+
+async fn create_network(store: &Store) -> Network {
+    let spec = serde_json::from_value::<NetworkCreateBody>(json!({"network": {"name": "n"}}))
+        .unwrap()
+        .network
+        .into_spec("p")
+        .unwrap();
+    store.write(move |w| w.create_network(spec)).await.unwrap()
+}
+
+async fn create_subnet(store: &Store, net: &str, cidr: &str, gateway: bool) {
+    let mut body = json!({"network_id": net, "cidr": cidr});
+    if !gateway {
+        body["gateway_ip"] = serde_json::Value::Null;
+    }
+    let spec = serde_json::from_value::<SubnetCreateBody>(json!({ "subnet": body }))
+        .unwrap()
+        .subnet
+        .into_spec("p")
+        .unwrap();
+    store
+        .write(move |w| w.create_subnet(spec, &None))
+        .await
+        .unwrap();
+}
+
+async fn create_port(store: &Store, net: &str, ip: &str) -> Port {
+    let spec = serde_json::from_value::<PortCreateBody>(
+        json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": ip}]}}),
+    )
+    .unwrap()
+    .port
+    .into_spec("p")
+    .unwrap();
+    store
+        .write(move |w| w.create_port(spec, &None))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_one_network_across_vxlan_another_network_apart() {
+    let tag = std::process::id() % 100_000;
+    let mut ns = Namespaces(Vec::new());
+    let (h1, h2) = (ns.add(&format!("rk{tag}h1")), ns.add(&format!("rk{tag}h2")));
+    // The underlay: a veth between the two hosts.
+    ip(&[
+        "-n", &h1, "link", "add", "under", "type", "veth", "peer", "name", "under", "netns", &h2,
+    ]);
+    for (h, a) in [(&h1, "172.31.0.1/24"), (&h2, "172.31.0.2/24")] {
+        ip(&["-n", h, "addr", "add", a, "dev", "under"]);
+        ip(&["-n", h, "link", "set", "under", "up"]);
+    }
+    let vtep = |last: u8| Ipv4Addr::new(172, 31, 0, last);
+    let host = |me: u8, gateway: bool| HostNet {
+        site_id: "net-kernel".into(),
+        vtep: Some(vtep(me)),
+        underlay: Some("under".into()),
+        peers: vec![vtep(1), vtep(2)],
+        physnets: Default::default(),
+        gateway,
+    };
+    let (host1, host2) = (host(1, true), host(2, false));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg: SiteConfig = config::parse(Path::new("site.yaml"), SITE).unwrap();
+    let store = Store::open(dir.path(), "net-kernel", &cfg).unwrap().0;
+    // Two networks with the same addresses: only L2 keeps them apart (the
+    // second has no gateway: one host cannot hold one address twice).
+    let a = create_network(&store).await;
+    let b = create_network(&store).await;
+    create_subnet(&store, &a.id, "10.50.0.0/24", true).await;
+    create_subnet(&store, &b.id, "10.50.0.0/24", false).await;
+    let a1 = create_port(&store, &a.id, "10.50.0.11").await;
+    let a2 = create_port(&store, &a.id, "10.50.0.12").await;
+    let b1 = create_port(&store, &b.id, "10.50.0.13").await;
+
+    // A bridge someone made by hand, with our prefix: never touched.
+    ip(&["-n", &h1, "link", "add", "rbr-handmade", "type", "bridge"]);
+
+    let p1 = pass(&h1, &store, &host1);
+    let p2 = pass(&h2, &store, &host2);
+    assert!(
+        p1.failed.is_empty() && p2.failed.is_empty(),
+        "{p1:?} {p2:?}"
+    );
+    assert!(p1.applied.len() >= 6, "{p1:?}");
+    // A second pass finds nothing to do.
+    assert_eq!(pass(&h1, &store, &host1).applied, Vec::<String>::new());
+    assert_eq!(pass(&h2, &store, &host2).applied, Vec::<String>::new());
+
+    let (ba, bb) = (bridge_name(&a.id), bridge_name(&b.id));
+    let mut guests = Namespaces(Vec::new());
+    plug(&mut guests, &h1, &format!("rk{tag}ga1"), &ba, &a1);
+    plug(&mut guests, &h2, &format!("rk{tag}ga2"), &ba, &a2);
+    plug(&mut guests, &h2, &format!("rk{tag}gb1"), &bb, &b1);
+    let port = |p: &Port| SocketAddr::new(p.status.fixed_ips[0].ip_address, 7000);
+    let _e1 = echo(&format!("rk{tag}ga2"), port(&a2));
+    let _e2 = echo(&format!("rk{tag}gb1"), port(&b1));
+    let _e3 = echo(&h1, "10.50.0.1:7001".parse().unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+
+    let ga1 = format!("rk{tag}ga1");
+    let ga2 = format!("rk{tag}ga2");
+    assert!(
+        reaches(&ga1, port(&a2)),
+        "same network, other host, over VXLAN"
+    );
+    assert!(
+        reaches(&ga2, "10.50.0.1:7001".parse().unwrap()),
+        "a guest on host 2 reaches its gateway on host 1"
+    );
+    assert!(
+        !reaches(&ga1, port(&b1)),
+        "another network is not reachable"
+    );
+
+    // Drift: the bridge deleted by hand comes back on the next pass, and
+    // the hand-made bridge is still there, untouched.
+    ip(&["-n", &h1, "link", "del", &ba]);
+    let repaired = pass(&h1, &store, &host1);
+    assert!(repaired.applied.len() >= 3, "{repaired:?}");
+    let links = String::from_utf8(
+        Command::new("ip")
+            .args(["-n", &h1, "-br", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(links.contains(&ba), "{links}");
+    assert!(links.contains("rbr-handmade"), "{links}");
+    // The guest's veth went with the bridge; plugged again, traffic flows.
+    ip(&[
+        "-n",
+        &h1,
+        "link",
+        "set",
+        &format!("t{}", &ga1[ga1.len() - 6..]),
+        "master",
+        &ba,
+    ]);
+    assert!(reaches(&ga1, port(&a2)), "after the repair");
+
+    // A network deleted at the site: its devices go from both hosts.
+    let (bid, b1id) = (b.id.clone(), b1.id.clone());
+    store
+        .write(move |w| w.delete_port(&b1id, &None))
+        .await
+        .unwrap();
+    store
+        .write(move |w| w.delete_network(&bid, &None))
+        .await
+        .unwrap();
+    pass(&h1, &store, &host1);
+    pass(&h2, &store, &host2);
+    for h in [&h1, &h2] {
+        let links = String::from_utf8(
+            Command::new("ip")
+                .args(["-n", h, "-br", "link"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        assert!(!links.contains(&bb), "{h}: {links}");
+        assert!(links.contains(&ba), "{h}: {links}");
+    }
+}
+
+fn links(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-d", "-br", "link"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The agent itself, in a namespace, with a `network` section: what the
+/// API records is built on the kernel, repaired when broken by hand and
+/// removed when deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_builds_what_its_api_records_and_repairs_it() {
+    let net = roost_tests::netns::SiteNet::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("site.yaml");
+    let peer = Ipv4Addr::new(
+        net.site_ip.octets()[0],
+        net.site_ip.octets()[1],
+        net.site_ip.octets()[2],
+        20,
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "site: {{id: net-agent, name: Net agent}}\n\
+             hosts:\n\
+             - {{name: h1, roles: [controller, compute], vcpus: 4, ram_mb: 8192, disk_gb: 100, address: {}}}\n\
+             - {{name: h2, roles: [compute], vcpus: 4, ram_mb: 8192, disk_gb: 100, address: {peer}}}\n\
+             network: {{host: h1, underlay: {}, period_secs: 1}}\n",
+            net.site_ip, net.interface
+        ),
+    )
+    .unwrap();
+    ip(&[
+        "-n",
+        &net.name,
+        "link",
+        "add",
+        "rbr-handmade",
+        "type",
+        "bridge",
+    ]);
+    let agent = roost_tests::AgentProcess::start_with(
+        net.command(&roost_tests::binary("roost-agent")),
+        &config,
+        &dir.path().join("data"),
+        &format!("{}:0", net.site_ip),
+    );
+    let api = roost_tests::Api::login(&agent.url).await;
+    let (code, n) = api
+        .post(
+            "/network/v2.0/networks",
+            json!({"network": {"name": "cells"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{n}");
+    let id = n["network"]["id"].as_str().unwrap().to_string();
+    let vni = n["network"]["provider:segmentation_id"].as_u64().unwrap();
+    let (code, s) = api
+        .post(
+            "/network/v2.0/subnets",
+            json!({"subnet": {"network_id": id, "cidr": "10.77.0.0/24"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{s}");
+    let bridge = bridge_name(&id);
+    let vxlan = format!("rvx-{vni}");
+    let within = Duration::from_secs(10);
+    roost_tests::wait_for("the bridge and tunnel built", within, async || {
+        let l = links(&net.name);
+        l.contains(&bridge) && l.contains(&vxlan)
+    })
+    .await;
+    let addrs = Command::new("ip")
+        .args(["-n", &net.name, "-br", "addr", "show", "dev", &bridge])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&addrs.stdout).contains("10.77.0.1/24"),
+        "the gateway"
+    );
+    let fdb = Command::new("bridge")
+        .args(["-n", &net.name, "fdb", "show", "dev", &vxlan])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&fdb.stdout).contains(&format!("00:00:00:00:00:00 dst {peer}")),
+        "a flood entry to the other host: {}",
+        String::from_utf8_lossy(&fdb.stdout)
+    );
+
+    // Deleted by hand: back within the period.
+    ip(&["-n", &net.name, "link", "del", &bridge]);
+    roost_tests::wait_for("the bridge rebuilt", within, async || {
+        links(&net.name).contains(&bridge)
+    })
+    .await;
+
+    // Deleted through the API: gone from the kernel; the hand-made bridge stays.
+    assert_eq!(
+        api.delete(&format!("/network/v2.0/networks/{id}")).await.0,
+        204
+    );
+    roost_tests::wait_for("the devices removed", within, async || {
+        let l = links(&net.name);
+        !l.contains(&bridge) && !l.contains(&vxlan)
+    })
+    .await;
+    assert!(links(&net.name).contains("rbr-handmade"));
+    drop(agent);
+}
