@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use crate::model::{
     AllocationPool, Cidr, Direction, FixedIpRequest, FlavorSpec, GroupPolicy, NetworkKind,
-    NetworkSpec, PortSpec, SecurityGroupRuleSpec, SecurityGroupSpec, ServerGroupSpec, SubnetSpec,
+    NetworkSpec, NicRequest, PortSpec, SecurityGroupRuleSpec, SecurityGroupSpec, ServerGroupSpec,
+    SubnetSpec,
 };
 use crate::validate::FieldError;
 
@@ -157,7 +158,90 @@ impl FlavorRef {
     }
 }
 
+/// The NICs a server create asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nics {
+    /// `networks` absent or `"auto"`: the project's one network, if it has
+    /// exactly one.
+    Auto,
+    /// `"none"`.
+    None,
+    List(Vec<NicRequest>),
+}
+
 impl ServerCreate {
+    /// Reads `networks`: `"auto"`, `"none"`, or a list of `{"uuid"[,
+    /// "fixed_ip"]}` and `{"port"}`.
+    pub fn nics(&self) -> Result<Nics, FieldError> {
+        let v = match &self.networks {
+            None => return Ok(Nics::Auto),
+            Some(serde_json::Value::String(s)) if s == "auto" => return Ok(Nics::Auto),
+            Some(serde_json::Value::String(s)) if s == "none" => return Ok(Nics::None),
+            Some(v) => v,
+        };
+        let items = v.as_array().ok_or_else(|| {
+            FieldError::new(
+                "server.networks",
+                v,
+                "must be \"auto\", \"none\" or a list of {\"uuid\"} or {\"port\"}",
+            )
+        })?;
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("server.networks[{i}]");
+            let text = |k: &str| {
+                item.get(k)
+                    .and_then(|v| v.as_str())
+                    .filter(|s| !s.is_empty())
+            };
+            let known = item.as_object().is_some_and(|o| {
+                o.keys()
+                    .all(|k| ["uuid", "port", "fixed_ip", "tag"].contains(&k.as_str()))
+            });
+            if !known {
+                return Err(FieldError::new(
+                    field,
+                    item,
+                    "must be an object with uuid (and fixed_ip) or port",
+                ));
+            }
+            out.push(match (text("uuid"), text("port"), text("fixed_ip")) {
+                (Some(net), None, ip) => {
+                    crate::ids::check_uuid(&format!("{field}.uuid"), net)?;
+                    let fixed_ip = ip
+                        .map(|ip| {
+                            ip.parse().map_err(|_| {
+                                FieldError::new(
+                                    format!("{field}.fixed_ip"),
+                                    ip,
+                                    "must be an IP address",
+                                )
+                            })
+                        })
+                        .transpose()?;
+                    NicRequest::Network {
+                        id: net.to_string(),
+                        fixed_ip,
+                    }
+                }
+                (None, Some(port), None) => {
+                    crate::ids::check_uuid(&format!("{field}.port"), port)?;
+                    NicRequest::Port {
+                        id: port.to_string(),
+                    }
+                }
+                _ => {
+                    return Err(FieldError::new(
+                        field,
+                        item,
+                        "must name a network (uuid, with fixed_ip if wanted) or a port, not both",
+                    ))
+                }
+            });
+        }
+        Ok(Nics::List(out))
+    }
+
     /// Refuses what the request asks for that Roost does not do yet, so it
     /// is never silently ignored.
     pub fn check_supported(&self) -> Result<(), FieldError> {
@@ -186,17 +270,7 @@ impl ServerCreate {
         if self.image_ref.as_deref().is_none_or(str::is_empty) {
             return Err(FieldError::missing("server.imageRef"));
         }
-        match &self.networks {
-            None => {}
-            Some(serde_json::Value::String(s)) if s == "auto" || s == "none" => {}
-            Some(v) => {
-                return Err(FieldError::new(
-                    "server.networks",
-                    v,
-                    "only \"auto\" or \"none\" until site networking lands; leave it out",
-                ))
-            }
-        }
+        self.nics()?;
         if let Some(v) = &self.security_groups {
             let only_default = v.as_array().is_some_and(|groups| {
                 groups
@@ -620,6 +694,7 @@ impl PortCreate {
             security_groups: self.security_groups,
             admin_state_up: self.admin_state_up,
             deleted: false,
+            created_for_device: false,
         };
         spec.validate().map_err(|e| e.at("port"))?;
         Ok(spec)

@@ -198,6 +198,14 @@ fn server_spec(
     req: &ServerCreate,
 ) -> Result<(ServerSpec, FlavorSpec), Refused> {
     req.check_supported()?;
+    if let roost_common::api::Nics::List(_) = req.nics()? {
+        return Err(FieldError::new(
+            "server.networks",
+            "a list",
+            "names a site's own networks or ports, which the region does not know yet: leave it out or say \"none\"",
+        )
+        .into());
+    }
     if let Some(az) = req.availability_zone.as_deref().filter(|a| !a.is_empty()) {
         return Err(FieldError::new(
             "server.availability_zone",

@@ -137,6 +137,53 @@ async fn networks_subnets_ports_and_groups_through_the_neutron_api() {
         "refusals made no port"
     );
 
+    // A server on the network: its port is made in its create, shows in
+    // its addresses, and goes with it.
+    let image = "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98";
+    let (code, srv) = api
+        .post(
+            "/compute/v2.1/servers",
+            json!({"server": {"name": "cam-1", "flavorRef": "1", "imageRef": image,
+                              "networks": [{"uuid": net_id, "fixed_ip": "192.168.40.77"}]}}),
+        )
+        .await;
+    assert_eq!(code, 202, "{srv}");
+    let sid = srv["server"]["id"].as_str().unwrap().to_string();
+    let (_, shown) = api.get(&format!("/compute/v2.1/servers/{sid}")).await;
+    let addr = &shown["server"]["addresses"]["plant-floor"][0];
+    assert_eq!(addr["addr"], "192.168.40.77", "{shown}");
+    assert_eq!(addr["version"], 4);
+    let (_, nics) = api.get(&format!("/network/v2.0/ports?device_id={sid}")).await;
+    assert_eq!(nics["ports"][0]["device_owner"], "compute:nova");
+    assert_eq!(nics["ports"][0]["mac_address"], addr["OS-EXT-IPS-MAC:mac_addr"]);
+    // A NIC that cannot be had refuses the whole create.
+    let (code, e) = api
+        .post(
+            "/compute/v2.1/servers",
+            json!({"server": {"name": "cam-2", "flavorRef": "1", "imageRef": image,
+                              "networks": [{"uuid": net_id, "fixed_ip": "192.168.40.77"}]}}),
+        )
+        .await;
+    assert_eq!(code, 409, "{e}");
+    // Two networks: Nova's "auto" cannot choose.
+    let (_, other) = api
+        .post("/network/v2.0/networks", json!({"network": {"name": "other"}}))
+        .await;
+    let (code, e) = api
+        .post(
+            "/compute/v2.1/servers",
+            json!({"server": {"name": "cam-3", "flavorRef": "1", "imageRef": image}}),
+        )
+        .await;
+    assert_eq!(code, 409, "{e}");
+    assert!(e.to_string().contains("Multiple possible networks found"), "{e}");
+    let other_id = other["network"]["id"].as_str().unwrap().to_string();
+    assert_eq!(api.delete(&format!("/network/v2.0/networks/{other_id}")).await.0, 204);
+    assert_eq!(api.delete(&format!("/compute/v2.1/servers/{sid}")).await.0, 204);
+    api.wait_status(&sid, "GONE", std::time::Duration::from_secs(20)).await;
+    let (_, nics) = api.get(&format!("/network/v2.0/ports?device_id={sid}")).await;
+    assert_eq!(nics["ports"], json!([]), "the server's port went with it");
+
     // Clean up in order; addresses and ids are gone with them.
     assert_eq!(
         api.delete(&format!("/network/v2.0/ports/{port_id}"))

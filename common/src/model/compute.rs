@@ -346,6 +346,24 @@ pub struct ServerSpec {
     /// Set by a delete request; the reconciler removes the server.
     pub deleted: bool,
     pub metadata: BTreeMap<String, String>,
+    /// The NICs asked for at create (Nova's `networks`), in order; the site
+    /// makes or binds a port for each, in the create's transaction.
+    #[serde(default)]
+    pub networks: Vec<NicRequest>,
+}
+
+/// One NIC asked for at server create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NicRequest {
+    /// A new port on this network (with this address, if given).
+    Network {
+        id: String,
+        #[serde(default)]
+        fixed_ip: Option<std::net::IpAddr>,
+    },
+    /// An existing, unbound port.
+    Port { id: String },
 }
 
 impl ServerSpec {
@@ -372,6 +390,7 @@ impl ServerSpec {
             rebuild_generation: 0,
             deleted: false,
             metadata: BTreeMap::new(),
+            networks: Vec::new(),
         }
     }
 }

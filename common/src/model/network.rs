@@ -415,6 +415,10 @@ pub struct PortSpec {
     #[serde(default = "yes")]
     pub admin_state_up: bool,
     pub deleted: bool,
+    /// Made by a server create for that server (deleted with it), rather
+    /// than made on its own and bound (unbound when the server goes).
+    #[serde(default)]
+    pub created_for_device: bool,
 }
 
 /// Checks a MAC address: six hex pairs, unicast.

@@ -9,8 +9,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use roost_common::api::{ServerAction, ServerCreateBody};
-use roost_common::model::ServerSpec;
+use roost_common::api::{Nics, ServerAction, ServerCreateBody};
+use roost_common::model::{NicRequest, ServerSpec};
 use roost_common::FieldError;
 
 use super::{accepted, parse_body, views, ApiError, AppState, Caller};
@@ -119,8 +119,10 @@ async fn list_servers(
     let q = params.query(caller)?;
     let limit = q.limit;
     let servers = s.store.servers(q).await?;
-    let mut body =
-        json!({"servers": servers.iter().map(|v| render(&s.base_url, v)).collect::<Vec<_>>()});
+    let mut items: Vec<serde_json::Value> =
+        servers.iter().map(|v| render(&s.base_url, v)).collect();
+    fill_addresses(s, &mut items).await?;
+    let mut body = json!({ "servers": items });
     if let (Some(limit), Some(last)) = (limit, servers.last()) {
         if servers.len() == limit {
             body["servers_links"] =
@@ -174,7 +176,67 @@ async fn show(
         .await?
         .filter(|v| caller.scope().is_none_or(|p| p == v.spec.project_id))
         .ok_or_else(|| ApiError::not_found(format!("Instance {id} could not be found.")))?;
-    Ok(Json(json!({"server": views::server(&s.base_url, &server)})))
+    let mut items = vec![views::server(&s.base_url, &server)];
+    fill_addresses(&s, &mut items).await?;
+    Ok(Json(json!({"server": items.remove(0)})))
+}
+
+/// Nova's `addresses` of rendered servers that have that field: per
+/// network name, each port's addresses with version and MAC.
+async fn fill_addresses(s: &AppState, items: &mut [serde_json::Value]) -> Result<(), ApiError> {
+    if !items.iter().any(|i| i.get("addresses").is_some()) {
+        return Ok(());
+    }
+    let (ports, networks) = s
+        .store
+        .read(|c| {
+            use crate::store::network::read;
+            Ok((
+                read::ports(c, &None, None, None)?,
+                read::networks(c, &None)?,
+            ))
+        })
+        .await?;
+    let name = |id: &str| {
+        networks
+            .iter()
+            .find(|n| n.id == id)
+            .map_or(id.to_string(), |n| {
+                if n.spec.name.is_empty() {
+                    n.id.clone()
+                } else {
+                    n.spec.name.clone()
+                }
+            })
+    };
+    for item in items.iter_mut() {
+        let Some(id) = item["id"].as_str().map(str::to_string) else {
+            continue;
+        };
+        let mut addresses = serde_json::Map::new();
+        for p in ports
+            .iter()
+            .filter(|p| p.spec.device_id.as_deref() == Some(id.as_str()))
+        {
+            let list = addresses
+                .entry(name(&p.spec.network_id))
+                .or_insert_with(|| json!([]));
+            for f in &p.status.fixed_ips {
+                if let Some(l) = list.as_array_mut() {
+                    l.push(json!({
+                        "addr": f.ip_address,
+                        "version": if f.ip_address.is_ipv4() { 4 } else { 6 },
+                        "OS-EXT-IPS:type": "fixed",
+                        "OS-EXT-IPS-MAC:mac_addr": p.status.mac_address,
+                    }));
+                }
+            }
+        }
+        if item.get("addresses").is_some() {
+            item["addresses"] = serde_json::Value::Object(addresses);
+        }
+    }
+    Ok(())
 }
 
 /// The last path segment of a reference that may be a URL.
@@ -210,10 +272,34 @@ async fn create(
         }
         Some(az) => Some(az.to_string()),
     };
+    let networks =
+        match req.nics()? {
+            Nics::None => Vec::new(),
+            Nics::List(l) => l,
+            // Nova's rule: the project's network if it has exactly one.
+            Nics::Auto => {
+                let project = Some(caller.0.project_id.clone());
+                let nets = s
+                    .store
+                    .read(move |c| crate::store::network::read::networks(c, &project))
+                    .await?;
+                match nets.as_slice() {
+                    [] => Vec::new(),
+                    [one] => vec![NicRequest::Network {
+                        id: one.id.clone(),
+                        fixed_ip: None,
+                    }],
+                    _ => return Err(ApiError::conflict(
+                        "Multiple possible networks found, use a Network ID to be more specific.",
+                    )),
+                }
+            }
+        };
     let spec = ServerSpec {
         availability_zone,
         server_group: hints.group,
         metadata: req.metadata,
+        networks,
         ..ServerSpec::new(
             req.name,
             caller.0.project_id.clone(),

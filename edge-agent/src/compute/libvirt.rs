@@ -26,8 +26,9 @@ use virt::sys;
 use roost_common::config::{AccelChoice, LibvirtSection};
 use roost_common::model::{DiskFormat, PowerIntent, PowerState};
 
-use super::domain::{self, Accel, CpuMode, DirectBoot, DomainSpec};
+use super::domain::{self, Accel, CpuMode, DirectBoot, DomainSpec, Nic};
 use super::{ComputeDriver, DriverAction, DriverError, Guest, Observed};
+use crate::network::plan::tap_name;
 
 /// Why the driver could not start.
 #[derive(Debug, thiserror::Error)]
@@ -327,7 +328,15 @@ impl Libvirt {
             memory_mib: flavor.spec.ram_mb,
             root_disk,
             volumes: Vec::new(),
-            nics: Vec::new(),
+            nics: guest
+                .ports
+                .iter()
+                .map(|p| Nic {
+                    bridge: crate::network::plan::bridge_name(&p.spec.network_id),
+                    tap: tap_name(&p.id),
+                    mac: p.status.mac_address.clone(),
+                })
+                .collect(),
             console_log: self.instance_dir(&guest.server.id).join("console.log"),
             direct_boot,
         })
@@ -549,6 +558,7 @@ mod tests {
         let server: Server =
             Resource::new(ServerSpec::new("plc", "p", "u", "1", image.id.clone()), now);
         Guest {
+            ports: Vec::new(),
             server,
             flavor: Some(flavor),
             image: Some(image),
@@ -614,6 +624,35 @@ mod tests {
         assert_eq!(d.apply(&g, DriverAction::Destroy), Ok(PowerState::NoState));
         assert_eq!(listed(&d, &id), None);
         assert!(!disk.parent().unwrap().exists(), "instance dir removed");
+        assert_eq!(d.apply(&g, DriverAction::Destroy), Ok(PowerState::NoState));
+    }
+
+    #[test]
+    fn a_servers_ports_are_its_nics_on_their_networks_bridges() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = driver(tmp.path(), "site-n");
+        let mut g = guest(None);
+        let spec: roost_common::model::PortSpec = serde_json::from_value(serde_json::json!({
+            "name": "", "project_id": "p", "network_id": "3f0c3b4e-2c4d-4f59-9a7e-3f1e8b2d7c10",
+            "fixed_ips": [], "device_id": g.server.id, "device_owner": "compute:nova",
+            "security_groups": null, "deleted": false}))
+        .unwrap();
+        let mut port: roost_common::model::Port = Resource::new(spec, chrono::Utc::now());
+        port.status.mac_address = "fa:16:3e:00:00:2a".into();
+        g.ports = vec![port.clone()];
+        assert_eq!(d.apply(&g, DriverAction::Spawn), Ok(PowerState::Running));
+        let xml = d
+            .lookup(&g.server.id)
+            .unwrap()
+            .unwrap()
+            .get_xml_desc(0)
+            .unwrap();
+        assert!(xml.contains("<source bridge='rbr-3f0c3b4e2c4'/>"), "{xml}");
+        assert!(
+            xml.contains(&format!("<target dev='{}'/>", tap_name(&port.id))),
+            "{xml}"
+        );
+        assert!(xml.contains("<mac address='fa:16:3e:00:00:2a'/>"), "{xml}");
         assert_eq!(d.apply(&g, DriverAction::Destroy), Ok(PowerState::NoState));
     }
 

@@ -36,6 +36,8 @@ pub struct Guest {
     pub server: Server,
     pub flavor: Option<Flavor>,
     pub image: Option<Image>,
+    /// The server's ports, in the order it asked for them (its NICs).
+    pub ports: Vec<roost_common::model::Port>,
 }
 
 /// A domain a driver found that Roost made for this site.

@@ -223,17 +223,24 @@ impl Reconciler {
                 };
                 // Flavor and image are read only for an action that may
                 // (re)build the domain: stop and delete never need them.
-                let (flavor, image) = if action.may_build() {
+                let (flavor, image, ports) = if action.may_build() {
+                    let sid = server.id.clone();
                     (
                         self.store.flavor(server.spec.flavor_id.clone()).await?,
                         self.store.image(server.spec.image_id.clone()).await?,
+                        self.store
+                            .read(move |c| {
+                                crate::store::network::read::ports(c, &None, None, Some(&sid))
+                            })
+                            .await?,
                     )
                 } else {
-                    (None, None)
+                    (None, None, Vec::new())
                 };
                 let guest = Guest {
                     flavor,
                     image,
+                    ports,
                     server,
                 };
                 let driver = self.driver.clone();

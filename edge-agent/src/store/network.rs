@@ -13,9 +13,9 @@ use std::net::IpAddr;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use roost_common::model::{
-    ip_from_number, ip_number, Direction, FixedIp, Network, NetworkKind, NetworkSpec, Port,
-    PortSpec, Resource, SecurityGroup, SecurityGroupRule, SecurityGroupRuleSpec, SecurityGroupSpec,
-    Subnet, SubnetSpec,
+    ip_from_number, ip_number, Direction, FixedIp, FixedIpRequest, Network, NetworkKind,
+    NetworkSpec, NicRequest, Port, PortSpec, Resource, SecurityGroup, SecurityGroupRule,
+    SecurityGroupRuleSpec, SecurityGroupSpec, Subnet, SubnetSpec,
 };
 use roost_common::FieldError;
 
@@ -27,6 +27,8 @@ const VNI_FIRST: u32 = 1000;
 const VLAN_FIRST: u32 = 100;
 /// The OUI Neutron gives ports (`base_mac`).
 const MAC_PREFIX: &str = "fa:16:3e";
+/// `device_owner` of a server's ports, as Nova sets it.
+pub const COMPUTE_OWNER: &str = "compute:nova";
 
 /// Who may see what: `None` is an admin (everything).
 pub type Scope = Option<String>;
@@ -333,6 +335,97 @@ impl WriteCtx<'_> {
             )?;
         }
         Ok(p)
+    }
+
+    /// Makes or binds a port for each NIC a new server asked for, in the
+    /// server's transaction: a NIC that cannot be had fails the create.
+    pub fn attach_nics(
+        &mut self,
+        server_id: &str,
+        project_id: &str,
+        nics: &[NicRequest],
+    ) -> Result<(), WriteError> {
+        let scope: Scope = Some(project_id.to_string());
+        for (i, nic) in nics.iter().enumerate() {
+            let at = |e: WriteError| match e {
+                WriteError::Invalid(mut f) => {
+                    let field = f.field.trim_start_matches("port.");
+                    let field = match field {
+                        "network_id" => "uuid".to_string(),
+                        f if f.starts_with("fixed_ips") => "fixed_ip".to_string(),
+                        f => f.to_string(),
+                    };
+                    f.field = format!("server.networks[{i}].{field}");
+                    WriteError::Invalid(f)
+                }
+                e => e,
+            };
+            match nic {
+                NicRequest::Network { id, fixed_ip } => {
+                    let spec = PortSpec {
+                        name: String::new(),
+                        project_id: project_id.to_string(),
+                        network_id: id.clone(),
+                        fixed_ips: fixed_ip
+                            .iter()
+                            .map(|ip| FixedIpRequest {
+                                subnet_id: None,
+                                ip_address: Some(*ip),
+                            })
+                            .collect(),
+                        mac_address: None,
+                        device_id: Some(server_id.to_string()),
+                        device_owner: Some(COMPUTE_OWNER.to_string()),
+                        security_groups: None,
+                        admin_state_up: true,
+                        deleted: false,
+                        created_for_device: true,
+                    };
+                    self.create_port(spec, &scope).map_err(at)?;
+                }
+                NicRequest::Port { id } => {
+                    let mut p = read::port(self.tx, id, &scope).map_err(|_| {
+                        FieldError::new(
+                            format!("server.networks[{i}].port"),
+                            id,
+                            "must be the id of a port of your project",
+                        )
+                    })?;
+                    if let Some(d) = &p.spec.device_id {
+                        return Err(WriteError::Conflict(format!(
+                            "Port {id} is still in use (bound to {d})."
+                        )));
+                    }
+                    p.spec.device_id = Some(server_id.to_string());
+                    p.spec.device_owner = Some(COMPUTE_OWNER.to_string());
+                    self.tx.execute(
+                        "UPDATE ports SET device_id = ?2, spec = ?3, updated_at = ?4 WHERE id = ?1",
+                        params![id, server_id, json(&p.spec)?, time(&self.now)],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// When a server goes: the ports made for it go (their addresses
+    /// free), ports it was given are unbound.
+    pub fn detach_nics(&mut self, server_id: &str) -> Result<(), WriteError> {
+        let ports = read::ports(self.tx, &None, None, Some(server_id))?;
+        for mut p in ports {
+            if p.spec.created_for_device {
+                self.tx
+                    .execute("DELETE FROM ports WHERE id = ?1", [&p.id])?;
+            } else {
+                p.spec.device_id = None;
+                p.spec.device_owner = None;
+                self.tx.execute(
+                    "UPDATE ports SET device_id = NULL, spec = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![p.id, json(&p.spec)?, time(&self.now)],
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a port; its addresses are free again in the same commit.
@@ -968,6 +1061,119 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(left, 0, "a network's subnets go with it");
+    }
+
+    #[tokio::test]
+    async fn a_server_gets_its_nics_in_its_create_and_gives_them_back() {
+        use roost_common::model::{NicRequest, ServerSpec};
+        let cfg: SiteConfig = config::parse(
+            Path::new("site.yaml"),
+            &format!("{SITE}flavors:\n  - {{name: one, id: '1', vcpus: 1, ram_mb: 256, disk_gb: 1}}\nimages:\n  - {{name: img, id: 11111111-2222-4333-8444-555555555555, disk_format: qcow2}}\n"),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "net-test", &cfg).unwrap().0;
+        let n = network(&store, serde_json::json!({})).await.unwrap();
+        // Two addresses in all.
+        subnet(
+            &store,
+            &n.id,
+            "10.3.0.0/29",
+            serde_json::json!({"allocation_pools": [{"start": "10.3.0.2", "end": "10.3.0.3"}]}),
+        )
+        .await
+        .unwrap();
+        let given = port(&store, &n.id, serde_json::json!({})).await.unwrap();
+        let server = |nics: Vec<NicRequest>| ServerSpec {
+            networks: nics,
+            ..ServerSpec::new("s", "p", "u", "1", "11111111-2222-4333-8444-555555555555")
+        };
+        let servers = |s: &Store| {
+            let s = s.clone();
+            async move {
+                s.read(|c| {
+                    Ok(c.query_row("SELECT COUNT(*) FROM servers", [], |r| r.get::<_, i64>(0))?)
+                })
+                .await
+                .unwrap()
+            }
+        };
+        // One address is left after the given port's: the second
+        // NIC cannot be had, and the whole create is refused.
+        let spec = server(vec![
+            NicRequest::Network {
+                id: n.id.clone(),
+                fixed_ip: None,
+            },
+            NicRequest::Network {
+                id: n.id.clone(),
+                fixed_ip: None,
+            },
+        ]);
+        let e = store
+            .write(move |w| w.create_server(crate::store::NewServer { spec, id: None }))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("No more IP addresses"), "{e}");
+        assert_eq!(servers(&store).await, 0);
+        let left = store
+            .read(|c| read::ports(c, &ADMIN, None, None))
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1, "no port left from the refused create");
+
+        let spec = server(vec![
+            NicRequest::Port {
+                id: given.id.clone(),
+            },
+            NicRequest::Network {
+                id: n.id.clone(),
+                fixed_ip: None,
+            },
+        ]);
+        let s = store
+            .write(move |w| w.create_server(crate::store::NewServer { spec, id: None }))
+            .await
+            .unwrap();
+        let nics = {
+            let sid = s.id.clone();
+            store
+                .read(move |c| read::ports(c, &ADMIN, None, Some(&sid)))
+                .await
+                .unwrap()
+        };
+        assert_eq!(nics.len(), 2);
+        assert!(nics
+            .iter()
+            .all(|p| p.spec.device_owner.as_deref() == Some(COMPUTE_OWNER)));
+        // The given port cannot be bound twice.
+        let spec = server(vec![NicRequest::Port {
+            id: given.id.clone(),
+        }]);
+        let e = store
+            .write(move |w| w.create_server(crate::store::NewServer { spec, id: None }))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, WriteError::Conflict(m) if m.contains("still in use")),
+            "{e}"
+        );
+
+        // The server goes: its own port with it, the given one unbound.
+        let sid = s.id.clone();
+        store.write(move |w| w.remove_server(&sid)).await.unwrap();
+        let left = store
+            .read(|c| read::ports(c, &ADMIN, None, None))
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, given.id);
+        assert_eq!(left[0].spec.device_id, None);
+        let held: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM ip_allocations", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(held, 1, "the made port's address is free again");
     }
 
     #[tokio::test]

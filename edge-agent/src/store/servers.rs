@@ -172,6 +172,7 @@ impl WriteCtx<'_> {
             params![server.id, host, req.usage.vcpus, req.usage.ram_mb, req.usage.disk_gb],
         )?;
         self.claim(&host, &req.usage);
+        self.attach_nics(&server.id, &server.spec.project_id, &server.spec.networks)?;
         self.record_create("servers", &server.id, &server.spec);
         self.record_status("servers", &server.id, &server.status);
         Ok(server)
@@ -323,6 +324,7 @@ impl WriteCtx<'_> {
     /// Removes a deleted server and its claim.
     pub fn remove_server(&mut self, id: &str) -> Result<(), WriteError> {
         self.release_claim(id)?;
+        self.detach_nics(id)?;
         self.tx.execute("DELETE FROM servers WHERE id = ?1", [id])?;
         self.record_gone("servers", id);
         Ok(())
