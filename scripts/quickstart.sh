@@ -27,9 +27,11 @@ GUEST=/var/lib/roost/images/busybox
 ./scripts/guest-image.sh "$GUEST"
 ACCEL=tcg
 [ "$(cat "$GUEST/accel")" = kvm ] && ACCEL=kvm
-# Appended to vehicle-07's config: its servers become libvirt domains.
+# Appended to vehicle-07's config: its servers become libvirt domains, and
+# its networks bridges on this machine (one host: no tunnel to peers; a
+# dnsmasq per network gives guests their addresses).
 real_vms() {
-  printf '\ncompute:\n  driver: libvirt\n  libvirt:\n    uri: "qemu:///embed?root=/var/lib/roost/%s/libvirt"\n    accel: %s\n    cpu_mode: qemu-default\n    shutdown_timeout_secs: 5\n' "$1" "$ACCEL"
+  printf '\ncompute:\n  driver: libvirt\n  libvirt:\n    uri: "qemu:///embed?root=/var/lib/roost/%s/libvirt"\n    accel: %s\n    cpu_mode: qemu-default\n    shutdown_timeout_secs: 5\nnetwork:\n  host: node-0\n' "$1" "$ACCEL"
 }
 
 if [ -n "${SITE:-}" ]; then

@@ -195,6 +195,7 @@ impl Agent {
             &config,
             store.clone(),
             state.net_changed.clone(),
+            &data_dir,
         );
         let (region, uplink) = match &config.region {
             None => (RegionLink::None, None),

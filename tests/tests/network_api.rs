@@ -153,9 +153,14 @@ async fn networks_subnets_ports_and_groups_through_the_neutron_api() {
     let addr = &shown["server"]["addresses"]["plant-floor"][0];
     assert_eq!(addr["addr"], "192.168.40.77", "{shown}");
     assert_eq!(addr["version"], 4);
-    let (_, nics) = api.get(&format!("/network/v2.0/ports?device_id={sid}")).await;
+    let (_, nics) = api
+        .get(&format!("/network/v2.0/ports?device_id={sid}"))
+        .await;
     assert_eq!(nics["ports"][0]["device_owner"], "compute:nova");
-    assert_eq!(nics["ports"][0]["mac_address"], addr["OS-EXT-IPS-MAC:mac_addr"]);
+    assert_eq!(
+        nics["ports"][0]["mac_address"],
+        addr["OS-EXT-IPS-MAC:mac_addr"]
+    );
     // A NIC that cannot be had refuses the whole create.
     let (code, e) = api
         .post(
@@ -167,7 +172,10 @@ async fn networks_subnets_ports_and_groups_through_the_neutron_api() {
     assert_eq!(code, 409, "{e}");
     // Two networks: Nova's "auto" cannot choose.
     let (_, other) = api
-        .post("/network/v2.0/networks", json!({"network": {"name": "other"}}))
+        .post(
+            "/network/v2.0/networks",
+            json!({"network": {"name": "other"}}),
+        )
         .await;
     let (code, e) = api
         .post(
@@ -176,12 +184,26 @@ async fn networks_subnets_ports_and_groups_through_the_neutron_api() {
         )
         .await;
     assert_eq!(code, 409, "{e}");
-    assert!(e.to_string().contains("Multiple possible networks found"), "{e}");
+    assert!(
+        e.to_string().contains("Multiple possible networks found"),
+        "{e}"
+    );
     let other_id = other["network"]["id"].as_str().unwrap().to_string();
-    assert_eq!(api.delete(&format!("/network/v2.0/networks/{other_id}")).await.0, 204);
-    assert_eq!(api.delete(&format!("/compute/v2.1/servers/{sid}")).await.0, 204);
-    api.wait_status(&sid, "GONE", std::time::Duration::from_secs(20)).await;
-    let (_, nics) = api.get(&format!("/network/v2.0/ports?device_id={sid}")).await;
+    assert_eq!(
+        api.delete(&format!("/network/v2.0/networks/{other_id}"))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        api.delete(&format!("/compute/v2.1/servers/{sid}")).await.0,
+        204
+    );
+    api.wait_status(&sid, "GONE", std::time::Duration::from_secs(20))
+        .await;
+    let (_, nics) = api
+        .get(&format!("/network/v2.0/ports?device_id={sid}"))
+        .await;
     assert_eq!(nics["ports"], json!([]), "the server's port went with it");
 
     // Clean up in order; addresses and ids are gone with them.

@@ -76,6 +76,7 @@ fn pass(ns: &str, store: &Store, host: &HostNet) -> roost_edge_agent::network::P
         host: host.clone(),
         changed: Default::default(),
         period: Duration::from_secs(10),
+        dhcp_dir: None,
     };
     inside(ns, move || {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -397,6 +397,7 @@ async fn create_port(State(s): State<AppState>, c: Caller, body: Bytes) -> Reply
         .into_spec(&c.0.project_id)?;
     let sc = scope(&c);
     let p = s.store.write(move |w| w.create_port(spec, &sc)).await?;
+    s.net_changed.notify_one();
     tracing::info!(port_id = %p.id, network_id = %p.spec.network_id, mac = %p.status.mac_address, "port created");
     created(json!({"port": port_view(&p)}))
 }
@@ -404,6 +405,7 @@ async fn create_port(State(s): State<AppState>, c: Caller, body: Bytes) -> Reply
 async fn delete_port(State(s): State<AppState>, c: Caller, Path(id): Path<String>) -> Reply {
     let sc = scope(&c);
     s.store.write(move |w| w.delete_port(&id, &sc)).await?;
+    s.net_changed.notify_one();
     no_content()
 }
 

@@ -313,6 +313,8 @@ async fn create(
         .write(move |w| w.create_server(NewServer { spec, id: None }))
         .await?;
     s.queue.push(&server.id);
+    // Its ports' addresses go to the network's DHCP server now.
+    s.net_changed.notify_one();
     tracing::info!(server_id = %server.id, host = server.status.host.as_deref().unwrap_or(""), "server created");
     let location = format!("{}/compute/v2.1/servers/{}", s.base_url, server.id);
     let body = json!({"server": {

@@ -7,6 +7,7 @@
 //! needs goes. Devices Roost made carry the alias `roost:<site>:<network>`;
 //! nothing without it is touched.
 
+pub mod dhcp;
 pub mod netlink;
 pub mod plan;
 
@@ -29,6 +30,8 @@ pub struct Reconciler {
     pub changed: std::sync::Arc<Notify>,
     /// Time between passes (`network.period_secs`).
     pub period: Duration,
+    /// Where each network's DHCP server keeps its files; `None`: no DHCP.
+    pub dhcp_dir: Option<std::path::PathBuf>,
 }
 
 impl Reconciler {
@@ -38,6 +41,7 @@ impl Reconciler {
         config: &roost_common::config::SiteConfig,
         store: Store,
         changed: std::sync::Arc<Notify>,
+        data_dir: &std::path::Path,
     ) -> Option<Reconciler> {
         let net = config.network.as_ref()?;
         let v4 = |a: &Option<String>| a.as_deref().and_then(|a| a.parse().ok());
@@ -55,6 +59,7 @@ impl Reconciler {
             },
             changed,
             period: Duration::from_secs(net.period_secs),
+            dhcp_dir: Some(data_dir.join("network")),
         })
     }
 }
@@ -66,15 +71,23 @@ pub struct Pass {
     pub applied: Vec<String>,
     pub failed: Vec<String>,
     pub problems: Vec<String>,
+    /// The DHCP servers this host should run.
+    pub dhcp: Vec<dhcp::Dhcp>,
 }
 
 impl Reconciler {
     /// One pass: read the store and the kernel, apply the difference. A step
     /// that fails is logged and the rest still run.
     pub async fn pass(&self, nl: &Netlink) -> Result<Pass, NetError> {
-        let (networks, subnets) = self
+        let (networks, subnets, ports) = self
             .store
-            .read(|c| Ok((read::networks(c, &None)?, read::subnets(c, &None, None)?)))
+            .read(|c| {
+                Ok((
+                    read::networks(c, &None)?,
+                    read::subnets(c, &None, None)?,
+                    read::ports(c, &None, None, None)?,
+                ))
+            })
             .await
             .map_err(|e| NetError::Kernel {
                 what: "read the site's networks".into(),
@@ -84,6 +97,7 @@ impl Reconciler {
         let have = nl.observe().await?;
         let mut out = Pass {
             problems,
+            dhcp: dhcp::desired(&self.host, &want, &networks, &subnets, &ports),
             ..Pass::default()
         };
         for step in plan::diff(&self.host.site_id, &want, &have) {
@@ -111,10 +125,14 @@ impl Reconciler {
             }
         };
         let mut said = Vec::new();
+        let mut servers = self.dhcp_dir.clone().map(dhcp::Servers::new);
         loop {
             match self.pass(&nl).await {
                 Ok(p) => {
                     METRICS.network_steps_failed.set(p.failed.len() as i64);
+                    if let Some(s) = &mut servers {
+                        s.apply(&p.dhcp);
+                    }
                     if p.problems != said {
                         for why in &p.problems {
                             tracing::warn!(problem = %why, "a network is not realised on this host");
@@ -127,7 +145,12 @@ impl Reconciler {
             tokio::select! {
                 _ = tokio::time::sleep(self.period) => {}
                 _ = self.changed.notified() => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    if let Some(s) = &mut servers {
+                        s.stop_all();
+                    }
+                    return;
+                }
             }
         }
     }
