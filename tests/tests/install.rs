@@ -311,11 +311,36 @@ async fn a_fresh_node_joins_its_region_a_rerun_changes_nothing_and_uninstall_lea
     assert_eq!(std::fs::read(&cfg_path).unwrap(), cfg_bytes);
     assert_eq!(w.agent_pid(), Some(new_pid));
 
-    // Uninstall: the agent stops and the root is gone, every file of it.
+    // A network made through the site's API is built in the namespace...
+    let http = reqwest::Client::new();
+    let (_, _, site_token) = auth(&http, &w.api(8790), password.trim()).await;
+    let made = http
+        .post(format!("{}/network/v2.0/networks", w.api(8790)))
+        .header("X-Auth-Token", site_token.unwrap())
+        .json(&serde_json::json!({"network": {"name": "cells"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status().as_u16(), 201);
+    let bridges = || {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &w.net.name, "-br", "link"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).matches("rbr-").count()
+    };
+    wait_for("the site's bridge", Duration::from_secs(15), async || {
+        bridges() == 1
+    })
+    .await;
+
+    // Uninstall: the agent stops and the root is gone, every file of it;
+    // the site's network devices go too.
     let out = w.agent(&["uninstall", "--root", &w.root.display().to_string()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!alive(new_pid), "the agent was stopped");
     assert!(!w.root.exists(), "left behind: {:?}", tree(&w.root));
+    assert_eq!(bridges(), 0, "the site's bridge was removed");
     // A second uninstall has nothing to do and says so.
     let out = w.agent(&["uninstall", "--root", &w.root.display().to_string()]);
     assert!(out.status.success());

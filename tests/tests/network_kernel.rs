@@ -388,19 +388,19 @@ async fn the_agent_builds_what_its_api_records_and_repairs_it() {
     let bridge = bridge_name(&id);
     let vxlan = format!("rvx-{vni}");
     let within = Duration::from_secs(10);
-    roost_tests::wait_for("the bridge and tunnel built", within, async || {
+    // Built in one pass, step by step: wait for the last of them too.
+    let gateway = || {
+        let out = Command::new("ip")
+            .args(["-n", &net.name, "-br", "addr", "show", "dev", &bridge])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("10.77.0.1/24")
+    };
+    roost_tests::wait_for("the bridge, tunnel and gateway built", within, async || {
         let l = links(&net.name);
-        l.contains(&bridge) && l.contains(&vxlan)
+        l.contains(&bridge) && l.contains(&vxlan) && gateway()
     })
     .await;
-    let addrs = Command::new("ip")
-        .args(["-n", &net.name, "-br", "addr", "show", "dev", &bridge])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&addrs.stdout).contains("10.77.0.1/24"),
-        "the gateway"
-    );
     let fdb = Command::new("bridge")
         .args(["-n", &net.name, "fdb", "show", "dev", &vxlan])
         .output()

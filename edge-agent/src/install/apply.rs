@@ -32,6 +32,8 @@ enum Undo {
         mode: u32,
     },
     Disable,
+    /// Stop the unit this run started.
+    StopUnit,
     /// Stop an agent this run started.
     Stop(u32),
 }
@@ -43,6 +45,9 @@ struct Run {
     enabled: bool,
     /// This run spent the join token.
     enrolled: bool,
+    /// This run stopped a running agent to restart it: after a rollback,
+    /// start it again on the restored files (under systemd or not).
+    restart_after: Option<(Layout, bool)>,
 }
 
 impl Run {
@@ -87,9 +92,9 @@ impl Run {
     }
 
     /// Undoes, newest first; says what it did.
-    fn roll_back(self, out: &mut dyn Write) {
+    fn roll_back(mut self, out: &mut dyn Write) {
         let _ = writeln!(out, "\nRolling back what this run did");
-        for u in self.undo.into_iter().rev() {
+        for u in std::mem::take(&mut self.undo).into_iter().rev() {
             let said = match &u {
                 Undo::Remove(p) => {
                     let r = if p.is_dir() {
@@ -108,8 +113,12 @@ impl Run {
                     Err(e) => format!("could not restore {}: {e}", path.display()),
                 },
                 Undo::Disable => {
-                    let _ = systemctl(&["disable", UNIT_NAME]);
+                    let _ = systemctl(&["disable", "--now", UNIT_NAME]);
                     format!("disabled {UNIT_NAME}")
+                }
+                Undo::StopUnit => {
+                    let _ = systemctl(&["stop", UNIT_NAME]);
+                    format!("stopped {UNIT_NAME}")
                 }
                 Undo::Stop(pid) => {
                     stop_pid(*pid);
@@ -117,6 +126,20 @@ impl Run {
                 }
             };
             let _ = writeln!(out, "  {said}");
+        }
+        if let Some((layout, systemd)) = &self.restart_after {
+            let again = if *systemd {
+                systemctl(&["restart", UNIT_NAME]).map(|_| "restarted".to_string())
+            } else {
+                spawn_agent(layout, &mut Run::default()).map(|pid| format!("started (pid {pid})"))
+            };
+            let _ = match again {
+                Ok(how) => writeln!(
+                    out,
+                    "  the agent that ran before: {how} on the restored files"
+                ),
+                Err(e) => writeln!(out, "  could not start the agent that ran before: {e}"),
+            };
         }
     }
 }
@@ -295,11 +318,17 @@ async fn do_step(
                 .and_then(|c| c.api.public_url.clone())
                 .ok_or("no API URL to wait for")?;
             if f.systemd {
+                if *restart {
+                    run.restart_after = Some((l.clone(), true));
+                } else {
+                    run.undo.push(Undo::StopUnit);
+                }
                 systemctl(&[if *restart { "restart" } else { "start" }, UNIT_NAME])?;
                 return wait_serving(&url, None, &l.log).await;
             }
             if let (true, Some(pid)) = (*restart, f.existing.agent_pid) {
                 stop_pid(pid);
+                run.restart_after = Some((l.clone(), false));
             }
             let pid = spawn_agent(l, run)?;
             run.undo.push(Undo::Stop(pid));
@@ -441,6 +470,30 @@ fn guests_under(embed_root: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Removes the network devices the site's agent made on this host (those
+/// with its alias), ports before bridges; their names.
+fn remove_site_links(site_id: &str) -> Result<Vec<String>, String> {
+    use crate::network::plan::{is_ours, Action, Kind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let nl = crate::network::netlink::Netlink::open().map_err(|e| e.to_string())?;
+        let have = nl.observe().await.map_err(|e| e.to_string())?;
+        let mut mine: Vec<_> = have.links.iter().filter(|l| is_ours(site_id, l)).collect();
+        mine.sort_by_key(|l| l.kind == Some(Kind::Bridge));
+        let mut removed = Vec::new();
+        for l in mine {
+            nl.apply(&Action::Delete(l.name.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+            removed.push(l.name.clone());
+        }
+        Ok(removed)
+    })
+}
+
 /// Removes what installs made, as the manifest under `layout` lists it,
 /// and nothing else. `keep_data` keeps the data directory (store,
 /// credential) for a later install.
@@ -479,6 +532,10 @@ pub fn uninstall(
             guests.len()
         ));
     }
+    plan.push(format!(
+        "remove the network devices with the alias roost:{}:",
+        m.site_id
+    ));
     if keep_data {
         plan.push(format!("keep {} (--keep-data)", l.data_dir.display()));
     } else {
@@ -509,6 +566,16 @@ pub fn uninstall(
     for pid in guests_under(&l.embed_root()) {
         stop_pid(pid);
         said(format!("stopped guest QEMU pid {pid}"))?;
+    }
+    match remove_site_links(&m.site_id) {
+        Ok(names) if names.is_empty() => {}
+        Ok(names) => said(format!(
+            "removed the site's network devices: {}",
+            names.join(", ")
+        ))?,
+        Err(e) => said(format!(
+            "warning: cannot remove the site's network devices: {e}"
+        ))?,
     }
     let remove = |p: &Path| -> std::io::Result<bool> {
         let r = if p.is_dir() {

@@ -121,6 +121,26 @@ pub fn hosts_text(d: &Dhcp) -> String {
         .collect()
 }
 
+/// Stops a dnsmasq an earlier agent left in `dir`, if its pid file still
+/// names that dnsmasq (never another process that took the pid since).
+fn stop_stale(dir: &Path) {
+    let conf = dir.join("dnsmasq.conf").display().to_string();
+    let Some(n) = std::fs::read_to_string(dir.join("pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{n}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if cmdline.contains("dnsmasq") && cmdline.contains(&conf) {
+        if let Some(pid) = rustix::process::Pid::from_raw(n) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Running {
     child: Child,
@@ -160,14 +180,29 @@ impl Servers {
             self.stop(&id);
             let _ = std::fs::remove_dir_all(self.dir.join(&id));
         }
+        // Networks deleted while the agent was down: their dnsmasq and files.
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !wanted.contains(&name.as_str()) && !self.running.contains_key(&name) {
+                stop_stale(&e.path());
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         for d in want {
             let dir = self.dir.join(&d.network_id);
             let files = (config_text(d, &dir), hosts_text(d));
-            let alive = self
-                .running
-                .get_mut(&d.network_id)
-                .is_some_and(|r| matches!(r.child.try_wait(), Ok(None)) && r.files == files);
-            if alive {
+            let current = match self.running.get_mut(&d.network_id) {
+                None => false,
+                Some(r) => match r.child.try_wait() {
+                    Ok(None) => r.files == files,
+                    Ok(Some(status)) => {
+                        tracing::warn!(network_id = %d.network_id, %status, "the network's dnsmasq exited; starting it again");
+                        false
+                    }
+                    Err(_) => false,
+                },
+            };
+            if current {
                 continue;
             }
             self.stop(&d.network_id);
@@ -181,15 +216,9 @@ impl Servers {
         std::fs::create_dir_all(dir)?;
         roost_common::files::write_atomic(&dir.join("dnsmasq.conf"), files.0.as_bytes(), 0o600)?;
         roost_common::files::write_atomic(&dir.join("hosts"), files.1.as_bytes(), 0o600)?;
-        // A dnsmasq left by an earlier agent would hold the port.
-        if let Some(pid) = std::fs::read_to_string(dir.join("pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        // A dnsmasq left by an earlier agent (killed with -9) would hold
+        // the port.
+        stop_stale(dir);
         let child = match Command::new("dnsmasq")
             .arg("--keep-in-foreground")
             // Read as root, run as root: the files sit in the agent's
@@ -224,6 +253,7 @@ impl Servers {
         if let Some(mut r) = self.running.remove(id) {
             let _ = r.child.kill();
             let _ = r.child.wait();
+            let _ = std::fs::remove_file(self.dir.join(id).join("pid"));
         }
     }
 

@@ -308,18 +308,19 @@ pub fn diff(site_id: &str, want: &State, have: &State) -> Vec<Action> {
             }
         }
     }
-    let ours: BTreeSet<&str> = have
-        .links
-        .iter()
-        .filter(|l| is_ours(site_id, l))
-        .map(|l| l.name.as_str())
-        .chain(wanted.iter().copied())
-        .collect();
     let foreign: BTreeSet<&str> = have
         .links
         .iter()
         .filter(|l| !is_ours(site_id, l))
         .map(|l| l.name.as_str())
+        .collect();
+    // Ours: marked as ours, or wanted and not held by someone else.
+    let ours: BTreeSet<&str> = have
+        .links
+        .iter()
+        .filter(|l| is_ours(site_id, l))
+        .map(|l| l.name.as_str())
+        .chain(wanted.iter().copied().filter(|n| !foreign.contains(n)))
         .collect();
     for (dev, remote) in want.fdb.difference(&have.fdb) {
         if !foreign.contains(dev.as_str()) {

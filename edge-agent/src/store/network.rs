@@ -232,8 +232,11 @@ impl WriteCtx<'_> {
             }
             None => vec![self.ensure_default_group(&spec.project_id)?],
         };
+        let mut groups = groups;
+        groups.sort();
+        groups.dedup();
         let subnets = subnets_of(self.tx, &n.id)?;
-        let mut fixed = Vec::new();
+        let mut fixed: Vec<FixedIp> = Vec::new();
         if spec.fixed_ips.is_empty() {
             // One address per IP version, from the first subnet of each.
             let mut seen = BTreeSet::new();
@@ -241,7 +244,7 @@ impl WriteCtx<'_> {
                 if seen.insert(s.spec.cidr.ip_version()) {
                     fixed.push(FixedIp {
                         subnet_id: s.id.clone(),
-                        ip_address: allocate(self.tx, s, &n.id)?,
+                        ip_address: allocate(self.tx, s, &n.id, &fixed)?,
                     });
                 }
             }
@@ -286,7 +289,23 @@ impl WriteCtx<'_> {
                 };
                 let ip = match want.ip_address {
                     Some(ip) => {
-                        if subnet.spec.gateway_ip == Some(ip)
+                        let (first, last) = subnet.spec.cidr.bounds();
+                        if subnet.spec.cidr.is_ipv4()
+                            && subnet.spec.cidr.prefix < 31
+                            && [first, last].contains(&ip_number(ip))
+                        {
+                            return Err(FieldError::new(
+                                format!("{field}.ip_address"),
+                                ip,
+                                "must not be the subnet's network or broadcast address",
+                            )
+                            .into());
+                        }
+                        let again = fixed
+                            .iter()
+                            .any(|f| f.subnet_id == subnet.id && f.ip_address == ip);
+                        if again
+                            || subnet.spec.gateway_ip == Some(ip)
                             || address_taken(self.tx, &subnet.id, ip)?
                         {
                             return Err(WriteError::Conflict(format!(
@@ -296,7 +315,7 @@ impl WriteCtx<'_> {
                         }
                         ip
                     }
-                    None => allocate(self.tx, subnet, &n.id)?,
+                    None => allocate(self.tx, subnet, &n.id, &fixed)?,
                 };
                 fixed.push(FixedIp {
                     subnet_id: subnet.id.clone(),
@@ -663,8 +682,14 @@ fn address_taken(c: &Connection, subnet_id: &str, ip: IpAddr) -> Result<bool, St
     .is_some())
 }
 
-/// The lowest free address of the subnet's pools (never the gateway).
-fn allocate(c: &Connection, s: &Subnet, network_id: &str) -> Result<IpAddr, WriteError> {
+/// The lowest free address of the subnet's pools (never the gateway, nor
+/// one `chosen` already for the same port).
+fn allocate(
+    c: &Connection,
+    s: &Subnet,
+    network_id: &str,
+    chosen: &[FixedIp],
+) -> Result<IpAddr, WriteError> {
     let taken: BTreeSet<u128> = {
         let mut stmt = c.prepare_cached("SELECT ip FROM ip_allocations WHERE subnet_id = ?1")?;
         let ips = stmt.query_map([&s.id], |r| r.get::<_, String>(0))?;
@@ -676,6 +701,12 @@ fn allocate(c: &Connection, s: &Subnet, network_id: &str) -> Result<IpAddr, Writ
                 .map_err(|e| StoreError::Corrupt(format!("allocation {ip:?}: {e}")))?;
             set.insert(ip_number(ip));
         }
+        set.extend(
+            chosen
+                .iter()
+                .filter(|f| f.subnet_id == s.id)
+                .map(|f| ip_number(f.ip_address)),
+        );
         set
     };
     let gateway = s.spec.gateway_ip.map(ip_number);
@@ -1010,6 +1041,37 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(gw, WriteError::Conflict(_)));
+        let bcast = port(
+            &store,
+            &n.id,
+            serde_json::json!({"fixed_ips": [{"ip_address": "10.2.0.255"}]}),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            bcast.to_string().contains("network or broadcast"),
+            "{bcast}"
+        );
+        let twice = port(
+            &store,
+            &n.id,
+            serde_json::json!({"fixed_ips": [{"ip_address": "10.2.0.9"}, {"ip_address": "10.2.0.9"}]}),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(twice, WriteError::Conflict(_)), "{twice}");
+        let two = port(&store, &n.id, serde_json::json!({"fixed_ips": [{"subnet_id": p.status.fixed_ips[0].subnet_id}, {"subnet_id": p.status.fixed_ips[0].subnet_id}]}))
+            .await
+            .unwrap();
+        assert_ne!(
+            two.status.fixed_ips[0].ip_address,
+            two.status.fixed_ips[1].ip_address
+        );
+        let tid = two.id.clone();
+        store
+            .write(move |w| w.delete_port(&tid, &ADMIN))
+            .await
+            .unwrap();
         let mac = port(
             &store,
             &n.id,
