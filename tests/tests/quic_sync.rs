@@ -124,10 +124,19 @@ async fn site_and_region_converge_over_quic_through_a_cut() {
     });
 
     let view = |d: &Arc<Mutex<Docs>>| d.lock().unwrap().intent.resource("servers", "s1").unwrap();
+    // The two documents sync in their own messages: wait for both.
+    let status_seen = |d: &Arc<Mutex<Docs>>| {
+        d.lock()
+            .unwrap()
+            .status
+            .get("servers", "s1")
+            .unwrap()
+            .is_some()
+    };
     wait_until(
-        "the region sees the site's server",
+        "the region sees the site's server and its status",
         Duration::from_secs(10),
-        || view(&region_docs).is_some(),
+        || view(&region_docs).is_some() && status_seen(&region_docs),
     )
     .await;
     assert_eq!(
