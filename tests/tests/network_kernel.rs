@@ -362,7 +362,7 @@ async fn the_agent_builds_what_its_api_records_and_repairs_it() {
         "type",
         "bridge",
     ]);
-    let agent = roost_tests::AgentProcess::start_with(
+    let mut agent = roost_tests::AgentProcess::start_with(
         net.command(&roost_tests::binary("roost-agent")),
         &config,
         &dir.path().join("data"),
@@ -429,5 +429,17 @@ async fn the_agent_builds_what_its_api_records_and_repairs_it() {
     })
     .await;
     assert!(links(&net.name).contains("rbr-handmade"));
-    drop(agent);
+    // A clean stop takes the network's DHCP server with it (kill -9 would
+    // leave it to the next start).
+    let status = agent.terminate();
+    assert!(status.success(), "{status}");
+    let left = Command::new("pgrep")
+        .args(["-f", &dir.path().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
