@@ -16,7 +16,8 @@ pub struct SiteNet {
     host_if: String,
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS`, failing the test with ip's own words if it fails.
+pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
         out.status.success(),

@@ -18,19 +18,10 @@ use roost_common::model::{Network, Port};
 use roost_edge_agent::network::plan::{bridge_name, HostNet};
 use roost_edge_agent::network::{netlink::Netlink, Reconciler};
 use roost_edge_agent::store::Store;
+use roost_tests::netns::ip;
 use serde_json::json;
 
 const SITE: &str = "site: {id: net-kernel, name: Net kernel}\nhosts:\n  - {name: c0, roles: [compute], vcpus: 4, ram_mb: 8192, disk_gb: 100}\n";
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Namespaces made by this test, removed when dropped.
 struct Namespaces(Vec<String>);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use roost_common::files::write_atomic;
 
-use super::facts::{running_agent, Facts};
+use super::facts::{alive, running_agent, Facts};
 use super::plan::{Action, Change, Plan};
 use super::{Install, InstallError, Layout, Manifest, UNIT_NAME};
 use crate::store::DB_FILE;
@@ -425,14 +425,6 @@ async fn wait_serving(url: &str, pid: Option<u32>, log: &Path) -> Result<(), Str
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// A process that exists and has not exited (zombies count as gone).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
-        .is_some_and(|r| !r.starts_with('Z'))
 }
 
 fn signal(pid: u32, sig: rustix::process::Signal) {

@@ -231,11 +231,16 @@ pub fn running_agent(pid_file: &Path) -> Option<u32> {
         .parse()
         .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // A zombie has exited; only its parent has not reaped it yet.
-    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
-    let is_agent = String::from_utf8_lossy(&cmdline).contains("roost-agent");
-    (is_agent && state != "Z").then_some(pid)
+    (alive(pid) && String::from_utf8_lossy(&cmdline).contains("roost-agent")).then_some(pid)
+}
+
+/// A process that exists and has not exited (a zombie has: only its
+/// parent has not reaped it yet).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
+        .is_some_and(|r| !r.starts_with('Z'))
 }
 
 fn hostname() -> String {
