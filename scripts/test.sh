@@ -9,6 +9,8 @@ source scripts/setup.sh
 # The tiny bootable guest the compute tests run (from Debian's kernel and
 # busybox packages), and whether this host's KVM can boot it.
 ./scripts/guest-image.sh
+# The stock `openstack` client the OpenStack-compatibility tests drive.
+./scripts/openstack-client.sh
 
 echo "[test] building and running the whole test suite"
 log=$(mktemp)

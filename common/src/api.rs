@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::model::{
-    AllocationPool, Cidr, Direction, FixedIpRequest, FlavorSpec, GroupPolicy, NetworkKind,
-    NetworkSpec, NicRequest, PortSpec, SecurityGroupRuleSpec, SecurityGroupSpec, ServerGroupSpec,
-    SubnetSpec,
+    AllocationPool, Cidr, Direction, DiskFormat, FixedIpRequest, FlavorSpec, GroupPolicy,
+    ImageSpec, NetworkKind, NetworkSpec, NicRequest, PortSpec, SecurityGroupRuleSpec,
+    SecurityGroupSpec, ServerGroupSpec, SubnetSpec, Visibility,
 };
 use crate::validate::FieldError;
 
@@ -139,6 +139,28 @@ pub struct ServerCreate {
     pub config_drive: Option<bool>,
     #[serde(default, rename = "OS-DCF:diskConfig")]
     pub disk_config: Option<String>,
+    /// Nova's block device mappings. The `openstack` client sends one for
+    /// the image even without volumes; only that (an image to a local root
+    /// disk) is taken until volumes land.
+    #[serde(default)]
+    pub block_device_mapping_v2: Option<Vec<BlockDeviceMapping>>,
+}
+
+/// One entry of `block_device_mapping_v2`.
+#[derive(Debug, Deserialize)]
+pub struct BlockDeviceMapping {
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub boot_index: Option<serde_json::Value>,
+    #[serde(default)]
+    pub source_type: Option<String>,
+    #[serde(default)]
+    pub destination_type: Option<String>,
+    #[serde(default)]
+    pub delete_on_termination: Option<bool>,
+    #[serde(default)]
+    pub volume_size: Option<u64>,
 }
 
 /// `flavorRef` is a string in the API, but some clients send a number.
@@ -170,6 +192,58 @@ pub enum Nics {
 }
 
 impl ServerCreate {
+    /// The image the server boots from: `imageRef`, or the image of a
+    /// block device mapping that puts an image on a local root disk (what
+    /// the `openstack` client sends). A mapping to or from a volume is
+    /// refused, naming the entry, until the site has volumes.
+    pub fn image_id(&self) -> Result<String, FieldError> {
+        let from_ref = self
+            .image_ref
+            .as_deref()
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let r = r.trim_end_matches('/');
+                r.rsplit('/').next().unwrap_or(r).to_string()
+            });
+        let mut from_bdm = None;
+        for (i, m) in self.block_device_mapping_v2.iter().flatten().enumerate() {
+            let field = format!("server.block_device_mapping_v2[{i}]");
+            let boot0 = match &m.boot_index {
+                Some(serde_json::Value::Number(n)) => n.as_i64() == Some(0),
+                Some(serde_json::Value::String(s)) => s == "0",
+                _ => false,
+            };
+            let kind = (m.source_type.as_deref(), m.destination_type.as_deref());
+            match (kind, m.uuid.as_deref()) {
+                ((Some("image"), Some("local") | None), Some(uuid)) if boot0 => {
+                    crate::ids::check_uuid(&format!("{field}.uuid"), uuid)?;
+                    from_bdm = Some(uuid.to_string());
+                }
+                _ => {
+                    return Err(FieldError::new(
+                        field,
+                        format!(
+                            "source_type {}, destination_type {}",
+                            kind.0.unwrap_or("null"),
+                            kind.1.unwrap_or("null")
+                        ),
+                        "only an image on the local root disk (boot_index 0) is supported: volumes and swap or ephemeral disks are not available at this site yet",
+                    ))
+                }
+            }
+        }
+        match (from_ref, from_bdm) {
+            (Some(r), Some(b)) if r != b => Err(FieldError::new(
+                "server.block_device_mapping_v2[0].uuid",
+                b,
+                format!("must be the imageRef ({r}) when both are given"),
+            )),
+            (Some(r), _) => Ok(r),
+            (None, Some(b)) => Ok(b),
+            (None, None) => Err(FieldError::missing("server.imageRef")),
+        }
+    }
+
     /// Reads `networks`: `"auto"`, `"none"`, or a list of `{"uuid"[,
     /// "fixed_ip"]}` and `{"port"}`.
     pub fn nics(&self) -> Result<Nics, FieldError> {
@@ -267,9 +341,7 @@ impl ServerCreate {
                 "key pairs are not supported yet; leave it out",
             ));
         }
-        if self.image_ref.as_deref().is_none_or(str::is_empty) {
-            return Err(FieldError::missing("server.imageRef"));
-        }
+        self.image_id()?;
         self.nics()?;
         if let Some(v) = &self.security_groups {
             let only_default = v.as_array().is_some_and(|groups| {
@@ -851,5 +923,213 @@ mod tests {
             s.server.check_supported().unwrap_err().field,
             "server.imageRef"
         );
+    }
+}
+
+/// `POST /v2/images` (Glance): a flat object; keys Glance does not define
+/// are the image's additional properties and must have text values.
+#[derive(Debug, Deserialize)]
+pub struct ImageCreateBody {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub visibility: Option<Visibility>,
+    #[serde(default)]
+    pub protected: Option<bool>,
+    #[serde(default)]
+    pub disk_format: Option<String>,
+    #[serde(default)]
+    pub container_format: Option<String>,
+    #[serde(default)]
+    pub min_disk: Option<u64>,
+    #[serde(default)]
+    pub min_ram: Option<u64>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub properties: BTreeMap<String, serde_json::Value>,
+}
+
+impl ImageCreateBody {
+    /// The image spec this request asks for, validated, owned by `owner`.
+    pub fn into_spec(self, owner: &str) -> Result<ImageSpec, FieldError> {
+        let name = self
+            .name
+            .ok_or_else(|| FieldError::new("name", "null", "is required here"))?;
+        let disk_format = match self.disk_format.as_deref() {
+            Some("qcow2") => DiskFormat::Qcow2,
+            Some("raw") => DiskFormat::Raw,
+            Some(other) => {
+                return Err(FieldError::new(
+                    "disk_format",
+                    other,
+                    "must be qcow2 or raw (the formats this site's hypervisor boots)",
+                ))
+            }
+            None => {
+                return Err(FieldError::new(
+                    "disk_format",
+                    "null",
+                    "is required: qcow2 or raw",
+                ))
+            }
+        };
+        let mut properties = BTreeMap::new();
+        for (k, v) in self.properties {
+            match v {
+                serde_json::Value::String(s) => {
+                    properties.insert(k, s);
+                }
+                other => {
+                    return Err(FieldError::new(
+                        k.as_str(),
+                        other,
+                        "an additional property's value must be a string",
+                    ))
+                }
+            }
+        }
+        let spec = ImageSpec {
+            name,
+            id: self.id,
+            disk_format,
+            container_format: self.container_format.unwrap_or_else(|| "bare".into()),
+            min_disk_gb: self.min_disk.unwrap_or(0),
+            min_ram_mb: self.min_ram.unwrap_or(0),
+            sha256: None,
+            file: None,
+            kernel: None,
+            ramdisk: None,
+            command_line: None,
+            visibility: self.visibility.unwrap_or(Visibility::Shared),
+            owner: Some(owner.to_string()),
+            protected: self.protected.unwrap_or(false),
+            tags: self.tags.unwrap_or_default(),
+            properties,
+        };
+        spec.validate().map_err(|e| {
+            let api_name = match e.field.as_str() {
+                "min_disk_gb" => "min_disk",
+                "min_ram_mb" => "min_ram",
+                _ => return e,
+            };
+            FieldError {
+                field: api_name.into(),
+                ..e
+            }
+        })?;
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod image_and_bdm_tests {
+    use super::*;
+
+    fn server(v: serde_json::Value) -> ServerCreate {
+        serde_json::from_value::<ServerCreateBody>(json!({ "server": v }))
+            .unwrap()
+            .server
+    }
+
+    use serde_json::json;
+
+    const IMG: &str = "11111111-2222-4333-8444-555555555555";
+
+    #[test]
+    fn the_boot_image_comes_from_image_ref_or_the_clients_mapping() {
+        let by_ref = server(
+            json!({"name": "a", "flavorRef": "1", "imageRef": format!("http://x/images/{IMG}/")}),
+        );
+        assert_eq!(by_ref.image_id().unwrap(), IMG);
+        // What `openstack server create --image` sends.
+        let by_bdm = server(
+            json!({"name": "a", "flavorRef": "1", "block_device_mapping_v2": [
+                {"uuid": IMG, "boot_index": 0, "source_type": "image", "destination_type": "local", "delete_on_termination": true}
+            ]}),
+        );
+        assert_eq!(by_bdm.image_id().unwrap(), IMG);
+        let both = server(
+            json!({"name": "a", "flavorRef": "1", "imageRef": IMG, "block_device_mapping_v2": [
+                {"uuid": IMG, "boot_index": "0", "source_type": "image", "destination_type": "local"}
+            ]}),
+        );
+        assert_eq!(both.image_id().unwrap(), IMG);
+    }
+
+    #[test]
+    fn volume_mappings_and_a_missing_image_are_refused_by_field() {
+        let cases = [
+            (json!({"name": "a", "flavorRef": "1"}), "server.imageRef"),
+            (
+                json!({"name": "a", "flavorRef": "1", "block_device_mapping_v2": [
+                    {"uuid": IMG, "boot_index": 0, "source_type": "image", "destination_type": "volume", "volume_size": 1}
+                ]}),
+                "server.block_device_mapping_v2[0]",
+            ),
+            (
+                json!({"name": "a", "flavorRef": "1", "imageRef": IMG, "block_device_mapping_v2": [
+                    {"boot_index": -1, "source_type": "blank", "destination_type": "local"}
+                ]}),
+                "server.block_device_mapping_v2[0]",
+            ),
+            (
+                json!({"name": "a", "flavorRef": "1", "imageRef": IMG, "block_device_mapping_v2": [
+                    {"uuid": "22222222-2222-4333-8444-555555555555", "boot_index": 0, "source_type": "image", "destination_type": "local"}
+                ]}),
+                "server.block_device_mapping_v2[0].uuid",
+            ),
+        ];
+        for (body, field) in cases {
+            let e = server(body.clone()).image_id().unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_image_request_keeps_its_properties_and_refuses_bad_ones_by_name() {
+        let body: ImageCreateBody = serde_json::from_value(json!({
+            "name": "plc", "disk_format": "qcow2", "container_format": "bare",
+            "visibility": "private", "min_disk": 2, "hw_disk_bus": "virtio",
+        }))
+        .unwrap();
+        let spec = body.into_spec("proj").unwrap();
+        assert_eq!(spec.owner.as_deref(), Some("proj"));
+        assert_eq!(spec.visibility, Visibility::Private);
+        assert_eq!(spec.min_disk_gb, 2);
+        assert_eq!(
+            spec.properties.get("hw_disk_bus").map(String::as_str),
+            Some("virtio")
+        );
+
+        let bad = [
+            (json!({"name": "x", "disk_format": "vmdk"}), "disk_format"),
+            (json!({"name": "x"}), "disk_format"),
+            (json!({"disk_format": "raw"}), "name"),
+            (
+                json!({"name": "x", "disk_format": "raw", "container_format": "ovf"}),
+                "container_format",
+            ),
+            (
+                json!({"name": "x", "disk_format": "raw", "hw_qemu_guest_agent": true}),
+                "hw_qemu_guest_agent",
+            ),
+            (
+                json!({"name": "x", "disk_format": "raw", "checksum": "abc"}),
+                "checksum",
+            ),
+            (
+                json!({"name": "x", "disk_format": "raw", "min_ram": 99999999999u64}),
+                "min_ram",
+            ),
+        ];
+        for (body, field) in bad {
+            let e = serde_json::from_value::<ImageCreateBody>(body.clone())
+                .unwrap()
+                .into_spec("p")
+                .unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
     }
 }

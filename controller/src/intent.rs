@@ -236,17 +236,11 @@ fn server_spec(
         )
         .into());
     };
-    let image = req.image_ref.as_deref().unwrap_or_default();
+    let image = req.image_id()?;
     let spec = ServerSpec {
         metadata: req.metadata.clone(),
         // The site's admin project and user own the region's servers.
-        ..ServerSpec::new(
-            req.name.clone(),
-            "",
-            "",
-            flavor_id,
-            image.rsplit('/').next().unwrap_or(image),
-        )
+        ..ServerSpec::new(req.name.clone(), "", "", flavor_id, image)
     };
     Ok((spec, flavor))
 }

@@ -190,6 +190,7 @@ impl Agent {
             base_url: base_url.clone(),
             compute_driver: driver.name(),
             net_changed: Arc::new(Notify::new()),
+            data_dir: data_dir.clone(),
         };
         let network = crate::network::Reconciler::for_config(
             &config,

@@ -1,6 +1,9 @@
-//! Images (Glance). Upload, caching and chunked transfer come with the
-//! storage issue; here is the record servers boot from.
+//! Images (Glance): the record servers boot from. An image is seeded by
+//! the site config (its bytes already on disk) or made through the image
+//! API and uploaded into the agent's data dir. Caching, tiering and chunked
+//! transfer from the region come with the storage issue.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +16,31 @@ use crate::validate::{self, FieldError};
 pub enum DiskFormat {
     Qcow2,
     Raw,
+}
+
+/// Who sees an image, as Glance's `visibility`. `shared` and `community`
+/// are Glance's too; here `shared` behaves as `private` (image members are
+/// not kept) and `community` as `public` without being listed by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Config seeds are public: every project of the site boots them.
+    #[default]
+    Public,
+    Community,
+    Shared,
+    Private,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Community => "community",
+            Visibility::Shared => "shared",
+            Visibility::Private => "private",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +76,46 @@ pub struct ImageSpec {
     /// `os_command_line`.
     #[serde(default)]
     pub command_line: Option<String>,
+    #[serde(default)]
+    pub visibility: Visibility,
+    /// The project that owns it (`None` for config seeds).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Glance's `protected`: it cannot be deleted while set.
+    #[serde(default)]
+    pub protected: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Glance's additional properties: free-form text keys and values.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
 }
+
+/// Image properties Glance itself sets or reserves: a client may not give
+/// them as additional properties.
+pub const RESERVED_IMAGE_PROPERTIES: [&str; 21] = [
+    "id",
+    "name",
+    "status",
+    "visibility",
+    "protected",
+    "owner",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "size",
+    "virtual_size",
+    "disk_format",
+    "container_format",
+    "min_disk",
+    "min_ram",
+    "tags",
+    "created_at",
+    "updated_at",
+    "file",
+    "self",
+    "schema",
+];
 
 fn bare() -> String {
     "bare".into()
@@ -100,6 +167,52 @@ impl ImageSpec {
         }
         validate::range("min_disk_gb", self.min_disk_gb, 0, 1024 * 1024)?;
         validate::range("min_ram_mb", self.min_ram_mb, 0, 16 * 1024 * 1024)?;
+        if self.tags.len() > 128 {
+            return Err(FieldError::new(
+                "tags",
+                self.tags.len(),
+                "must be at most 128 tags",
+            ));
+        }
+        for t in &self.tags {
+            if t.is_empty() || t.len() > 255 || t.chars().any(char::is_control) {
+                return Err(FieldError::new(
+                    "tags",
+                    t,
+                    "each tag must be 1-255 printable characters",
+                ));
+            }
+        }
+        if self.properties.len() > 128 {
+            return Err(FieldError::new(
+                "properties",
+                self.properties.len(),
+                "must be at most 128 additional properties",
+            ));
+        }
+        for (k, v) in &self.properties {
+            if k.is_empty() || k.len() > 255 || k.chars().any(char::is_control) {
+                return Err(FieldError::new(
+                    k.as_str(),
+                    k,
+                    "a property name must be 1-255 printable characters",
+                ));
+            }
+            if RESERVED_IMAGE_PROPERTIES.contains(&k.as_str()) {
+                return Err(FieldError::new(
+                    k.as_str(),
+                    v,
+                    "is a reserved attribute and cannot be set as a property",
+                ));
+            }
+            if v.len() > 65535 {
+                return Err(FieldError::new(
+                    k.as_str(),
+                    v.len(),
+                    "a property value must be at most 65535 bytes",
+                ));
+            }
+        }
         if let Some(s) = &self.sha256 {
             if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(FieldError::new(
@@ -116,16 +229,38 @@ impl ImageSpec {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageState {
+    /// Made, no data yet.
     #[default]
     Queued,
+    /// Data being uploaded; back to `queued` if the upload fails or the
+    /// agent restarts during it.
+    Saving,
     Active,
     Killed,
+}
+
+impl ImageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageState::Queued => "queued",
+            ImageState::Saving => "saving",
+            ImageState::Active => "active",
+            ImageState::Killed => "killed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageStatus {
     pub state: ImageState,
     pub size_bytes: Option<u64>,
+    /// sha256 of the stored bytes, hex (Glance's `os_hash_value` with
+    /// `os_hash_algo` sha256).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The disk's size as the guest sees it (qcow2 header; file size for raw).
+    #[serde(default)]
+    pub virtual_size: Option<u64>,
 }
 
 pub type Image = Resource<ImageSpec, ImageStatus>;

@@ -45,6 +45,16 @@ impl ApiError {
     pub fn not_found(m: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, m)
     }
+    pub fn unsupported_media(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, m)
+    }
+    /// 413, as Glance answers an upload its store has no room for.
+    pub fn storage_full(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, m)
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, m)
+    }
     pub fn conflict(m: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, m)
     }
@@ -57,7 +67,7 @@ impl From<WriteError> for ApiError {
             WriteError::NotFound(m) => Self::not_found(m),
             WriteError::Conflict(m) => Self::conflict(m),
             WriteError::NoValidHost(n) => Self::conflict(n.to_string()),
-            WriteError::Quota(m) => Self::forbidden(m),
+            WriteError::Quota(m) | WriteError::Forbidden(m) => Self::forbidden(m),
             WriteError::Store(s) => {
                 tracing::error!(error = %s, "store failure answered with 500");
                 Self::new(
@@ -89,6 +99,7 @@ impl IntoResponse for ApiError {
                     StatusCode::FORBIDDEN => "forbidden",
                     StatusCode::NOT_FOUND => "itemNotFound",
                     StatusCode::CONFLICT => "conflictingRequest",
+                    StatusCode::PAYLOAD_TOO_LARGE => "overLimit",
                     _ => "computeFault",
                 };
                 json!({key: {"code": code, "message": self.message}})

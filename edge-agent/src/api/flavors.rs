@@ -1,4 +1,4 @@
-//! Nova flavors: list, show, create (admin).
+//! Nova flavors: list, show, create and delete (admin).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -16,7 +16,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v2.1/flavors", get(list).post(create))
         .route("/v2.1/flavors/detail", get(list_detail))
-        .route("/v2.1/flavors/{id}", get(show))
+        .route("/v2.1/flavors/{id}", get(show).delete(delete))
 }
 
 async fn list(State(s): State<AppState>, _c: Caller) -> Result<Json<serde_json::Value>, ApiError> {
@@ -63,4 +63,16 @@ async fn create(
         Json(json!({"flavor": views::flavor(&s.base_url, &f)})),
     )
         .into_response())
+}
+
+async fn delete(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin("os_compute_api:os-flavor-manage:delete")?;
+    let flavor_id = id.clone();
+    s.store.write(move |w| w.delete_flavor(&flavor_id)).await?;
+    tracing::info!(flavor_id = %id, "flavor deleted");
+    Ok(StatusCode::ACCEPTED)
 }

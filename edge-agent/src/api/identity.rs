@@ -163,6 +163,7 @@ fn token_body(s: &AppState, c: &Claims) -> Value {
             {"type": "identity", "name": "keystone", "id": "identity", "endpoints": endpoints("/identity")},
             {"type": "compute", "name": "nova", "id": "compute", "endpoints": endpoints("/compute/v2.1")},
             {"type": "network", "name": "neutron", "id": "network", "endpoints": endpoints("/network")},
+            {"type": "image", "name": "glance", "id": "image", "endpoints": endpoints("/image")},
         ],
     })
 }

@@ -4,14 +4,16 @@
 //! `validate` functions the config uses), hand a job to the store, render the
 //! result. Every write returns only after the store committed it. Files are
 //! one per service: [`identity`] (Keystone), [`servers`], [`flavors`],
-//! [`server_groups`], [`hypervisors`] (Nova), [`network`] (Neutron); [`views`]
-//! renders resources as Nova does.
+//! [`server_groups`], [`hypervisors`] (Nova), [`network`] (Neutron),
+//! [`images`] (Glance); [`views`] renders resources as Nova does.
 
 mod error;
 mod flavors;
 mod hypervisors;
 mod identity;
+mod images;
 mod network;
+mod quotas;
 mod server_groups;
 mod servers;
 mod views;
@@ -48,6 +50,8 @@ pub struct AppState {
     pub compute_driver: &'static str,
     /// Told after a network write, so the host's network reconciler runs now.
     pub net_changed: Arc<tokio::sync::Notify>,
+    /// The agent's data dir: uploaded images live in its `images/`.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Builds the router.
@@ -57,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(flavors::routes())
         .merge(server_groups::routes())
         .merge(hypervisors::routes())
+        .merge(quotas::compute_routes())
         .layer(axum::middleware::map_response(nova_version_headers));
     Router::new()
         .route("/healthz", get(healthz))
@@ -64,12 +69,17 @@ pub fn router(state: AppState) -> Router {
         .route("/roost/v1/conflicts", get(conflicts))
         .merge(identity::routes())
         .nest("/compute", compute)
-        .nest("/network", network::routes())
+        .nest(
+            "/network",
+            network::routes().merge(quotas::network_routes()),
+        )
+        .nest("/image", images::routes())
+        .route("/image/", get(images::versions))
         // Version discovery asks with a trailing slash.
         .route("/network/", get(network::versions))
         .fallback(|| async {
             ApiError::not_found(
-                "No such API path; see /identity/v3, /compute/v2.1 and /network/v2.0",
+                "No such API path; see /identity/v3, /compute/v2.1, /image/v2 and /network/v2.0",
             )
         })
         .layer(axum::middleware::from_fn(record_metrics))

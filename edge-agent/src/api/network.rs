@@ -32,6 +32,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(versions))
         .route("/v2.0", get(extensions_root))
+        .route("/v2.0/extensions", get(extensions))
         .route("/v2.0/networks", get(list_networks).post(create_network))
         .route(
             "/v2.0/networks/{id}",
@@ -150,6 +151,20 @@ async fn extensions_root(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"resources": [
         link("networks"), link("subnets"), link("ports"),
         link("security-groups"), link("security-group-rules")
+    ]}))
+}
+
+/// `GET /v2.0/extensions`: the Neutron API extensions this site implements
+/// (clients ask before using one).
+async fn extensions(_c: Caller) -> Json<Value> {
+    let ext = |alias: &str, name: &str, description: &str| {
+        json!({"alias": alias, "name": name, "description": description,
+               "updated": "2013-01-01T10:00:00-00:00", "links": []})
+    };
+    Json(json!({"extensions": [
+        ext("security-group", "security-group", "The security groups extension."),
+        ext("provider", "Provider Network", "Expose mapping of virtual networks to physical networks"),
+        ext("quotas", "Quota management support", "Expose functions for quotas management per project"),
     ]}))
 }
 

@@ -256,6 +256,7 @@ async fn create(
     let body: ServerCreateBody = parse_body(&body)?;
     let req = body.server;
     req.check_supported()?;
+    let image_id = req.image_id()?;
     let hints = body
         .scheduler_hints
         .or(body.scheduler_hints_legacy)
@@ -305,7 +306,7 @@ async fn create(
             caller.0.project_id.clone(),
             caller.0.user_id.clone(),
             req.flavor_ref.as_id(),
-            ref_id(req.image_ref.as_deref().unwrap_or_default()),
+            image_id,
         )
     };
     let server = s

@@ -552,6 +552,11 @@ mod tests {
                 kernel: None,
                 ramdisk: None,
                 command_line: None,
+                visibility: Default::default(),
+                owner: None,
+                protected: false,
+                tags: Vec::new(),
+                properties: Default::default(),
             },
             now,
         );

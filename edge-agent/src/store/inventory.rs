@@ -126,13 +126,20 @@ pub(super) fn bootstrap(
             let mut i: Image = Resource::new(spec.clone(), now);
             i.status = ImageStatus {
                 state: ImageState::Active,
-                size_bytes: None,
+                ..Default::default()
             };
             if let Some(id) = &spec.id {
                 i.id = id.clone();
             }
             rows::insert(&tx, "images", &i, Some(&spec.name))?;
         }
+    }
+    let interrupted = super::images::reset_interrupted_uploads(&tx)?;
+    if interrupted > 0 {
+        tracing::warn!(
+            images = interrupted,
+            "image uploads were cut by a stop; those images are queued again: upload their data again"
+        );
     }
     tx.commit()?;
     Ok(identity)
@@ -264,5 +271,30 @@ impl super::WriteCtx<'_> {
         rows::insert(self.tx, "flavors", &f, Some(&f.spec.name))?;
         self.record_create("flavors", &f.id, &f.spec);
         Ok(f)
+    }
+
+    /// Deletes a flavor no server uses (a server's flavor is what its
+    /// claim and its domain are made from).
+    pub fn delete_flavor(&mut self, id: &str) -> Result<(), WriteError> {
+        let exists: bool = self.tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM flavors WHERE id = ?1)",
+            [id],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(WriteError::NotFound(format!(
+                "Flavor {id} could not be found."
+            )));
+        }
+        let users = super::servers::live_users(self.tx, "flavor_id", id)?;
+        if !users.is_empty() {
+            return Err(WriteError::Conflict(format!(
+                "Flavor {id} is in use by server(s) {}; delete them first",
+                users.join(", ")
+            )));
+        }
+        self.tx.execute("DELETE FROM flavors WHERE id = ?1", [id])?;
+        self.record_delete("flavors", id);
+        Ok(())
     }
 }

@@ -12,6 +12,7 @@
 //! - Reads use a small pool of read-only connections on blocking threads;
 //!   WAL lets them run while the writer commits.
 
+mod images;
 mod inventory;
 mod journal;
 pub mod network;
@@ -27,11 +28,12 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use roost_common::model::{Flavor, Image, Server, ServerGroup};
+use roost_common::model::{Flavor, Image, Server, ServerGroup, Usage};
 use roost_common::FieldError;
 
 use crate::scheduler::NoValidHost;
 
+pub use images::Uploaded;
 pub use inventory::{HypervisorView, Identity};
 pub use journal::Applied;
 pub use quota::Quota;
@@ -79,6 +81,9 @@ pub enum WriteError {
     /// The region's allotment for this site is used up (see `quota`).
     #[error("{0}")]
     Quota(String),
+    /// The resource refuses this change whoever asks (a protected image).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -315,6 +320,55 @@ impl Store {
     ) -> Result<Vec<ServerGroup>, WriteError> {
         self.read(move |c| servers::groups(c, project_id.as_deref()))
             .await
+    }
+
+    /// The region's allotment for this site (if any) and what is claimed.
+    pub async fn quota_usage(&self) -> Result<(Option<Quota>, u64, Usage), WriteError> {
+        self.read(|c| {
+            let (instances, used) = quota::claimed(c)?;
+            Ok((quota::read(c)?, instances, used))
+        })
+        .await
+    }
+
+    /// Networking resources a project holds: `(Neutron's quota name, count)`.
+    pub async fn network_usage(
+        &self,
+        project: String,
+    ) -> Result<Vec<(&'static str, u64)>, WriteError> {
+        self.read(move |c| {
+            let count = |sql: &str| -> Result<u64, WriteError> {
+                Ok(c.query_row(sql, [&project], |r| r.get::<_, i64>(0))?.max(0) as u64)
+            };
+            Ok(vec![
+                (
+                    "network",
+                    count("SELECT COUNT(*) FROM networks WHERE project_id = ?1")?,
+                ),
+                (
+                    "subnet",
+                    count("SELECT COUNT(*) FROM subnets WHERE project_id = ?1")?,
+                ),
+                (
+                    "port",
+                    count("SELECT COUNT(*) FROM ports WHERE project_id = ?1")?,
+                ),
+                ("router", 0),
+                ("floatingip", 0),
+                (
+                    "security_group",
+                    count("SELECT COUNT(*) FROM security_groups WHERE project_id = ?1")?,
+                ),
+                (
+                    "security_group_rule",
+                    count(
+                        "SELECT COUNT(*) FROM security_group_rules r JOIN security_groups g
+                         ON g.id = r.group_id WHERE g.project_id = ?1",
+                    )?,
+                ),
+            ])
+        })
+        .await
     }
 
     pub async fn hypervisors(&self) -> Result<Vec<HypervisorView>, WriteError> {

@@ -15,17 +15,40 @@ use super::{StoreError, WriteCtx, WriteError};
 
 const KEY: &str = "quota";
 
+/// The allotment in force, if the region set one.
+pub(super) fn read(conn: &rusqlite::Connection) -> Result<Option<Quota>, WriteError> {
+    let text: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [KEY], |r| r.get(0))
+        .optional()?;
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("quota: {e}")).into())
+    })
+    .transpose()
+}
+
+/// Servers placed and resources claimed at this site, from the claims.
+pub(super) fn claimed(conn: &rusqlite::Connection) -> Result<(u64, Usage), WriteError> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(vcpus), 0), COALESCE(SUM(ram_mb), 0), COALESCE(SUM(disk_gb), 0)
+         FROM allocations",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                Usage {
+                    vcpus: r.get(1)?,
+                    ram_mb: r.get(2)?,
+                    disk_gb: r.get(3)?,
+                },
+            ))
+        },
+    )?)
+}
+
 impl WriteCtx<'_> {
     /// The allotment in force, if the region set one.
     pub fn quota(&self) -> Result<Option<Quota>, WriteError> {
-        let text: Option<String> = self
-            .tx
-            .query_row("SELECT value FROM meta WHERE key = ?1", [KEY], |r| r.get(0))
-            .optional()?;
-        text.map(|t| {
-            serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("quota: {e}")).into())
-        })
-        .transpose()
+        read(self.tx)
     }
 
     /// Sets (or with `None` lifts) the allotment.

@@ -12,7 +12,7 @@ use roost_common::model::{
 use roost_common::FieldError;
 
 use super::rows::{self, json, time};
-use super::{WriteCtx, WriteError};
+use super::{StoreError, WriteCtx, WriteError};
 use crate::metrics::METRICS;
 use crate::scheduler::{self, GroupPlacement, Request};
 
@@ -68,6 +68,24 @@ pub struct ServerQuery {
     pub limit: Option<usize>,
 }
 
+/// Up to 5 servers, not being deleted, whose spec's `field` (`image_id`,
+/// `flavor_id`) is `id`: what refuses deleting a resource in use.
+pub(super) fn live_users(
+    conn: &Connection,
+    field: &'static str,
+    id: &str,
+) -> Result<Vec<String>, StoreError> {
+    let sql = format!(
+        "SELECT id FROM servers WHERE json_extract(spec, '$.{field}') = ?1
+         AND json_extract(spec, '$.deleted') = 0 ORDER BY created_at LIMIT 5"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let ids = stmt
+        .query_map([id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
 impl WriteCtx<'_> {
     /// Schedules the server and commits it with its claim.
     pub fn create_server(&mut self, new: NewServer) -> Result<Server, WriteError> {
@@ -86,6 +104,7 @@ impl WriteCtx<'_> {
                 "must be the id of an existing image",
             )
         })?;
+        super::images::check_bootable(&image, "server.imageRef")?;
         image_fits(&flavor, &image, "server.flavorRef", &flavor.id)?;
         if let Some(az) = &spec.availability_zone {
             if !self.hosts().iter().any(|h| &h.spec.availability_zone == az) {
@@ -273,6 +292,7 @@ impl WriteCtx<'_> {
                         "must be the id of an image at this site",
                     )
                 })?;
+                super::images::check_bootable(&image, "rebuild.imageRef")?;
                 let flavor: Option<Flavor> = rows::get(self.tx, "flavors", &server.spec.flavor_id)?;
                 if let Some(flavor) = flavor {
                     image_fits(&flavor, &image, "rebuild.imageRef", &image.id)?;

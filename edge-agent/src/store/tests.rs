@@ -796,3 +796,145 @@ async fn the_regions_quota_and_flavors_hold_at_the_site_and_capacity_is_publishe
     store.apply_intent().await.unwrap();
     assert!(store.flavor("big".into()).await.unwrap().is_none());
 }
+
+fn image_spec(name: &str) -> roost_common::model::ImageSpec {
+    use roost_common::api::ImageCreateBody;
+    let body: ImageCreateBody = serde_json::from_value(
+        serde_json::json!({"name": name, "disk_format": "qcow2", "container_format": "bare"}),
+    )
+    .unwrap();
+    body.into_spec("p").unwrap()
+}
+
+fn uploaded(dir: &Path) -> super::Uploaded {
+    super::Uploaded {
+        file: dir.join("data"),
+        size: 10,
+        sha256: "ab".repeat(32),
+        virtual_size: 1 << 20,
+    }
+}
+
+#[tokio::test]
+async fn an_image_is_bootable_only_once_its_upload_committed_and_cannot_go_while_used() {
+    use roost_common::model::ImageState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let img = store
+        .write(|w| w.create_image(image_spec("new")))
+        .await
+        .unwrap();
+    assert_eq!(img.status.state, ImageState::Queued);
+    let id = img.id.clone();
+
+    // A queued image boots nothing.
+    let mut s = spec("early", "2");
+    s.image_id = id.clone();
+    let refused = store
+        .write(move |w| w.create_server(NewServer { spec: s, id: None }))
+        .await
+        .unwrap_err();
+    let WriteError::Invalid(e) = &refused else {
+        panic!("{refused}")
+    };
+    assert_eq!(e.field, "server.imageRef");
+    assert!(e.rule.contains("queued"), "{e}");
+
+    // One upload at a time; a failed one leaves the image queued again.
+    let i = id.clone();
+    store.write(move |w| w.begin_upload(&i)).await.unwrap();
+    let i = id.clone();
+    let second = store.write(move |w| w.begin_upload(&i)).await.unwrap_err();
+    assert!(matches!(second, WriteError::Conflict(_)), "{second}");
+    let i = id.clone();
+    let busy = store.write(move |w| w.delete_image(&i)).await.unwrap_err();
+    assert!(busy.to_string().contains("being uploaded"), "{busy}");
+    let i = id.clone();
+    store.write(move |w| w.abort_upload(&i)).await.unwrap();
+    assert_eq!(
+        store.image(id.clone()).await.unwrap().unwrap().status.state,
+        ImageState::Queued
+    );
+
+    // An upload cut by a stop: queued again after the reopen.
+    let i = id.clone();
+    store.write(move |w| w.begin_upload(&i)).await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(
+        store.image(id.clone()).await.unwrap().unwrap().status.state,
+        ImageState::Queued
+    );
+
+    // Finished: active, with what was stored, and bootable.
+    let i = id.clone();
+    store.write(move |w| w.begin_upload(&i)).await.unwrap();
+    let (i, up) = (id.clone(), uploaded(dir.path()));
+    let active = store.write(move |w| w.finish_upload(&i, up)).await.unwrap();
+    assert_eq!(active.status.state, ImageState::Active);
+    assert_eq!(active.status.size_bytes, Some(10));
+    assert_eq!(
+        active.spec.file.as_deref(),
+        Some(dir.path().join("data").as_path())
+    );
+    let mut s = spec("vm", "2");
+    s.image_id = id.clone();
+    let server = store
+        .write(move |w| w.create_server(NewServer { spec: s, id: None }))
+        .await
+        .unwrap();
+
+    // In use: neither the image nor the flavor can be deleted.
+    let i = id.clone();
+    let used = store.write(move |w| w.delete_image(&i)).await.unwrap_err();
+    assert!(
+        matches!(&used, WriteError::Conflict(m) if m.contains(&server.id)),
+        "{used}"
+    );
+    let used = store.write(|w| w.delete_flavor("2")).await.unwrap_err();
+    assert!(
+        matches!(&used, WriteError::Conflict(m) if m.contains(&server.id)),
+        "{used}"
+    );
+    assert!(store.image(id.clone()).await.unwrap().is_some());
+    assert!(store.flavor("2".into()).await.unwrap().is_some());
+
+    // Once the server is asked to go, both may be deleted.
+    let sid = server.id.clone();
+    store
+        .write(move |w| w.change_server(&sid, None, ServerIntent::Delete))
+        .await
+        .unwrap();
+    let i = id.clone();
+    let gone = store.write(move |w| w.delete_image(&i)).await.unwrap();
+    assert_eq!(gone.id, id);
+    store.write(|w| w.delete_flavor("2")).await.unwrap();
+    assert!(store.image(id).await.unwrap().is_none());
+    assert!(store.flavor("2".into()).await.unwrap().is_none());
+    let missing = store.write(|w| w.delete_flavor("2")).await.unwrap_err();
+    assert!(matches!(missing, WriteError::NotFound(_)), "{missing}");
+}
+
+#[tokio::test]
+async fn a_protected_image_is_not_deleted_and_a_taken_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut spec = image_spec("keep");
+    spec.protected = true;
+    let img = store.write(move |w| w.create_image(spec)).await.unwrap();
+    let i = img.id.clone();
+    let refused = store.write(move |w| w.delete_image(&i)).await.unwrap_err();
+    assert!(matches!(refused, WriteError::Forbidden(_)), "{refused}");
+    let mut again = image_spec("other");
+    again.id = Some(img.id.clone());
+    let taken = store
+        .write(move |w| w.create_image(again))
+        .await
+        .unwrap_err();
+    assert!(matches!(taken, WriteError::Conflict(_)), "{taken}");
+    assert_eq!(
+        store.images().await.unwrap().len(),
+        2,
+        "the seed and the protected one"
+    );
+}

@@ -1,0 +1,467 @@
+//! Glance v2 at `/image/v2/`: images made, uploaded, downloaded, listed,
+//! shown and deleted at this site, with or without the region.
+//!
+//! An upload streams into `<images dir>/<id>.part`, hashing as it goes; the
+//! data is checked against the image's `disk_format` (a qcow2 header, and no
+//! backing or external data file, which would let a guest read the host's
+//! files; raw must not be qcow2 in disguise) and against any sha256 the
+//! client declared (`owner_specified.openstack.sha256`, which the
+//! `openstack` client sends, or the config's `sha256`), then synced and
+//! renamed to `<id>` before the image turns `active`. Any failure removes
+//! the partial file and leaves the image `queued`.
+
+use std::path::{Path, PathBuf};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use roost_common::api::ImageCreateBody;
+use roost_common::model::{DiskFormat, Image, ImageState, Visibility};
+
+use super::{parse_body, ApiError, AppState, Caller};
+use crate::store::Uploaded;
+
+/// The property the `openstack` client (openstacksdk) sets to the sha256
+/// of the file it uploads.
+const CLIENT_SHA256: &str = "owner_specified.openstack.sha256";
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(versions))
+        .route("/v2/images", get(list).post(create))
+        .route("/v2/images/{id}", get(show).delete(delete))
+        .route("/v2/images/{id}/file", get(download).put(upload))
+}
+
+/// `GET /image/`: Glance's version document.
+pub(super) async fn versions(State(s): State<AppState>) -> Response {
+    let href = format!("{}/image/v2/", s.base_url);
+    (
+        StatusCode::MULTIPLE_CHOICES,
+        Json(json!({"versions": [
+            {"id": "v2.16", "status": "CURRENT", "links": [{"rel": "self", "href": href}]},
+        ]})),
+    )
+        .into_response()
+}
+
+fn glance_time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// An image as Glance shows it: its attributes, then its properties at the
+/// top level.
+fn view(i: &Image) -> Value {
+    let mut v = Map::new();
+    for (k, val) in &i.spec.properties {
+        v.insert(k.clone(), Value::String(val.clone()));
+    }
+    let disk_format = match i.spec.disk_format {
+        DiskFormat::Qcow2 => "qcow2",
+        DiskFormat::Raw => "raw",
+    };
+    let fixed = json!({
+        "id": i.id,
+        "name": i.spec.name,
+        "status": i.status.state.as_str(),
+        "visibility": i.spec.visibility.as_str(),
+        "protected": i.spec.protected,
+        "os_hidden": false,
+        "checksum": null,
+        "os_hash_algo": i.status.sha256.as_ref().map(|_| "sha256"),
+        "os_hash_value": i.status.sha256,
+        "size": i.status.size_bytes,
+        "virtual_size": i.status.virtual_size,
+        "disk_format": disk_format,
+        "container_format": i.spec.container_format,
+        "min_disk": i.spec.min_disk_gb,
+        "min_ram": i.spec.min_ram_mb,
+        "owner": i.spec.owner,
+        "tags": i.spec.tags,
+        "created_at": glance_time(&i.created_at),
+        "updated_at": glance_time(&i.updated_at),
+        "self": format!("/v2/images/{}", i.id),
+        "file": format!("/v2/images/{}/file", i.id),
+        "schema": "/v2/schemas/image",
+    });
+    if let Value::Object(fixed) = fixed {
+        v.extend(fixed);
+    }
+    Value::Object(v)
+}
+
+/// Whether the caller may see an image: admins all, others public and
+/// community images and their project's own.
+fn visible(c: &Caller, i: &Image) -> bool {
+    c.0.is_admin()
+        || matches!(
+            i.spec.visibility,
+            Visibility::Public | Visibility::Community
+        )
+        || i.spec.owner.as_deref() == Some(c.0.project_id.as_str())
+}
+
+/// Whether the caller may change an image: admins, and its owner project
+/// unless it is a config seed (no owner).
+fn may_modify(c: &Caller, i: &Image) -> bool {
+    c.0.is_admin() || i.spec.owner.as_deref() == Some(c.0.project_id.as_str())
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("No image found with ID {id}"))
+}
+
+async fn find(s: &AppState, c: &Caller, id: &str) -> Result<Image, ApiError> {
+    match s.store.image(id.to_string()).await? {
+        Some(i) if visible(c, &i) => Ok(i),
+        _ => Err(not_found(id)),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    name: Option<String>,
+    status: Option<String>,
+    visibility: Option<String>,
+    owner: Option<String>,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    c: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let images: Vec<Value> = s
+        .store
+        .images()
+        .await?
+        .iter()
+        .filter(|i| visible(&c, i))
+        // Glance lists community images only when asked for them.
+        .filter(|i| match q.visibility.as_deref() {
+            None => i.spec.visibility != Visibility::Community,
+            Some("all") => true,
+            Some(v) => i.spec.visibility.as_str() == v,
+        })
+        .filter(|i| q.name.as_ref().is_none_or(|n| *n == i.spec.name))
+        .filter(|i| {
+            q.status
+                .as_ref()
+                .is_none_or(|st| st == i.status.state.as_str())
+        })
+        .filter(|i| q.owner.is_none() || q.owner == i.spec.owner)
+        .map(view)
+        .collect();
+    Ok(Json(
+        json!({"images": images, "first": "/v2/images", "schema": "/v2/schemas/images"}),
+    ))
+}
+
+async fn show(
+    State(s): State<AppState>,
+    c: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(view(&find(&s, &c, &id).await?)))
+}
+
+async fn create(State(s): State<AppState>, c: Caller, body: Bytes) -> Result<Response, ApiError> {
+    let spec = parse_body::<ImageCreateBody>(&body)?.into_spec(&c.0.project_id)?;
+    if spec.visibility == Visibility::Public {
+        c.require_admin("publicize_image")?;
+    }
+    let i = s.store.write(move |w| w.create_image(spec)).await?;
+    tracing::info!(image_id = %i.id, name = %i.spec.name, "image created");
+    Ok((StatusCode::CREATED, Json(view(&i))).into_response())
+}
+
+async fn delete(
+    State(s): State<AppState>,
+    c: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let i = find(&s, &c, &id).await?;
+    if !may_modify(&c, &i) {
+        return Err(ApiError::forbidden(format!(
+            "You are not permitted to delete image {id}: it belongs to another project"
+        )));
+    }
+    let gone = s.store.write(move |w| w.delete_image(&id)).await?;
+    // Only files this API wrote are removed; a config seed's file is the
+    // operator's.
+    if let Some(file) = gone.spec.file.as_deref() {
+        if file.parent() == Some(images_dir(&s).as_path()) {
+            if let Err(e) = tokio::fs::remove_file(file).await {
+                tracing::warn!(image_id = %gone.id, file = %file.display(), error = %e, "deleted image's file not removed");
+            }
+        }
+    }
+    tracing::info!(image_id = %gone.id, "image deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn images_dir(s: &AppState) -> PathBuf {
+    s.data_dir.join("images")
+}
+
+async fn upload(
+    State(s): State<AppState>,
+    c: Caller,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ctype.starts_with("application/octet-stream") {
+        return Err(ApiError::unsupported_media(format!(
+            "Content-Type: must be application/octet-stream for image data (got {ctype:?})"
+        )));
+    }
+    let i = find(&s, &c, &id).await?;
+    if !may_modify(&c, &i) {
+        return Err(ApiError::forbidden(format!(
+            "You are not permitted to upload data to image {id}: it belongs to another project"
+        )));
+    }
+    let image_id = id.clone();
+    let i = s.store.write(move |w| w.begin_upload(&image_id)).await?;
+    let dir = images_dir(&s);
+    let part = dir.join(format!("{id}.part"));
+    let done = dir.join(&id);
+    match receive(&i, body, &dir, &part, &done).await {
+        Ok(up) => {
+            let (image_id, size) = (id.clone(), up.size);
+            let committed = s.store.write(move |w| w.finish_upload(&image_id, up)).await;
+            if let Err(e) = committed {
+                let _ = tokio::fs::remove_file(&done).await;
+                return Err(e.into());
+            }
+            tracing::info!(image_id = %id, bytes = size, "image data stored");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            let image_id = id.clone();
+            s.store.write(move |w| w.abort_upload(&image_id)).await?;
+            tracing::warn!(image_id = %id, error = %e.message, "image upload refused");
+            Err(e)
+        }
+    }
+}
+
+/// Streams the body to `part`, checks it, syncs it and renames it to `done`.
+async fn receive(
+    i: &Image,
+    body: Body,
+    dir: &Path,
+    part: &Path,
+    done: &Path,
+) -> Result<Uploaded, ApiError> {
+    tokio::fs::create_dir_all(dir).await.map_err(io_error)?;
+    let mut file = tokio::fs::File::create(part).await.map_err(io_error)?;
+    let mut hash = Sha256::new();
+    let mut head: Vec<u8> = Vec::with_capacity(HEADER_BYTES);
+    let mut size: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(format!("the upload was cut before its end: {e}"))
+        })?;
+        if head.len() < HEADER_BYTES {
+            let take = (HEADER_BYTES - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+        }
+        hash.update(&chunk);
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(io_error)?;
+    }
+    if size == 0 {
+        return Err(ApiError::bad_request(
+            "image data: is empty; upload the image's bytes",
+        ));
+    }
+    let virtual_size = check_format(i.spec.disk_format, &head, size)?;
+    let sha256 = hex(&hash.finalize());
+    for (field, want) in [
+        (CLIENT_SHA256, i.spec.properties.get(CLIENT_SHA256)),
+        ("sha256", i.spec.sha256.as_ref()),
+    ] {
+        // The client sends an empty value when it computed none.
+        if let Some(want) = want.filter(|w| !w.is_empty()) {
+            if !want.eq_ignore_ascii_case(&sha256) {
+                return Err(ApiError::bad_request(format!(
+                    "image data: its sha256 is {sha256} but the image's {field} is {want}: the data was damaged or is another file"
+                )));
+            }
+        }
+    }
+    file.sync_all().await.map_err(io_error)?;
+    drop(file);
+    tokio::fs::rename(part, done).await.map_err(io_error)?;
+    roost_common::files::sync_dir(dir).map_err(io_error)?;
+    Ok(Uploaded {
+        file: done.to_path_buf(),
+        size,
+        sha256,
+        virtual_size,
+    })
+}
+
+/// Bytes of the data's start kept for the format check.
+const HEADER_BYTES: usize = 104;
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+/// Checks the data is what `disk_format` says; returns the virtual size.
+pub fn check_format(format: DiskFormat, head: &[u8], size: u64) -> Result<u64, ApiError> {
+    let is_qcow2 = head.starts_with(QCOW2_MAGIC);
+    let be64 = |at: usize| -> u64 {
+        head.get(at..at + 8)
+            .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    match format {
+        DiskFormat::Raw if is_qcow2 => Err(ApiError::bad_request(
+            "disk_format: is raw but the data is a qcow2 image; create the image with disk_format qcow2",
+        )),
+        DiskFormat::Raw => Ok(size),
+        DiskFormat::Qcow2 if !is_qcow2 || head.len() < 72 => Err(ApiError::bad_request(
+            "disk_format: is qcow2 but the data has no qcow2 header; convert it with qemu-img convert -O qcow2, or use disk_format raw",
+        )),
+        DiskFormat::Qcow2 => {
+            let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+            if !(2..=3).contains(&version) {
+                return Err(ApiError::bad_request(format!(
+                    "disk_format: qcow2 version {version} is not supported (2 or 3)"
+                )));
+            }
+            if be64(8) != 0 {
+                return Err(ApiError::bad_request(
+                    "image data: the qcow2 image names a backing file, which would let the guest read a file on the host; flatten it with qemu-img convert first",
+                ));
+            }
+            // Incompatible feature bit 2: an external data file.
+            if version == 3 && be64(72) & 0b100 != 0 {
+                return Err(ApiError::bad_request(
+                    "image data: the qcow2 image keeps its data in an external file; flatten it with qemu-img convert first",
+                ));
+            }
+            Ok(be64(24))
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn io_error(e: std::io::Error) -> ApiError {
+    if e.raw_os_error() == Some(28) {
+        ApiError::storage_full(
+            "Image storage media is full: the site's data disk has no room for this image; free space or delete unused images",
+        )
+    } else {
+        tracing::error!(error = %e, "image store I/O failed");
+        ApiError::internal(format!("image store I/O failed: {e}"))
+    }
+}
+
+async fn download(
+    State(s): State<AppState>,
+    c: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let i = find(&s, &c, &id).await?;
+    let file = match (&i.status.state, &i.spec.file) {
+        (ImageState::Active, Some(f)) => f.clone(),
+        _ => return Ok(StatusCode::NO_CONTENT.into_response()),
+    };
+    let f = tokio::fs::File::open(&file).await.map_err(|e| {
+        ApiError::unavailable(format!(
+            "image {id}: its data file {} cannot be read: {e}",
+            file.display()
+        ))
+    })?;
+    let len = f.metadata().await.map_err(io_error)?.len();
+    let stream = futures_util::stream::unfold(Some(f), |f| async move {
+        let mut f = f?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(f)))
+            }
+            Err(e) => Some((Err::<Bytes, _>(e), None)),
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A qcow2 header as qemu-img writes it: magic, version, backing file
+    /// offset, ..., size at 24, incompatible features at 72 (v3).
+    fn qcow2(version: u32, backing: u64, size: u64, incompatible: u64) -> Vec<u8> {
+        let mut h = vec![0u8; HEADER_BYTES];
+        h[..4].copy_from_slice(QCOW2_MAGIC);
+        h[4..8].copy_from_slice(&version.to_be_bytes());
+        h[8..16].copy_from_slice(&backing.to_be_bytes());
+        h[24..32].copy_from_slice(&size.to_be_bytes());
+        h[72..80].copy_from_slice(&incompatible.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn qcow2_data_is_checked_and_its_virtual_size_read() {
+        let head = qcow2(3, 0, 64 << 20, 0);
+        assert_eq!(
+            check_format(DiskFormat::Qcow2, &head, 196_616).unwrap(),
+            64 << 20
+        );
+        assert_eq!(
+            check_format(DiskFormat::Qcow2, &qcow2(2, 0, 1 << 30, 0), 1).unwrap(),
+            1 << 30
+        );
+        let refused = [
+            (qcow2(3, 4096, 1, 0), "backing file"),
+            (qcow2(3, 0, 1, 0b100), "external file"),
+            (qcow2(4, 0, 1, 0), "version 4"),
+            (b"\x7fELF not a disk".to_vec(), "no qcow2 header"),
+            (QCOW2_MAGIC.to_vec(), "no qcow2 header"),
+        ];
+        for (head, why) in refused {
+            let e = check_format(DiskFormat::Qcow2, &head, 100).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(why), "{why}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn raw_data_is_its_own_size_and_may_not_be_qcow2() {
+        assert_eq!(
+            check_format(DiskFormat::Raw, b"\0\0\0\0", 4096).unwrap(),
+            4096
+        );
+        let e = check_format(DiskFormat::Raw, &qcow2(3, 0, 1, 0), 4096).unwrap_err();
+        assert!(e.message.contains("is a qcow2 image"), "{}", e.message);
+    }
+}

@@ -1,0 +1,168 @@
+//! Images made through the image API: the record and its upload states.
+//!
+//! The bytes live in a file beside the store (see `api::images`); the row
+//! says which file and what it holds. An upload is `queued -> saving ->
+//! active`: `saving` is taken in one write (so two uploads of one image
+//! cannot both run), the file is written and synced outside the store, and
+//! `active` with the file's path, size and sha256 is committed only once the
+//! bytes are durable. A failed upload, or an agent that stopped during one,
+//! leaves the image `queued` again.
+
+use rusqlite::params;
+
+use roost_common::model::{Image, ImageSpec, ImageState, ImageStatus, Resource};
+use roost_common::FieldError;
+
+use super::rows::{self, json, time};
+use super::{StoreError, WriteError};
+
+/// What an upload stored, committed by [`super::WriteCtx::finish_upload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub file: std::path::PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    pub virtual_size: u64,
+}
+
+fn save(tx: &rusqlite::Transaction<'_>, i: &Image) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE images SET name = ?2, spec = ?3, status = ?4, updated_at = ?5 WHERE id = ?1",
+        params![
+            i.id,
+            i.spec.name,
+            json(&i.spec)?,
+            json(&i.status)?,
+            time(&i.updated_at)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Images left `saving` by an agent that stopped during their upload go
+/// back to `queued` (their partial files are removed by the caller).
+pub(super) fn reset_interrupted_uploads(tx: &rusqlite::Connection) -> Result<usize, StoreError> {
+    Ok(tx.execute(
+        "UPDATE images SET status = json_set(status, '$.state', 'queued')
+         WHERE json_extract(status, '$.state') = 'saving'",
+        [],
+    )?)
+}
+
+impl super::WriteCtx<'_> {
+    /// Records a new image, `queued` until its data is uploaded.
+    pub fn create_image(&mut self, spec: ImageSpec) -> Result<Image, WriteError> {
+        spec.validate()?;
+        let mut i: Image = Resource::new(spec, self.now);
+        if let Some(id) = &i.spec.id {
+            i.id = id.clone();
+            let taken: bool = self.tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM images WHERE id = ?1)",
+                [id],
+                |r| r.get(0),
+            )?;
+            if taken {
+                return Err(WriteError::Conflict(format!(
+                    "An image with identifier {id} already exists"
+                )));
+            }
+        }
+        i.spec.id = Some(i.id.clone());
+        rows::insert(self.tx, "images", &i, Some(&i.spec.name))?;
+        Ok(i)
+    }
+
+    fn image_for_write(&self, id: &str) -> Result<Image, WriteError> {
+        rows::get(self.tx, "images", id)?
+            .ok_or_else(|| WriteError::NotFound(format!("No image found with ID {id}")))
+    }
+
+    /// Takes `queued -> saving`: only one upload of an image runs.
+    pub fn begin_upload(&mut self, id: &str) -> Result<Image, WriteError> {
+        let mut i = self.image_for_write(id)?;
+        if i.status.state != ImageState::Queued {
+            return Err(WriteError::Conflict(format!(
+                "Image status transition from {} to saving is not allowed: data can be uploaded only to a queued image",
+                i.status.state.as_str()
+            )));
+        }
+        i.status.state = ImageState::Saving;
+        i.updated_at = self.now;
+        save(self.tx, &i)?;
+        Ok(i)
+    }
+
+    /// Commits an upload whose bytes are durable: the image is `active`.
+    pub fn finish_upload(&mut self, id: &str, up: Uploaded) -> Result<Image, WriteError> {
+        let mut i = self.image_for_write(id)?;
+        if i.status.state != ImageState::Saving {
+            return Err(WriteError::Conflict(format!(
+                "Image {id} is {} and no longer taking this upload",
+                i.status.state.as_str()
+            )));
+        }
+        i.spec.file = Some(up.file);
+        i.status = ImageStatus {
+            state: ImageState::Active,
+            size_bytes: Some(up.size),
+            sha256: Some(up.sha256),
+            virtual_size: Some(up.virtual_size),
+        };
+        i.updated_at = self.now;
+        save(self.tx, &i)?;
+        Ok(i)
+    }
+
+    /// An upload failed: the image is `queued` again and may be retried.
+    pub fn abort_upload(&mut self, id: &str) -> Result<(), WriteError> {
+        let mut i = self.image_for_write(id)?;
+        if i.status.state == ImageState::Saving {
+            i.status.state = ImageState::Queued;
+            i.updated_at = self.now;
+            save(self.tx, &i)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an image that no server boots from; returns it, so the caller
+    /// removes its file after the commit. Config seeds may be deleted too
+    /// (their files are the operator's and are left alone).
+    pub fn delete_image(&mut self, id: &str) -> Result<Image, WriteError> {
+        let i = self.image_for_write(id)?;
+        if i.spec.protected {
+            return Err(WriteError::Forbidden(format!(
+                "Image {id} is protected and cannot be deleted; unset protected first"
+            )));
+        }
+        if i.status.state == ImageState::Saving {
+            return Err(WriteError::Conflict(format!(
+                "Image {id} is being uploaded; delete it when the upload ends"
+            )));
+        }
+        let servers = super::servers::live_users(self.tx, "image_id", id)?;
+        if !servers.is_empty() {
+            return Err(WriteError::Conflict(format!(
+                "Image {id} is in use by server(s) {}: their disks are built on it; delete them first",
+                servers.join(", ")
+            )));
+        }
+        self.tx.execute("DELETE FROM images WHERE id = ?1", [id])?;
+        Ok(i)
+    }
+}
+
+/// The server-create check: an image must be active to boot from.
+pub(super) fn check_bootable(image: &Image, field: &str) -> Result<(), FieldError> {
+    if image.status.state == ImageState::Active {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            &image.id,
+            format!(
+                "image is {}, not active: upload its data first",
+                image.status.state.as_str()
+            ),
+        ))
+    }
+}

@@ -1,0 +1,392 @@
+//! The stock `openstack` client (python-openstackclient 10.5.0, installed
+//! by `scripts/openstack-client.sh`) against a real site whose region is
+//! unreachable: an operator's whole day through the tool they know, and
+//! the refusals they would meet, read from the client's own output.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use roost_tests::region::TestRegion;
+use roost_tests::{repo_root, site_config, AgentProcess, ADMIN_PASSWORD};
+use serde_json::Value;
+
+const SITE: &str = "edge-factory-01";
+
+fn client() -> PathBuf {
+    let path = std::env::var_os("ROOST_OPENSTACK_CLIENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/openstack-client/bin/openstack"));
+    assert!(
+        path.exists(),
+        "{} is missing: run ./scripts/openstack-client.sh (./scripts/test.sh does) to install python-openstackclient",
+        path.display()
+    );
+    path
+}
+
+/// The `openstack` command as an operator at the site runs it.
+struct Cli {
+    exe: PathBuf,
+    auth_url: String,
+    password: String,
+}
+
+/// What one run printed.
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Out {
+        let out = Command::new(&self.exe)
+            .args(args)
+            .env("OS_AUTH_URL", &self.auth_url)
+            .env("OS_USERNAME", "admin")
+            .env("OS_PASSWORD", &self.password)
+            .env("OS_PROJECT_NAME", "admin")
+            .env("OS_USER_DOMAIN_NAME", "Default")
+            .env("OS_PROJECT_DOMAIN_NAME", "Default")
+            .env("OS_IDENTITY_API_VERSION", "3")
+            .env_remove("OS_CLOUD")
+            .output()
+            .expect("run openstack");
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs a command that must succeed and prints JSON (`-f json`).
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-f", "json"]);
+        let out = self.run(&all);
+        assert!(out.ok, "openstack {}: {}", args.join(" "), out.stderr);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("openstack {}: {e}: {}", args.join(" "), out.stdout))
+    }
+
+    /// Runs a command that must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.ok, "openstack {}: {}", args.join(" "), out.stderr);
+        out.stdout
+    }
+
+    /// Runs a command that must fail; returns what it said.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.ok,
+            "openstack {} succeeded: {}",
+            args.join(" "),
+            out.stdout
+        );
+        out.stderr
+    }
+
+    fn server_status(&self, name: &str) -> String {
+        self.ok(&["server", "show", name, "-f", "value", "-c", "status"])
+            .trim()
+            .to_string()
+    }
+
+    fn wait_status(&self, name: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.server_status(name);
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {name} is {now}, not {want}, after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|v| v["Name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A site enrolled in region `eu` whose region has gone: the agent keeps
+/// trying to reach it while the operator works.
+fn offline_site(dir: &Path) -> AgentProcess {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_rt = rt.enter();
+    let region = TestRegion::start("eu", SITE);
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("pki")).unwrap();
+    region.enroll(SITE).write_pem(&data.join("pki")).unwrap();
+    let config = dir.join("site.yaml");
+    let text = std::fs::read_to_string(site_config("edge-factory-01.yaml")).unwrap()
+        + &format!("\nregion:\n  name: eu\n  address: {}\n", region.addr);
+    std::fs::write(&config, text).unwrap();
+    drop(region);
+    AgentProcess::start(&config, &data)
+}
+
+#[test]
+fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
+    let exe = client();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = offline_site(dir.path());
+    let cli = Cli {
+        exe,
+        auth_url: format!("{}/identity/v3", agent.url),
+        password: ADMIN_PASSWORD.into(),
+    };
+
+    // A token from the site's own Keystone.
+    let token = cli.json(&["token", "issue"]);
+    assert!(
+        token["id"].as_str().unwrap().starts_with("rst1."),
+        "{token}"
+    );
+    assert_eq!(token["project_id"].as_str().unwrap().len(), 32);
+
+    // A wrong password: Keystone's 401, and nothing else happens.
+    let wrong = Cli {
+        exe: cli.exe.clone(),
+        auth_url: cli.auth_url.clone(),
+        password: "not-the-password".into(),
+    };
+    let said = wrong.fails(&["server", "list"]);
+    assert!(
+        said.contains("401") && said.contains("requires authentication"),
+        "{said}"
+    );
+
+    // Flavor.
+    let flavor = cli.json(&[
+        "flavor",
+        "create",
+        "--vcpus",
+        "1",
+        "--ram",
+        "256",
+        "--disk",
+        "1",
+        "cli.small",
+    ]);
+    assert_eq!(flavor["ram"], 256);
+    assert_eq!(flavor["vcpus"], 1);
+    assert!(names(&cli.json(&["flavor", "list"])).contains(&"cli.small".to_string()));
+
+    // Image: made with qemu-img, uploaded, listed, and read back whole.
+    let qcow2 = dir.path().join("plc.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow2)
+        .arg("64M")
+        .status()
+        .expect("qemu-img (Debian's qemu-utils; ./scripts/setup.sh installs it)");
+    assert!(made.success());
+    let qcow2_arg = qcow2.to_str().unwrap();
+    let image = cli.json(&[
+        "image",
+        "create",
+        "--file",
+        qcow2_arg,
+        "--disk-format",
+        "qcow2",
+        "--container-format",
+        "bare",
+        "plc-image",
+    ]);
+    assert_eq!(image["status"], "active", "{image}");
+    let size = std::fs::metadata(&qcow2).unwrap().len();
+    assert_eq!(image["size"], size);
+    assert_eq!(image["virtual_size"], 64 << 20);
+    let image_id = image["id"].as_str().unwrap().to_string();
+    let stored = agent.data_dir.join("images").join(&image_id);
+    assert_eq!(
+        std::fs::read(&stored).unwrap(),
+        std::fs::read(&qcow2).unwrap()
+    );
+    let back = dir.path().join("back.qcow2");
+    cli.ok(&[
+        "image",
+        "save",
+        "--file",
+        back.to_str().unwrap(),
+        "plc-image",
+    ]);
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(&qcow2).unwrap()
+    );
+    // A qcow2 file called raw is refused, and the client removes the
+    // record it made: the image list is as before.
+    let said = cli.fails(&[
+        "image",
+        "create",
+        "--file",
+        qcow2_arg,
+        "--disk-format",
+        "raw",
+        "disguised",
+    ]);
+    assert!(
+        said.contains("400") && said.contains("is a qcow2 image"),
+        "{said}"
+    );
+    let images = names(&cli.json(&["image", "list"]));
+    assert!(images.contains(&"plc-image".to_string()), "{images:?}");
+    assert!(!images.contains(&"disguised".to_string()), "{images:?}");
+
+    // Network, subnet, security group and rule.
+    let net = cli.json(&["network", "create", "plant-floor"]);
+    assert_eq!(net["status"], "ACTIVE", "{net}");
+    let subnet = cli.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "plant-floor",
+        "--subnet-range",
+        "10.77.0.0/24",
+        "plant-v4",
+    ]);
+    assert_eq!(subnet["gateway_ip"], "10.77.0.1", "{subnet}");
+    let port = cli.json(&["port", "create", "--network", "plant-floor", "plc-port"]);
+    assert!(
+        port["fixed_ips"].to_string().contains("10.77.0.2"),
+        "{port}"
+    );
+    cli.json(&["security", "group", "create", "ssh-in"]);
+    let rule = cli.json(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "22",
+        "ssh-in",
+    ]);
+    assert_eq!(rule["port_range_min"], 22, "{rule}");
+    // Overlapping subnet: Neutron's 400, nothing made.
+    let said = cli.fails(&[
+        "subnet",
+        "create",
+        "--network",
+        "plant-floor",
+        "--subnet-range",
+        "10.77.0.128/25",
+        "overlap",
+    ]);
+    assert!(said.contains("400") && said.contains("overlap"), "{said}");
+
+    // A server on that network from that image and flavor.
+    let server = cli.json(&[
+        "server",
+        "create",
+        "--flavor",
+        "cli.small",
+        "--image",
+        "plc-image",
+        "--network",
+        "plant-floor",
+        "--wait",
+        "plc-1",
+    ]);
+    assert_eq!(server["status"], "ACTIVE", "{server}");
+    let list = cli.json(&["server", "list"]);
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Name"] == "plc-1")
+        .unwrap_or_else(|| panic!("plc-1 not listed: {list}"))
+        .clone();
+    assert_eq!(row["Status"], "ACTIVE");
+    assert!(row["Networks"].to_string().contains("10.77.0."), "{row}");
+    assert_eq!(row["Image"], "plc-image");
+    assert_eq!(row["Flavor"], "cli.small");
+
+    cli.ok(&["server", "stop", "plc-1"]);
+    cli.wait_status("plc-1", "SHUTOFF");
+    cli.ok(&["server", "start", "plc-1"]);
+    cli.wait_status("plc-1", "ACTIVE");
+    cli.ok(&["server", "reboot", "--wait", "plc-1"]);
+    cli.wait_status("plc-1", "ACTIVE");
+
+    // Quotas: the region set none, so nothing limits this site; the usage
+    // counts the server.
+    let quota = cli.json(&["quota", "show", "--usage"]);
+    let row = |name: &str| {
+        quota
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["Resource"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {quota}"))
+            .clone()
+    };
+    for (name, in_use) in [
+        ("instances", 1),
+        ("cores", 1),
+        ("ram", 256),
+        ("networks", 1),
+        ("ports", 2),
+    ] {
+        let r = row(name);
+        assert_eq!(
+            (r["Limit"].as_i64(), r["In Use"].as_i64()),
+            (Some(-1), Some(in_use)),
+            "{name}: {r}"
+        );
+    }
+
+    // In use: neither the image nor the flavor can go, and both say why.
+    let said = cli.fails(&["image", "delete", "plc-image"]);
+    assert!(
+        said.contains("409") && said.contains("in use by server"),
+        "{said}"
+    );
+    let said = cli.fails(&["flavor", "delete", "cli.small"]);
+    assert!(
+        said.contains("409") && said.contains("in use by server"),
+        "{said}"
+    );
+    // Volumes are not served yet: boot from volume is refused by name.
+    let said = cli.fails(&[
+        "server",
+        "create",
+        "--flavor",
+        "cli.small",
+        "--image",
+        "plc-image",
+        "--boot-from-volume",
+        "1",
+        "--network",
+        "plant-floor",
+        "vol-1",
+    ]);
+    assert!(said.contains("block_device_mapping_v2[0]"), "{said}");
+
+    // Tear down in order; each goes.
+    cli.ok(&["server", "delete", "--wait", "plc-1"]);
+    assert!(!names(&cli.json(&["server", "list"])).contains(&"plc-1".to_string()));
+    cli.ok(&["image", "delete", "plc-image"]);
+    assert!(!stored.exists(), "the image's file is removed with it");
+    cli.ok(&["flavor", "delete", "cli.small"]);
+    cli.ok(&["port", "delete", "plc-port"]);
+    cli.ok(&["subnet", "delete", "plant-v4"]);
+    cli.ok(&["network", "delete", "plant-floor"]);
+    cli.ok(&["security", "group", "delete", "ssh-in"]);
+    assert!(!names(&cli.json(&["image", "list"])).contains(&"plc-image".to_string()));
+    assert!(!names(&cli.json(&["flavor", "list"])).contains(&"cli.small".to_string()));
+    assert!(!names(&cli.json(&["network", "list"])).contains(&"plant-floor".to_string()));
+}
