@@ -19,6 +19,9 @@
 //!
 //! Errors are `{"error": {"code", "message"}}`; bad input names the field
 //! and the rule and changes nothing.
+//!
+//! The OpenStack face (Keystone, and Nova and Glance per site as a region)
+//! is in [`crate::openstack`].
 
 use std::sync::Arc;
 
@@ -90,6 +93,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/region", get(region_info))
         .route("/v1/enroll/check", post(check_token))
         .nest("/roost/v1", operator)
+        .merge(crate::openstack::routes())
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,

@@ -145,7 +145,8 @@ fn fields_of<T: Serialize>(v: &T) -> serde_json::Map<String, serde_json::Value> 
 }
 
 /// The flavors a site's document holds (not deleted), by id.
-fn site_flavors(region: &Region, site: &str) -> Result<Vec<(String, FlavorSpec)>, Refused> {
+/// The flavors `site` has, as its intent document holds them.
+pub fn site_flavors(region: &Region, site: &str) -> Result<Vec<(String, FlavorSpec)>, Refused> {
     let link = region.site(site)?;
     let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
     let mut out = Vec::new();
@@ -198,7 +199,8 @@ fn server_spec(
     req: &ServerCreate,
 ) -> Result<(ServerSpec, FlavorSpec), Refused> {
     req.check_supported()?;
-    if let roost_common::api::Nics::List(_) = req.nics()? {
+    // The `openstack` client sends an empty list for "no --network".
+    if matches!(req.nics()?, roost_common::api::Nics::List(l) if !l.is_empty()) {
         return Err(FieldError::new(
             "server.networks",
             "a list",
@@ -261,10 +263,51 @@ fn write_server(region: &Region, site: &str, spec: ServerSpec) -> Result<Placed,
     Ok(placed)
 }
 
-/// Asks `site` for a server. Blocks.
+/// The images `site` last published (`site/images` in its status
+/// document), or `None` if it never has (an agent from before images were
+/// published). Each is `{id, name, status, disk_format, size, ...}`.
+pub fn site_images(region: &Region, site: &str) -> Result<Option<Vec<serde_json::Value>>, Refused> {
+    site_row(region, site)?;
+    let link = region.site(site)?;
+    let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(match d.status.get("site", "images")? {
+        Some(serde_json::Value::Array(all)) => Some(all),
+        _ => None,
+    })
+}
+
+/// Asks `site` for a server. Blocks. When the site has published its
+/// images, the server's image must be one of them and active: a site can
+/// only boot what it holds, and the region says so before the site is
+/// even reachable.
 pub fn create_server(region: &Region, site: &str, req: &ServerCreate) -> Result<Placed, Refused> {
     managed(&site_row(region, site)?)?;
     let (spec, _) = server_spec(region, site, req)?;
+    if let Some(images) = site_images(region, site)? {
+        let active =
+            |i: &&serde_json::Value| i["id"] == spec.image_id.as_str() && i["status"] == "active";
+        if !images.iter().any(|i| active(&i)) {
+            let mut names: Vec<&str> = images
+                .iter()
+                .filter(|i| i["status"] == "active")
+                .filter_map(|i| i["name"].as_str())
+                .collect();
+            names.sort_unstable();
+            return Err(FieldError::new(
+                "server.imageRef",
+                &spec.image_id,
+                format!(
+                    "must be an active image of site {site} (as it last reported): {}",
+                    if names.is_empty() {
+                        "it has none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            )
+            .into());
+        }
+    }
     write_server(region, site, spec)
 }
 

@@ -23,4 +23,5 @@ pub mod fleet;
 pub mod intent;
 pub mod link;
 pub mod metrics;
+pub mod openstack;
 pub mod view;

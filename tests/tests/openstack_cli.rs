@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use roost_tests::region::TestRegion;
-use roost_tests::{repo_root, site_config, AgentProcess, ADMIN_PASSWORD};
+use roost_tests::{repo_root, site_config, AgentProcess, ControllerProcess, ADMIN_PASSWORD};
 use serde_json::Value;
 
 const SITE: &str = "edge-factory-01";
@@ -25,11 +25,14 @@ fn client() -> PathBuf {
     path
 }
 
-/// The `openstack` command as an operator at the site runs it.
+/// The `openstack` command as an operator runs it: at a site, or at the
+/// controller with a site as the region.
+#[derive(Clone)]
 struct Cli {
     exe: PathBuf,
     auth_url: String,
     password: String,
+    region: Option<String>,
 }
 
 /// What one run printed.
@@ -50,6 +53,7 @@ impl Cli {
             .env("OS_USER_DOMAIN_NAME", "Default")
             .env("OS_PROJECT_DOMAIN_NAME", "Default")
             .env("OS_IDENTITY_API_VERSION", "3")
+            .env("OS_REGION_NAME", self.region.as_deref().unwrap_or(""))
             .env_remove("OS_CLOUD")
             .output()
             .expect("run openstack");
@@ -96,7 +100,11 @@ impl Cli {
     }
 
     fn wait_status(&self, name: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_status_within(name, want, Duration::from_secs(30))
+    }
+
+    fn wait_status_within(&self, name: &str, want: &str, within: Duration) {
+        let deadline = Instant::now() + within;
         loop {
             let now = self.server_status(name);
             if now == want {
@@ -104,7 +112,7 @@ impl Cli {
             }
             assert!(
                 Instant::now() < deadline,
-                "server {name} is {now}, not {want}, after 30 s"
+                "server {name} is {now}, not {want}, after {within:?}"
             );
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -145,6 +153,7 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
         exe,
         auth_url: format!("{}/identity/v3", agent.url),
         password: ADMIN_PASSWORD.into(),
+        region: None,
     };
 
     // A token from the site's own Keystone.
@@ -157,9 +166,8 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
 
     // A wrong password: Keystone's 401, and nothing else happens.
     let wrong = Cli {
-        exe: cli.exe.clone(),
-        auth_url: cli.auth_url.clone(),
         password: "not-the-password".into(),
+        ..cli.clone()
     };
     let said = wrong.fails(&["server", "list"]);
     assert!(
@@ -389,4 +397,192 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
     assert!(!names(&cli.json(&["image", "list"])).contains(&"plc-image".to_string()));
     assert!(!names(&cli.json(&["flavor", "list"])).contains(&"cli.small".to_string()));
     assert!(!names(&cli.json(&["network", "list"])).contains(&"plant-floor".to_string()));
+}
+
+/// Waits until `f` holds, polling every 300 ms.
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
+    let exe = client();
+    let dir = tempfile::tempdir().unwrap();
+    let region_cfg = site_config("region.yaml");
+    let cdata = dir.path().join("controller");
+    let out = ControllerProcess::token(&region_cfg, &cdata, SITE);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut controller = ControllerProcess::start(&region_cfg, &cdata);
+    let site_cfg = dir.path().join("site.yaml");
+    let text = std::fs::read_to_string(site_config("edge-factory-01.yaml")).unwrap()
+        + &format!(
+            "\nregion:\n  name: eu-central\n  address: {}\n  central_api: {}\n  join_token: {token}\n",
+            controller.quic, controller.api
+        );
+    std::fs::write(&site_cfg, text).unwrap();
+    let site_data = dir.path().join("site");
+    let mut agent = AgentProcess::start(&site_cfg, &site_data);
+
+    let cli = Cli {
+        exe,
+        auth_url: format!("{}/identity/v3", controller.api),
+        password: controller.admin_token(),
+        region: Some(SITE.into()),
+    };
+    // The region's Keystone: the admin token is admin's password.
+    let token = cli.json(&["token", "issue"]);
+    assert!(
+        token["id"].as_str().unwrap().starts_with("rgk1.admin."),
+        "{token}"
+    );
+    let said = Cli {
+        password: "wrong".into(),
+        ..cli.clone()
+    }
+    .fails(&["server", "list"]);
+    assert!(said.contains("401"), "{said}");
+    // A region the catalog does not have.
+    let said = Cli {
+        region: Some("nowhere-01".into()),
+        ..cli.clone()
+    }
+    .fails(&["server", "list"]);
+    assert!(said.to_lowercase().contains("endpoint"), "{said}");
+
+    // Once the site synced, its flavors and images are the region's to use.
+    wait_until(
+        "the site's images reach the region",
+        Duration::from_secs(30),
+        || {
+            let out = cli.run(&["image", "list", "-f", "json"]);
+            out.ok && out.stdout.contains("debian-12-generic")
+        },
+    );
+    assert!(names(&cli.json(&["flavor", "list"])).contains(&"m1.small".to_string()));
+
+    // Online: the request becomes a server the site runs, and the region
+    // shows what the site reported.
+    cli.json(&[
+        "server",
+        "create",
+        "--flavor",
+        "m1.small",
+        "--image",
+        "debian-12-generic",
+        "line-1",
+    ]);
+    cli.wait_status("line-1", "ACTIVE");
+    let shown = cli.json(&["server", "show", "line-1"]);
+    assert!(
+        shown["OS-EXT-SRV-ATTR:host"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{shown}"
+    );
+
+    // Offline: the request is kept as intent and shown as not yet synced.
+    agent.terminate();
+    let queued = cli.json(&[
+        "server",
+        "create",
+        "--flavor",
+        "m1.small",
+        "--image",
+        "debian-12-generic",
+        "line-2",
+    ]);
+    assert_eq!(queued["status"], "BUILD", "{queued}");
+    assert_eq!(queued["OS-EXT-STS:task_state"], "scheduling", "{queued}");
+    assert!(queued["OS-EXT-SRV-ATTR:host"].is_null(), "{queued}");
+    cli.ok(&["server", "delete", "line-1"]);
+    let list = cli.json(&["server", "list"]);
+    assert_eq!(
+        names(&list).len(),
+        2,
+        "line-1 stays listed until the site removes it: {list}"
+    );
+
+    // The region checks what it can before the site is reachable: an
+    // image the site does not hold is refused by name, in Nova's shape.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (code, body, detail) = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let auth = http
+            .post(format!("{}/identity/v3/auth/tokens", controller.api))
+            .json(&serde_json::json!({"auth": {"identity": {"methods": ["password"],
+                "password": {"user": {"name": "admin", "domain": {"id": "default"}, "password": cli.password}}}}}))
+            .send()
+            .await
+            .unwrap();
+        let token = auth.headers()["X-Subject-Token"].to_str().unwrap().to_string();
+        let resp = http
+            .post(format!("{}/sites/{SITE}/compute/v2.1/servers", controller.api))
+            .header("X-Auth-Token", &token)
+            .json(&serde_json::json!({"server": {"name": "x", "flavorRef": "m1.small",
+                "imageRef": "99999999-2222-4333-8444-555555555555", "networks": "none"}}))
+            .send()
+            .await
+            .unwrap();
+        let refused = (resp.status().as_u16(), resp.json::<Value>().await.unwrap());
+        let detail: Value = http
+            .get(format!("{}/sites/{SITE}/compute/v2.1/servers/detail", controller.api))
+            .header("X-Auth-Token", &token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (refused.0, refused.1, detail)
+    });
+    // What the site last reported, and what it has not seen yet.
+    let synced = |name: &str| {
+        detail["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["roost:synced"].clone())
+    };
+    assert_eq!(synced("line-1"), Some(Value::Bool(true)), "{detail}");
+    assert_eq!(synced("line-2"), Some(Value::Bool(false)), "{detail}");
+    assert_eq!(code, 400, "{body}");
+    let message = body["badRequest"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("server.imageRef") && message.contains("debian-12-generic"),
+        "{message}"
+    );
+    assert!(!names(&cli.json(&["server", "list"])).contains(&"x".to_string()));
+
+    // Back online: the site runs line-2 and removes line-1.
+    let mut agent = AgentProcess::start(&site_cfg, &site_data);
+    cli.wait_status_within("line-2", "ACTIVE", Duration::from_secs(60));
+    wait_until("line-1 is gone", Duration::from_secs(60), || {
+        !names(&cli.json(&["server", "list"])).contains(&"line-1".to_string())
+    });
+    // The site's own API agrees.
+    let site_cli = Cli {
+        exe: cli.exe.clone(),
+        auth_url: format!("{}/identity/v3", agent.url),
+        password: ADMIN_PASSWORD.into(),
+        region: None,
+    };
+    assert_eq!(
+        names(&site_cli.json(&["server", "list"])),
+        vec!["line-2".to_string()]
+    );
+    agent.terminate();
+    controller.terminate();
 }

@@ -7,6 +7,11 @@
 //! `active` with the file's path, size and sha256 is committed only once the
 //! bytes are durable. A failed upload, or an agent that stopped during one,
 //! leaves the image `queued` again.
+//!
+//! The site publishes its images (what each is, not its bytes) under
+//! `site/images` in the status document after every image write and once
+//! after each start, so the region can show them and check a server
+//! request's image while the site is offline.
 
 use rusqlite::params;
 
@@ -23,6 +28,36 @@ pub struct Uploaded {
     pub size: u64,
     pub sha256: String,
     pub virtual_size: u64,
+}
+
+/// The status document's key (under `site/`) for the site's images.
+pub const IMAGES: &str = "images";
+
+/// The site's images as the region sees them.
+pub(super) fn summary(conn: &rusqlite::Connection) -> Result<serde_json::Value, StoreError> {
+    let all: Vec<Image> = rows::list(conn, "images", "1", [])?;
+    Ok(serde_json::Value::Array(
+        all.iter()
+            .map(|i| {
+                serde_json::json!({
+                    "id": i.id,
+                    "name": i.spec.name,
+                    "status": i.status.state.as_str(),
+                    "disk_format": i.spec.disk_format,
+                    "container_format": i.spec.container_format,
+                    "size": i.status.size_bytes,
+                    "virtual_size": i.status.virtual_size,
+                    "sha256": i.status.sha256,
+                    "min_disk": i.spec.min_disk_gb,
+                    "min_ram": i.spec.min_ram_mb,
+                    "visibility": i.spec.visibility.as_str(),
+                    "owner": i.spec.owner,
+                    "created_at": time(&i.created_at),
+                    "updated_at": time(&i.updated_at),
+                })
+            })
+            .collect(),
+    ))
 }
 
 fn save(tx: &rusqlite::Transaction<'_>, i: &Image) -> Result<(), StoreError> {
@@ -50,6 +85,13 @@ pub(super) fn reset_interrupted_uploads(tx: &rusqlite::Connection) -> Result<usi
 }
 
 impl super::WriteCtx<'_> {
+    /// Publishes the site's images in the status document.
+    pub(super) fn publish_images(&mut self) -> Result<(), StoreError> {
+        let all = summary(self.tx)?;
+        self.record_status(super::writer::SITE, IMAGES, &all);
+        Ok(())
+    }
+
     /// Records a new image, `queued` until its data is uploaded.
     pub fn create_image(&mut self, spec: ImageSpec) -> Result<Image, WriteError> {
         spec.validate()?;
@@ -69,6 +111,7 @@ impl super::WriteCtx<'_> {
         }
         i.spec.id = Some(i.id.clone());
         rows::insert(self.tx, "images", &i, Some(&i.spec.name))?;
+        self.publish_images()?;
         Ok(i)
     }
 
@@ -89,6 +132,7 @@ impl super::WriteCtx<'_> {
         i.status.state = ImageState::Saving;
         i.updated_at = self.now;
         save(self.tx, &i)?;
+        self.publish_images()?;
         Ok(i)
     }
 
@@ -110,6 +154,7 @@ impl super::WriteCtx<'_> {
         };
         i.updated_at = self.now;
         save(self.tx, &i)?;
+        self.publish_images()?;
         Ok(i)
     }
 
@@ -120,6 +165,7 @@ impl super::WriteCtx<'_> {
             i.status.state = ImageState::Queued;
             i.updated_at = self.now;
             save(self.tx, &i)?;
+            self.publish_images()?;
         }
         Ok(())
     }
@@ -147,6 +193,7 @@ impl super::WriteCtx<'_> {
             )));
         }
         self.tx.execute("DELETE FROM images WHERE id = ?1", [id])?;
+        self.publish_images()?;
         Ok(i)
     }
 }

@@ -16,7 +16,8 @@
 //! - Besides each resource's status, the site publishes facts about itself
 //!   under `site/...` in the status document: `capacity` (written by the
 //!   writer in any batch that changed claims) and `conflicts` (the journal's
-//!   size and latest entries, after a pass that journaled one).
+//!   size and latest entries, after a pass that journaled one) and `images`
+//!   (see `images`).
 //! - Intent only the region writes: `quotas/site`, the site's allotment,
 //!   enforced by the writer on every create (see `quota`).
 
@@ -101,6 +102,9 @@ pub struct Journal {
     /// The capacity last written to the status document (`None` after a
     /// start: the first batch writes it).
     pub capacity: Option<roost_common::model::SiteCapacity>,
+    /// Whether the site's images were published since the start (the
+    /// first batch publishes them; image writes do after that).
+    pub images_published: bool,
 }
 
 fn doc_name(i: usize) -> &'static str {
@@ -121,6 +125,7 @@ impl Journal {
             tail,
             applied: None,
             capacity: None,
+            images_published: false,
         };
         let empty: i64 = conn.query_row(
             "SELECT (SELECT COUNT(*) FROM sync_snapshots) + (SELECT COUNT(*) FROM sync_changes)",
@@ -210,6 +215,7 @@ impl Journal {
         self.tail = tail;
         self.applied = None;
         self.capacity = None;
+        self.images_published = false;
         *self.docs.lock().expect("docs lock") = fresh;
         Ok(())
     }

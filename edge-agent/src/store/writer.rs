@@ -212,6 +212,14 @@ fn run_batch(
                 new_capacity = Some(capacity);
             }
         }
+        let publish_images = !journal.images_published;
+        if publish_images {
+            ops.push(DocOp::Status {
+                kind: SITE,
+                id: super::images::IMAGES.into(),
+                value: super::images::summary(&tx)?,
+            });
+        }
         Journal::apply(&mut docs, ops, Utc::now().timestamp_millis())?;
         let heads = journal.persist(&tx, &mut docs)?;
         tx.commit()?;
@@ -219,6 +227,7 @@ fn run_batch(
         if new_capacity.is_some() {
             journal.capacity = new_capacity;
         }
+        journal.images_published = true;
         Ok(())
     })();
     drop(docs);

@@ -1,0 +1,729 @@
+//! The region's OpenStack face, for the stock `openstack` client: every
+//! site is a region of the catalog (`--os-region-name edge-factory-01`).
+//!
+//! - Keystone v3 at `/identity/v3`: password authentication as `admin`
+//!   with the region's admin token as the password (`viewer` with the
+//!   viewer token: read only). Tokens are signed with HMAC-SHA256 under the
+//!   admin token and last [`TOKEN_TTL_HOURS`]; rotating `admin.token`
+//!   revokes them all. The catalog names, per site, its compute and image
+//!   endpoints here on the controller.
+//! - Nova at `/sites/{site}/compute/v2.1`: servers (list, detail, show,
+//!   create, delete) and flavors (list, detail, show), over the region's
+//!   copy of the site's documents. A create is intent the site takes when
+//!   it is next reachable, online or not; a list shows what the site last
+//!   reported (`roost:synced` false: the site has not reported it yet).
+//! - Glance at `/sites/{site}/image/v2`: the images the site published,
+//!   read only (images are made at the site).
+//!
+//! Errors are OpenStack's shapes: Keystone's `{"error": ...}` for 401,
+//! Nova's `{"itemNotFound": ...}` and the like otherwise.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use roost_common::api::{AuthBody, ServerCreateBody};
+use roost_common::model::{FlavorSpec, ServerStatus};
+
+use crate::api::{ApiState, Role};
+use crate::intent::{self, Refused};
+
+/// How long a token lasts.
+pub const TOKEN_TTL_HOURS: i64 = 12;
+const PREFIX: &str = "rgk1";
+
+pub fn routes() -> Router<ApiState> {
+    let site = Router::new()
+        .route(
+            "/compute/v2.1/servers",
+            get(list_servers).post(create_server),
+        )
+        .route("/compute/v2.1/servers/detail", get(list_servers_detail))
+        .route(
+            "/compute/v2.1/servers/{id}",
+            get(show_server).delete(delete_server),
+        )
+        .route("/compute/v2.1/flavors", get(list_flavors))
+        .route("/compute/v2.1/flavors/detail", get(list_flavors))
+        .route("/compute/v2.1/flavors/{id}", get(show_flavor))
+        .route("/image", get(image_versions))
+        .route("/image/", get(image_versions))
+        .route("/image/v2/images", get(list_images))
+        .route("/image/v2/images/{id}", get(show_image));
+    Router::new()
+        .route("/identity", get(identity_versions))
+        .route("/identity/", get(identity_versions))
+        .route("/identity/v3", get(identity_version))
+        .route("/identity/v3/", get(identity_version))
+        .route("/identity/v3/auth/tokens", post(issue_token))
+        .nest("/sites/{site}", site)
+}
+
+// ---------------------------------------------------------------- errors
+
+/// An OpenStack-shaped refusal.
+#[derive(Debug)]
+pub struct OsError {
+    status: StatusCode,
+    message: String,
+}
+
+fn os_error(status: StatusCode, message: impl Into<String>) -> OsError {
+    OsError {
+        status,
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for OsError {
+    fn into_response(self) -> Response {
+        let code = self.status.as_u16();
+        let body = match self.status {
+            StatusCode::UNAUTHORIZED => {
+                json!({"error": {"code": code, "title": "Unauthorized", "message": self.message}})
+            }
+            s => {
+                let key = match s {
+                    StatusCode::BAD_REQUEST => "badRequest",
+                    StatusCode::FORBIDDEN => "forbidden",
+                    StatusCode::NOT_FOUND => "itemNotFound",
+                    StatusCode::CONFLICT => "conflictingRequest",
+                    _ => "computeFault",
+                };
+                json!({key: {"code": code, "message": self.message}})
+            }
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<Refused> for OsError {
+    fn from(e: Refused) -> Self {
+        match e {
+            Refused::Invalid(f) => os_error(StatusCode::BAD_REQUEST, f.to_string()),
+            Refused::NotFound(m) => os_error(StatusCode::NOT_FOUND, m),
+            Refused::Conflict(m) => os_error(StatusCode::CONFLICT, m),
+            Refused::Store(e) => {
+                tracing::error!(error = %e, "the region's store failed under the OpenStack API");
+                os_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+/// Runs blocking work (the fleet store, the documents) off the async
+/// workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, OsError> + Send + 'static,
+) -> Result<T, OsError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| os_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+// ---------------------------------------------------------------- tokens
+
+fn mac(key: &str, payload: &str) -> String {
+    let mut m = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("hmac takes any key");
+    m.update(payload.as_bytes());
+    m.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Admin => "admin",
+        Role::Viewer => "reader",
+    }
+}
+
+/// A token for `role` until `expires`, signed under `key`.
+pub fn sign(key: &str, role: Role, expires: DateTime<Utc>) -> String {
+    let payload = format!("{PREFIX}.{}.{}", role_name(role), expires.timestamp());
+    let m = mac(key, &payload);
+    format!("{payload}.{m}")
+}
+
+/// The role and expiry a token carries, if `key` signed it and it is
+/// still valid at `now`.
+pub fn verify(key: &str, token: &str, now: DateTime<Utc>) -> Result<(Role, DateTime<Utc>), String> {
+    let bad = || {
+        "The request you have made requires authentication: the token is malformed or was not issued by this region.".to_string()
+    };
+    let (payload, given) = token.rsplit_once('.').ok_or_else(bad)?;
+    let mut parts = payload.split('.');
+    let (Some(PREFIX), Some(role), Some(exp), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let want = mac(key, payload);
+    let same = want.len() == given.len()
+        && want
+            .bytes()
+            .zip(given.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return Err(bad());
+    }
+    let role = match role {
+        "admin" => Role::Admin,
+        "reader" => Role::Viewer,
+        _ => return Err(bad()),
+    };
+    let expires = exp
+        .parse::<i64>()
+        .ok()
+        .and_then(|t| DateTime::from_timestamp(t, 0))
+        .ok_or_else(bad)?;
+    if expires <= now {
+        return Err(format!(
+            "The request you have made requires authentication: the token expired at {}.",
+            expires.to_rfc3339()
+        ));
+    }
+    Ok((role, expires))
+}
+
+/// The caller of an OpenStack route, from `X-Auth-Token`.
+#[derive(Debug, Clone, Copy)]
+pub struct OsCaller(pub Role);
+
+impl OsCaller {
+    fn require_admin(self, what: &str) -> Result<(), OsError> {
+        match self.0 {
+            Role::Admin => Ok(()),
+            Role::Viewer => Err(os_error(
+                StatusCode::FORBIDDEN,
+                format!("Policy doesn't allow {what} to be performed: the reader (viewer) role cannot change the region"),
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<ApiState> for OsCaller {
+    type Rejection = OsError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, OsError> {
+        let token = parts
+            .headers
+            .get("X-Auth-Token")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| os_error(StatusCode::UNAUTHORIZED, "The request you have made requires authentication: send an X-Auth-Token header (get one from POST /identity/v3/auth/tokens)."))?;
+        let (role, _) = verify(&s.admin_token, token.trim(), Utc::now())
+            .map_err(|m| os_error(StatusCode::UNAUTHORIZED, m))?;
+        Ok(OsCaller(role))
+    }
+}
+
+// ---------------------------------------------------------------- keystone
+
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}")
+}
+
+fn identity_doc(headers: &HeaderMap) -> Value {
+    json!({
+        "id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
+        "links": [{"rel": "self", "href": format!("{}/identity/v3/", base_url(headers))}],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
+    })
+}
+
+async fn identity_versions(headers: HeaderMap) -> Response {
+    (
+        StatusCode::MULTIPLE_CHOICES,
+        Json(json!({"versions": {"values": [identity_doc(&headers)]}})),
+    )
+        .into_response()
+}
+
+async fn identity_version(headers: HeaderMap) -> Json<Value> {
+    Json(json!({ "version": identity_doc(&headers) }))
+}
+
+/// `POST /identity/v3/auth/tokens`: `admin` with the admin token, or
+/// `viewer` with the viewer token, as the password.
+async fn issue_token(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OsError> {
+    let bad = |m: String| os_error(StatusCode::BAD_REQUEST, m);
+    let body: AuthBody = serde_json::from_slice(&body).map_err(|e| bad(format!("body: {e}")))?;
+    let pw =
+        body.auth.identity.password.ok_or_else(|| {
+            bad("auth.identity.password: is required (the password method)".into())
+        })?;
+    let given = pw.user.password.trim().as_bytes();
+    let same = |a: &[u8], b: &[u8]| {
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    };
+    let role = match pw.user.name.as_deref() {
+        Some("admin") if same(given, s.admin_token.as_bytes()) => Role::Admin,
+        Some("viewer") if same(given, s.viewer_token.as_bytes()) => Role::Viewer,
+        _ => {
+            tracing::warn!(
+                user = pw.user.name.as_deref().unwrap_or(""),
+                "region authentication refused"
+            );
+            return Err(os_error(
+                StatusCode::UNAUTHORIZED,
+                "The request you have made requires authentication: user admin's password is the region's admin.token (viewer's is viewer.token).",
+            ));
+        }
+    };
+    let now = Utc::now();
+    let expires = now + chrono::Duration::hours(TOKEN_TTL_HOURS);
+    let token = sign(&s.admin_token, role, expires);
+    let region = s.region.store.region().to_string();
+    let sites = blocking({
+        let region = s.region.clone();
+        move || {
+            region
+                .store
+                .sites()
+                .map_err(|e| os_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        }
+    })
+    .await?;
+    let base = base_url(&headers);
+    let endpoint = |service: &str, site: &str, url: String| json!({"id": format!("{service}-{site}"), "interface": "public", "region": site, "region_id": site, "url": url});
+    let compute: Vec<Value> = sites
+        .iter()
+        .map(|r| {
+            endpoint(
+                "compute",
+                &r.id,
+                format!("{base}/sites/{}/compute/v2.1", r.id),
+            )
+        })
+        .collect();
+    // Identity answers in every region, so a client scoped to a site finds
+    // it there too.
+    let identity: Vec<Value> = std::iter::once(region.as_str())
+        .chain(sites.iter().map(|r| r.id.as_str()))
+        .map(|at| endpoint("identity", at, format!("{base}/identity")))
+        .collect();
+    let image: Vec<Value> = sites
+        .iter()
+        .map(|r| endpoint("image", &r.id, format!("{base}/sites/{}/image", r.id)))
+        .collect();
+    let domain = json!({"id": "default", "name": "Default"});
+    let time = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    let user = role_name(role);
+    let body = json!({"token": {
+        "methods": ["password"],
+        "user": {"id": user, "name": pw.user.name, "domain": domain, "password_expires_at": null},
+        "project": {"id": "region", "name": "admin", "domain": domain},
+        "roles": [{"id": user, "name": user}],
+        "is_domain": false,
+        "issued_at": time(now),
+        "expires_at": time(expires),
+        "audit_ids": [],
+        "catalog": [
+            {"type": "identity", "name": "keystone", "id": "identity", "endpoints": identity},
+            {"type": "compute", "name": "nova", "id": "compute", "endpoints": compute},
+            {"type": "image", "name": "glance", "id": "image", "endpoints": image},
+        ],
+    }});
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    resp.headers_mut().insert(
+        "X-Subject-Token",
+        token
+            .parse()
+            .map_err(|_| os_error(StatusCode::INTERNAL_SERVER_ERROR, "token"))?,
+    );
+    Ok(resp)
+}
+
+// ---------------------------------------------------------------- nova
+
+fn link(base: &str, site: &str, kind: &str, id: &str) -> Value {
+    json!([{"rel": "self", "href": format!("{base}/sites/{site}/compute/v2.1/{kind}/{id}")}])
+}
+
+/// A server as Nova shows it, from the region's view (`intent::servers`).
+fn server_view(base: &str, site: &str, v: &Value) -> Value {
+    let id = v["id"].as_str().unwrap_or_default();
+    let status: Option<ServerStatus> = serde_json::from_value(v["status"].clone()).ok();
+    let deleting = v["deleted"] == true;
+    let (shown, vm, task, power, host) = match &status {
+        Some(st) => (
+            st.nova_status(),
+            serde_json::to_value(st.vm_state).unwrap_or_default(),
+            if deleting {
+                json!("deleting")
+            } else {
+                serde_json::to_value(st.task_state).unwrap_or_default()
+            },
+            json!(st.power_state.code()),
+            json!(st.host),
+        ),
+        None => (
+            "BUILD",
+            json!("building"),
+            json!(if deleting { "deleting" } else { "scheduling" }),
+            json!(0),
+            Value::Null,
+        ),
+    };
+    let flavor = v["flavor_id"].as_str().unwrap_or_default();
+    let image = v["image_id"].as_str().unwrap_or_default();
+    json!({
+        "id": id,
+        "name": v["name"],
+        "status": shown,
+        "tenant_id": "",
+        "user_id": "",
+        "metadata": {},
+        "addresses": {},
+        "flavor": {"id": flavor, "links": link(base, site, "flavors", flavor)},
+        "image": {"id": image},
+        "links": link(base, site, "servers", id),
+        "OS-EXT-STS:vm_state": vm,
+        "OS-EXT-STS:task_state": task,
+        "OS-EXT-STS:power_state": power,
+        "OS-EXT-SRV-ATTR:host": host,
+        "OS-EXT-AZ:availability_zone": status.as_ref().and_then(|s| s.availability_zone.clone()),
+        "fault": status.as_ref().and_then(|s| s.fault.clone()),
+        "roost:site": site,
+        "roost:synced": status.is_some(),
+    })
+}
+
+async fn servers_of(s: &ApiState, site: String) -> Result<Vec<Value>, OsError> {
+    let region = s.region.clone();
+    blocking(move || Ok(intent::servers(&region, &site)?)).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ServerFilter {
+    name: Option<String>,
+    status: Option<String>,
+}
+
+async fn list_servers(
+    State(s): State<ApiState>,
+    _c: OsCaller,
+    headers: HeaderMap,
+    Path(site): Path<String>,
+    Query(f): Query<ServerFilter>,
+) -> Result<Json<Value>, OsError> {
+    let base = base_url(&headers);
+    let all = filtered(&s, &base, site, &f).await?;
+    let brief: Vec<Value> = all
+        .iter()
+        .map(|v| json!({"id": v["id"], "name": v["name"], "links": v["links"]}))
+        .collect();
+    Ok(Json(json!({ "servers": brief })))
+}
+
+async fn filtered(
+    s: &ApiState,
+    base: &str,
+    site: String,
+    f: &ServerFilter,
+) -> Result<Vec<Value>, OsError> {
+    let servers = servers_of(s, site.clone()).await?;
+    Ok(servers
+        .iter()
+        .map(|v| server_view(base, &site, v))
+        // A server the site removed after the region withdrew it is gone.
+        .filter(|v| v["status"] != "DELETED")
+        .filter(|v| f.name.as_ref().is_none_or(|n| v["name"] == n.as_str()))
+        .filter(|v| {
+            f.status.as_ref().is_none_or(|st| {
+                v["status"]
+                    .as_str()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(st))
+            })
+        })
+        .collect())
+}
+
+async fn list_servers_detail(
+    State(s): State<ApiState>,
+    _c: OsCaller,
+    headers: HeaderMap,
+    Path(site): Path<String>,
+    Query(f): Query<ServerFilter>,
+) -> Result<Json<Value>, OsError> {
+    let base = base_url(&headers);
+    Ok(Json(
+        json!({ "servers": filtered(&s, &base, site, &f).await? }),
+    ))
+}
+
+async fn show_server(
+    State(s): State<ApiState>,
+    _c: OsCaller,
+    headers: HeaderMap,
+    Path((site, id)): Path<(String, String)>,
+) -> Result<Json<Value>, OsError> {
+    let base = base_url(&headers);
+    let servers = servers_of(&s, site.clone()).await?;
+    servers
+        .iter()
+        .find(|v| v["id"] == id.as_str())
+        .map(|v| Json(json!({"server": server_view(&base, &site, v)})))
+        .ok_or_else(|| {
+            os_error(
+                StatusCode::NOT_FOUND,
+                format!("Instance {id} could not be found."),
+            )
+        })
+}
+
+async fn create_server(
+    State(s): State<ApiState>,
+    c: OsCaller,
+    headers: HeaderMap,
+    Path(site): Path<String>,
+    body: Bytes,
+) -> Result<Response, OsError> {
+    c.require_admin("os_compute_api:servers:create")?;
+    let base = base_url(&headers);
+    let req: ServerCreateBody = serde_json::from_slice(&body)
+        .map_err(|e| os_error(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    if req.scheduler_hints.is_some() || req.scheduler_hints_legacy.is_some() {
+        return Err(os_error(
+            StatusCode::BAD_REQUEST,
+            "os:scheduler_hints: server groups are local to a site; leave them out of region requests",
+        ));
+    }
+    let region = s.region.clone();
+    let at = site.clone();
+    let placed = blocking(move || Ok(intent::create_server(&region, &at, &req.server)?)).await?;
+    let body = json!({"server": {
+        "id": placed.id,
+        "links": link(&base, &site, "servers", &placed.id),
+        "OS-DCF:diskConfig": "MANUAL",
+        "security_groups": [{"name": "default"}],
+    }});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn delete_server(
+    State(s): State<ApiState>,
+    c: OsCaller,
+    Path((site, id)): Path<(String, String)>,
+) -> Result<StatusCode, OsError> {
+    c.require_admin("os_compute_api:servers:delete")?;
+    let region = s.region.clone();
+    blocking(move || Ok(intent::delete_server(&region, &site, &id)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn flavor_view(base: &str, site: &str, id: &str, f: &FlavorSpec) -> Value {
+    json!({
+        "id": id,
+        "name": f.name,
+        "vcpus": f.vcpus,
+        "ram": f.ram_mb,
+        "disk": f.disk_gb,
+        "OS-FLV-EXT-DATA:ephemeral": f.ephemeral_gb,
+        "swap": if f.swap_mb == 0 { json!("") } else { json!(f.swap_mb) },
+        "rxtx_factor": 1.0,
+        "os-flavor-access:is_public": f.is_public,
+        "OS-FLV-DISABLED:disabled": false,
+        "links": link(base, site, "flavors", id),
+    })
+}
+
+async fn flavors_of(s: &ApiState, site: String) -> Result<Vec<(String, FlavorSpec)>, OsError> {
+    let region = s.region.clone();
+    blocking(move || Ok(intent::site_flavors(&region, &site)?)).await
+}
+
+async fn list_flavors(
+    State(s): State<ApiState>,
+    _c: OsCaller,
+    headers: HeaderMap,
+    Path(site): Path<String>,
+) -> Result<Json<Value>, OsError> {
+    let base = base_url(&headers);
+    let all: Vec<Value> = flavors_of(&s, site.clone())
+        .await?
+        .iter()
+        .map(|(id, f)| flavor_view(&base, &site, id, f))
+        .collect();
+    Ok(Json(json!({ "flavors": all })))
+}
+
+async fn show_flavor(
+    State(s): State<ApiState>,
+    _c: OsCaller,
+    headers: HeaderMap,
+    Path((site, id)): Path<(String, String)>,
+) -> Result<Json<Value>, OsError> {
+    let base = base_url(&headers);
+    flavors_of(&s, site.clone())
+        .await?
+        .iter()
+        .find(|(fid, _)| *fid == id)
+        .map(|(fid, f)| Json(json!({"flavor": flavor_view(&base, &site, fid, f)})))
+        .ok_or_else(|| {
+            os_error(
+                StatusCode::NOT_FOUND,
+                format!("Flavor {id} could not be found."),
+            )
+        })
+}
+
+// ---------------------------------------------------------------- glance
+
+/// Glance's version document, which clients read before anything else.
+async fn image_versions(headers: HeaderMap, Path(site): Path<String>) -> Response {
+    let href = format!("{}/sites/{site}/image/v2/", base_url(&headers));
+    (
+        StatusCode::MULTIPLE_CHOICES,
+        Json(json!({"versions": [
+            {"id": "v2.16", "status": "CURRENT", "links": [{"rel": "self", "href": href}]},
+        ]})),
+    )
+        .into_response()
+}
+
+/// An image as Glance shows it, from what the site published.
+fn image_view(v: &Value) -> Value {
+    let id = v["id"].as_str().unwrap_or_default();
+    json!({
+        "id": id,
+        "name": v["name"],
+        "status": v["status"],
+        "visibility": v["visibility"],
+        "owner": v["owner"],
+        "protected": false,
+        "disk_format": v["disk_format"],
+        "container_format": v["container_format"],
+        "size": v["size"],
+        "virtual_size": v["virtual_size"],
+        "checksum": null,
+        "os_hash_algo": if v["sha256"].is_null() { Value::Null } else { json!("sha256") },
+        "os_hash_value": v["sha256"],
+        "min_disk": v["min_disk"],
+        "min_ram": v["min_ram"],
+        "tags": [],
+        "created_at": v["created_at"],
+        "updated_at": v["updated_at"],
+        "self": format!("/v2/images/{id}"),
+        "file": format!("/v2/images/{id}/file"),
+        "schema": "/v2/schemas/image",
+    })
+}
+
+async fn images_of(s: &ApiState, site: String) -> Result<Vec<Value>, OsError> {
+    let region = s.region.clone();
+    let all = blocking(move || Ok(intent::site_images(&region, &site)?)).await?;
+    Ok(all.unwrap_or_default().iter().map(image_view).collect())
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ImageFilter {
+    name: Option<String>,
+    status: Option<String>,
+}
+
+async fn list_images(
+    State(s): State<ApiState>,
+    _c: OsCaller,
+    Path(site): Path<String>,
+    Query(f): Query<ImageFilter>,
+) -> Result<Json<Value>, OsError> {
+    let all: Vec<Value> = images_of(&s, site)
+        .await?
+        .into_iter()
+        .filter(|v| f.name.as_ref().is_none_or(|n| v["name"] == n.as_str()))
+        .filter(|v| {
+            f.status
+                .as_ref()
+                .is_none_or(|st| v["status"] == st.as_str())
+        })
+        .collect();
+    Ok(Json(
+        json!({"images": all, "first": "/v2/images", "schema": "/v2/schemas/images"}),
+    ))
+}
+
+async fn show_image(
+    State(s): State<ApiState>,
+    _c: OsCaller,
+    Path((site, id)): Path<(String, String)>,
+) -> Result<Json<Value>, OsError> {
+    images_of(&s, site)
+        .await?
+        .into_iter()
+        .find(|v| v["id"] == id.as_str())
+        .map(Json)
+        .ok_or_else(|| {
+            os_error(
+                StatusCode::NOT_FOUND,
+                format!("No image found with ID {id}"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_carry_their_role_and_expiry_and_nothing_forged_passes() {
+        let now = Utc::now();
+        let exp = now + chrono::Duration::hours(1);
+        let t = sign("key-1", Role::Admin, exp);
+        let (role, until) = verify("key-1", &t, now).unwrap();
+        assert_eq!(role, Role::Admin);
+        assert_eq!(until.timestamp(), exp.timestamp());
+        assert_eq!(
+            verify("key-1", &sign("key-1", Role::Viewer, exp), now)
+                .unwrap()
+                .0,
+            Role::Viewer
+        );
+        // Another key (a rotated admin.token), a changed role, garbage.
+        assert!(verify("key-2", &t, now).is_err());
+        let forged = t.replacen(".admin.", ".reader.", 1);
+        assert!(verify("key-1", &forged, now).is_err());
+        for junk in ["", "rgk1", "rgk1.admin.1.2.3", "x.y.z.w", &t[..t.len() - 1]] {
+            assert!(verify("key-1", junk, now).is_err(), "{junk}");
+        }
+        // Expired.
+        let e = verify("key-1", &t, exp + chrono::Duration::seconds(1)).unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+    }
+
+    #[test]
+    fn a_server_the_site_has_not_reported_shows_as_building_and_unsynced() {
+        let v = json!({"id": "s1", "name": "cam", "flavor_id": "1", "image_id": "i", "deleted": false, "status": null});
+        let shown = server_view("http://r", "edge-1", &v);
+        assert_eq!(shown["status"], "BUILD");
+        assert_eq!(shown["roost:synced"], false);
+        assert_eq!(shown["OS-EXT-STS:task_state"], "scheduling");
+        let reported = json!({"id": "s1", "name": "cam", "flavor_id": "1", "image_id": "i", "deleted": true,
+            "status": {"host": "c0", "vm_state": "active", "task_state": null, "power_state": "running",
+                       "reboot_generation": 0, "launched_at": null, "fault": null}});
+        let shown = server_view("http://r", "edge-1", &reported);
+        assert_eq!(shown["status"], "ACTIVE");
+        assert_eq!(shown["roost:synced"], true);
+        assert_eq!(shown["OS-EXT-STS:task_state"], "deleting");
+        assert_eq!(shown["OS-EXT-SRV-ATTR:host"], "c0");
+    }
+}
