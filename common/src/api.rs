@@ -15,6 +15,32 @@ use crate::model::{
 };
 use crate::validate::FieldError;
 
+// ---------------------------------------------------------------- errors
+
+/// An error body in OpenStack's shapes: Keystone's `{"error": {"code",
+/// "title", "message"}}` for a 401 or when `keystone` is set, otherwise
+/// Nova's `{"itemNotFound": {"code", "message"}}` and the like. One place,
+/// for the site's API and the controller's OpenStack face.
+pub fn openstack_error_body(
+    code: u16,
+    title: &str,
+    message: &str,
+    keystone: bool,
+) -> serde_json::Value {
+    if code == 401 || keystone {
+        return serde_json::json!({"error": {"code": code, "title": title, "message": message}});
+    }
+    let key = match code {
+        400 => "badRequest",
+        403 => "forbidden",
+        404 => "itemNotFound",
+        409 => "conflictingRequest",
+        413 => "overLimit",
+        _ => "computeFault",
+    };
+    serde_json::json!({key: {"code": code, "message": message}})
+}
+
 // ---------------------------------------------------------------- keystone
 
 #[derive(Debug, Deserialize)]

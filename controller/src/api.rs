@@ -54,6 +54,8 @@ pub struct ApiState {
     pub viewer_token: Arc<String>,
     /// The port sites reach the QUIC endpoint at (told to installers).
     pub quic_port: u16,
+    /// The key the region signs Keystone tokens with (see `openstack`).
+    pub signer: Arc<roost_sync::token::Signer>,
 }
 
 /// What a token allows.

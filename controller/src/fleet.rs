@@ -100,6 +100,9 @@ CREATE TABLE IF NOT EXISTS availability_log (
     availability TEXT NOT NULL CHECK (availability IN ('online', 'offline')),
     address TEXT, at TEXT NOT NULL) STRICT;
 CREATE INDEX IF NOT EXISTS availability_by_site ON availability_log(site, seq);
+-- Region tokens revoked before their expiry, by Keystone audit id.
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    audit_id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) STRICT;
 "#;
 
 /// An alarm the region raised about a site (`site.offline` today).
@@ -177,6 +180,13 @@ pub trait FleetStore: std::fmt::Debug + Send + Sync {
     fn mark_seen(&self, site: &str, at: DateTime<Utc>) -> Result<(), FleetError>;
     /// Sets a site's management state; false if the site is unknown.
     fn set_management(&self, site: &str, management: &str) -> Result<bool, FleetError>;
+    /// The key the region signs Keystone tokens with (PKCS#8), made on
+    /// first use.
+    fn token_key(&self) -> Result<Vec<u8>, FleetError>;
+    /// Records a token revoked until it would have expired (Unix time).
+    fn revoke_token(&self, audit_id: &str, expires_at: i64) -> Result<(), FleetError>;
+    /// Audit ids of revoked tokens not yet expired at `now`; drops the rest.
+    fn revoked_tokens(&self, now: i64) -> Result<std::collections::BTreeSet<String>, FleetError>;
     /// Records an availability transition and raises or clears the site's
     /// `site.offline` alarm with it, atomically.
     fn record_availability(
@@ -472,6 +482,48 @@ impl FleetStore for SqliteFleet {
             params![site, p.intent, p.status],
         )?;
         Ok(())
+    }
+
+    fn token_key(&self) -> Result<Vec<u8>, FleetError> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let conn = self.conn();
+        let stored: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'token_key'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(k) = stored {
+            return b64
+                .decode(k)
+                .map_err(|e| FleetError::Corrupt(format!("token_key: {e}")));
+        }
+        let signer = roost_sync::token::Signer::generate()
+            .map_err(|e| FleetError::Corrupt(format!("token_key: {e}")))?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('token_key', ?1)",
+            [b64.encode(signer.pkcs8())],
+        )?;
+        Ok(signer.pkcs8().to_vec())
+    }
+
+    fn revoke_token(&self, audit_id: &str, expires_at: i64) -> Result<(), FleetError> {
+        self.conn().execute(
+            "INSERT INTO revoked_tokens (audit_id, expires_at) VALUES (?1, ?2)
+             ON CONFLICT (audit_id) DO NOTHING",
+            params![audit_id, expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn revoked_tokens(&self, now: i64) -> Result<std::collections::BTreeSet<String>, FleetError> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM revoked_tokens WHERE expires_at <= ?1", [now])?;
+        let mut stmt = conn.prepare_cached("SELECT audit_id FROM revoked_tokens")?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
     }
 
     /// Sets a site's management state; returns false if the site is unknown.

@@ -144,7 +144,6 @@ fn fields_of<T: Serialize>(v: &T) -> serde_json::Map<String, serde_json::Value> 
     }
 }
 
-/// The flavors a site's document holds (not deleted), by id.
 /// The flavors `site` has, as its intent document holds them.
 pub fn site_flavors(region: &Region, site: &str) -> Result<Vec<(String, FlavorSpec)>, Refused> {
     let link = region.site(site)?;
@@ -429,24 +428,12 @@ pub fn set_quota(
             let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
             d.intent.resource("quotas", "site")?
         };
-        region.write_intent(site, |doc| {
-            let now = now_ms();
-            match (&quota, existing) {
-                (None, Some(v)) if !v.deleted => doc.delete("quotas", "site", now),
-                (None, _) => Ok(()),
-                (Some(q), None) => doc.create("quotas", "site", fields_of(q), now),
-                (Some(q), Some(v)) => {
-                    if v.deleted {
-                        doc.set("quotas", "site", "deleted", false.into(), now)?;
-                    }
-                    for (field, value) in fields_of(q) {
-                        if v.fields.get(&field) != Some(&value) {
-                            doc.set("quotas", "site", &field, value, now)?;
-                        }
-                    }
-                    Ok(())
-                }
-            }
+        region.write_intent(site, |doc| match &quota {
+            None => match existing {
+                Some(v) if !v.deleted => doc.delete("quotas", "site", now_ms()),
+                _ => Ok(()),
+            },
+            Some(q) => upsert(doc, "quotas", "site", fields_of(q), existing),
         })?;
         METRICS.intent_writes.with_label_values(&["quotas"]).inc();
     }
@@ -456,6 +443,57 @@ pub fn set_quota(
         sites,
         skipped,
     })
+}
+
+/// Makes `kind/id` hold `fields` (creating it, or bringing it back from
+/// deleted), writing only the fields that differ.
+fn upsert(
+    doc: &mut roost_sync::IntentDoc,
+    kind: &str,
+    id: &str,
+    fields: serde_json::Map<String, serde_json::Value>,
+    existing: Option<roost_sync::IntentView>,
+) -> Result<(), roost_sync::DocError> {
+    let now = now_ms();
+    let Some(v) = existing else {
+        return doc.create(kind, id, fields, now);
+    };
+    if v.deleted {
+        doc.set(kind, id, "deleted", false.into(), now)?;
+    }
+    for (field, value) in fields {
+        if v.fields.get(&field) != Some(&value) {
+            doc.set(kind, id, &field, value, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes what sites need to check region tokens on their own (the public
+/// keys and the revoked tokens' audit ids, under `identity/region`) into
+/// `site`'s intent, if it differs. Returns whether it wrote. Blocks.
+pub fn publish_trust(
+    region: &Region,
+    site: &str,
+    trust: &roost_sync::token::Trust,
+) -> Result<bool, Refused> {
+    let fields = fields_of(trust);
+    let link = region.site(site)?;
+    let existing = {
+        let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
+        d.intent.resource("identity", "region")?
+    };
+    let current = existing
+        .as_ref()
+        .is_some_and(|v| !v.deleted && fields.iter().all(|(k, val)| v.fields.get(k) == Some(val)));
+    if current {
+        return Ok(false);
+    }
+    region.write_intent(site, |doc| {
+        upsert(doc, "identity", "region", fields, existing)
+    })?;
+    METRICS.intent_writes.with_label_values(&["identity"]).inc();
+    Ok(true)
 }
 
 /// A candidate for placement, as the region sees it.

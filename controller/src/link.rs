@@ -194,6 +194,10 @@ pub struct Region {
     stopping: AtomicBool,
     /// Site connections being handled (their end saves sync state).
     active: AtomicUsize,
+    /// What sites need to check the region's Keystone tokens offline; each
+    /// site gets it into its intent when it connects (see
+    /// `intent::publish_trust`), and every site when it changes.
+    pub trust: Mutex<Option<roost_sync::token::Trust>>,
 }
 
 /// Why a write of the region's intent failed.
@@ -218,6 +222,7 @@ impl Region {
             views_cache: Mutex::new(None),
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            trust: Mutex::new(None),
         }
     }
 
@@ -386,6 +391,18 @@ impl Region {
             return Err(format!("site {site:?} is not enrolled in this region"));
         }
         let link = self.site(&site).map_err(|e| e.to_string())?;
+        let trust = lock(&self.trust).clone();
+        if let Some(trust) = trust {
+            let (region, s) = (self.clone(), site.clone());
+            let published = tokio::task::spawn_blocking(move || {
+                crate::intent::publish_trust(&region, &s, &trust)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            if let Err(e) = published {
+                tracing::error!(site = %site, error = %e, "cannot give the site the region's token keys");
+            }
+        }
         let hello = Hello {
             name: self.store.region().to_string(),
             version: env!("CARGO_PKG_VERSION").into(),

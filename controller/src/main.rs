@@ -290,7 +290,19 @@ fn serve(
                 dir.join(fleet::VIEWER_TOKEN_FILE).display()
             )
         })?;
+        let signer = roost_sync::token::Signer::from_pkcs8(
+            &store.token_key().context("cannot read or make the region's token key")?,
+        )
+        .context("the region's token key in the store is unusable")?;
+        let revoked = store
+            .revoked_tokens(chrono::Utc::now().timestamp())
+            .context("cannot read the revoked tokens")?;
         let region = Arc::new(Region::new(Arc::new(store), offline_after));
+        *region.trust.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(roost_sync::token::Trust {
+                keys: vec![signer.public_key()],
+                revoked,
+            });
         let quic = tokio::spawn(region.clone().serve(endpoint.clone()));
         let stopping = region.clone();
         let audit = tokio::spawn(region.clone().audit_after_start());
@@ -302,6 +314,7 @@ fn serve(
             admin_token: Arc::new(admin_token),
             viewer_token: Arc::new(viewer_token),
             quic_port: quic_addr.port(),
+            signer: Arc::new(signer),
         };
         println!("roost-controller: region {} is serving", config.region.name);
         println!("  API        http://{api_addr}");

@@ -3,10 +3,12 @@
 //!
 //! - Keystone v3 at `/identity/v3`: password authentication as `admin`
 //!   with the region's admin token as the password (`viewer` with the
-//!   viewer token: read only). Tokens are signed with HMAC-SHA256 under the
-//!   admin token and last [`TOKEN_TTL_HOURS`]; rotating `admin.token`
-//!   revokes them all. The catalog names, per site, its compute and image
-//!   endpoints here on the controller.
+//!   viewer token: read only). Tokens are signed with the region's Ed25519
+//!   key (`roost_sync::token`) and last [`TOKEN_TTL_HOURS`]; `DELETE
+//!   /identity/v3/auth/tokens` revokes one. Sites get the public key and
+//!   the revocation list in their intent, so a region token works at a
+//!   site while the region is unreachable. The catalog names, per site, its
+//!   compute and image endpoints here on the controller.
 //! - Nova at `/sites/{site}/compute/v2.1`: servers (list, detail, show,
 //!   create, delete) and flavors (list, detail, show), over the region's
 //!   copy of the site's documents. A create is intent the site takes when
@@ -26,19 +28,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use roost_common::api::{AuthBody, ServerCreateBody};
 use roost_common::model::{FlavorSpec, ServerStatus};
+use roost_sync::token::{self, TokenClaims, Trust};
 
 use crate::api::{ApiState, Role};
 use crate::intent::{self, Refused};
 
 /// How long a token lasts.
 pub const TOKEN_TTL_HOURS: i64 = 12;
-const PREFIX: &str = "rgk1";
 
 pub fn routes() -> Router<ApiState> {
     let site = Router::new()
@@ -63,7 +63,10 @@ pub fn routes() -> Router<ApiState> {
         .route("/identity/", get(identity_versions))
         .route("/identity/v3", get(identity_version))
         .route("/identity/v3/", get(identity_version))
-        .route("/identity/v3/auth/tokens", post(issue_token))
+        .route(
+            "/identity/v3/auth/tokens",
+            post(issue_token).get(validate_token).delete(revoke_token),
+        )
         .nest("/sites/{site}", site)
 }
 
@@ -85,22 +88,12 @@ fn os_error(status: StatusCode, message: impl Into<String>) -> OsError {
 
 impl IntoResponse for OsError {
     fn into_response(self) -> Response {
-        let code = self.status.as_u16();
-        let body = match self.status {
-            StatusCode::UNAUTHORIZED => {
-                json!({"error": {"code": code, "title": "Unauthorized", "message": self.message}})
-            }
-            s => {
-                let key = match s {
-                    StatusCode::BAD_REQUEST => "badRequest",
-                    StatusCode::FORBIDDEN => "forbidden",
-                    StatusCode::NOT_FOUND => "itemNotFound",
-                    StatusCode::CONFLICT => "conflictingRequest",
-                    _ => "computeFault",
-                };
-                json!({key: {"code": code, "message": self.message}})
-            }
-        };
+        let body = roost_common::api::openstack_error_body(
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or("Error"),
+            &self.message,
+            false,
+        );
         (self.status, Json(body)).into_response()
     }
 }
@@ -131,70 +124,38 @@ async fn blocking<T: Send + 'static>(
 
 // ---------------------------------------------------------------- tokens
 
-fn mac(key: &str, payload: &str) -> String {
-    let mut m = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("hmac takes any key");
-    m.update(payload.as_bytes());
-    m.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn role_name(r: Role) -> &'static str {
+fn roles_of(r: Role) -> Vec<String> {
     match r {
-        Role::Admin => "admin",
-        Role::Viewer => "reader",
+        Role::Admin => vec!["admin".into(), "member".into(), "reader".into()],
+        Role::Viewer => vec!["reader".into()],
     }
 }
 
-/// A token for `role` until `expires`, signed under `key`.
-pub fn sign(key: &str, role: Role, expires: DateTime<Utc>) -> String {
-    let payload = format!("{PREFIX}.{}.{}", role_name(role), expires.timestamp());
-    let m = mac(key, &payload);
-    format!("{payload}.{m}")
+/// The region's trust: its own public key and the revoked tokens.
+fn trust(s: &ApiState) -> Result<Trust, OsError> {
+    let revoked = s
+        .region
+        .store
+        .revoked_tokens(Utc::now().timestamp())
+        .map_err(|e| os_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Trust {
+        keys: vec![s.signer.public_key()],
+        revoked,
+    })
 }
 
-/// The role and expiry a token carries, if `key` signed it and it is
-/// still valid at `now`.
-pub fn verify(key: &str, token: &str, now: DateTime<Utc>) -> Result<(Role, DateTime<Utc>), String> {
-    let bad = || {
-        "The request you have made requires authentication: the token is malformed or was not issued by this region.".to_string()
-    };
-    let (payload, given) = token.rsplit_once('.').ok_or_else(bad)?;
-    let mut parts = payload.split('.');
-    let (Some(PREFIX), Some(role), Some(exp), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    let want = mac(key, payload);
-    let same = want.len() == given.len()
-        && want
-            .bytes()
-            .zip(given.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
-        return Err(bad());
-    }
-    let role = match role {
-        "admin" => Role::Admin,
-        "reader" => Role::Viewer,
-        _ => return Err(bad()),
-    };
-    let expires = exp
-        .parse::<i64>()
-        .ok()
-        .and_then(|t| DateTime::from_timestamp(t, 0))
-        .ok_or_else(bad)?;
-    if expires <= now {
-        return Err(format!(
-            "The request you have made requires authentication: the token expired at {}.",
-            expires.to_rfc3339()
-        ));
-    }
-    Ok((role, expires))
+/// Checks a token this region signed.
+async fn check(s: &ApiState, token: &str) -> Result<TokenClaims, OsError> {
+    let (s, token) = (s.clone(), token.trim().to_string());
+    blocking(move || {
+        token::verify(&trust(&s)?, &token, Utc::now().timestamp()).map_err(|e| {
+            os_error(
+                StatusCode::UNAUTHORIZED,
+                format!("The request you have made requires authentication: {e}."),
+            )
+        })
+    })
+    .await
 }
 
 /// The caller of an OpenStack route, from `X-Auth-Token`.
@@ -222,8 +183,12 @@ impl FromRequestParts<ApiState> for OsCaller {
             .get("X-Auth-Token")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| os_error(StatusCode::UNAUTHORIZED, "The request you have made requires authentication: send an X-Auth-Token header (get one from POST /identity/v3/auth/tokens)."))?;
-        let (role, _) = verify(&s.admin_token, token.trim(), Utc::now())
-            .map_err(|m| os_error(StatusCode::UNAUTHORIZED, m))?;
+        let claims = check(s, token).await?;
+        let role = if claims.roles.iter().any(|r| r == "admin") {
+            Role::Admin
+        } else {
+            Role::Viewer
+        };
         Ok(OsCaller(role))
     }
 }
@@ -291,8 +256,23 @@ async fn issue_token(
     };
     let now = Utc::now();
     let expires = now + chrono::Duration::hours(TOKEN_TTL_HOURS);
-    let token = sign(&s.admin_token, role, expires);
     let region = s.region.store.region().to_string();
+    let user = match role {
+        Role::Admin => "admin",
+        Role::Viewer => "viewer",
+    };
+    let claims = TokenClaims {
+        user_id: user.into(),
+        user_name: user.into(),
+        project_id: "region".into(),
+        project_name: "admin".into(),
+        roles: roles_of(role),
+        issued_at: now.timestamp(),
+        expires_at: expires.timestamp(),
+        audit_id: uuid::Uuid::new_v4().simple().to_string(),
+        region: region.clone(),
+    };
+    let token = s.signer.sign(&claims);
     let sites = blocking({
         let region = s.region.clone();
         move || {
@@ -325,24 +305,12 @@ async fn issue_token(
         .iter()
         .map(|r| endpoint("image", &r.id, format!("{base}/sites/{}/image", r.id)))
         .collect();
-    let domain = json!({"id": "default", "name": "Default"});
-    let time = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-    let user = role_name(role);
-    let body = json!({"token": {
-        "methods": ["password"],
-        "user": {"id": user, "name": pw.user.name, "domain": domain, "password_expires_at": null},
-        "project": {"id": "region", "name": "admin", "domain": domain},
-        "roles": [{"id": user, "name": user}],
-        "is_domain": false,
-        "issued_at": time(now),
-        "expires_at": time(expires),
-        "audit_ids": [],
-        "catalog": [
+    let mut body = token_body(&claims);
+    body["token"]["catalog"] = json!([
             {"type": "identity", "name": "keystone", "id": "identity", "endpoints": identity},
             {"type": "compute", "name": "nova", "id": "compute", "endpoints": compute},
             {"type": "image", "name": "glance", "id": "image", "endpoints": image},
-        ],
-    }});
+    ]);
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     resp.headers_mut().insert(
         "X-Subject-Token",
@@ -351,6 +319,101 @@ async fn issue_token(
             .map_err(|_| os_error(StatusCode::INTERNAL_SERVER_ERROR, "token"))?,
     );
     Ok(resp)
+}
+
+/// Keystone's token body for `c` (without the catalog).
+fn token_body(c: &TokenClaims) -> Value {
+    let domain = json!({"id": "default", "name": "Default"});
+    let time = |t: i64| {
+        DateTime::from_timestamp(t, 0)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string()
+    };
+    json!({"token": {
+        "methods": ["password"],
+        "user": {"id": c.user_id, "name": c.user_name, "domain": domain, "password_expires_at": null},
+        "project": {"id": c.project_id, "name": c.project_name, "domain": domain},
+        "roles": c.roles.iter().map(|r| json!({"id": r, "name": r})).collect::<Vec<_>>(),
+        "is_domain": false,
+        "issued_at": time(c.issued_at),
+        "expires_at": time(c.expires_at),
+        "audit_ids": [c.audit_id],
+    }})
+}
+
+/// `GET /identity/v3/auth/tokens`: validates `X-Subject-Token`.
+async fn validate_token(
+    State(s): State<ApiState>,
+    _c: OsCaller,
+    headers: HeaderMap,
+) -> Result<Json<Value>, OsError> {
+    let subject = subject(&headers)?;
+    let claims = check(&s, &subject)
+        .await
+        .map_err(|e| os_error(StatusCode::NOT_FOUND, e.message))?;
+    Ok(Json(token_body(&claims)))
+}
+
+fn subject(headers: &HeaderMap) -> Result<String, OsError> {
+    headers
+        .get("X-Subject-Token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            os_error(
+                StatusCode::BAD_REQUEST,
+                "X-Subject-Token: header is required",
+            )
+        })
+}
+
+/// `DELETE /identity/v3/auth/tokens`: revokes `X-Subject-Token` (the
+/// caller's own, or any token for an admin) here and, as their intent
+/// syncs, at every site.
+async fn revoke_token(
+    State(s): State<ApiState>,
+    c: OsCaller,
+    headers: HeaderMap,
+) -> Result<StatusCode, OsError> {
+    let subject = subject(&headers)?;
+    let claims = check(&s, &subject)
+        .await
+        .map_err(|e| os_error(StatusCode::NOT_FOUND, e.message))?;
+    let own = headers
+        .get("X-Auth-Token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim() == subject.trim());
+    if !own {
+        c.require_admin("identity:revoke_token")?;
+    }
+    let state = s.clone();
+    let sites = blocking(move || {
+        let fail = |e: String| os_error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        state
+            .region
+            .store
+            .revoke_token(&claims.audit_id, claims.expires_at)
+            .map_err(|e| fail(e.to_string()))?;
+        let trust = trust(&state)?;
+        *state.region.trust.lock().unwrap_or_else(|e| e.into_inner()) = Some(trust.clone());
+        let mut written = 0;
+        for site in state
+            .region
+            .store
+            .sites()
+            .map_err(|e| fail(e.to_string()))?
+        {
+            if intent::publish_trust(&state.region, &site.id, &trust)? {
+                written += 1;
+            }
+        }
+        tracing::info!(audit_id = %claims.audit_id, sites = written, "region token revoked");
+        Ok(written)
+    })
+    .await?;
+    let _ = sites;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---------------------------------------------------------------- nova
@@ -683,32 +746,6 @@ async fn show_image(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_carry_their_role_and_expiry_and_nothing_forged_passes() {
-        let now = Utc::now();
-        let exp = now + chrono::Duration::hours(1);
-        let t = sign("key-1", Role::Admin, exp);
-        let (role, until) = verify("key-1", &t, now).unwrap();
-        assert_eq!(role, Role::Admin);
-        assert_eq!(until.timestamp(), exp.timestamp());
-        assert_eq!(
-            verify("key-1", &sign("key-1", Role::Viewer, exp), now)
-                .unwrap()
-                .0,
-            Role::Viewer
-        );
-        // Another key (a rotated admin.token), a changed role, garbage.
-        assert!(verify("key-2", &t, now).is_err());
-        let forged = t.replacen(".admin.", ".reader.", 1);
-        assert!(verify("key-1", &forged, now).is_err());
-        for junk in ["", "rgk1", "rgk1.admin.1.2.3", "x.y.z.w", &t[..t.len() - 1]] {
-            assert!(verify("key-1", junk, now).is_err(), "{junk}");
-        }
-        // Expired.
-        let e = verify("key-1", &t, exp + chrono::Duration::seconds(1)).unwrap_err();
-        assert!(e.contains("expired"), "{e}");
-    }
 
     #[test]
     fn a_server_the_site_has_not_reported_shows_as_building_and_unsynced() {

@@ -2,9 +2,10 @@
 //!
 //! Tokens are self-contained and signed with HMAC-SHA256 under the site's
 //! key (kept in the store), so they survive an agent restart and need no
-//! lookup to validate: `rst1.<base64url claims>.<base64url mac>`. Signing
-//! with the region's keys (so a site accepts tokens the region issued while
-//! offline) comes with the OpenStack API issue.
+//! lookup to validate: `rst1.<base64url claims>.<base64url mac>`. The
+//! region's tokens (`rgt1.`, Ed25519) are accepted too, checked with the
+//! region's public keys and revocation list as last synced (see
+//! `api::authenticate`), so they work while the region is unreachable.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -48,6 +49,22 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// A token the region signed, as this site uses it (checked with
+    /// `roost_sync::token::verify` against the region's synced keys).
+    pub fn from_region(c: roost_sync::token::TokenClaims) -> Claims {
+        let at = |t: i64| DateTime::from_timestamp(t, 0).unwrap_or_default();
+        Claims {
+            user_id: c.user_id,
+            user_name: c.user_name,
+            project_id: c.project_id,
+            project_name: c.project_name,
+            roles: c.roles,
+            issued_at: at(c.issued_at),
+            expires_at: at(c.expires_at),
+            audit_id: c.audit_id,
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.roles.iter().any(|r| r == "admin")
     }

@@ -11,6 +11,8 @@
 //! - [`pki`]: the region's CA, site and region certificates, site
 //!   certificate requests and one-time join tokens, and reading the site id
 //!   from a verified certificate.
+//! - [`token`]: Keystone tokens the region signs (Ed25519) and sites check
+//!   offline with the region's public keys and revocation list.
 //! - [`transport`]: quinn with mutual TLS (keep-alive 3 s, idle timeout
 //!   10 s) and [`transport::drive`], the loop that runs a session over one
 //!   QUIC stream.
@@ -27,6 +29,7 @@ pub mod pki;
 pub mod session;
 #[cfg(test)]
 mod sim;
+pub mod token;
 pub mod transport;
 
 pub use doc::{

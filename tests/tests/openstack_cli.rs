@@ -444,7 +444,7 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
     // The region's Keystone: the admin token is admin's password.
     let token = cli.json(&["token", "issue"]);
     assert!(
-        token["id"].as_str().unwrap().starts_with("rgk1.admin."),
+        token["id"].as_str().unwrap().starts_with("rgt1."),
         "{token}"
     );
     let said = Cli {
@@ -583,6 +583,58 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
         names(&site_cli.json(&["server", "list"])),
         vec!["line-2".to_string()]
     );
-    agent.terminate();
+
+    // Region tokens work at the site, checked there with the region's keys
+    // and revocations as they synced; a revoked one stops working there
+    // too, and the checks go on while the region is down.
+    let issue = || {
+        cli.ok(&["token", "issue", "-f", "value", "-c", "id"])
+            .trim()
+            .to_string()
+    };
+    let (kept, revoked) = (issue(), issue());
+    assert!(
+        kept.starts_with("rgt1.") && revoked.starts_with("rgt1."),
+        "{kept}"
+    );
+    let site_servers = |token: &str| {
+        rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .get(format!("{}/compute/v2.1/servers", agent.url))
+                .header("X-Auth-Token", token)
+                .send()
+                .await
+                .unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<Value>().await.unwrap_or_default(),
+            )
+        })
+    };
+    let (code, body) = site_servers(&kept);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["servers"][0]["name"], "line-2", "{body}");
+    cli.ok(&["token", "revoke", &revoked]);
+    assert!(cli
+        .fails(&["token", "revoke", "rgt1.not.a-token"])
+        .contains("404"));
+    wait_until(
+        "the site refuses the revoked token",
+        Duration::from_secs(30),
+        || site_servers(&revoked).0 == 401,
+    );
     controller.terminate();
+    let (code, body) = site_servers(&kept);
+    assert_eq!(
+        code, 200,
+        "region down, token still checked at the site: {body}"
+    );
+    let (code, body) = site_servers(&revoked);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.to_string().contains("revoked"), "{body}");
+    // A token whose claims were changed under the region's signature.
+    let (head, sig) = kept.rsplit_once('.').unwrap();
+    let forged = format!("{head}x.{sig}");
+    assert_eq!(site_servers(&forged).0, 401);
+    agent.terminate();
 }

@@ -5,7 +5,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use crate::store::WriteError;
 
@@ -87,24 +86,12 @@ impl From<roost_common::FieldError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = self.status.as_u16();
-        let body = match self.status {
-            s if s == StatusCode::UNAUTHORIZED || self.keystone => {
-                let title = s.canonical_reason().unwrap_or("Error");
-                json!({"error": {"code": code, "title": title, "message": self.message}})
-            }
-            s => {
-                let key = match s {
-                    StatusCode::BAD_REQUEST => "badRequest",
-                    StatusCode::FORBIDDEN => "forbidden",
-                    StatusCode::NOT_FOUND => "itemNotFound",
-                    StatusCode::CONFLICT => "conflictingRequest",
-                    StatusCode::PAYLOAD_TOO_LARGE => "overLimit",
-                    _ => "computeFault",
-                };
-                json!({key: {"code": code, "message": self.message}})
-            }
-        };
+        let body = roost_common::api::openstack_error_body(
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or("Error"),
+            &self.message,
+            self.keystone,
+        );
         (self.status, Json(body)).into_response()
     }
 }

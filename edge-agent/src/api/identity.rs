@@ -126,10 +126,9 @@ async fn validate_token(s: AppState, headers: HeaderMap) -> Result<Response, Api
         .get("X-Subject-Token")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::bad_request("X-Subject-Token: header is required"))?;
-    let claims = s
-        .auth
-        .verify(subject, Utc::now())
-        .map_err(|e| ApiError::not_found(e.to_string()))?;
+    let claims = super::authenticate(&s, subject)
+        .await
+        .map_err(|e| ApiError::not_found(e.message))?;
     let mut resp = Json(json!({"token": token_body(&s, &claims)})).into_response();
     resp.headers_mut().insert(
         "X-Subject-Token",

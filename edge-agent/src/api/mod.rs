@@ -187,12 +187,39 @@ impl FromRequestParts<AppState> for Caller {
             .get("X-Auth-Token")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::unauthorized("The request you have made requires authentication: send an X-Auth-Token header (get one from POST /identity/v3/auth/tokens)."))?;
-        let claims = state
-            .auth
-            .verify(token, Utc::now())
-            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        Ok(Caller(claims))
+        Ok(Caller(authenticate(state, token).await?))
     }
+}
+
+/// The project region tokens of the fleet's operators name.
+pub const REGION_ADMIN_PROJECT: &str = "region";
+
+/// Checks a token: this site's own (`rst1.`), or one its region signed
+/// (`rgt1.`), against the region's keys and revocations as last synced.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Claims, ApiError> {
+    let token = token.trim();
+    if roost_sync::token::is_region_token(token) {
+        let trust = state.store.region_trust().await?;
+        return roost_sync::token::verify(&trust, token, Utc::now().timestamp())
+            .map(|c| {
+                let mut claims = Claims::from_region(c);
+                // The region's admin project is, at each site, the site's
+                // admin project (which owns what the region asked for).
+                if claims.project_id == REGION_ADMIN_PROJECT {
+                    claims.project_id = state.auth.identity().admin_project_id.clone();
+                }
+                claims
+            })
+            .map_err(|e| {
+                ApiError::unauthorized(format!(
+                    "The request you have made requires authentication: {e}."
+                ))
+            });
+    }
+    state
+        .auth
+        .verify(token, Utc::now())
+        .map_err(|e| ApiError::unauthorized(e.to_string()))
 }
 
 /// Parses a JSON body; errors name the field path (`server.flavorRef`).

@@ -24,7 +24,7 @@
 use std::sync::{Arc, Mutex};
 
 use automerge::ChangeHash;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use roost_common::model::{Flavor, Server, ServerGroup};
@@ -45,6 +45,12 @@ const PUBLISHED_CONFLICTS: i64 = 20;
 /// id [`QUOTA_ID`]).
 pub const QUOTAS: &str = "quotas";
 pub const QUOTA_ID: &str = "site";
+/// Intent only the region writes: what the site needs to check the
+/// region's Keystone tokens offline (kind `identity`, id `region`: the
+/// region's public keys and revoked audit ids), kept in `meta`.
+pub const IDENTITY: &str = "identity";
+pub const IDENTITY_ID: &str = "region";
+const TRUST_KEY: &str = "region_trust";
 
 /// One edit of a document, made by a job that may still fail.
 #[derive(Debug, Clone)]
@@ -382,6 +388,22 @@ impl super::WriteCtx<'_> {
     }
 }
 
+/// The region's token keys and revocations as last synced (empty before
+/// the first sync).
+pub fn read_trust(conn: &Connection) -> Result<roost_sync::token::Trust, StoreError> {
+    let text: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [TRUST_KEY], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match text {
+        None => Ok(Default::default()),
+        Some(t) => {
+            serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{TRUST_KEY}: {e}")))
+        }
+    }
+}
+
 /// What bringing the tables in line with the intent document did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -443,7 +465,7 @@ impl super::WriteCtx<'_> {
             Some(before) => self.docs.intent.touched_since(before).into_iter().collect(),
             None => {
                 let mut all = Vec::new();
-                for kind in KINDS.into_iter().chain([QUOTAS]) {
+                for kind in KINDS.into_iter().chain([QUOTAS, IDENTITY]) {
                     for id in self.docs.intent.ids(kind).map_err(bad)? {
                         all.push((kind.to_string(), id));
                     }
@@ -466,6 +488,7 @@ impl super::WriteCtx<'_> {
                     }
                     "flavors" => self.apply_flavor(&id, view)?,
                     QUOTAS if id == QUOTA_ID => self.apply_quota(view)?,
+                    IDENTITY if id == IDENTITY_ID => self.apply_trust(view)?,
                     _ => {}
                 }
             }
@@ -541,6 +564,35 @@ impl super::WriteCtx<'_> {
                 tracing::warn!(%why, "the region's quota for this site is not a quota; ignored")
             }
         }
+        Ok(())
+    }
+
+    /// The region's token keys and revocations, kept for [`read_trust`].
+    fn apply_trust(&mut self, view: roost_sync::IntentView) -> Result<(), super::WriteError> {
+        let fields: serde_json::Map<String, serde_json::Value> = view.fields.into_iter().collect();
+        let trust = if view.deleted {
+            roost_sync::token::Trust::default()
+        } else {
+            match serde_json::from_value::<roost_sync::token::Trust>(serde_json::Value::Object(
+                fields,
+            )) {
+                Ok(t) => t,
+                Err(why) => {
+                    tracing::warn!(%why, "the region's token keys are not readable; ignored");
+                    return Ok(());
+                }
+            }
+        };
+        self.tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![TRUST_KEY, rows::json(&trust)?],
+        )?;
+        tracing::info!(
+            keys = trust.keys.len(),
+            revoked = trust.revoked.len(),
+            "the region's token keys updated"
+        );
         Ok(())
     }
 

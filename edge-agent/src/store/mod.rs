@@ -322,6 +322,11 @@ impl Store {
             .await
     }
 
+    /// What the site knows to check the region's tokens with.
+    pub async fn region_trust(&self) -> Result<roost_sync::token::Trust, WriteError> {
+        self.read(|c| Ok(journal::read_trust(c)?)).await
+    }
+
     /// The region's allotment for this site (if any) and what is claimed.
     pub async fn quota_usage(&self) -> Result<(Option<Quota>, u64, Usage), WriteError> {
         self.read(|c| {

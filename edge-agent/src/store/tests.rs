@@ -938,3 +938,63 @@ async fn a_protected_image_is_not_deleted_and_a_taken_id_is_refused() {
         "the seed and the protected one"
     );
 }
+
+#[tokio::test]
+async fn the_regions_token_keys_and_revocations_are_kept_and_published_images_follow_writes() {
+    use roost_sync::token::{Signer, Trust};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.region_trust().await.unwrap(), Trust::default());
+    let key = Signer::generate().unwrap().public_key();
+    let k = key.clone();
+    region_writes(&store, move |r| {
+        let mut fields = serde_json::Map::new();
+        fields.insert("keys".into(), serde_json::json!([k]));
+        fields.insert("revoked".into(), serde_json::json!(["a1"]));
+        r.create("identity", "region", fields, 1).unwrap()
+    });
+    store.apply_intent().await.unwrap();
+    let trust = store.region_trust().await.unwrap();
+    assert_eq!(trust.keys, vec![key.clone()]);
+    assert!(trust.revoked.contains("a1"));
+    // A later revocation adds to it; it survives a reopen.
+    region_writes(&store, |r| {
+        r.set(
+            "identity",
+            "region",
+            "revoked",
+            serde_json::json!(["a1", "b2"]),
+            2,
+        )
+        .unwrap()
+    });
+    store.apply_intent().await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    let trust = store.region_trust().await.unwrap();
+    assert_eq!(trust.revoked.len(), 2);
+    assert_eq!(trust.keys, vec![key]);
+
+    // The site's images are in its status document for the region, the
+    // seed from the first batch and a new one from its create.
+    store
+        .write(|w| w.create_image(image_spec("fresh")))
+        .await
+        .unwrap();
+    let docs = store.docs();
+    let images = docs
+        .lock()
+        .unwrap()
+        .status
+        .get("site", "images")
+        .unwrap()
+        .unwrap();
+    let names: Vec<&str> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(names, ["img", "fresh"], "{images}");
+    assert_eq!(images[1]["status"], "queued");
+}
