@@ -470,14 +470,23 @@ fn upsert(
 }
 
 /// Writes what sites need to check region tokens on their own (the public
-/// keys and the revoked tokens' audit ids, under `identity/region`) into
-/// `site`'s intent, if it differs. Returns whether it wrote. Blocks.
-pub fn publish_trust(
-    region: &Region,
-    site: &str,
-    trust: &roost_sync::token::Trust,
-) -> Result<bool, Refused> {
-    let fields = fields_of(trust);
+/// keys and the revoked tokens' audit ids, under `identity/region`, as
+/// `Region::trust` holds them now) into `site`'s intent, if it differs.
+/// Returns whether it wrote. Blocks.
+pub fn publish_trust(region: &Region, site: &str) -> Result<bool, Refused> {
+    let _one_at_a_time = region
+        .trust_publish
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let Some(trust) = region
+        .trust
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    else {
+        return Ok(false);
+    };
+    let fields = fields_of(&trust);
     let link = region.site(site)?;
     let existing = {
         let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());

@@ -198,6 +198,9 @@ pub struct Region {
     /// site gets it into its intent when it connects (see
     /// `intent::publish_trust`), and every site when it changes.
     pub trust: Mutex<Option<roost_sync::token::Trust>>,
+    /// Held while a site's copy of the trust is compared and written, so
+    /// an older copy never overwrites a newer one.
+    pub(crate) trust_publish: Mutex<()>,
 }
 
 /// Why a write of the region's intent failed.
@@ -223,6 +226,7 @@ impl Region {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             trust: Mutex::new(None),
+            trust_publish: Mutex::new(()),
         }
     }
 
@@ -391,17 +395,13 @@ impl Region {
             return Err(format!("site {site:?} is not enrolled in this region"));
         }
         let link = self.site(&site).map_err(|e| e.to_string())?;
-        let trust = lock(&self.trust).clone();
-        if let Some(trust) = trust {
-            let (region, s) = (self.clone(), site.clone());
-            let published = tokio::task::spawn_blocking(move || {
-                crate::intent::publish_trust(&region, &s, &trust)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            if let Err(e) = published {
-                tracing::error!(site = %site, error = %e, "cannot give the site the region's token keys");
-            }
+        let (region, s) = (self.clone(), site.clone());
+        let published =
+            tokio::task::spawn_blocking(move || crate::intent::publish_trust(&region, &s))
+                .await
+                .map_err(|e| e.to_string())?;
+        if let Err(e) = published {
+            tracing::error!(site = %site, error = %e, "cannot give the site the region's token keys");
         }
         let hello = Hello {
             name: self.store.region().to_string(),

@@ -388,31 +388,33 @@ async fn revoke_token(
         c.require_admin("identity:revoke_token")?;
     }
     let state = s.clone();
-    let sites = blocking(move || {
+    blocking(move || {
         let fail = |e: String| os_error(StatusCode::INTERNAL_SERVER_ERROR, e);
-        state
-            .region
-            .store
-            .revoke_token(&claims.audit_id, claims.expires_at)
-            .map_err(|e| fail(e.to_string()))?;
-        let trust = trust(&state)?;
-        *state.region.trust.lock().unwrap_or_else(|e| e.into_inner()) = Some(trust.clone());
-        let mut written = 0;
-        for site in state
-            .region
-            .store
-            .sites()
-            .map_err(|e| fail(e.to_string()))?
         {
-            if intent::publish_trust(&state.region, &site.id, &trust)? {
-                written += 1;
+            // Recorded and read back under the lock, so concurrent
+            // revocations can only grow the list the sites are given.
+            let mut current = state.region.trust.lock().unwrap_or_else(|e| e.into_inner());
+            state
+                .region
+                .store
+                .revoke_token(&claims.audit_id, claims.expires_at)
+                .map_err(|e| fail(e.to_string()))?;
+            *current = Some(trust(&state)?);
+        }
+        let mut written = 0;
+        for site in state.region.store.sites().map_err(|e| fail(e.to_string()))? {
+            match intent::publish_trust(&state.region, &site.id) {
+                Ok(true) => written += 1,
+                Ok(false) => {}
+                // The others still get it; this one gets it when it next
+                // connects.
+                Err(e) => tracing::error!(site = %site.id, error = %e, "cannot give the site the revocation now"),
             }
         }
         tracing::info!(audit_id = %claims.audit_id, sites = written, "region token revoked");
-        Ok(written)
+        Ok(())
     })
     .await?;
-    let _ = sites;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -147,6 +147,10 @@ impl Agent {
                 .await
                 .map_err(|e| StoreError::Sqlite(format!("store open task failed: {e}")))??
         };
+        // What image uploads cut by the last stop left on disk.
+        if let Err(e) = crate::api::sweep_images(&data_dir, &store).await {
+            tracing::warn!(error = %e.message, "could not clean up after interrupted image uploads");
+        }
         let driver: Arc<dyn ComputeDriver> = match config.compute.driver {
             ComputeDriverKind::RecordOnly => Arc::new(RecordOnly),
             ComputeDriverKind::Libvirt => {

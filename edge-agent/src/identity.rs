@@ -65,6 +65,12 @@ impl Claims {
         }
     }
 
+    /// Whether the holder may change anything (admin or member; a reader
+    /// only reads).
+    pub fn can_write(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin" || r == "member")
+    }
+
     pub fn is_admin(&self) -> bool {
         self.roles.iter().any(|r| r == "admin")
     }

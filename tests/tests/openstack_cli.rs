@@ -399,6 +399,22 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
     assert!(!names(&cli.json(&["network", "list"])).contains(&"plant-floor".to_string()));
 }
 
+/// A token from the region's Keystone for `user`, over plain HTTP.
+async fn region_token(api: &str, user: &str, password: &str) -> String {
+    let auth = reqwest::Client::new()
+        .post(format!("{api}/identity/v3/auth/tokens"))
+        .json(&serde_json::json!({"auth": {"identity": {"methods": ["password"],
+            "password": {"user": {"name": user, "domain": {"id": "default"}, "password": password}}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(auth.status().as_u16(), 201, "{user}");
+    auth.headers()["X-Subject-Token"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Waits until `f` holds, polling every 300 ms.
 fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -519,25 +535,26 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (code, body, detail) = rt.block_on(async {
         let http = reqwest::Client::new();
-        let auth = http
-            .post(format!("{}/identity/v3/auth/tokens", controller.api))
-            .json(&serde_json::json!({"auth": {"identity": {"methods": ["password"],
-                "password": {"user": {"name": "admin", "domain": {"id": "default"}, "password": cli.password}}}}}))
-            .send()
-            .await
-            .unwrap();
-        let token = auth.headers()["X-Subject-Token"].to_str().unwrap().to_string();
+        let token = region_token(&controller.api, "admin", &cli.password).await;
         let resp = http
-            .post(format!("{}/sites/{SITE}/compute/v2.1/servers", controller.api))
+            .post(format!(
+                "{}/sites/{SITE}/compute/v2.1/servers",
+                controller.api
+            ))
             .header("X-Auth-Token", &token)
-            .json(&serde_json::json!({"server": {"name": "x", "flavorRef": "m1.small",
-                "imageRef": "99999999-2222-4333-8444-555555555555", "networks": "none"}}))
+            .json(
+                &serde_json::json!({"server": {"name": "x", "flavorRef": "m1.small",
+                "imageRef": "99999999-2222-4333-8444-555555555555", "networks": "none"}}),
+            )
             .send()
             .await
             .unwrap();
         let refused = (resp.status().as_u16(), resp.json::<Value>().await.unwrap());
         let detail: Value = http
-            .get(format!("{}/sites/{SITE}/compute/v2.1/servers/detail", controller.api))
+            .get(format!(
+                "{}/sites/{SITE}/compute/v2.1/servers/detail",
+                controller.api
+            ))
             .header("X-Auth-Token", &token)
             .send()
             .await
@@ -623,6 +640,13 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
         Duration::from_secs(30),
         || site_servers(&revoked).0 == 401,
     );
+    let controller_api = controller.api.clone();
+    let viewer_password = std::fs::read_to_string(cdata.join("viewer.token")).unwrap();
+    let viewer = rt.block_on(region_token(
+        &controller_api,
+        "viewer",
+        viewer_password.trim(),
+    ));
     controller.terminate();
     let (code, body) = site_servers(&kept);
     assert_eq!(
@@ -632,6 +656,30 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
     let (code, body) = site_servers(&revoked);
     assert_eq!(code, 401, "{body}");
     assert!(body.to_string().contains("revoked"), "{body}");
+    // The region's viewer (reader role) looks at the site and changes
+    // nothing there.
+    let (listed, refused) = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let listed = http
+            .get(format!("{}/compute/v2.1/servers", agent.url))
+            .header("X-Auth-Token", &viewer)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        let resp = http
+            .post(format!("{}/compute/v2.1/flavors", agent.url))
+            .header("X-Auth-Token", &viewer)
+            .json(&serde_json::json!({"flavor": {"name": "sneaky", "vcpus": 1, "ram": 64, "disk": 1}}))
+            .send()
+            .await
+            .unwrap();
+        (listed, (resp.status().as_u16(), resp.text().await.unwrap()))
+    });
+    assert_eq!(listed, 200);
+    assert_eq!(refused.0, 403, "{}", refused.1);
+    assert!(refused.1.contains("only read"), "{}", refused.1);
     // A token whose claims were changed under the region's signature.
     let (head, sig) = kept.rsplit_once('.').unwrap();
     let forged = format!("{head}x.{sig}");

@@ -109,6 +109,26 @@ fn visible(c: &Caller, i: &Image) -> bool {
         || i.spec.owner.as_deref() == Some(c.0.project_id.as_str())
 }
 
+/// Refuses a server create or rebuild naming an image the caller may not
+/// see (another project's private image), as if it did not exist. The
+/// store checks the rest (it exists, it is active) in the write.
+pub(super) async fn check_bootable_by(
+    s: &AppState,
+    c: &Caller,
+    image_id: &str,
+    field: &str,
+) -> Result<(), ApiError> {
+    match s.store.image(image_id.to_string()).await? {
+        Some(i) if !visible(c, &i) => Err(roost_common::FieldError::new(
+            field,
+            image_id,
+            "must be the id of an existing image",
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// Whether the caller may change an image: admins, and its owner project
 /// unless it is a config seed (no owner).
 fn may_modify(c: &Caller, i: &Image) -> bool {
@@ -236,28 +256,99 @@ async fn upload(
     }
     let image_id = id.clone();
     let i = s.store.write(move |w| w.begin_upload(&image_id)).await?;
+    // The rest runs as a task of its own: a client that goes away during
+    // the upload drops this handler, but the task still ends the upload
+    // one way or the other, so the image is never left `saving`.
+    tokio::spawn(store_upload(s, i, body))
+        .await
+        .map_err(|e| ApiError::internal(format!("the image upload task failed: {e}")))?
+}
+
+/// Receives, checks and commits an upload taken with `begin_upload`; on
+/// any failure removes what it wrote and leaves the image `queued`.
+async fn store_upload(s: AppState, i: Image, body: Body) -> Result<Response, ApiError> {
     let dir = images_dir(&s);
+    let id = i.id.clone();
     let part = dir.join(format!("{id}.part"));
     let done = dir.join(&id);
-    match receive(&i, body, &dir, &part, &done).await {
-        Ok(up) => {
-            let (image_id, size) = (id.clone(), up.size);
-            let committed = s.store.write(move |w| w.finish_upload(&image_id, up)).await;
-            if let Err(e) = committed {
-                let _ = tokio::fs::remove_file(&done).await;
-                return Err(e.into());
-            }
+    let stored = async {
+        let up = receive(&i, body, &dir, &part, &done).await?;
+        let (image_id, size) = (id.clone(), up.size);
+        s.store
+            .write(move |w| w.finish_upload(&image_id, up))
+            .await?;
+        Ok::<_, ApiError>(size)
+    }
+    .await;
+    match stored {
+        Ok(size) => {
             tracing::info!(image_id = %id, bytes = size, "image data stored");
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Err(e) => {
             let _ = tokio::fs::remove_file(&part).await;
+            let _ = tokio::fs::remove_file(&done).await;
             let image_id = id.clone();
-            s.store.write(move |w| w.abort_upload(&image_id)).await?;
+            if let Err(abort) = s.store.write(move |w| w.abort_upload(&image_id)).await {
+                tracing::error!(image_id = %id, error = %abort, "a failed upload could not put the image back to queued; it is reset at the next start");
+            }
             tracing::warn!(image_id = %id, error = %e.message, "image upload refused");
             Err(e)
         }
     }
+}
+
+/// Removes what interrupted uploads left in `<data dir>/images`: partial
+/// files, and data of images that are not active (an upload cut between
+/// its rename and its commit) or no longer exist. Run at start, after the
+/// store put interrupted uploads back to `queued`.
+pub async fn sweep(data_dir: &Path, store: &crate::store::Store) -> Result<usize, ApiError> {
+    let dir = data_dir.join("images");
+    let mut entries = match tokio::fs::read_dir(&dir).await {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_error(e)),
+    };
+    let active: std::collections::HashSet<PathBuf> = store
+        .images()
+        .await?
+        .into_iter()
+        .filter(|i| i.status.state == ImageState::Active)
+        .filter_map(|i| i.spec.file)
+        .collect();
+    let mut removed = 0;
+    while let Some(entry) = entries.next_entry().await.map_err(io_error)? {
+        let path = entry.path();
+        if !active.contains(&path) {
+            tracing::warn!(file = %path.display(), "removing what an interrupted image upload left");
+            tokio::fs::remove_file(&path).await.map_err(io_error)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Free space an upload leaves on the data disk, for the store's own writes.
+pub const FREE_SPACE_RESERVE: u64 = 1 << 30;
+
+/// Refuses to go on when the data disk has less than
+/// [`FREE_SPACE_RESERVE`] free.
+fn check_room(free: u64) -> Result<(), ApiError> {
+    if free < FREE_SPACE_RESERVE {
+        Err(ApiError::storage_full(format!(
+            "Image storage media is full: {} MiB free on the site's data disk, and uploads keep 1024 MiB for the site's store; free space or delete unused images",
+            free >> 20
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn free_bytes(dir: &Path) -> Result<u64, ApiError> {
+    let st = rustix::fs::statvfs(dir).map_err(|e| {
+        ApiError::internal(format!("cannot read free space of {}: {e}", dir.display()))
+    })?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Streams the body to `part`, checks it, syncs it and renames it to `done`.
@@ -269,8 +360,10 @@ async fn receive(
     done: &Path,
 ) -> Result<Uploaded, ApiError> {
     tokio::fs::create_dir_all(dir).await.map_err(io_error)?;
+    check_room(free_bytes(dir)?)?;
     let mut file = tokio::fs::File::create(part).await.map_err(io_error)?;
     let mut hash = Sha256::new();
+    let mut next_check: u64 = ROOM_CHECK_EVERY;
     let mut head: Vec<u8> = Vec::with_capacity(HEADER_BYTES);
     let mut size: u64 = 0;
     let mut stream = body.into_data_stream();
@@ -285,6 +378,10 @@ async fn receive(
         hash.update(&chunk);
         size += chunk.len() as u64;
         file.write_all(&chunk).await.map_err(io_error)?;
+        if size >= next_check {
+            check_room(free_bytes(dir)?)?;
+            next_check = size + ROOM_CHECK_EVERY;
+        }
     }
     if size == 0 {
         return Err(ApiError::bad_request(
@@ -317,6 +414,9 @@ async fn receive(
         virtual_size,
     })
 }
+
+/// How often (in bytes received) an upload looks at the free space again.
+const ROOM_CHECK_EVERY: u64 = 64 << 20;
 
 /// Bytes of the data's start kept for the format check.
 const HEADER_BYTES: usize = 104;
@@ -453,6 +553,70 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.message.contains(why), "{why}: {}", e.message);
         }
+    }
+
+    #[tokio::test]
+    async fn the_start_sweep_removes_what_cut_uploads_left_and_keeps_active_data() {
+        use roost_common::api::ImageCreateBody;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: roost_common::config::SiteConfig = roost_common::config::parse(
+            Path::new("site.yaml"),
+            "site: {id: sweep-test, name: Sweep}\nhosts:\n  - {name: c0, roles: [compute], vcpus: 2, ram_mb: 1024, disk_gb: 10}\n",
+        )
+        .unwrap();
+        let store = crate::store::Store::open(dir.path(), "sweep-test", &cfg)
+            .unwrap()
+            .0;
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        let spec = serde_json::from_value::<ImageCreateBody>(
+            serde_json::json!({"name": "kept", "disk_format": "raw"}),
+        )
+        .unwrap()
+        .into_spec("p")
+        .unwrap();
+        let img = store.write(move |w| w.create_image(spec)).await.unwrap();
+        let kept = images.join(&img.id);
+        std::fs::write(&kept, b"data").unwrap();
+        let (id, file) = (img.id.clone(), kept.clone());
+        store.write(move |w| w.begin_upload(&id)).await.unwrap();
+        let id = img.id.clone();
+        store
+            .write(move |w| {
+                w.finish_upload(
+                    &id,
+                    crate::store::Uploaded {
+                        file,
+                        size: 4,
+                        sha256: "00".repeat(32),
+                        virtual_size: 4,
+                    },
+                )
+            })
+            .await
+            .unwrap();
+        // A partial upload, and data renamed into place but never committed.
+        std::fs::write(images.join("x.part"), b"half").unwrap();
+        std::fs::write(
+            images.join("11111111-2222-4333-8444-555555555555"),
+            b"orphan",
+        )
+        .unwrap();
+        assert_eq!(sweep(dir.path(), &store).await.unwrap(), 2);
+        let left: Vec<_> = std::fs::read_dir(&images)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left, vec![kept]);
+        assert_eq!(sweep(dir.path(), &store).await.unwrap(), 0);
+    }
+
+    #[test]
+    fn an_upload_stops_before_the_store_runs_out_of_room() {
+        assert!(check_room(FREE_SPACE_RESERVE).is_ok());
+        let e = check_room(FREE_SPACE_RESERVE - 1).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.message.contains("1023 MiB free"), "{}", e.message);
     }
 
     #[test]

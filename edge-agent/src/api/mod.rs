@@ -32,6 +32,7 @@ use chrono::Utc;
 use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
+pub use images::sweep as sweep_images;
 
 use crate::compute::reconciler::WorkQueue;
 use crate::identity::{Authority, Claims};
@@ -187,7 +188,21 @@ impl FromRequestParts<AppState> for Caller {
             .get("X-Auth-Token")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::unauthorized("The request you have made requires authentication: send an X-Auth-Token header (get one from POST /identity/v3/auth/tokens)."))?;
-        Ok(Caller(authenticate(state, token).await?))
+        let claims = authenticate(state, token).await?;
+        // A reader (the region's viewer) looks and changes nothing.
+        let reads = matches!(
+            parts.method,
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+        if !reads && !claims.can_write() {
+            return Err(ApiError::forbidden(format!(
+                "Policy doesn't allow {} {} to be performed: the token's roles ({}) only read",
+                parts.method,
+                parts.uri.path(),
+                claims.roles.join(", ")
+            )));
+        }
+        Ok(Caller(claims))
     }
 }
 

@@ -257,6 +257,7 @@ async fn create(
     let req = body.server;
     req.check_supported()?;
     let image_id = req.image_id()?;
+    super::images::check_bootable_by(&s, &caller, &image_id, "server.imageRef").await?;
     let hints = body
         .scheduler_hints
         .or(body.scheduler_hints_legacy)
@@ -366,9 +367,11 @@ async fn action(
         ServerAction::Stop(_) => ServerIntent::Stop,
         ServerAction::Start(_) => ServerIntent::Start,
         ServerAction::Reboot(r) => ServerIntent::Reboot { hard: r.hard()? },
-        ServerAction::Rebuild(r) => ServerIntent::Rebuild {
-            image_id: ref_id(&r.image_ref),
-        },
+        ServerAction::Rebuild(r) => {
+            let image_id = ref_id(&r.image_ref);
+            super::images::check_bootable_by(&s, &caller, &image_id, "rebuild.imageRef").await?;
+            ServerIntent::Rebuild { image_id }
+        }
     };
     change(&s, &caller, id, intent).await?;
     Ok(accepted())

@@ -75,7 +75,8 @@ fn save(tx: &rusqlite::Transaction<'_>, i: &Image) -> Result<(), StoreError> {
 }
 
 /// Images left `saving` by an agent that stopped during their upload go
-/// back to `queued` (their partial files are removed by the caller).
+/// back to `queued` (the agent then removes their files:
+/// `api::sweep_images`).
 pub(super) fn reset_interrupted_uploads(tx: &rusqlite::Connection) -> Result<usize, StoreError> {
     Ok(tx.execute(
         "UPDATE images SET status = json_set(status, '$.state', 'queued')
