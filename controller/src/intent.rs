@@ -331,6 +331,80 @@ pub fn delete_server(region: &Region, site: &str, id: &str) -> Result<(), Refuse
     Ok(())
 }
 
+/// What the region may ask of one of a site's servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerChange {
+    Stop,
+    Start,
+    Reboot { hard: bool },
+    Rebuild { image_id: String },
+}
+
+/// Asks `site` to stop, start, reboot or rebuild a server: intent fields
+/// the site acts on when it has them (as its own API's actions set them).
+/// A rebuild's image must be one the site last reported active. Blocks.
+pub fn change_server(
+    region: &Region,
+    site: &str,
+    id: &str,
+    change: &ServerChange,
+) -> Result<(), Refused> {
+    managed(&site_row(region, site)?)?;
+    let link = region.site(site)?;
+    let view = {
+        let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
+        d.intent.resource("servers", id)?
+    };
+    let Some(view) = view.filter(|v| !v.deleted) else {
+        return Err(Refused::NotFound(format!("site {site} has no server {id}")));
+    };
+    let counter = |field: &str| view.fields.get(field).and_then(|v| v.as_u64()).unwrap_or(0);
+    let fields: Vec<(&str, serde_json::Value)> = match change {
+        ServerChange::Stop => vec![("power", "stopped".into())],
+        ServerChange::Start => vec![("power", "running".into())],
+        ServerChange::Reboot { hard } => vec![
+            (
+                "reboot_generation",
+                (counter("reboot_generation") + 1).into(),
+            ),
+            ("reboot_hard", (*hard).into()),
+            ("power", "running".into()),
+        ],
+        ServerChange::Rebuild { image_id } => {
+            if let Some(images) = site_images(region, site)? {
+                if !images
+                    .iter()
+                    .any(|i| i["id"] == image_id.as_str() && i["status"] == "active")
+                {
+                    return Err(FieldError::new(
+                        "rebuild.imageRef",
+                        image_id,
+                        format!("must be an active image of site {site} (as it last reported)"),
+                    )
+                    .into());
+                }
+            }
+            vec![
+                ("image_id", image_id.as_str().into()),
+                (
+                    "rebuild_generation",
+                    (counter("rebuild_generation") + 1).into(),
+                ),
+            ]
+        }
+    };
+    region.write_intent(site, |doc| {
+        let now = now_ms();
+        for (field, value) in fields {
+            doc.set("servers", id, field, value, now)?;
+        }
+        Ok(())
+    })?;
+    METRICS.intent_writes.with_label_values(&["servers"]).inc();
+    tracing::info!(site = %site, server = %id, change = ?change, "the region changed a server");
+    Ok(())
+}
+
 /// The servers of `site` as the region knows them: intent with the status
 /// the site last reported.
 pub fn servers(region: &Region, site: &str) -> Result<Vec<serde_json::Value>, Refused> {

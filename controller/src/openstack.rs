@@ -10,7 +10,8 @@
 //!   site while the region is unreachable. The catalog names, per site, its
 //!   compute and image endpoints here on the controller.
 //! - Nova at `/sites/{site}/compute/v2.1`: servers (list, detail, show,
-//!   create, delete) and flavors (list, detail, show), over the region's
+//!   create, delete, and the actions os-stop, os-start, reboot, rebuild)
+//!   and flavors (list, detail, show), over the region's
 //!   copy of the site's documents. A create is intent the site takes when
 //!   it is next reachable, online or not; a list shows what the site last
 //!   reported (`roost:synced` false: the site has not reported it yet).
@@ -30,12 +31,12 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use roost_common::api::{AuthBody, ServerCreateBody};
+use roost_common::api::{AuthBody, ServerAction, ServerCreateBody};
 use roost_common::model::{FlavorSpec, ServerStatus};
 use roost_sync::token::{self, TokenClaims, Trust};
 
 use crate::api::{ApiState, Role};
-use crate::intent::{self, Refused};
+use crate::intent::{self, Refused, ServerChange};
 
 /// How long a token lasts.
 pub const TOKEN_TTL_HOURS: i64 = 12;
@@ -51,6 +52,7 @@ pub fn routes() -> Router<ApiState> {
             "/compute/v2.1/servers/{id}",
             get(show_server).delete(delete_server),
         )
+        .route("/compute/v2.1/servers/{id}/action", post(server_action))
         .route("/compute/v2.1/flavors", get(list_flavors))
         .route("/compute/v2.1/flavors/detail", get(list_flavors))
         .route("/compute/v2.1/flavors/{id}", get(show_flavor))
@@ -594,6 +596,37 @@ async fn delete_server(
     let region = s.region.clone();
     blocking(move || Ok(intent::delete_server(&region, &site, &id)?)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /servers/{id}/action`: os-stop, os-start, reboot, rebuild, as
+/// intent for the site.
+async fn server_action(
+    State(s): State<ApiState>,
+    c: OsCaller,
+    Path((site, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, OsError> {
+    c.require_admin("os_compute_api:servers:action")?;
+    let action: ServerAction = serde_json::from_slice(&body)
+        .map_err(|e| os_error(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let change = match action {
+        ServerAction::Stop(_) => ServerChange::Stop,
+        ServerAction::Start(_) => ServerChange::Start,
+        ServerAction::Reboot(r) => ServerChange::Reboot {
+            hard: r
+                .hard()
+                .map_err(|e| os_error(StatusCode::BAD_REQUEST, e.to_string()))?,
+        },
+        ServerAction::Rebuild(r) => {
+            let image = r.image_ref.trim_end_matches('/');
+            ServerChange::Rebuild {
+                image_id: image.rsplit('/').next().unwrap_or(image).to_string(),
+            }
+        }
+    };
+    let region = s.region.clone();
+    blocking(move || Ok(intent::change_server(&region, &site, &id, &change)?)).await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 fn flavor_view(base: &str, site: &str, id: &str, f: &FlavorSpec) -> Value {

@@ -500,6 +500,11 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
         "line-1",
     ]);
     cli.wait_status("line-1", "ACTIVE");
+    // Actions from the region are intent too; the site acts and reports.
+    cli.ok(&["server", "stop", "line-1"]);
+    cli.wait_status("line-1", "SHUTOFF");
+    cli.ok(&["server", "start", "line-1"]);
+    cli.wait_status("line-1", "ACTIVE");
     let shown = cli.json(&["server", "show", "line-1"]);
     assert!(
         shown["OS-EXT-SRV-ATTR:host"]
