@@ -186,6 +186,12 @@ impl Agent {
             admin_password.clone(),
             config.api.token_ttl_secs,
         ));
+        auth.revoked(
+            store
+                .revoked_tokens(chrono::Utc::now())
+                .await
+                .map_err(|e| StoreError::Sqlite(format!("cannot read revoked tokens: {e}")))?,
+        );
         let queue = Arc::new(WorkQueue::default());
         let state = AppState {
             store: store.clone(),

@@ -32,6 +32,8 @@ pub enum AuthError {
     BadToken,
     #[error("The request you have made requires authentication: the token expired at {0}.")]
     Expired(String),
+    #[error("The request you have made requires authentication: the token was revoked.")]
+    Revoked,
 }
 
 /// What a token says about its holder.
@@ -81,6 +83,9 @@ pub struct Authority {
     identity: Identity,
     admin_password: String,
     ttl: Duration,
+    /// Audit ids of revoked tokens not yet expired: loaded from the store
+    /// at start, added to after each revocation commits.
+    revoked: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -98,7 +103,17 @@ impl Authority {
             identity,
             admin_password,
             ttl,
+            revoked: Default::default(),
         }
+    }
+
+    /// Refuses the tokens with these audit ids from now on (after the
+    /// revocation is in the store).
+    pub fn revoked(&self, audit_ids: impl IntoIterator<Item = String>) {
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(audit_ids);
     }
 
     pub fn identity(&self) -> &Identity {
@@ -172,6 +187,14 @@ impl Authority {
                 &claims.expires_at,
             )));
         }
+        if self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&claims.audit_id)
+        {
+            return Err(AuthError::Revoked);
+        }
         Ok(claims)
     }
 }
@@ -237,5 +260,16 @@ mod tests {
         for junk in ["", "rst1", "rst1..", "rst1.a.b.c", "gAAAAB-fernet-token"] {
             assert_eq!(a.verify(junk, now), Err(AuthError::BadToken), "{junk}");
         }
+    }
+
+    #[test]
+    fn a_revoked_token_is_refused_and_others_are_not() {
+        let a = authority(b"k");
+        let now = Utc::now();
+        let (t1, c1) = a.issue_admin(now);
+        let (t2, _) = a.issue_admin(now);
+        a.revoked([c1.audit_id]);
+        assert_eq!(a.verify(&t1, now), Err(AuthError::Revoked));
+        assert!(a.verify(&t2, now).is_ok());
     }
 }

@@ -175,6 +175,41 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
         "{said}"
     );
 
+    // A token revoked at the site is refused from then on, restart or not.
+    let second = cli
+        .ok(&["token", "issue", "-f", "value", "-c", "id"])
+        .trim()
+        .to_string();
+    let servers_with = |agent: &AgentProcess, token: &str| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .get(format!("{}/compute/v2.1/servers", agent.url))
+                .header("X-Auth-Token", token)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    };
+    assert_eq!(servers_with(&agent, &second).0, 200);
+    cli.ok(&["token", "revoke", &second]);
+    let (code, body) = servers_with(&agent, &second);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    let (config, data) = (agent.config.clone(), agent.data_dir.clone());
+    drop(agent);
+    let agent = AgentProcess::start(&config, &data);
+    let cli = Cli {
+        auth_url: format!("{}/identity/v3", agent.url),
+        ..cli
+    };
+    assert_eq!(
+        servers_with(&agent, &second).0,
+        401,
+        "still revoked after a restart"
+    );
+
     // Flavor.
     let flavor = cli.json(&[
         "flavor",

@@ -21,7 +21,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/identity/", get(versions))
         .route("/identity/v3", get(version))
         .route("/identity/v3/", get(version))
-        .route("/identity/v3/auth/tokens", post(issue).get(validate))
+        .route(
+            "/identity/v3/auth/tokens",
+            post(issue).get(validate).delete(revoke),
+        )
 }
 
 fn version_doc(base: &str) -> Value {
@@ -137,6 +140,51 @@ async fn validate_token(s: AppState, headers: HeaderMap) -> Result<Response, Api
             .map_err(|_| ApiError::bad_request("token"))?,
     );
     Ok(resp)
+}
+
+/// `DELETE /identity/v3/auth/tokens`: revokes `X-Subject-Token`, the
+/// caller's own or (for an admin) any of this site's tokens. The region's
+/// tokens are revoked at the region, which tells its sites.
+async fn revoke(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    revoke_token(s, caller, headers)
+        .await
+        .map_err(ApiError::keystone)
+}
+
+async fn revoke_token(
+    s: AppState,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let subject = headers
+        .get("X-Subject-Token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .ok_or_else(|| ApiError::bad_request("X-Subject-Token: header is required"))?
+        .to_string();
+    if roost_sync::token::is_region_token(&subject) {
+        return Err(ApiError::forbidden(
+            "this is the region's token: revoke it at the region (openstack token revoke against the controller)",
+        ));
+    }
+    let claims = s
+        .auth
+        .verify(&subject, Utc::now())
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
+    if claims.audit_id != caller.0.audit_id {
+        caller.require_admin("identity:revoke_token")?;
+    }
+    let (audit, expires) = (claims.audit_id.clone(), claims.expires_at);
+    s.store
+        .write(move |w| w.revoke_token(&audit, &expires))
+        .await?;
+    s.auth.revoked([claims.audit_id.clone()]);
+    tracing::info!(audit_id = %claims.audit_id, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn token_body(s: &AppState, c: &Claims) -> Value {

@@ -297,4 +297,22 @@ impl super::WriteCtx<'_> {
         self.record_delete("flavors", id);
         Ok(())
     }
+
+    /// Revokes one of this site's tokens until it would have expired;
+    /// expired revocations are dropped on the way.
+    pub fn revoke_token(
+        &mut self,
+        audit_id: &str,
+        expires_at: &chrono::DateTime<Utc>,
+    ) -> Result<(), WriteError> {
+        let now = time(&self.now);
+        self.tx
+            .execute("DELETE FROM revoked_tokens WHERE expires_at <= ?1", [&now])?;
+        self.tx.execute(
+            "INSERT INTO revoked_tokens (audit_id, expires_at) VALUES (?1, ?2)
+             ON CONFLICT (audit_id) DO NOTHING",
+            params![audit_id, time(expires_at)],
+        )?;
+        Ok(())
+    }
 }

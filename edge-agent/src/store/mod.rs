@@ -322,6 +322,22 @@ impl Store {
             .await
     }
 
+    /// Audit ids of this site's tokens revoked and not yet expired at `now`.
+    pub async fn revoked_tokens(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<std::collections::HashSet<String>, WriteError> {
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT audit_id FROM revoked_tokens WHERE expires_at > ?1")?;
+            let ids = stmt
+                .query_map([rows::time(&now)], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
     /// What the site knows to check the region's tokens with.
     pub async fn region_trust(&self) -> Result<roost_sync::token::Trust, WriteError> {
         self.read(|c| Ok(journal::read_trust(c)?)).await

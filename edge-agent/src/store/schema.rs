@@ -101,6 +101,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (port_id, group_id)) STRICT;
     CREATE INDEX port_security_groups_by_group ON port_security_groups(group_id);
     "#,
+    // 4: this site's tokens revoked before their expiry (Keystone audit ids).
+    r#"
+    CREATE TABLE revoked_tokens (
+        audit_id TEXT PRIMARY KEY, expires_at TEXT NOT NULL) STRICT;
+    "#,
 ];
 
 /// Brings the schema up to date. Returns the version reached.
