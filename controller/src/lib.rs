@@ -13,10 +13,14 @@
 //! - [`api`]: the HTTP API: enrollment, the fleet operator's API under
 //!   `/roost/v1/` (admin and read-only viewer tokens), `/metrics`, and the
 //!   dashboard page at `/` (`dashboard.html`, compiled into the binary).
+//! - [`openstack`]: the OpenStack face for the stock client: Keystone
+//!   (Ed25519 tokens sites check offline, revocation), and per site, as a
+//!   region of the catalog, Nova servers, actions and flavors and Glance
+//!   images, over the region's copy of the site's documents.
 //! - [`metrics`]: every Prometheus metric, declared in one place.
 //!
-//! Not here yet: PostgreSQL, several controller replicas, users and roles
-//! beyond the two tokens.
+//! Not here yet: PostgreSQL, several controller replicas, users, projects
+//! and roles beyond the two tokens (admin, viewer).
 
 pub mod api;
 pub mod fleet;

@@ -3,7 +3,8 @@
 //! The agent keeps the site's state in SQLite ([`store`]), places servers on
 //! the site's hosts ([`scheduler`]), drives the hypervisor toward what was
 //! asked ([`compute`]) and serves the site's OpenStack-shaped API ([`api`]),
-//! authenticated locally ([`identity`]), and syncs its documents with its
+//! authenticated locally ([`identity`]: its own tokens, and the region's
+//! checked with the keys the region synced), and syncs its documents with its
 //! region when it has one ([`uplink`]). Nothing here waits for the region.
 //!
 //! Where to work:
@@ -22,7 +23,11 @@
 //!   driver thin); networks, subnets, ports and IPAM in `store/network.rs`,
 //!   Neutron's API in `api/network.rs`.
 //!
-//! Not here yet: storage (volumes, the image cache), with its own issue.
+//! - images (Glance): records and upload states in `store/images.rs`, the
+//!   API and the bytes on disk in `api/images.rs`.
+//!
+//! Not here yet: volumes and the image cache (the storage issue), users,
+//! projects and a policy file (the OpenStack issue).
 
 pub mod agent;
 pub mod api;
