@@ -41,6 +41,72 @@ pub fn openstack_error_body(
     serde_json::json!({key: {"code": code, "message": message}})
 }
 
+// ---------------------------------------------------------------- glance
+
+/// An image as Glance shows it; with `properties`, its additional
+/// properties at the top level too. The site's image API answers with it,
+/// and the site publishes it (without properties, which may be large) for
+/// its region, which serves it as it came.
+pub fn glance_image(i: &crate::model::Image, properties: bool) -> serde_json::Value {
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut v = serde_json::Map::new();
+    if properties {
+        for (k, val) in &i.spec.properties {
+            v.insert(k.clone(), serde_json::Value::String(val.clone()));
+        }
+    }
+    let disk_format = match i.spec.disk_format {
+        DiskFormat::Qcow2 => "qcow2",
+        DiskFormat::Raw => "raw",
+    };
+    let fixed = serde_json::json!({
+        "id": i.id,
+        "name": i.spec.name,
+        "status": i.status.state.as_str(),
+        "visibility": i.spec.visibility.as_str(),
+        "protected": i.spec.protected,
+        "os_hidden": false,
+        "checksum": null,
+        "os_hash_algo": i.status.sha256.as_ref().map(|_| "sha256"),
+        "os_hash_value": i.status.sha256,
+        "size": i.status.size_bytes,
+        "virtual_size": i.status.virtual_size,
+        "disk_format": disk_format,
+        "container_format": i.spec.container_format,
+        "min_disk": i.spec.min_disk_gb,
+        "min_ram": i.spec.min_ram_mb,
+        "owner": i.spec.owner,
+        "tags": i.spec.tags,
+        "created_at": time(&i.created_at),
+        "updated_at": time(&i.updated_at),
+        "self": format!("/v2/images/{}", i.id),
+        "file": format!("/v2/images/{}/file", i.id),
+        "schema": "/v2/schemas/image",
+    });
+    if let serde_json::Value::Object(fixed) = fixed {
+        v.extend(fixed);
+    }
+    serde_json::Value::Object(v)
+}
+
+/// Glance's version document, `href` the v2 root.
+pub fn glance_versions(href: &str) -> serde_json::Value {
+    serde_json::json!({"versions": [
+        {"id": "v2.16", "status": "CURRENT", "links": [{"rel": "self", "href": href}]},
+    ]})
+}
+
+/// Keystone's v3 version entry, `base` the API's root URL.
+pub fn keystone_version(base: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "v3.14",
+        "status": "stable",
+        "updated": "2020-04-07T00:00:00Z",
+        "links": [{"rel": "self", "href": format!("{base}/identity/v3/")}],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
+    })
+}
+
 // ---------------------------------------------------------------- keystone
 
 #[derive(Debug, Deserialize)]

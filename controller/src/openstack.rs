@@ -133,7 +133,8 @@ fn roles_of(r: Role) -> Vec<String> {
     }
 }
 
-/// The region's trust: its own public key and the revoked tokens.
+/// The region's trust read from the store: its own public key and the
+/// revoked tokens (expired ones dropped). What `Region::trust` holds.
 fn trust(s: &ApiState) -> Result<Trust, OsError> {
     let revoked = s
         .region
@@ -146,18 +147,27 @@ fn trust(s: &ApiState) -> Result<Trust, OsError> {
     })
 }
 
-/// Checks a token this region signed.
-async fn check(s: &ApiState, token: &str) -> Result<TokenClaims, OsError> {
-    let (s, token) = (s.clone(), token.trim().to_string());
-    blocking(move || {
-        token::verify(&trust(&s)?, &token, Utc::now().timestamp()).map_err(|e| {
-            os_error(
-                StatusCode::UNAUTHORIZED,
-                format!("The request you have made requires authentication: {e}."),
-            )
-        })
+/// Checks a token this region signed, against `Region::trust` (set at start
+/// and by each revocation): no store read per request.
+fn check(s: &ApiState, token: &str) -> Result<TokenClaims, OsError> {
+    let trust = s
+        .region
+        .trust
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let trust = trust.ok_or_else(|| {
+        os_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the region's token keys are not loaded yet",
+        )
+    })?;
+    token::verify(&trust, token.trim(), Utc::now().timestamp()).map_err(|e| {
+        os_error(
+            StatusCode::UNAUTHORIZED,
+            format!("The request you have made requires authentication: {e}."),
+        )
     })
-    .await
 }
 
 /// The caller of an OpenStack route, from `X-Auth-Token`.
@@ -185,7 +195,7 @@ impl FromRequestParts<ApiState> for OsCaller {
             .get("X-Auth-Token")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| os_error(StatusCode::UNAUTHORIZED, "The request you have made requires authentication: send an X-Auth-Token header (get one from POST /identity/v3/auth/tokens)."))?;
-        let claims = check(s, token).await?;
+        let claims = check(s, token)?;
         let role = if claims.roles.iter().any(|r| r == "admin") {
             Role::Admin
         } else {
@@ -206,11 +216,7 @@ fn base_url(headers: &HeaderMap) -> String {
 }
 
 fn identity_doc(headers: &HeaderMap) -> Value {
-    json!({
-        "id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
-        "links": [{"rel": "self", "href": format!("{}/identity/v3/", base_url(headers))}],
-        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
-    })
+    roost_common::api::keystone_version(&base_url(headers))
 }
 
 async fn identity_versions(headers: HeaderMap) -> Response {
@@ -351,9 +357,7 @@ async fn validate_token(
     headers: HeaderMap,
 ) -> Result<Json<Value>, OsError> {
     let subject = subject(&headers)?;
-    let claims = check(&s, &subject)
-        .await
-        .map_err(|e| os_error(StatusCode::NOT_FOUND, e.message))?;
+    let claims = check(&s, &subject).map_err(|e| os_error(StatusCode::NOT_FOUND, e.message))?;
     Ok(Json(token_body(&claims)))
 }
 
@@ -379,9 +383,7 @@ async fn revoke_token(
     headers: HeaderMap,
 ) -> Result<StatusCode, OsError> {
     let subject = subject(&headers)?;
-    let claims = check(&s, &subject)
-        .await
-        .map_err(|e| os_error(StatusCode::NOT_FOUND, e.message))?;
+    let claims = check(&s, &subject).map_err(|e| os_error(StatusCode::NOT_FOUND, e.message))?;
     let own = headers
         .get("X-Auth-Token")
         .and_then(|v| v.to_str().ok())
@@ -692,45 +694,16 @@ async fn image_versions(headers: HeaderMap, Path(site): Path<String>) -> Respons
     let href = format!("{}/sites/{site}/image/v2/", base_url(&headers));
     (
         StatusCode::MULTIPLE_CHOICES,
-        Json(json!({"versions": [
-            {"id": "v2.16", "status": "CURRENT", "links": [{"rel": "self", "href": href}]},
-        ]})),
+        Json(roost_common::api::glance_versions(&href)),
     )
         .into_response()
-}
-
-/// An image as Glance shows it, from what the site published.
-fn image_view(v: &Value) -> Value {
-    let id = v["id"].as_str().unwrap_or_default();
-    json!({
-        "id": id,
-        "name": v["name"],
-        "status": v["status"],
-        "visibility": v["visibility"],
-        "owner": v["owner"],
-        "protected": false,
-        "disk_format": v["disk_format"],
-        "container_format": v["container_format"],
-        "size": v["size"],
-        "virtual_size": v["virtual_size"],
-        "checksum": null,
-        "os_hash_algo": if v["sha256"].is_null() { Value::Null } else { json!("sha256") },
-        "os_hash_value": v["sha256"],
-        "min_disk": v["min_disk"],
-        "min_ram": v["min_ram"],
-        "tags": [],
-        "created_at": v["created_at"],
-        "updated_at": v["updated_at"],
-        "self": format!("/v2/images/{id}"),
-        "file": format!("/v2/images/{id}/file"),
-        "schema": "/v2/schemas/image",
-    })
 }
 
 async fn images_of(s: &ApiState, site: String) -> Result<Vec<Value>, OsError> {
     let region = s.region.clone();
     let all = blocking(move || Ok(intent::site_images(&region, &site)?)).await?;
-    Ok(all.unwrap_or_default().iter().map(image_view).collect())
+    // The site publishes Glance's view of each image; served as it came.
+    Ok(all.unwrap_or_default())
 }
 
 #[derive(Debug, serde::Deserialize)]

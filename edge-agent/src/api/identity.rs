@@ -28,13 +28,7 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 fn version_doc(base: &str) -> Value {
-    json!({
-        "id": "v3.14",
-        "status": "stable",
-        "updated": "2020-04-07T00:00:00Z",
-        "links": [{"rel": "self", "href": format!("{base}/identity/v3/")}],
-        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
-    })
+    roost_common::api::keystone_version(base)
 }
 
 async fn versions(State(s): State<AppState>) -> Response {

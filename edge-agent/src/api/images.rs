@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -46,56 +46,13 @@ pub(super) async fn versions(State(s): State<AppState>) -> Response {
     let href = format!("{}/image/v2/", s.base_url);
     (
         StatusCode::MULTIPLE_CHOICES,
-        Json(json!({"versions": [
-            {"id": "v2.16", "status": "CURRENT", "links": [{"rel": "self", "href": href}]},
-        ]})),
+        Json(roost_common::api::glance_versions(&href)),
     )
         .into_response()
 }
 
-fn glance_time(t: &chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-/// An image as Glance shows it: its attributes, then its properties at the
-/// top level.
 fn view(i: &Image) -> Value {
-    let mut v = Map::new();
-    for (k, val) in &i.spec.properties {
-        v.insert(k.clone(), Value::String(val.clone()));
-    }
-    let disk_format = match i.spec.disk_format {
-        DiskFormat::Qcow2 => "qcow2",
-        DiskFormat::Raw => "raw",
-    };
-    let fixed = json!({
-        "id": i.id,
-        "name": i.spec.name,
-        "status": i.status.state.as_str(),
-        "visibility": i.spec.visibility.as_str(),
-        "protected": i.spec.protected,
-        "os_hidden": false,
-        "checksum": null,
-        "os_hash_algo": i.status.sha256.as_ref().map(|_| "sha256"),
-        "os_hash_value": i.status.sha256,
-        "size": i.status.size_bytes,
-        "virtual_size": i.status.virtual_size,
-        "disk_format": disk_format,
-        "container_format": i.spec.container_format,
-        "min_disk": i.spec.min_disk_gb,
-        "min_ram": i.spec.min_ram_mb,
-        "owner": i.spec.owner,
-        "tags": i.spec.tags,
-        "created_at": glance_time(&i.created_at),
-        "updated_at": glance_time(&i.updated_at),
-        "self": format!("/v2/images/{}", i.id),
-        "file": format!("/v2/images/{}/file", i.id),
-        "schema": "/v2/schemas/image",
-    });
-    if let Value::Object(fixed) = fixed {
-        v.extend(fixed);
-    }
-    Value::Object(v)
+    roost_common::api::glance_image(i, true)
 }
 
 /// Whether the caller may see an image: admins all, others public and

@@ -33,29 +33,13 @@ pub struct Uploaded {
 /// The status document's key (under `site/`) for the site's images.
 pub const IMAGES: &str = "images";
 
-/// The site's images as the region sees them.
+/// The site's images as the region sees them: Glance's view of each,
+/// without their additional properties.
 pub(super) fn summary(conn: &rusqlite::Connection) -> Result<serde_json::Value, StoreError> {
     let all: Vec<Image> = rows::list(conn, "images", "1", [])?;
     Ok(serde_json::Value::Array(
         all.iter()
-            .map(|i| {
-                serde_json::json!({
-                    "id": i.id,
-                    "name": i.spec.name,
-                    "status": i.status.state.as_str(),
-                    "disk_format": i.spec.disk_format,
-                    "container_format": i.spec.container_format,
-                    "size": i.status.size_bytes,
-                    "virtual_size": i.status.virtual_size,
-                    "sha256": i.status.sha256,
-                    "min_disk": i.spec.min_disk_gb,
-                    "min_ram": i.spec.min_ram_mb,
-                    "visibility": i.spec.visibility.as_str(),
-                    "owner": i.spec.owner,
-                    "created_at": time(&i.created_at),
-                    "updated_at": time(&i.updated_at),
-                })
-            })
+            .map(|i| roost_common::api::glance_image(i, false))
             .collect(),
     ))
 }
