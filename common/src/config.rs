@@ -153,6 +153,38 @@ pub struct SiteConfig {
     /// networks are recorded, not built.
     #[serde(default)]
     pub network: Option<NetworkSection>,
+    #[serde(default)]
+    pub storage: StorageSection,
+}
+
+/// Where the site keeps its volumes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// Volumes' qcow2 files (snapshots in its `snapshots/`); default
+    /// `<data dir>/volumes`.
+    #[serde(default)]
+    pub volumes_dir: Option<PathBuf>,
+}
+
+impl StorageSection {
+    /// The volumes directory for a site whose data dir is `data_dir`.
+    pub fn volumes_dir(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.volumes_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("volumes"))
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        match &self.volumes_dir {
+            Some(d) if !d.is_absolute() => Err(FieldError::new(
+                "storage.volumes_dir",
+                d.display(),
+                "must be an absolute path",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The host this agent runs on, for tenant networking.
@@ -600,6 +632,7 @@ impl Validate for SiteConfig {
         if let Some(n) = &self.network {
             n.validate(&self.hosts)?;
         }
+        self.storage.validate()?;
         if self.hosts.is_empty() {
             return Err(FieldError::new(
                 "hosts",
@@ -1079,6 +1112,14 @@ mod tests {
             (
                 "  libvirt: {instances_dir: rel/dir}\n",
                 "compute.libvirt.instances_dir: must be an absolute path",
+            ),
+            (
+                "  max_parallel: 1\nstorage: {volumes_dir: vols}\n",
+                "storage.volumes_dir: must be an absolute path",
+            ),
+            (
+                "  max_parallel: 1\nstorage: {volume_dir: /v}\n",
+                "unknown field `volume_dir`",
             ),
             ("  libvirt: {accel: fast}\n", "unknown variant `fast`"),
             (

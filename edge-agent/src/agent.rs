@@ -201,6 +201,8 @@ impl Agent {
             compute_driver: driver.name(),
             net_changed: Arc::new(Notify::new()),
             data_dir: data_dir.clone(),
+            volumes_dir: config.storage.volumes_dir(&data_dir),
+            storage_wake: Arc::new(Notify::new()),
         };
         let network = crate::network::Reconciler::for_config(
             &config,
@@ -303,6 +305,11 @@ impl Agent {
                 "no network section in the config: networks are recorded, not built on this host"
             );
         }
+        let storage = crate::storage::Worker {
+            store: self.reconciler.store.clone(),
+            wake: self.state.storage_wake.clone(),
+        };
+        tokio::spawn(storage.run(stop_rx.clone()));
         let reconciler = tokio::spawn(self.reconciler.run(stop_rx));
         let app = api::router(self.state);
         tracing::info!(addr = %self.addr, site_id = %self.config.site.id, "serving the site API");

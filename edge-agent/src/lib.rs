@@ -26,8 +26,13 @@
 //! - images (Glance): records and upload states in `store/images.rs`, the
 //!   API and the bytes on disk in `api/images.rs`.
 //!
-//! Not here yet: volumes and the image cache (the storage issue), users,
-//! projects and a policy file (the OpenStack issue).
+//! - volumes and snapshots (Cinder): records, states and attachments in
+//!   `store/volumes.rs`, the qcow2 files in [`storage`] (plan pure,
+//!   `qemu-img` driver thin), the API in `api/volumes.rs`; attaching is a
+//!   compute action (`SyncVolumes`).
+//!
+//! Not here yet: the image cache and its chunked transfer, tiering (the
+//! storage issue), users, projects and a policy file (the OpenStack issue).
 
 pub mod agent;
 pub mod api;
@@ -37,5 +42,6 @@ pub mod install;
 pub mod metrics;
 pub mod network;
 pub mod scheduler;
+pub mod storage;
 pub mod store;
 pub mod uplink;

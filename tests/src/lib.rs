@@ -359,6 +359,8 @@ pub struct Api {
     pub http: reqwest::Client,
     pub url: String,
     pub token: String,
+    /// The token's project (the admin project).
+    pub project: String,
 }
 
 /// A status code and JSON body.
@@ -371,12 +373,16 @@ impl Api {
             .pool_max_idle_per_host(64)
             .build()
             .expect("client");
-        let (code, _, token) = auth(&http, url, ADMIN_PASSWORD).await;
+        let (code, body, token) = auth(&http, url, ADMIN_PASSWORD).await;
         assert_eq!(code, 201, "login failed");
         Api {
             http,
             url: url.into(),
             token: token.expect("X-Subject-Token"),
+            project: body["token"]["project"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         }
     }
 
@@ -426,6 +432,33 @@ impl Api {
         let (code, body) = self.get("/compute/v2.1/os-hypervisors/detail").await;
         assert_eq!(code, 200, "{body}");
         body["hypervisors"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Cinder's path for the token's project: `/volume/v3/{project}{rest}`.
+    pub fn volume_path(&self, rest: &str) -> String {
+        format!("/volume/v3/{}{rest}", self.project)
+    }
+
+    /// Polls a volume until its status is `want` (or it is gone, for
+    /// `want == "GONE"`), for up to `within`.
+    pub async fn wait_volume(&self, id: &str, want: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (code, body) = self.get(&self.volume_path(&format!("/volumes/{id}"))).await;
+            let status = if code == 404 {
+                "GONE".to_string()
+            } else {
+                body["volume"]["status"].as_str().unwrap_or("").to_string()
+            };
+            if status == want {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "volume {id} is {status} ({code}), not {want}, after {within:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls a server until its Nova status is `want` (or it is gone, for

@@ -106,6 +106,54 @@ async fn a_real_guest_through_its_whole_life() {
         assert!(xml.contains(&want), "{want} missing from\n{xml}");
     }
 
+    // A volume attached to the running guest is hot-plugged: it is in
+    // the live domain and in its config, as vdb.
+    let (code, body) = api
+        .post(
+            &api.volume_path("/volumes"),
+            json!({"volume": {"size": 1, "name": "plc-data"}}),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let vol = body["volume"]["id"].as_str().unwrap().to_string();
+    api.wait_volume(&vol, "available", Duration::from_secs(30))
+        .await;
+    let vol_file = data.join("volumes").join(format!("{vol}.qcow2"));
+    assert!(vol_file.is_file(), "qcow2 made by qemu-img");
+    let (code, body) = api
+        .post(
+            &format!("/compute/v2.1/servers/{id}/os-volume_attachments"),
+            json!({"volumeAttachment": {"volumeId": vol}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["volumeAttachment"]["device"], "/dev/vdb");
+    let v = api
+        .wait_volume(&vol, "in-use", Duration::from_secs(30))
+        .await;
+    assert_eq!(v["volume"]["attachments"][0]["server_id"], id.as_str());
+    let disk = format!("<source file='{}'", vol_file.display());
+    let config_xml =
+        std::fs::read_to_string(root.join(format!("etc/qemu/roost-{id}.xml"))).unwrap();
+    assert!(
+        config_xml.contains(&disk),
+        "volume in the domain's config:\n{config_xml}"
+    );
+    let live_xml = std::fs::read_to_string(root.join(format!("run/qemu/roost-{id}.xml"))).unwrap();
+    assert!(
+        live_xml.contains(&disk),
+        "volume in the running domain:\n{live_xml}"
+    );
+    assert_eq!(
+        guest::qemu_pid(&root, &id),
+        Some(pid),
+        "hot-plugged, not restarted"
+    );
+    let (code, body) = api
+        .delete(&api.volume_path(&format!("/volumes/{vol}")))
+        .await;
+    assert_eq!(code, 400, "an attached volume is not deleted: {body}");
+
     // Stop and start: SHUTOFF with no QEMU process, then a fresh boot.
     let seen = act(&api, &id, json!({"os-stop": null}), "SHUTOFF").await;
     assert_eq!(seen.last().unwrap().2, 4, "power_state SHUTDOWN: {seen:?}");
@@ -114,6 +162,27 @@ async fn a_real_guest_through_its_whole_life() {
         "{seen:?}"
     );
     assert_eq!(guest::qemu_pid(&root, &id), None, "QEMU gone when stopped");
+    // Detached while stopped: out of the domain's config, free again.
+    let (code, body) = api
+        .delete(&format!(
+            "/compute/v2.1/servers/{id}/os-volume_attachments/{vol}"
+        ))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    api.wait_volume(&vol, "available", Duration::from_secs(30))
+        .await;
+    let config_xml =
+        std::fs::read_to_string(root.join(format!("etc/qemu/roost-{id}.xml"))).unwrap();
+    assert!(
+        !config_xml.contains(&disk),
+        "volume still in:\n{config_xml}"
+    );
+    let (code, body) = api
+        .delete(&api.volume_path(&format!("/volumes/{vol}")))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    api.wait_volume(&vol, "GONE", Duration::from_secs(30)).await;
+    assert!(!vol_file.exists(), "the volume's file removed");
     act(&api, &id, json!({"os-start": null}), "ACTIVE").await;
     wait_booted(&data, &id, &image, "start").await;
 

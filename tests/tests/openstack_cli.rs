@@ -103,6 +103,28 @@ impl Cli {
         self.wait_status_within(name, want, Duration::from_secs(30))
     }
 
+    /// Waits for a volume (`["volume"]`) or snapshot (`["volume",
+    /// "snapshot"]`) to reach `want`.
+    fn wait_volume(&self, kind: &[&str], name: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let args: Vec<&str> = kind
+                .iter()
+                .copied()
+                .chain(["show", name, "-f", "value", "-c", "status"])
+                .collect();
+            let now = self.ok(&args).trim().to_string();
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{kind:?} {name} is {now}, not {want}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     fn wait_status_within(&self, name: &str, want: &str, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
@@ -365,8 +387,50 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
     cli.ok(&["server", "reboot", "--wait", "plc-1"]);
     cli.wait_status("plc-1", "ACTIVE");
 
+    // Volumes: qcow2 files made by qemu-img, attached to the server,
+    // snapshotted, detached, restored from the snapshot, extended.
+    let vol = cli.json(&["volume", "create", "--size", "1", "plc-data"]);
+    assert_eq!(vol["size"], 1, "{vol}");
+    cli.wait_volume(&["volume"], "plc-data", "available");
+    let vol_id = vol["id"].as_str().unwrap().to_string();
+    let vol_file = dir.path().join(format!("data/volumes/{vol_id}.qcow2"));
+    assert!(vol_file.is_file(), "{}", vol_file.display());
+    let said = cli.fails(&["volume", "create", "--size", "1", "--type", "gold", "bad"]);
+    assert!(said.contains("volume.volume_type"), "{said}");
+    let attached = cli.json(&["server", "add", "volume", "plc-1", "plc-data"]);
+    assert_eq!(attached["Device"], "/dev/vdb", "{attached}");
+    cli.wait_volume(&["volume"], "plc-data", "in-use");
+    let listed = cli.ok(&["volume", "list"]);
+    assert!(listed.contains("Attached to plc-1 on /dev/vdb"), "{listed}");
+    let server = cli.json(&["server", "show", "plc-1"]);
+    assert!(
+        server["volumes_attached"].to_string().contains(&vol_id),
+        "{server}"
+    );
+    let said = cli.fails(&["volume", "delete", "plc-data"]);
+    assert!(
+        said.contains("400") && said.contains("detach it first"),
+        "{said}"
+    );
+    let said = cli.fails(&[
+        "volume", "snapshot", "create", "--volume", "plc-data", "plc-snap",
+    ]);
+    assert!(said.contains("snapshot.force"), "{said}");
+    cli.json(&[
+        "volume", "snapshot", "create", "--volume", "plc-data", "--force", "plc-snap",
+    ]);
+    cli.wait_volume(&["volume", "snapshot"], "plc-snap", "available");
+    cli.ok(&["server", "remove", "volume", "plc-1", "plc-data"]);
+    cli.wait_volume(&["volume"], "plc-data", "available");
+    cli.json(&["volume", "create", "--snapshot", "plc-snap", "plc-restore"]);
+    cli.wait_volume(&["volume"], "plc-restore", "available");
+    cli.ok(&["volume", "set", "--size", "2", "plc-data"]);
+    cli.wait_volume(&["volume"], "plc-data", "available");
+    let shown = cli.json(&["volume", "show", "plc-data"]);
+    assert_eq!(shown["size"], 2, "{shown}");
+
     // Quotas: the region set none, so nothing limits this site; the usage
-    // counts the server.
+    // counts the server and the volumes.
     let quota = cli.json(&["quota", "show", "--usage"]);
     let row = |name: &str| {
         quota
@@ -383,6 +447,9 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
         ("ram", 256),
         ("networks", 1),
         ("ports", 2),
+        ("volumes", 2),
+        ("snapshots", 1),
+        ("gigabytes", 4),
     ] {
         let r = row(name);
         assert_eq!(
@@ -403,7 +470,7 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
         said.contains("409") && said.contains("in use by server"),
         "{said}"
     );
-    // Volumes are not served yet: boot from volume is refused by name.
+    // Booting from a volume is not built: refused by name.
     let said = cli.fails(&[
         "server",
         "create",
@@ -420,6 +487,14 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
     assert!(said.contains("block_device_mapping_v2[0]"), "{said}");
 
     // Tear down in order; each goes.
+    cli.ok(&["volume", "snapshot", "delete", "plc-snap"]);
+    cli.ok(&["volume", "delete", "plc-data", "plc-restore"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !names(&cli.json(&["volume", "list"])).is_empty() {
+        assert!(Instant::now() < deadline, "volumes not deleted");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(!vol_file.exists(), "the volume's file is removed with it");
     cli.ok(&["server", "delete", "--wait", "plc-1"]);
     assert!(!names(&cli.json(&["server", "list"])).contains(&"plc-1".to_string()));
     cli.ok(&["image", "delete", "plc-image"]);

@@ -350,6 +350,10 @@ pub struct ServerSpec {
     /// makes or binds a port for each, in the create's transaction.
     #[serde(default)]
     pub networks: Vec<NicRequest>,
+    /// Volumes attached to the server (Nova's volume attachments), in the
+    /// order they were attached: vdb, vdc, ...
+    #[serde(default)]
+    pub volumes: Vec<String>,
 }
 
 /// One NIC asked for at server create.
@@ -391,6 +395,7 @@ impl ServerSpec {
             deleted: false,
             metadata: BTreeMap::new(),
             networks: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 }
@@ -424,6 +429,10 @@ pub enum TaskState {
     Deleting,
     #[serde(rename = "rebuilding")]
     Rebuilding,
+    /// Adding or removing the disks of attached volumes (Nova shows no
+    /// task for it; the server stays ACTIVE or SHUTOFF).
+    #[serde(rename = "updating_volumes")]
+    UpdatingVolumes,
 }
 
 /// Nova's power_state numbers.
@@ -469,6 +478,9 @@ pub struct ServerStatus {
     pub rebuild_generation: u64,
     pub launched_at: Option<DateTime<Utc>>,
     pub fault: Option<Fault>,
+    /// The volumes the domain has, as the last compute action left it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
 }
 
 impl ServerStatus {

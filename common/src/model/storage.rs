@@ -1,10 +1,43 @@
-//! Volumes and snapshots (Cinder). Realised as qcow2 files by the storage
-//! issue; the shapes are fixed here so every crate speaks the same model.
+//! Volumes and snapshots (Cinder), realised as qcow2 files by the site's
+//! storage worker.
+//!
+//! Both are the site's own (like its networks): made, changed and removed
+//! through the site's API, never merged. Their work is a state: a volume
+//! `creating`, `extending`, `reverting` or `deleting` (a snapshot
+//! `creating` or `deleting`) has a file operation due, which the storage
+//! worker carries out and then records the resulting state. Attaching is
+//! the server's intent (`ServerSpec::volumes`); a volume is `attaching` or
+//! `detaching` until the compute reconciler has changed the domain.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Fault, Resource};
 use crate::validate::{self, FieldError};
+
+/// The volume types a site offers.
+pub const VOLUME_TYPES: [&str; 2] = ["edge-local", "central-replicated"];
+
+/// Largest volume, in GiB.
+pub const MAX_VOLUME_GB: u64 = 64 * 1024;
+
+/// A virtio disk's name by position: `vda`, `vdb`, ... `vdz`, `vdaa`, ...
+/// (the root disk is 0, a server's attached volumes 1, 2, ... in order).
+pub fn disk_target(i: usize) -> String {
+    let letters = b"abcdefghijklmnopqrstuvwxyz";
+    let mut name = String::new();
+    let mut n = i;
+    loop {
+        name.insert(0, letters[n % 26] as char);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    format!("vd{name}")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -16,32 +49,76 @@ pub enum VolumeSource {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeSpec {
+    /// May be empty, as in Cinder.
     pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
     pub project_id: String,
+    #[serde(default)]
+    pub user_id: String,
     pub size_gb: u64,
-    /// `edge-local` or `central-replicated`.
+    /// One of [`VOLUME_TYPES`].
     pub volume_type: String,
     pub source: VolumeSource,
-    /// Server the volume should be attached to.
-    pub attach_to: Option<String>,
-    pub deleted: bool,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Checks an optional Cinder name or description: at most 255 characters,
+/// no control characters.
+fn text(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.chars().count() > 255 {
+        return Err(FieldError::new(
+            field,
+            value,
+            "must be at most 255 characters",
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            value.escape_debug(),
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn metadata(field: &str, m: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    for (k, v) in m {
+        if k.is_empty() || k.chars().count() > 255 {
+            return Err(FieldError::new(
+                format!("{field}.{k}"),
+                k,
+                "keys must be 1 to 255 characters",
+            ));
+        }
+        if v.chars().count() > 255 {
+            return Err(FieldError::new(
+                format!("{field}.{k}"),
+                v,
+                "values must be at most 255 characters",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl VolumeSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
-        validate::name("name", &self.name)?;
-        validate::range("size", self.size_gb, 1, 64 * 1024)?;
-        if !matches!(
-            self.volume_type.as_str(),
-            "edge-local" | "central-replicated"
-        ) {
+        text("volume.name", &self.name)?;
+        if let Some(d) = &self.description {
+            text("volume.description", d)?;
+        }
+        validate::range("volume.size", self.size_gb, 1, MAX_VOLUME_GB)?;
+        if !VOLUME_TYPES.contains(&self.volume_type.as_str()) {
             return Err(FieldError::new(
-                "volume_type",
+                "volume.volume_type",
                 &self.volume_type,
                 "must be edge-local or central-replicated",
             ));
         }
-        Ok(())
+        metadata("volume.metadata", &self.metadata)
     }
 }
 
@@ -51,15 +128,43 @@ pub enum VolumeState {
     #[default]
     Creating,
     Available,
+    Attaching,
     InUse,
+    Detaching,
+    Extending,
+    Reverting,
     Deleting,
     Error,
+}
+
+impl VolumeState {
+    /// Cinder's `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Creating => "creating",
+            VolumeState::Available => "available",
+            VolumeState::Attaching => "attaching",
+            VolumeState::InUse => "in-use",
+            VolumeState::Detaching => "detaching",
+            VolumeState::Extending => "extending",
+            VolumeState::Reverting => "reverting",
+            VolumeState::Deleting => "deleting",
+            VolumeState::Error => "error",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeStatus {
     pub state: VolumeState,
+    /// The qcow2 file, chosen when the volume is recorded.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// The server it is attached (or attaching, or detaching) to.
     pub attached_to: Option<String>,
+    /// The snapshot a `reverting` volume is being reverted to.
+    #[serde(default)]
+    pub revert_to: Option<String>,
     pub fault: Option<Fault>,
 }
 
@@ -68,15 +173,120 @@ pub type Volume = Resource<VolumeSpec, VolumeStatus>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotSpec {
     pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
     pub project_id: String,
+    #[serde(default)]
+    pub user_id: String,
     pub volume_id: String,
-    pub deleted: bool,
+    /// Taken of an attached volume (a crash-consistent copy).
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl SnapshotSpec {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        text("snapshot.name", &self.name)?;
+        if let Some(d) = &self.description {
+            text("snapshot.description", d)?;
+        }
+        metadata("snapshot.metadata", &self.metadata)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotState {
+    #[default]
+    Creating,
+    Available,
+    Deleting,
+    Error,
+}
+
+impl SnapshotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotState::Creating => "creating",
+            SnapshotState::Available => "available",
+            SnapshotState::Deleting => "deleting",
+            SnapshotState::Error => "error",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotStatus {
-    pub state: VolumeState,
+    pub state: SnapshotState,
+    /// The volume's size when it was taken.
     pub size_gb: u64,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub fault: Option<Fault>,
 }
 
 pub type Snapshot = Resource<SnapshotSpec, SnapshotStatus>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VolumeSpec {
+        VolumeSpec {
+            name: String::new(),
+            description: None,
+            project_id: "p".into(),
+            user_id: "u".into(),
+            size_gb: 1,
+            volume_type: "edge-local".into(),
+            source: VolumeSource::Blank,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn volume_rules_name_the_field() {
+        assert!(spec().validate().is_ok(), "an unnamed volume is fine");
+        let e = VolumeSpec {
+            size_gb: 0,
+            ..spec()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "volume.size");
+        let e = VolumeSpec {
+            volume_type: "gold".into(),
+            ..spec()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "volume.volume_type");
+        let e = VolumeSpec {
+            name: "a\nb".into(),
+            ..spec()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "volume.name");
+        let e = VolumeSpec {
+            metadata: [(String::new(), "x".into())].into(),
+            ..spec()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.field.starts_with("volume.metadata"), "{e}");
+    }
+
+    #[test]
+    fn states_read_as_cinder_writes_them() {
+        assert_eq!(VolumeState::InUse.as_str(), "in-use");
+        assert_eq!(
+            serde_json::to_value(VolumeState::InUse).unwrap(),
+            serde_json::json!("in-use")
+        );
+        assert_eq!(SnapshotState::Available.as_str(), "available");
+    }
+}

@@ -205,6 +205,8 @@ fn token_body(s: &AppState, c: &Claims) -> Value {
             {"type": "compute", "name": "nova", "id": "compute", "endpoints": endpoints("/compute/v2.1")},
             {"type": "network", "name": "neutron", "id": "network", "endpoints": endpoints("/network")},
             {"type": "image", "name": "glance", "id": "image", "endpoints": endpoints("/image")},
+            {"type": "block-storage", "name": "cinder", "id": "block-storage", "endpoints": endpoints(&format!("/volume/v3/{}", c.project_id))},
+            {"type": "volumev3", "name": "cinderv3", "id": "volumev3", "endpoints": endpoints(&format!("/volume/v3/{}", c.project_id))},
         ],
     })
 }

@@ -285,8 +285,7 @@ pub async fn sweep(data_dir: &Path, store: &crate::store::Store) -> Result<usize
     Ok(removed)
 }
 
-/// Free space an upload leaves on the data disk, for the store's own writes.
-pub const FREE_SPACE_RESERVE: u64 = 1 << 30;
+use crate::storage::FREE_SPACE_RESERVE;
 
 /// Refuses to go on when the data disk has less than
 /// [`FREE_SPACE_RESERVE`] free.
@@ -302,10 +301,9 @@ fn check_room(free: u64) -> Result<(), ApiError> {
 }
 
 fn free_bytes(dir: &Path) -> Result<u64, ApiError> {
-    let st = rustix::fs::statvfs(dir).map_err(|e| {
+    crate::storage::free_bytes(dir).map_err(|e| {
         ApiError::internal(format!("cannot read free space of {}: {e}", dir.display()))
-    })?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    })
 }
 
 /// Streams the body to `part`, checks it, syncs it and renames it to `done`.

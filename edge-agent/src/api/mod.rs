@@ -5,7 +5,8 @@
 //! result. Every write returns only after the store committed it. Files are
 //! one per service: [`identity`] (Keystone), [`servers`], [`flavors`],
 //! [`server_groups`], [`hypervisors`] (Nova), [`network`] (Neutron),
-//! [`images`] (Glance); [`views`] renders resources as Nova does.
+//! [`images`] (Glance), [`volumes`] (Cinder, and Nova's volume
+//! attachments); [`views`] renders resources as Nova does.
 
 mod error;
 mod flavors;
@@ -17,6 +18,7 @@ mod quotas;
 mod server_groups;
 mod servers;
 mod views;
+mod volumes;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -53,6 +55,10 @@ pub struct AppState {
     pub net_changed: Arc<tokio::sync::Notify>,
     /// The agent's data dir: uploaded images live in its `images/`.
     pub data_dir: std::path::PathBuf,
+    /// Where volumes' files go (snapshots in its `snapshots/`).
+    pub volumes_dir: std::path::PathBuf,
+    /// Told after a volume or snapshot write, so the storage worker runs now.
+    pub storage_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Builds the router.
@@ -63,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .merge(server_groups::routes())
         .merge(hypervisors::routes())
         .merge(quotas::compute_routes())
+        .merge(volumes::attachment_routes())
         .layer(axum::middleware::map_response(nova_version_headers));
     Router::new()
         .route("/healthz", get(healthz))
@@ -75,12 +82,13 @@ pub fn router(state: AppState) -> Router {
             network::routes().merge(quotas::network_routes()),
         )
         .nest("/image", images::routes())
+        .nest("/volume", volumes::routes())
         .route("/image/", get(images::versions))
         // Version discovery asks with a trailing slash.
         .route("/network/", get(network::versions))
         .fallback(|| async {
             ApiError::not_found(
-                "No such API path; see /identity/v3, /compute/v2.1, /image/v2 and /network/v2.0",
+                "No such API path; see /identity/v3, /compute/v2.1, /image/v2, /network/v2.0 and /volume/v3",
             )
         })
         .layer(axum::middleware::from_fn(record_metrics))

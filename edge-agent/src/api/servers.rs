@@ -42,7 +42,7 @@ struct ListParams {
 }
 
 /// A query-string boolean as OpenStack clients write them.
-fn flag(field: &str, v: Option<&str>) -> Result<bool, ApiError> {
+pub(super) fn flag(field: &str, v: Option<&str>) -> Result<bool, ApiError> {
     match v.map(str::to_ascii_lowercase).as_deref() {
         None | Some("0" | "false" | "no" | "off") => Ok(false),
         Some("" | "1" | "true" | "yes" | "on") => Ok(true),

@@ -69,7 +69,7 @@ pub fn server(base: &str, s: &Server) -> Value {
         "key_name": null,
         "progress": if st.vm_state == VmState::Active { 100 } else { 0 },
         "security_groups": [{"name": "default"}],
-        "os-extended-volumes:volumes_attached": [],
+        "os-extended-volumes:volumes_attached": s.spec.volumes.iter().map(|v| json!({"id": v})).collect::<Vec<_>>(),
     });
     if let Some(f) = &st.fault {
         v["fault"] =

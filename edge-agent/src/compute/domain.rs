@@ -82,20 +82,7 @@ pub fn domain_name(server_id: &str) -> String {
     format!("{NAME_PREFIX}{server_id}")
 }
 
-/// `vda`, `vdb`, ... `vdz`, `vdaa`, ...
-fn disk_target(i: usize) -> String {
-    let letters = b"abcdefghijklmnopqrstuvwxyz";
-    let mut name = String::new();
-    let mut n = i;
-    loop {
-        name.insert(0, letters[n % 26] as char);
-        if n < 26 {
-            break;
-        }
-        n = n / 26 - 1;
-    }
-    format!("vd{name}")
-}
+pub use roost_common::model::disk_target;
 
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -122,6 +109,42 @@ fn unesc(s: &str) -> String {
 
 fn path(p: &std::path::Path) -> String {
     esc(&p.to_string_lossy())
+}
+
+/// One qcow2 disk on the virtio bus (also what is hot-plugged for a
+/// volume).
+pub fn disk_xml(file: &std::path::Path, target: &str) -> String {
+    format!(
+        "    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2' discard='unmap'/>\n      <source file='{}'/>\n      <target dev='{}' bus='virtio'/>\n    </disk>",
+        path(file),
+        esc(target)
+    )
+}
+
+/// The value of attribute `name` in the first element `<tag ...>` of `xml`.
+fn attr(xml: &str, tag: &str, name: &str) -> Option<String> {
+    let open = format!("<{tag} ");
+    let rest = &xml[xml.find(&open)? + open.len()..];
+    let rest = &rest[..rest.find('>')?];
+    let at = rest.find(&format!("{name}="))? + name.len() + 1;
+    let quote = rest[at..].chars().next()?;
+    let value = &rest[at + 1..];
+    Some(unesc(&value[..value.find(quote)?]))
+}
+
+/// The file disks of a domain's XML as (target, source file), in order.
+pub fn disks(xml: &str) -> Vec<(String, std::path::PathBuf)> {
+    xml.split("<disk ")
+        .skip(1)
+        .filter_map(|d| {
+            let d = &d[..d.find("</disk>")?];
+            let d = format!("<disk {d}");
+            Some((
+                attr(&d, "target", "dev")?,
+                attr(&d, "source", "file")?.into(),
+            ))
+        })
+        .collect()
 }
 
 /// The metadata element alone (what `virDomainGetMetadata` returns).
@@ -185,12 +208,7 @@ pub fn render(d: &DomainSpec) -> String {
     x.push_str("  <clock offset='utc'/>\n  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n  <devices>\n");
     let disks = std::iter::once(&d.root_disk).chain(&d.volumes);
     for (i, disk) in disks.enumerate() {
-        let _ = writeln!(
-            x,
-            "    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2' discard='unmap'/>\n      <source file='{}'/>\n      <target dev='{}' bus='virtio'/>\n    </disk>",
-            path(disk),
-            disk_target(i)
-        );
+        let _ = writeln!(x, "{}", disk_xml(disk, &disk_target(i)));
     }
     for nic in &d.nics {
         let _ = writeln!(
@@ -318,6 +336,26 @@ mod tests {
             "only a UUID server id becomes the domain's uuid"
         );
         assert!(!x.contains("host-passthrough"));
+    }
+
+    #[test]
+    fn disks_read_back_as_libvirt_writes_them() {
+        let xml = render(&spec());
+        assert_eq!(
+            disks(&xml),
+            vec![
+                ("vda".to_string(), "/var/lib/roost/instances/x/disk".into()),
+                ("vdb".to_string(), "/v/a.qcow2".into()),
+                ("vdc".to_string(), "/v/b.qcow2".into()),
+            ]
+        );
+        // libvirt's own output: attributes in another order, a backing
+        // store, double quotes, escapes.
+        let live = r#"<disk type="file" device="disk"><driver name="qemu" type="qcow2"/><source file="/v/a&amp;b.qcow2" index="2"/><backingStore/><target dev="vdb" bus="virtio"/><alias name="virtio-disk1"/></disk><disk type='file' device='cdrom'><target dev='hdc'/></disk>"#;
+        assert_eq!(
+            disks(live),
+            vec![("vdb".to_string(), "/v/a&b.qcow2".into())]
+        );
     }
 
     #[test]

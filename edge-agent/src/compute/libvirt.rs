@@ -327,7 +327,7 @@ impl Libvirt {
             cpuset: flavor.spec.cpuset().map(String::from),
             memory_mib: flavor.spec.ram_mb,
             root_disk,
-            volumes: Vec::new(),
+            volumes: guest.volumes.clone(),
             nics: guest
                 .ports
                 .iter()
@@ -353,6 +353,60 @@ impl Libvirt {
         let disk = self.ensure_disk(guest, fresh_disk)?;
         let xml = domain::render(&self.spec(guest, disk)?);
         Domain::define_xml(&self.conn, &xml).map_err(lv)
+    }
+
+    /// Gives the domain exactly the guest's volumes: a running domain by
+    /// hot-plugging (live and in its config), a stopped one by redefining
+    /// it. A running guest must let go of a disk being detached (ACPI
+    /// hot-unplug); until it has, this fails and is retried.
+    fn sync_volumes(&self, guest: &Guest) -> Result<PowerState, DriverError> {
+        let dom = match self.lookup(&guest.server.id)? {
+            Some(d) if d.is_active().map_err(lv)? => d,
+            _ => {
+                let dom = self.define(guest, false)?;
+                return Self::power(&dom);
+            }
+        };
+        let root = self.instance_dir(&guest.server.id).join("disk.qcow2");
+        let live = |dom: &Domain| -> Result<Vec<(String, PathBuf)>, DriverError> {
+            Ok(domain::disks(&dom.get_xml_desc(0).map_err(lv)?)
+                .into_iter()
+                .filter(|(_, f)| *f != root)
+                .collect())
+        };
+        let flags = sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG;
+        let had = live(&dom)?;
+        for (target, file) in had.iter().filter(|(_, f)| !guest.volumes.contains(f)) {
+            dom.detach_device_flags(&domain::disk_xml(file, target), flags)
+                .map_err(lv)?;
+        }
+        let mut used: Vec<String> = std::iter::once("vda".to_string())
+            .chain(live(&dom)?.into_iter().map(|(t, _)| t))
+            .collect();
+        for file in &guest.volumes {
+            if had.iter().any(|(_, f)| f == file) {
+                continue;
+            }
+            let target = (1..)
+                .map(domain::disk_target)
+                .find(|t| !used.contains(t))
+                .unwrap_or_default();
+            dom.attach_device_flags(&domain::disk_xml(file, &target), flags)
+                .map_err(lv)?;
+            used.push(target);
+        }
+        let stuck: Vec<String> = live(&dom)?
+            .into_iter()
+            .filter(|(_, f)| !guest.volumes.contains(f))
+            .map(|(_, f)| f.display().to_string())
+            .collect();
+        if !stuck.is_empty() {
+            return Err(DriverError(format!(
+                "the guest has not released {} yet (detaching needs the guest to accept ACPI hot-unplug); retrying, or stop the server to detach at once",
+                stuck.join(", ")
+            )));
+        }
+        Self::power(&dom)
     }
 
     fn start(dom: &Domain) -> Result<PowerState, DriverError> {
@@ -476,6 +530,7 @@ impl ComputeDriver for Libvirt {
                     PowerIntent::Stopped => Ok(PowerState::Shutdown),
                 }
             }
+            DriverAction::SyncVolumes => self.sync_volumes(guest),
             DriverAction::Destroy => {
                 self.remove(id)?;
                 Ok(PowerState::NoState)
@@ -564,6 +619,7 @@ mod tests {
             Resource::new(ServerSpec::new("plc", "p", "u", "1", image.id.clone()), now);
         Guest {
             ports: Vec::new(),
+            volumes: Vec::new(),
             server,
             flavor: Some(flavor),
             image: Some(image),

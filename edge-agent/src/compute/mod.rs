@@ -38,6 +38,9 @@ pub struct Guest {
     pub image: Option<Image>,
     /// The server's ports, in the order it asked for them (its NICs).
     pub ports: Vec<roost_common::model::Port>,
+    /// The files of the volumes the domain should have: the ones the spec
+    /// asks for on [`DriverAction::SyncVolumes`], else the ones it has.
+    pub volumes: Vec<std::path::PathBuf>,
 }
 
 /// A domain a driver found that Roost made for this site.
@@ -58,6 +61,9 @@ pub enum DriverAction {
     },
     /// A new root disk from the spec's image, then the spec's power state.
     Rebuild,
+    /// Attach and detach volumes until the domain has exactly
+    /// [`Guest::volumes`], keeping its power state.
+    SyncVolumes,
     Destroy,
 }
 
@@ -76,6 +82,7 @@ impl DriverAction {
             DriverAction::Reboot { hard: false } => "reboot",
             DriverAction::Reboot { hard: true } => "reboot_hard",
             DriverAction::Rebuild => "rebuild",
+            DriverAction::SyncVolumes => "sync_volumes",
             DriverAction::Destroy => "destroy",
         }
     }

@@ -67,6 +67,11 @@ pub fn plan(server: &Server, seen: Seen) -> Step {
         (VmState::Active | VmState::Stopped, _) if rebuild_due => {
             act(server, DriverAction::Rebuild, TaskState::Rebuilding)
         }
+        (VmState::Active | VmState::Stopped, _) if spec.volumes != st.volumes => act(
+            server,
+            DriverAction::SyncVolumes,
+            TaskState::UpdatingVolumes,
+        ),
         (VmState::Active, PowerIntent::Stopped) => {
             act(server, DriverAction::PowerOff, TaskState::PoweringOff)
         }
@@ -139,7 +144,9 @@ pub fn finish(
             } else {
                 VmState::Stopped
             };
-            if action != DriverAction::PowerOff {
+            if action == DriverAction::SyncVolumes {
+                st.volumes = server.spec.volumes.clone();
+            } else if action != DriverAction::PowerOff {
                 st.reboot_generation = server.spec.reboot_generation;
             }
             if matches!(action, DriverAction::Spawn | DriverAction::Rebuild) {
@@ -391,5 +398,49 @@ mod tests {
         assert_eq!(st.vm_state, VmState::Error);
         s.status = st;
         assert_eq!(plan(&s, Seen::Unknown), Step::Nothing);
+    }
+
+    #[test]
+    fn volume_changes_sync_the_domain_and_keep_power_and_reboots() {
+        let mut s = server(VmState::Stopped, PowerIntent::Stopped);
+        s.status.power_state = PowerState::Shutdown;
+        s.spec.volumes = vec!["v1".into()];
+        // A reboot asked for meanwhile is not marked done by the attach.
+        s.spec.reboot_generation = 1;
+        s.status.reboot_generation = 1;
+        let Step::Act {
+            action: sync,
+            during,
+        } = plan(&s, Seen::Unknown)
+        else {
+            panic!("should act")
+        };
+        assert_eq!(sync, DriverAction::SyncVolumes);
+        assert_eq!(during.task_state, Some(TaskState::UpdatingVolumes));
+        assert_eq!(during.nova_status(), "SHUTOFF", "Nova shows no task for it");
+        let now = Utc::now();
+        // A failure keeps what the domain had and is retried.
+        let Outcome::Status(st) = finish(
+            &s,
+            sync,
+            Err(DriverError("guest did not let go".into())),
+            now,
+        ) else {
+            panic!()
+        };
+        assert!(st.volumes.is_empty() && st.fault.is_some());
+        let Outcome::Status(st) = finish(&s, sync, Ok(PowerState::Shutdown), now) else {
+            panic!()
+        };
+        assert_eq!(st.volumes, vec!["v1".to_string()]);
+        assert_eq!((st.vm_state, st.task_state), (VmState::Stopped, None));
+        s.status = st;
+        assert_eq!(plan(&s, Seen::Unknown), Step::Nothing);
+        // Detaching is the same step the other way.
+        s.spec.volumes.clear();
+        assert_eq!(
+            action(plan(&s, Seen::Unknown)),
+            Some(DriverAction::SyncVolumes)
+        );
     }
 }

@@ -21,7 +21,9 @@ use tracing::{info, warn};
 
 use roost_common::model::{PowerState, Server};
 
-use super::{finish, plan, ComputeDriver, DriverError, Guest, Observed, Outcome, Seen, Step};
+use super::{
+    finish, plan, ComputeDriver, DriverAction, DriverError, Guest, Observed, Outcome, Seen, Step,
+};
 use crate::metrics::METRICS;
 use crate::store::{ServerQuery, Store, WriteError};
 
@@ -223,8 +225,14 @@ impl Reconciler {
                 };
                 // Flavor and image are read only for an action that may
                 // (re)build the domain: stop and delete never need them.
-                let (flavor, image, ports) = if action.may_build() {
+                let (flavor, image, ports, volumes) = if action.may_build() {
                     let sid = server.id.clone();
+                    // The volumes the domain is to have: the spec's when
+                    // attaching or detaching, else the ones it has.
+                    let volumes = match action {
+                        DriverAction::SyncVolumes => server.spec.volumes.clone(),
+                        _ => server.status.volumes.clone(),
+                    };
                     (
                         self.store.flavor(server.spec.flavor_id.clone()).await?,
                         self.store.image(server.spec.image_id.clone()).await?,
@@ -233,14 +241,16 @@ impl Reconciler {
                                 crate::store::network::read::ports(c, &None, None, Some(&sid))
                             })
                             .await?,
+                        self.store.volume_files(volumes).await?,
                     )
                 } else {
-                    (None, None, Vec::new())
+                    (None, None, Vec::new(), Vec::new())
                 };
                 let guest = Guest {
                     flavor,
                     image,
                     ports,
+                    volumes,
                     server,
                 };
                 let driver = self.driver.clone();

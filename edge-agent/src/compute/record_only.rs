@@ -24,6 +24,7 @@ impl ComputeDriver for RecordOnly {
                 roost_common::model::PowerIntent::Stopped => PowerState::Shutdown,
             },
             DriverAction::PowerOff => PowerState::Shutdown,
+            DriverAction::SyncVolumes => guest.server.status.power_state,
             DriverAction::Destroy => PowerState::NoState,
         })
     }

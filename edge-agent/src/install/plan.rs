@@ -608,6 +608,7 @@ pub fn desired_config(
         images: Vec::new(),
         region: None,
         network: None,
+        storage: Default::default(),
     });
     c.site.id = i.site_id.clone();
     c.site.name = i.site_name.clone();

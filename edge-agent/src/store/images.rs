@@ -170,6 +170,17 @@ impl super::WriteCtx<'_> {
                 "Image {id} is being uploaded; delete it when the upload ends"
             )));
         }
+        let making: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM volumes WHERE json_extract(status, '$.state') = 'creating'
+             AND json_extract(spec, '$.source.image') = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        if making > 0 {
+            return Err(WriteError::Conflict(format!(
+                "Image {id} is being copied into {making} new volume(s); delete it when they are made"
+            )));
+        }
         let servers = super::servers::live_users(self.tx, "image_id", id)?;
         if !servers.is_empty() {
             return Err(WriteError::Conflict(format!(

@@ -20,6 +20,7 @@ mod quota;
 mod rows;
 mod schema;
 mod servers;
+mod volumes;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use roost_common::model::{Flavor, Image, Server, ServerGroup, Usage};
+use roost_common::model::{Flavor, Image, Server, ServerGroup, Snapshot, Usage, Volume};
 use roost_common::FieldError;
 
 use crate::scheduler::NoValidHost;
@@ -392,6 +393,52 @@ impl Store {
         .await
     }
 
+    /// Volumes in scope (`None`: every project's), oldest first.
+    pub async fn volumes(&self, scope: network::Scope) -> Result<Vec<Volume>, WriteError> {
+        self.read(move |c| Ok(volumes::list(c, "volumes", &scope)?))
+            .await
+    }
+
+    pub async fn volume(&self, id: String, scope: network::Scope) -> Result<Volume, WriteError> {
+        self.read(move |c| volumes::volume_in(c, &id, &scope)).await
+    }
+
+    /// Snapshots in scope, oldest first.
+    pub async fn snapshots(&self, scope: network::Scope) -> Result<Vec<Snapshot>, WriteError> {
+        self.read(move |c| Ok(volumes::list(c, "volume_snapshots", &scope)?))
+            .await
+    }
+
+    pub async fn snapshot(
+        &self,
+        id: String,
+        scope: network::Scope,
+    ) -> Result<Snapshot, WriteError> {
+        self.read(move |c| volumes::snapshot_in(c, &id, &scope))
+            .await
+    }
+
+    /// The files of these volumes, in order, for a server's domain.
+    pub async fn volume_files(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<Vec<std::path::PathBuf>, WriteError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| Ok(volumes::files(c, &ids)?)).await
+    }
+
+    /// The storage worker's work now (see `crate::storage`).
+    pub async fn storage_work(&self) -> Result<Vec<crate::storage::plan::Work>, WriteError> {
+        self.read(|c| Ok(volumes::work(c)?)).await
+    }
+
+    /// (volumes, gigabytes, snapshots) held by a project, or by all.
+    pub async fn volume_usage(&self, scope: network::Scope) -> Result<(u64, u64, u64), WriteError> {
+        self.read(move |c| Ok(volumes::usage(c, &scope)?)).await
+    }
+
     pub async fn hypervisors(&self) -> Result<Vec<HypervisorView>, WriteError> {
         self.read(inventory::hypervisors).await
     }
@@ -466,3 +513,5 @@ impl ReaderPool {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod volume_tests;

@@ -106,6 +106,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE revoked_tokens (
         audit_id TEXT PRIMARY KEY, expires_at TEXT NOT NULL) STRICT;
     "#,
+    // 5: volumes and their snapshots (site-local, like networks).
+    r#"
+    CREATE TABLE volumes (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL, name TEXT NOT NULL,
+        spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE INDEX volumes_by_project ON volumes(project_id, created_at, id);
+    CREATE TABLE volume_snapshots (
+        id TEXT PRIMARY KEY, volume_id TEXT NOT NULL REFERENCES volumes(id),
+        project_id TEXT NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+    CREATE INDEX volume_snapshots_by_volume ON volume_snapshots(volume_id);
+    CREATE INDEX volume_snapshots_by_project ON volume_snapshots(project_id, created_at, id);
+    "#,
 ];
 
 /// Brings the schema up to date. Returns the version reached.

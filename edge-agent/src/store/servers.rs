@@ -316,12 +316,16 @@ impl WriteCtx<'_> {
 
     /// Writes a server's status (the reconciler's output).
     pub fn set_server_status(&mut self, id: &str, status: &ServerStatus) -> Result<(), WriteError> {
+        let before = super::volumes::status_volumes(self.tx, id)?;
         let n = self.tx.execute(
             "UPDATE servers SET status = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, json(status)?, time(&self.now)],
         )?;
         if n == 0 {
             return Err(WriteError::NotFound(format!("server {id} is gone")));
+        }
+        if before != status.volumes {
+            self.settle_attachments(id, &before, &status.volumes)?;
         }
         self.record_status("servers", id, status);
         Ok(())
@@ -345,6 +349,7 @@ impl WriteCtx<'_> {
     pub fn remove_server(&mut self, id: &str) -> Result<(), WriteError> {
         self.release_claim(id)?;
         self.detach_nics(id)?;
+        self.free_volumes_of(id)?;
         self.tx.execute("DELETE FROM servers WHERE id = ?1", [id])?;
         self.record_gone("servers", id);
         Ok(())
@@ -406,6 +411,9 @@ fn pending_task(spec: &ServerSpec, status: &ServerStatus) -> Option<TaskState> {
             Some(TaskState::RebootingHard)
         }
         _ if spec.reboot_generation > status.reboot_generation => Some(TaskState::Rebooting),
+        (_, VmState::Active | VmState::Stopped) if spec.volumes != status.volumes => {
+            Some(TaskState::UpdatingVolumes)
+        }
         _ => None,
     }
 }

@@ -4,6 +4,8 @@
 //! schemas with `additionalProperties: false`) and then turned into specs that
 //! go through the same `validate` as config files.
 
+pub mod cinder;
+
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -319,7 +321,7 @@ impl ServerCreate {
                             kind.0.unwrap_or("null"),
                             kind.1.unwrap_or("null")
                         ),
-                        "only an image on the local root disk (boot_index 0) is supported: volumes and swap or ephemeral disks are not available at this site yet",
+                        "only an image on the local root disk (boot_index 0) is supported: booting from a volume and swap or ephemeral disks are not built at this site; boot from the image and attach volumes after",
                     ))
                 }
             }

@@ -1,0 +1,340 @@
+//! Volumes, snapshots and attachments in a real store (no files: the
+//! storage worker's results are recorded by hand).
+
+use std::path::Path;
+
+use roost_common::config::{self, SiteConfig};
+use roost_common::model::{
+    PowerState, ServerSpec, ServerStatus, SnapshotSpec, VmState, Volume, VolumeSource, VolumeSpec,
+    VolumeState,
+};
+
+use super::{NewServer, Store, WriteError};
+use crate::storage::plan::{Op, Subject};
+
+const SITE: &str = "
+site: {id: vol-test, name: Volume test}
+hosts:
+  - {name: c0, roles: [compute], vcpus: 4, ram_mb: 8192, disk_gb: 100}
+flavors:
+  - {name: one, id: '1', vcpus: 1, ram_mb: 512, disk_gb: 1}
+images:
+  - {name: img, id: 11111111-2222-4333-8444-555555555555, disk_format: qcow2}
+";
+
+fn open(dir: &Path) -> Store {
+    let cfg: SiteConfig = config::parse(Path::new("site.yaml"), SITE).unwrap();
+    Store::open(dir, "vol-test", &cfg).unwrap().0
+}
+
+fn spec(size_gb: u64, source: VolumeSource) -> VolumeSpec {
+    VolumeSpec {
+        name: "v".into(),
+        description: None,
+        project_id: "p".into(),
+        user_id: "u".into(),
+        size_gb,
+        volume_type: "edge-local".into(),
+        source,
+        metadata: Default::default(),
+    }
+}
+
+/// Creates a volume and records the worker's success: it is available.
+async fn made(store: &Store, s: VolumeSpec) -> Volume {
+    let v = store
+        .write(move |w| w.create_volume(s, &None, Path::new("/vols")))
+        .await
+        .unwrap();
+    assert_eq!(v.status.state, VolumeState::Creating);
+    assert_eq!(
+        v.status.file.as_deref(),
+        Some(Path::new(&format!("/vols/{}.qcow2", v.id)))
+    );
+    finish_work(store).await;
+    store.volume(v.id.clone(), None).await.unwrap()
+}
+
+/// Records success for all the work due; returns what it was.
+async fn finish_work(store: &Store) -> Vec<(Subject, Op)> {
+    let work = store.storage_work().await.unwrap();
+    let mut done = Vec::new();
+    for w in work {
+        let subject = w.subject.clone();
+        store
+            .write(move |c| c.storage_done(&subject, Ok(())))
+            .await
+            .unwrap();
+        done.push((w.subject, w.op.unwrap()));
+    }
+    done
+}
+
+fn field(e: WriteError) -> String {
+    match e {
+        WriteError::Invalid(f) => f.field,
+        other => panic!("not a field error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn volumes_move_through_their_states_and_refuse_what_cinder_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let v = made(&store, spec(2, VolumeSource::Blank)).await;
+    assert_eq!(v.status.state, VolumeState::Available);
+    assert!(
+        store.storage_work().await.unwrap().is_empty(),
+        "nothing left to do"
+    );
+
+    // A snapshot; then its volume cannot go while the snapshot is there.
+    let snap = |volume_id: &str, force: bool| SnapshotSpec {
+        name: "s".into(),
+        description: None,
+        project_id: "p".into(),
+        user_id: "u".into(),
+        volume_id: volume_id.into(),
+        force,
+        metadata: Default::default(),
+    };
+    let s1 = snap(&v.id, false);
+    let s1 = store
+        .write(move |w| w.create_snapshot(s1, &None, Path::new("/vols/snapshots")))
+        .await
+        .unwrap();
+    let done = finish_work(&store).await;
+    assert!(matches!(&done[0].1, Op::Make { .. }), "{done:?}");
+    let id = v.id.clone();
+    let e = store
+        .write(move |w| w.delete_volume(&id, &None))
+        .await
+        .unwrap_err();
+    assert_eq!(field(e), "snapshots");
+
+    // Smaller than its snapshot: refused naming the size.
+    let e = store
+        .write(move |w| {
+            w.create_volume(
+                spec(1, VolumeSource::Snapshot(s1.id.clone())),
+                &None,
+                Path::new("/vols"),
+            )
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(e), "volume.size");
+
+    // Extend, then revert to the (older, smaller) snapshot is refused;
+    // another project sees none of it.
+    let id = v.id.clone();
+    let e = store
+        .write(move |w| w.extend_volume(&id, &None, 2))
+        .await
+        .unwrap_err();
+    assert_eq!(field(e), "os-extend.new_size");
+    let id = v.id.clone();
+    store
+        .write(move |w| w.extend_volume(&id, &None, 3))
+        .await
+        .unwrap();
+    assert!(matches!(
+        finish_work(&store).await[0].1,
+        Op::Resize { size_gb: 3, .. }
+    ));
+    let (id, sid) = (v.id.clone(), s1_id(&store).await);
+    let e = store
+        .write(move |w| w.revert_volume(&id, &None, &sid))
+        .await
+        .unwrap_err();
+    assert_eq!(field(e), "revert.snapshot_id");
+    let id = v.id.clone();
+    let other = Some("q".to_string());
+    let e = store
+        .write(move |w| w.delete_volume(&id, &other))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, WriteError::NotFound(_)), "{e}");
+
+    // A newer snapshot of the current size: revert to it works, and only
+    // to the latest.
+    let s2 = snap(&v.id, false);
+    let s2 = store
+        .write(move |w| w.create_snapshot(s2, &None, Path::new("/vols/snapshots")))
+        .await
+        .unwrap();
+    finish_work(&store).await;
+    let (id, sid) = (v.id.clone(), s2.id.clone());
+    let r = store
+        .write(move |w| w.revert_volume(&id, &None, &sid))
+        .await
+        .unwrap();
+    assert_eq!(r.status.state, VolumeState::Reverting);
+    let done = finish_work(&store).await;
+    assert!(
+        matches!(&done[0].1, Op::Replace { from, .. } if from.ends_with(format!("{}.qcow2", s2.id)))
+    );
+    let after = store.volume(v.id.clone(), None).await.unwrap();
+    assert_eq!(
+        (after.status.state, after.status.revert_to),
+        (VolumeState::Available, None)
+    );
+
+    // Delete the snapshots, then the volume: the rows go once the files are.
+    for sid in [s1_id(&store).await, s2.id.clone()] {
+        store
+            .write(move |w| w.delete_snapshot(&sid, &None))
+            .await
+            .unwrap();
+    }
+    finish_work(&store).await;
+    let id = v.id.clone();
+    store
+        .write(move |w| w.delete_volume(&id, &None))
+        .await
+        .unwrap();
+    let done = finish_work(&store).await;
+    assert!(matches!(&done[0].1, Op::Remove { .. }));
+    assert!(store.volume(v.id.clone(), None).await.is_err(), "row gone");
+    assert!(store.snapshots(None).await.unwrap().is_empty());
+
+    // A failure is the volume's error, with the reason.
+    let v = store
+        .write(|w| w.create_volume(spec(1, VolumeSource::Blank), &None, Path::new("/vols")))
+        .await
+        .unwrap();
+    store
+        .write(move |w| w.storage_done(&Subject::Volume(v.id.clone()), Err("disk full".into())))
+        .await
+        .unwrap();
+    let vs = store.volumes(None).await.unwrap();
+    assert_eq!(vs[0].status.state, VolumeState::Error);
+    assert_eq!(vs[0].status.fault.as_ref().unwrap().message, "disk full");
+}
+
+async fn s1_id(store: &Store) -> String {
+    store.snapshots(None).await.unwrap()[0].id.clone()
+}
+
+#[tokio::test]
+async fn attachments_follow_the_servers_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let v = made(&store, spec(1, VolumeSource::Blank)).await;
+    let server = store
+        .write(|w| {
+            w.create_server(NewServer {
+                spec: ServerSpec::new("s", "p", "u", "1", "11111111-2222-4333-8444-555555555555"),
+                id: None,
+            })
+        })
+        .await
+        .unwrap();
+    let sid = server.id.clone();
+    let active = ServerStatus {
+        vm_state: VmState::Active,
+        power_state: PowerState::Running,
+        task_state: None,
+        ..server.status.clone()
+    };
+    let set = |volumes: Vec<String>| {
+        let (sid, st) = (
+            sid.clone(),
+            ServerStatus {
+                volumes,
+                ..active.clone()
+            },
+        );
+        let store = store.clone();
+        async move {
+            store
+                .write(move |w| w.set_server_status(&sid, &st))
+                .await
+                .unwrap()
+        }
+    };
+    let attach = |vid: String| {
+        let (sid, store) = (sid.clone(), store.clone());
+        async move {
+            store
+                .write(move |w| w.attach_volume(&sid, &vid, &None))
+                .await
+        }
+    };
+    let detach = |vid: String| {
+        let (sid, store) = (sid.clone(), store.clone());
+        async move {
+            store
+                .write(move |w| w.detach_volume(&sid, &vid, &None))
+                .await
+        }
+    };
+    let state = |vid: String| {
+        let store = store.clone();
+        async move { store.volume(vid, None).await.unwrap().status }
+    };
+
+    // Building: not yet.
+    assert!(matches!(
+        attach(v.id.clone()).await,
+        Err(WriteError::Conflict(_))
+    ));
+    set(vec![]).await;
+    let a = attach(v.id.clone()).await.unwrap();
+    assert_eq!(
+        (a.status.state, a.status.attached_to.as_deref()),
+        (VolumeState::Attaching, Some(sid.as_str()))
+    );
+    let s = store.server(sid.clone()).await.unwrap().unwrap();
+    assert_eq!(s.spec.volumes, vec![v.id.clone()]);
+    // Once the domain has it: in-use; then it cannot be deleted.
+    set(vec![v.id.clone()]).await;
+    assert_eq!(state(v.id.clone()).await.state, VolumeState::InUse);
+    let vid = v.id.clone();
+    let e = store
+        .write(move |w| w.delete_volume(&vid, &None))
+        .await
+        .unwrap_err();
+    assert_eq!(field(e), "status");
+    // A second volume can not go to a server of another project, nor can
+    // an in-use one be attached twice.
+    let mut other = spec(1, VolumeSource::Blank);
+    other.project_id = "q".into();
+    let w2 = made(&store, other).await;
+    assert_eq!(
+        field(attach(w2.id.clone()).await.unwrap_err()),
+        "volumeAttachment.volumeId"
+    );
+    assert!(matches!(
+        attach(v.id.clone()).await,
+        Err(WriteError::Conflict(_))
+    ));
+
+    // Detach: detaching until the domain lets go, then available.
+    let d = detach(v.id.clone()).await.unwrap();
+    assert_eq!(d.status.state, VolumeState::Detaching);
+    set(vec![]).await;
+    let st = state(v.id.clone()).await;
+    assert_eq!((st.state, st.attached_to), (VolumeState::Available, None));
+
+    // An attach never carried out can be taken back at once.
+    attach(v.id.clone()).await.unwrap();
+    let d = detach(v.id.clone()).await.unwrap();
+    assert_eq!(d.status.state, VolumeState::Available);
+    assert!(store
+        .server(sid.clone())
+        .await
+        .unwrap()
+        .unwrap()
+        .spec
+        .volumes
+        .is_empty());
+
+    // A server removed frees what it held.
+    attach(v.id.clone()).await.unwrap();
+    set(vec![v.id.clone()]).await;
+    let s = sid.clone();
+    store.write(move |w| w.remove_server(&s)).await.unwrap();
+    let st = state(v.id.clone()).await;
+    assert_eq!((st.state, st.attached_to), (VolumeState::Available, None));
+}

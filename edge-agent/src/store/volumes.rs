@@ -1,0 +1,704 @@
+//! Volumes and snapshots: the records, their state changes, and the
+//! attachments that follow servers' status.
+//!
+//! An API write records what is wanted as a working state (`creating`,
+//! `extending`, `reverting`, `deleting`) and returns; the storage worker
+//! reads the work ([`super::Store::storage_work`]), does it, and records the
+//! result ([`super::WriteCtx::storage_done`]). Attaching adds the volume to
+//! the server's `spec.volumes` and marks it `attaching`; when the compute
+//! reconciler writes a server status whose `volumes` gained or lost one,
+//! the volume turns `in-use` or `available` in the same transaction.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rusqlite::{params, Connection};
+
+use roost_common::model::{
+    Fault, Image, ImageState, Resource, Server, ServerStatus, Snapshot, SnapshotSpec,
+    SnapshotState, VmState, Volume, VolumeSource, VolumeSpec, VolumeState,
+};
+use roost_common::FieldError;
+
+use super::network::Scope;
+use super::rows::{self, json, time};
+use super::{StoreError, WriteCtx, WriteError};
+use crate::storage::plan::{self, Files, Subject, Work};
+
+const GIB: u64 = 1 << 30;
+
+fn visible(scope: &Scope, project_id: &str) -> bool {
+    scope.as_deref().is_none_or(|p| p == project_id)
+}
+
+pub(super) fn volume_in(conn: &Connection, id: &str, scope: &Scope) -> Result<Volume, WriteError> {
+    rows::get(conn, "volumes", id)?
+        .filter(|v: &Volume| visible(scope, &v.spec.project_id))
+        .ok_or_else(|| WriteError::NotFound(format!("Volume {id} could not be found.")))
+}
+
+pub(super) fn snapshot_in(
+    conn: &Connection,
+    id: &str,
+    scope: &Scope,
+) -> Result<Snapshot, WriteError> {
+    rows::get(conn, "volume_snapshots", id)?
+        .filter(|s: &Snapshot| visible(scope, &s.spec.project_id))
+        .ok_or_else(|| WriteError::NotFound(format!("Snapshot {id} could not be found.")))
+}
+
+/// Volumes (or snapshots, `table`) in `scope`, oldest first.
+pub(super) fn list<S: serde::de::DeserializeOwned, T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    table: &str,
+    scope: &Scope,
+) -> Result<Vec<Resource<S, T>>, StoreError> {
+    match scope {
+        None => rows::list(conn, table, "1", []),
+        Some(p) => rows::list(conn, table, "project_id = ?1", [p]),
+    }
+}
+
+/// The files of these volumes, in order (ids without a file are left out).
+pub(super) fn files(
+    conn: &Connection,
+    ids: &[String],
+) -> Result<Vec<std::path::PathBuf>, StoreError> {
+    let mut out = Vec::new();
+    for id in ids {
+        let v: Option<Volume> = rows::get(conn, "volumes", id)?;
+        match v.and_then(|v| v.status.file) {
+            Some(f) => out.push(f),
+            None => {
+                tracing::warn!(volume = %id, "an attached volume has no file; left out of the domain")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the storage worker has to do now.
+pub(super) fn work(conn: &Connection) -> Result<Vec<Work>, StoreError> {
+    let volumes: Vec<Volume> = rows::list(
+        conn,
+        "volumes",
+        "json_extract(status, '$.state') IN ('creating', 'extending', 'reverting', 'deleting')",
+        [],
+    )?;
+    let snapshots: Vec<Snapshot> = rows::list(
+        conn,
+        "volume_snapshots",
+        "json_extract(status, '$.state') IN ('creating', 'deleting')",
+        [],
+    )?;
+    if volumes.is_empty() && snapshots.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut files = Files::default();
+    let images: Vec<Image> = rows::list(conn, "images", "1", [])?;
+    for i in images {
+        if let (ImageState::Active, Some(f)) = (i.status.state, i.spec.file) {
+            files.images.insert(i.id, (f, i.spec.disk_format));
+        }
+    }
+    let all_snaps: Vec<Snapshot> = rows::list(conn, "volume_snapshots", "1", [])?;
+    files.snapshots = all_snaps
+        .into_iter()
+        .filter(|s| s.status.state == SnapshotState::Available)
+        .filter_map(|s| Some((s.id, s.status.file?)))
+        .collect();
+    let all_vols: Vec<Volume> = rows::list(conn, "volumes", "1", [])?;
+    files.volumes = all_vols
+        .into_iter()
+        .filter_map(|v| Some((v.id, v.status.file?)))
+        .collect::<HashMap<_, _>>();
+    Ok(plan::plan(&volumes, &snapshots, &files))
+}
+
+/// Volume usage of a project (all projects for `None`): (volumes,
+/// gigabytes, snapshots).
+pub(super) fn usage(conn: &Connection, scope: &Scope) -> Result<(u64, u64, u64), StoreError> {
+    let vols: Vec<Volume> = list(conn, "volumes", scope)?;
+    let snaps: Vec<Snapshot> = list(conn, "volume_snapshots", scope)?;
+    let gb = vols.iter().map(|v| v.spec.size_gb).sum::<u64>()
+        + snaps.iter().map(|s| s.status.size_gb).sum::<u64>();
+    Ok((vols.len() as u64, gb, snaps.len() as u64))
+}
+
+fn state_rule(field: &str, state: &str, rule: &str) -> WriteError {
+    FieldError::new(field, state, rule).into()
+}
+
+impl WriteCtx<'_> {
+    fn save_volume(&mut self, v: &Volume) -> Result<(), WriteError> {
+        self.tx.execute(
+            "UPDATE volumes SET name = ?2, spec = ?3, status = ?4, updated_at = ?5 WHERE id = ?1",
+            params![
+                v.id,
+                v.spec.name,
+                json(&v.spec)?,
+                json(&v.status)?,
+                time(&self.now)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, s: &Snapshot) -> Result<(), WriteError> {
+        self.tx.execute(
+            "UPDATE volume_snapshots SET spec = ?2, status = ?3, updated_at = ?4 WHERE id = ?1",
+            params![s.id, json(&s.spec)?, json(&s.status)?, time(&self.now)],
+        )?;
+        Ok(())
+    }
+
+    /// Records a new volume, `creating`, its file to be `<dir>/<id>.qcow2`.
+    /// Its source must be an active image, or an available snapshot in
+    /// scope, that fits in its size.
+    pub fn create_volume(
+        &mut self,
+        spec: VolumeSpec,
+        scope: &Scope,
+        dir: &Path,
+    ) -> Result<Volume, WriteError> {
+        let mut spec = spec;
+        let need_gb = match &spec.source {
+            VolumeSource::Blank => 0,
+            VolumeSource::Image(id) => {
+                let image: Image = rows::get(self.tx, "images", id)?.ok_or_else(|| {
+                    FieldError::new(
+                        "volume.imageRef",
+                        id,
+                        "must be the id of an image at this site",
+                    )
+                })?;
+                if image.status.state != ImageState::Active {
+                    return Err(state_rule(
+                        "volume.imageRef",
+                        id,
+                        &format!(
+                            "image is {}, not active: upload its data first",
+                            image.status.state.as_str()
+                        ),
+                    ));
+                }
+                image.status.virtual_size.unwrap_or(0).div_ceil(GIB)
+            }
+            VolumeSource::Snapshot(id) => {
+                let snap = snapshot_in(self.tx, id, scope).map_err(|_| {
+                    FieldError::new(
+                        "volume.snapshot_id",
+                        id,
+                        "must be the id of a snapshot of yours",
+                    )
+                })?;
+                if snap.status.state != SnapshotState::Available {
+                    return Err(state_rule(
+                        "volume.snapshot_id",
+                        id,
+                        &format!("snapshot is {}, not available", snap.status.state.as_str()),
+                    ));
+                }
+                snap.status.size_gb
+            }
+        };
+        if spec.size_gb == 0 {
+            // No size asked for: the source's.
+            spec.size_gb = need_gb.max(1);
+        }
+        spec.validate()?;
+        if spec.size_gb < need_gb {
+            return Err(FieldError::new(
+                "volume.size",
+                spec.size_gb,
+                format!("must be at least {need_gb} GiB, the size of its source"),
+            )
+            .into());
+        }
+        let mut v: Volume = Resource::new(spec, self.now);
+        v.status.file = Some(dir.join(format!("{}.qcow2", v.id)));
+        self.tx.execute(
+            "INSERT INTO volumes (id, project_id, name, spec, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![
+                v.id,
+                v.spec.project_id,
+                v.spec.name,
+                json(&v.spec)?,
+                json(&v.status)?,
+                time(&self.now)
+            ],
+        )?;
+        Ok(v)
+    }
+
+    /// Changes a volume's name, description or metadata.
+    pub fn update_volume(
+        &mut self,
+        id: &str,
+        scope: &Scope,
+        change: impl FnOnce(&mut VolumeSpec),
+    ) -> Result<Volume, WriteError> {
+        let mut v = volume_in(self.tx, id, scope)?;
+        change(&mut v.spec);
+        v.spec.validate()?;
+        v.updated_at = self.now;
+        self.save_volume(&v)?;
+        Ok(v)
+    }
+
+    /// Marks a volume for deletion: it must be available or in error, and
+    /// have no snapshots (as Cinder).
+    pub fn delete_volume(&mut self, id: &str, scope: &Scope) -> Result<Volume, WriteError> {
+        let mut v = volume_in(self.tx, id, scope)?;
+        if v.status.state == VolumeState::Deleting {
+            return Ok(v);
+        }
+        if !matches!(v.status.state, VolumeState::Available | VolumeState::Error)
+            || v.status.attached_to.is_some()
+        {
+            return Err(state_rule(
+                "status",
+                v.status.state.as_str(),
+                &format!("volume {id} must be available or error to be deleted, and not attached: detach it first"),
+            ));
+        }
+        let snaps: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM volume_snapshots WHERE volume_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        if snaps > 0 {
+            return Err(state_rule(
+                "snapshots",
+                &snaps.to_string(),
+                &format!("volume {id} still has dependent snapshots: delete them first"),
+            ));
+        }
+        v.status.state = VolumeState::Deleting;
+        v.updated_at = self.now;
+        self.save_volume(&v)?;
+        Ok(v)
+    }
+
+    /// Grows an available volume to `new_size` GiB.
+    pub fn extend_volume(
+        &mut self,
+        id: &str,
+        scope: &Scope,
+        new_size: u64,
+    ) -> Result<Volume, WriteError> {
+        let mut v = volume_in(self.tx, id, scope)?;
+        if v.status.state != VolumeState::Available {
+            return Err(state_rule(
+                "status",
+                v.status.state.as_str(),
+                "the volume must be available to be extended: detach it first",
+            ));
+        }
+        if new_size <= v.spec.size_gb {
+            return Err(FieldError::new(
+                "os-extend.new_size",
+                new_size,
+                format!(
+                    "must be more than the volume's size, {} GiB",
+                    v.spec.size_gb
+                ),
+            )
+            .into());
+        }
+        v.spec.size_gb = new_size;
+        v.spec.validate().map_err(|e| FieldError {
+            field: "os-extend.new_size".into(),
+            ..e
+        })?;
+        v.status.state = VolumeState::Extending;
+        v.updated_at = self.now;
+        self.save_volume(&v)?;
+        Ok(v)
+    }
+
+    /// Reverts an available volume to its latest snapshot (Cinder's rule:
+    /// only the latest).
+    pub fn revert_volume(
+        &mut self,
+        id: &str,
+        scope: &Scope,
+        snapshot_id: &str,
+    ) -> Result<Volume, WriteError> {
+        let mut v = volume_in(self.tx, id, scope)?;
+        if v.status.state != VolumeState::Available {
+            return Err(state_rule(
+                "status",
+                v.status.state.as_str(),
+                "the volume must be available to be reverted: detach it first",
+            ));
+        }
+        let latest: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT id FROM volume_snapshots WHERE volume_id = ?1 ORDER BY created_at DESC, id DESC LIMIT 1",
+                [id],
+                |r| r.get(0),
+            )
+            .ok();
+        let snap = snapshot_in(self.tx, snapshot_id, scope).ok();
+        match snap {
+            Some(s) if s.spec.volume_id == id && latest.as_deref() == Some(snapshot_id) => {
+                if s.status.state != SnapshotState::Available {
+                    return Err(state_rule(
+                        "revert.snapshot_id",
+                        snapshot_id,
+                        &format!("snapshot is {}, not available", s.status.state.as_str()),
+                    ));
+                }
+                if s.status.size_gb != v.spec.size_gb {
+                    return Err(state_rule(
+                        "revert.snapshot_id",
+                        snapshot_id,
+                        "the volume was extended after the snapshot; a volume reverts only to a snapshot of its current size",
+                    ));
+                }
+            }
+            _ => {
+                return Err(FieldError::new(
+                    "revert.snapshot_id",
+                    snapshot_id,
+                    "must be the volume's latest snapshot",
+                )
+                .into())
+            }
+        }
+        v.status.state = VolumeState::Reverting;
+        v.status.revert_to = Some(snapshot_id.to_string());
+        v.updated_at = self.now;
+        self.save_volume(&v)?;
+        Ok(v)
+    }
+
+    /// Records a new snapshot of a volume, `creating`. An attached volume
+    /// needs `force` (the copy is then crash-consistent).
+    pub fn create_snapshot(
+        &mut self,
+        spec: SnapshotSpec,
+        scope: &Scope,
+        dir: &Path,
+    ) -> Result<Snapshot, WriteError> {
+        spec.validate()?;
+        let v = volume_in(self.tx, &spec.volume_id, scope).map_err(|_| {
+            FieldError::new(
+                "snapshot.volume_id",
+                &spec.volume_id,
+                "must be the id of a volume of yours",
+            )
+        })?;
+        match v.status.state {
+            VolumeState::Available => {}
+            VolumeState::InUse if spec.force => {}
+            VolumeState::InUse => {
+                return Err(state_rule(
+                    "snapshot.force",
+                    "false",
+                    "the volume is attached: detach it, or set force to take a crash-consistent snapshot",
+                ))
+            }
+            other => {
+                return Err(state_rule(
+                    "status",
+                    other.as_str(),
+                    "the volume must be available or in-use to be snapshotted",
+                ))
+            }
+        }
+        let mut s: Snapshot = Resource::new(spec, self.now);
+        s.status.size_gb = v.spec.size_gb;
+        s.status.file = Some(dir.join(format!("{}.qcow2", s.id)));
+        self.tx.execute(
+            "INSERT INTO volume_snapshots (id, volume_id, project_id, spec, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![s.id, s.spec.volume_id, s.spec.project_id, json(&s.spec)?, json(&s.status)?, time(&self.now)],
+        )?;
+        Ok(s)
+    }
+
+    /// Marks a snapshot for deletion (available or in error, and no volume
+    /// being made from or reverted to it).
+    pub fn delete_snapshot(&mut self, id: &str, scope: &Scope) -> Result<Snapshot, WriteError> {
+        let mut s = snapshot_in(self.tx, id, scope)?;
+        if s.status.state == SnapshotState::Deleting {
+            return Ok(s);
+        }
+        if !matches!(
+            s.status.state,
+            SnapshotState::Available | SnapshotState::Error
+        ) {
+            return Err(state_rule(
+                "status",
+                s.status.state.as_str(),
+                &format!("snapshot {id} must be available or error to be deleted"),
+            ));
+        }
+        let users: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM volumes WHERE
+               (json_extract(status, '$.state') = 'creating' AND json_extract(spec, '$.source.snapshot') = ?1)
+               OR (json_extract(status, '$.state') = 'reverting' AND json_extract(status, '$.revert_to') = ?1)",
+            [id],
+            |r| r.get(0),
+        )?;
+        if users > 0 {
+            return Err(WriteError::Conflict(format!(
+                "Snapshot {id} is being read to make or revert a volume; delete it when that is done"
+            )));
+        }
+        s.status.state = SnapshotState::Deleting;
+        s.updated_at = self.now;
+        self.save_snapshot(&s)?;
+        Ok(s)
+    }
+
+    /// Asks for a volume to be attached to a server. Both must be in
+    /// scope and in the same project; the server active or stopped with
+    /// nothing else under way; the volume available.
+    pub fn attach_volume(
+        &mut self,
+        server_id: &str,
+        volume_id: &str,
+        scope: &Scope,
+    ) -> Result<Volume, WriteError> {
+        let mut server: Server = rows::get(self.tx, "servers", server_id)?
+            .filter(|s: &Server| visible(scope, &s.spec.project_id) && !s.spec.deleted)
+            .ok_or_else(|| {
+                WriteError::NotFound(format!("Instance {server_id} could not be found."))
+            })?;
+        let mut v = volume_in(self.tx, volume_id, scope).map_err(|_| {
+            FieldError::new(
+                "volumeAttachment.volumeId",
+                volume_id,
+                "must be the id of a volume of yours",
+            )
+        })?;
+        if v.spec.project_id != server.spec.project_id {
+            return Err(FieldError::new(
+                "volumeAttachment.volumeId",
+                volume_id,
+                "must be a volume of the server's project",
+            )
+            .into());
+        }
+        if v.status.state != VolumeState::Available {
+            return Err(WriteError::Conflict(format!(
+                "Volume {volume_id} is {}: only an available volume can be attached",
+                v.status.state.as_str()
+            )));
+        }
+        let shown = super::shown_status(&server);
+        if !matches!(shown.vm_state, VmState::Active | VmState::Stopped)
+            || shown.task_state.is_some()
+        {
+            return Err(WriteError::Conflict(format!(
+                "Cannot 'attach_volume' instance {server_id} while it is {}",
+                shown.nova_status()
+            )));
+        }
+        let before = server.spec.clone();
+        server.spec.volumes.push(volume_id.to_string());
+        self.tx.execute(
+            "UPDATE servers SET spec = ?2, updated_at = ?3 WHERE id = ?1",
+            params![server_id, json(&server.spec)?, time(&self.now)],
+        )?;
+        self.record_changes("servers", server_id, &before, &server.spec);
+        v.status.state = VolumeState::Attaching;
+        v.status.attached_to = Some(server_id.to_string());
+        v.updated_at = self.now;
+        self.save_volume(&v)?;
+        Ok(v)
+    }
+
+    /// Asks for a volume to be detached from a server.
+    pub fn detach_volume(
+        &mut self,
+        server_id: &str,
+        volume_id: &str,
+        scope: &Scope,
+    ) -> Result<Volume, WriteError> {
+        let mut server: Server = rows::get(self.tx, "servers", server_id)?
+            .filter(|s: &Server| visible(scope, &s.spec.project_id))
+            .ok_or_else(|| {
+                WriteError::NotFound(format!("Instance {server_id} could not be found."))
+            })?;
+        if !server.spec.volumes.iter().any(|v| v == volume_id) {
+            return Err(WriteError::NotFound(format!(
+                "volume_id {volume_id} not found as an attachment of instance {server_id}"
+            )));
+        }
+        let mut v = volume_in(self.tx, volume_id, scope)?;
+        let pending = v.status.state == VolumeState::Attaching
+            && !server.status.volumes.iter().any(|x| x == volume_id);
+        if v.status.state != VolumeState::InUse && !pending {
+            return Err(WriteError::Conflict(format!(
+                "Volume {volume_id} is {}: only an in-use or attaching volume can be detached",
+                v.status.state.as_str()
+            )));
+        }
+        let shown = super::shown_status(&server);
+        let busy = shown
+            .task_state
+            .filter(|t| !(pending && *t == roost_common::model::TaskState::UpdatingVolumes));
+        if busy.is_some() {
+            return Err(WriteError::Conflict(format!(
+                "Cannot 'detach_volume' instance {server_id} while it is {}",
+                shown.nova_status()
+            )));
+        }
+        let before = server.spec.clone();
+        server.spec.volumes.retain(|x| x != volume_id);
+        self.tx.execute(
+            "UPDATE servers SET spec = ?2, updated_at = ?3 WHERE id = ?1",
+            params![server_id, json(&server.spec)?, time(&self.now)],
+        )?;
+        self.record_changes("servers", server_id, &before, &server.spec);
+        if pending {
+            // Never reached the domain: it is free at once.
+            v.status.state = VolumeState::Available;
+            v.status.attached_to = None;
+            v.updated_at = self.now;
+            self.save_volume(&v)?;
+            return Ok(v);
+        }
+        v.status.state = VolumeState::Detaching;
+        v.updated_at = self.now;
+        self.save_volume(&v)?;
+        Ok(v)
+    }
+
+    /// Follows a server's status: volumes its domain gained are `in-use`,
+    /// volumes it lost (or all, when it is gone) `available`.
+    pub(super) fn settle_attachments(
+        &mut self,
+        server_id: &str,
+        before: &[String],
+        after: &[String],
+    ) -> Result<(), WriteError> {
+        let gained = after.iter().filter(|id| !before.contains(id));
+        let lost = before.iter().filter(|id| !after.contains(id));
+        let changes = gained
+            .map(|id| (id, VolumeState::InUse))
+            .chain(lost.map(|id| (id, VolumeState::Available)));
+        for (id, state) in changes.collect::<Vec<_>>() {
+            let v: Option<Volume> = rows::get(self.tx, "volumes", id)?;
+            let Some(mut v) = v.filter(|v| v.status.attached_to.as_deref() == Some(server_id))
+            else {
+                continue;
+            };
+            v.status.state = state;
+            if state == VolumeState::Available {
+                v.status.attached_to = None;
+            }
+            v.updated_at = self.now;
+            self.save_volume(&v)?;
+        }
+        Ok(())
+    }
+
+    /// Frees the volumes of a server that is gone.
+    pub(super) fn free_volumes_of(&mut self, server_id: &str) -> Result<(), WriteError> {
+        let held: Vec<Volume> = rows::list(
+            self.tx,
+            "volumes",
+            "json_extract(status, '$.attached_to') = ?1",
+            [server_id],
+        )?;
+        for mut v in held {
+            v.status.state = VolumeState::Available;
+            v.status.attached_to = None;
+            v.updated_at = self.now;
+            self.save_volume(&v)?;
+        }
+        Ok(())
+    }
+
+    /// Records what the storage worker did for `subject`.
+    pub fn storage_done(
+        &mut self,
+        subject: &Subject,
+        result: Result<(), String>,
+    ) -> Result<(), WriteError> {
+        let fault = |message: String| Fault {
+            code: 500,
+            message,
+            at: self.now,
+        };
+        match subject {
+            Subject::Volume(id) => {
+                let v: Option<Volume> = rows::get(self.tx, "volumes", id)?;
+                let Some(mut v) = v else {
+                    return Ok(());
+                };
+                match (v.status.state, result) {
+                    (VolumeState::Deleting, Ok(())) => {
+                        self.tx.execute("DELETE FROM volumes WHERE id = ?1", [id])?;
+                        return Ok(());
+                    }
+                    (
+                        VolumeState::Creating | VolumeState::Extending | VolumeState::Reverting,
+                        Ok(()),
+                    ) => {
+                        v.status.state = VolumeState::Available;
+                        v.status.fault = None;
+                    }
+                    (_, Ok(())) => return Ok(()),
+                    (_, Err(e)) => {
+                        v.status.state = VolumeState::Error;
+                        v.status.fault = Some(fault(e));
+                    }
+                }
+                v.status.revert_to = None;
+                v.updated_at = self.now;
+                self.save_volume(&v)
+            }
+            Subject::Snapshot(id) => {
+                let s: Option<Snapshot> = rows::get(self.tx, "volume_snapshots", id)?;
+                let Some(mut s) = s else {
+                    return Ok(());
+                };
+                match (s.status.state, result) {
+                    (SnapshotState::Deleting, Ok(())) => {
+                        self.tx
+                            .execute("DELETE FROM volume_snapshots WHERE id = ?1", [id])?;
+                        return Ok(());
+                    }
+                    (SnapshotState::Creating, Ok(())) => {
+                        s.status.state = SnapshotState::Available;
+                        s.status.fault = None;
+                    }
+                    (_, Ok(())) => return Ok(()),
+                    (_, Err(e)) => {
+                        s.status.state = SnapshotState::Error;
+                        s.status.fault = Some(fault(e));
+                    }
+                }
+                s.updated_at = self.now;
+                self.save_snapshot(&s)
+            }
+        }
+    }
+}
+
+/// The volumes a server's status names before this write (for
+/// [`WriteCtx::settle_attachments`]).
+pub(super) fn status_volumes(
+    conn: &Connection,
+    server_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT status FROM servers WHERE id = ?1",
+            [server_id],
+            |r| r.get(0),
+        )
+        .ok();
+    Ok(text
+        .and_then(|t| serde_json::from_str::<ServerStatus>(&t).ok())
+        .map(|s| s.volumes)
+        .unwrap_or_default())
+}
