@@ -165,6 +165,10 @@ pub struct StorageSection {
     /// `<data dir>/volumes`.
     #[serde(default)]
     pub volumes_dir: Option<PathBuf>,
+    /// Most kbit/s the site fetches the region's images at; none: as fast
+    /// as the link goes (below document sync, which always comes first).
+    #[serde(default)]
+    pub fetch_rate_kbit: Option<u64>,
 }
 
 impl StorageSection {
@@ -176,6 +180,9 @@ impl StorageSection {
     }
 
     fn validate(&self) -> Result<(), FieldError> {
+        if let Some(r) = self.fetch_rate_kbit {
+            validate::range("storage.fetch_rate_kbit", r, 8, 100_000_000)?;
+        }
         match &self.volumes_dir {
             Some(d) if !d.is_absolute() => Err(FieldError::new(
                 "storage.volumes_dir",
@@ -1120,6 +1127,10 @@ mod tests {
             (
                 "  max_parallel: 1\nstorage: {volume_dir: /v}\n",
                 "unknown field `volume_dir`",
+            ),
+            (
+                "  max_parallel: 1\nstorage: {fetch_rate_kbit: 2}\n",
+                "storage.fetch_rate_kbit: must be between 8 and 100000000 (got 2)",
             ),
             ("  libvirt: {accel: fast}\n", "unknown variant `fast`"),
             (

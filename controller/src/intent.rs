@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use roost_common::api::{FlavorCreate, ServerCreate};
-use roost_common::model::{FlavorSpec, ServerSpec, SiteCapacity, SiteQuota, Usage};
+use roost_common::model::{
+    FlavorSpec, ImageSpec, RegionCopy, ServerSpec, SiteCapacity, SiteQuota, Usage,
+};
 use roost_common::FieldError;
 
 use crate::fleet::{FleetError, SiteRow};
@@ -144,24 +146,97 @@ fn fields_of<T: Serialize>(v: &T) -> serde_json::Map<String, serde_json::Value> 
     }
 }
 
-/// The flavors `site` has, as its intent document holds them.
-pub fn site_flavors(region: &Region, site: &str) -> Result<Vec<(String, FlavorSpec)>, Refused> {
+/// The live resources of `kind` in `site`'s intent that read as `T`.
+fn intent_of<T: serde::de::DeserializeOwned>(
+    region: &Region,
+    site: &str,
+    kind: &str,
+) -> Result<Vec<(String, T)>, Refused> {
     let link = region.site(site)?;
     let d = link.docs.lock().unwrap_or_else(|e| e.into_inner());
     let mut out = Vec::new();
-    for id in d.intent.ids("flavors")? {
-        let Some(view) = d.intent.resource("flavors", &id)? else {
+    for id in d.intent.ids(kind)? {
+        let Some(view) = d.intent.resource(kind, &id)? else {
             continue;
         };
         if view.deleted {
             continue;
         }
         let fields: serde_json::Map<_, _> = view.fields.into_iter().collect();
-        if let Ok(spec) = serde_json::from_value::<FlavorSpec>(serde_json::Value::Object(fields)) {
+        if let Ok(spec) = serde_json::from_value::<T>(serde_json::Value::Object(fields)) {
             out.push((id, spec));
         }
     }
     Ok(out)
+}
+
+/// The flavors `site` has, as its intent document holds them.
+pub fn site_flavors(region: &Region, site: &str) -> Result<Vec<(String, FlavorSpec)>, Refused> {
+    intent_of(region, site, "flavors")
+}
+
+/// The images the region gave `site` (`images/<id>` in its intent).
+pub fn region_images(region: &Region, site: &str) -> Result<Vec<(String, ImageSpec)>, Refused> {
+    site_row(region, site)?;
+    intent_of(region, site, "images")
+}
+
+/// Records an image for `site` in its intent: the site learns of it when
+/// next reachable and fetches its bytes once the region holds them.
+pub fn create_region_image(
+    region: &Region,
+    site: &str,
+    spec: &ImageSpec,
+) -> Result<String, Refused> {
+    site_row(region, site)?;
+    let id = spec
+        .id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    roost_common::ids::check_uuid("id", &id)?;
+    let taken = region_images(region, site)?.iter().any(|(i, _)| *i == id)
+        || site_images(region, site)?
+            .unwrap_or_default()
+            .iter()
+            .any(|v| v["id"] == id.as_str());
+    if taken {
+        return Err(Refused::Conflict(format!(
+            "An image with identifier {id} already exists"
+        )));
+    }
+    let mut s = spec.clone();
+    s.id = Some(id.clone());
+    region.write_intent(site, |doc| {
+        doc.create("images", &id, fields_of(&s), now_ms())
+    })?;
+    METRICS.intent_writes.with_label_values(&["images"]).inc();
+    Ok(id)
+}
+
+/// Tells `site` the region now holds an image's bytes.
+pub fn set_region_copy(
+    region: &Region,
+    site: &str,
+    id: &str,
+    copy: &RegionCopy,
+) -> Result<(), Refused> {
+    let value = serde_json::to_value(copy).map_err(|e| Refused::Conflict(e.to_string()))?;
+    region.write_intent(site, |doc| doc.set("images", id, "region", value, now_ms()))?;
+    METRICS.intent_writes.with_label_values(&["images"]).inc();
+    Ok(())
+}
+
+/// Withdraws an image the region gave `site`; the site removes it unless a
+/// server boots from it.
+pub fn withdraw_image(region: &Region, site: &str, id: &str) -> Result<(), Refused> {
+    if !region_images(region, site)?.iter().any(|(i, _)| i == id) {
+        return Err(Refused::NotFound(format!(
+            "No image found with ID {id} among the images the region gave {site} (images made at the site are deleted there)"
+        )));
+    }
+    region.write_intent(site, |doc| doc.delete("images", id, now_ms()))?;
+    METRICS.intent_writes.with_label_values(&["images"]).inc();
+    Ok(())
 }
 
 fn site_row(region: &Region, site: &str) -> Result<SiteRow, Refused> {

@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod fleet;
+pub mod images;
 pub mod intent;
 pub mod link;
 pub mod metrics;

@@ -201,6 +201,9 @@ pub struct Region {
     /// Held while a site's copy of the trust is compared and written, so
     /// an older copy never overwrites a newer one.
     pub(crate) trust_publish: Mutex<()>,
+    /// The images the region holds for its sites, served on each site's
+    /// bulk streams (none until the controller sets them).
+    pub images: std::sync::OnceLock<Arc<crate::images::RegionImages>>,
 }
 
 /// Why a write of the region's intent failed.
@@ -227,6 +230,7 @@ impl Region {
             active: AtomicUsize::new(0),
             trust: Mutex::new(None),
             trust_publish: Mutex::new(()),
+            images: std::sync::OnceLock::new(),
         }
     }
 
@@ -474,6 +478,25 @@ impl Region {
             site.clone(),
             self.offline_after,
         ));
+        // Streams the site opens after the sync stream carry image chunks.
+        let bulk = self.images.get().cloned().map(|images| {
+            let (conn, site) = (conn.clone(), site.clone());
+            tokio::spawn(async move {
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    let (images, site) = (images.clone(), site.clone());
+                    tokio::spawn(async move {
+                        let source: Arc<dyn roost_sync::bulk::ChunkSource> = images;
+                        match roost_sync::bulk::serve(site.clone(), send, recv, source).await {
+                            Ok(bytes) => {
+                                METRICS.bulk_bytes.inc_by(bytes);
+                                tracing::info!(site = %site, bytes, "bulk stream ended");
+                            }
+                            Err(e) => tracing::info!(site = %site, error = %e, "bulk stream cut"),
+                        }
+                    });
+                }
+            })
+        });
         let result = drive(
             &mut session,
             &link.docs,
@@ -485,6 +508,9 @@ impl Region {
         )
         .await;
         let ended = Utc::now();
+        if let Some(b) = bulk {
+            b.abort();
+        }
         watchdog.abort();
         persister.abort();
         count_bytes(&counted, session.stats(), &link, &self.traffic);

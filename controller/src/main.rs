@@ -298,6 +298,11 @@ fn serve(
             .revoked_tokens(chrono::Utc::now().timestamp())
             .context("cannot read the revoked tokens")?;
         let region = Arc::new(Region::new(Arc::new(store), offline_after));
+        let _ = region
+            .images
+            .set(Arc::new(roost_controller::images::RegionImages::new(
+                dir.join("images"),
+            )));
         *region.trust.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(roost_sync::token::Trust {
                 keys: vec![signer.public_key()],

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub sync_lag: GaugeVec,
     pub intent_writes: IntCounterVec,
     pub connections: IntCounterVec,
+    pub bulk_bytes: prometheus::IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -84,6 +85,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Site connections by outcome (accepted, refused)",
             "outcome",
         ),
+        bulk_bytes: prometheus::IntCounter::new(
+            "roost_region_bulk_chunk_bytes_total",
+            "Image chunk bytes sent to sites on their bulk streams",
+        )
+        .expect("valid metric"),
     };
     for c in [
         Box::new(m.sites.clone()) as Box<dyn prometheus::core::Collector>,
@@ -95,6 +101,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.sync_lag.clone()),
         Box::new(m.intent_writes.clone()),
         Box::new(m.connections.clone()),
+        Box::new(m.bulk_bytes.clone()),
     ] {
         m.registry.register(c).expect("metric registered once");
     }

@@ -16,7 +16,9 @@
 //!   it is next reachable, online or not; a list shows what the site last
 //!   reported (`roost:synced` false: the site has not reported it yet).
 //! - Glance at `/sites/{site}/image/v2`: the images the site published,
-//!   read only (images are made at the site).
+//!   and images made here for the site (create, upload, delete): the
+//!   region keeps their bytes (`images`) and the site fetches them, only
+//!   the chunks it lacks, over its bulk stream.
 //!
 //! Errors are OpenStack's shapes: Keystone's `{"error": ...}` for 401,
 //! Nova's `{"itemNotFound": ...}` and the like otherwise.
@@ -32,7 +34,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use roost_common::api::{AuthBody, ServerAction, ServerCreateBody};
-use roost_common::model::{FlavorSpec, ServerStatus};
+use roost_common::model::{FlavorSpec, Image, ImageSpec, ImageStatus, Resource, ServerStatus};
 use roost_sync::token::{self, TokenClaims, Trust};
 
 use crate::api::{ApiState, Role};
@@ -40,6 +42,10 @@ use crate::intent::{self, Refused, ServerChange};
 
 /// How long a token lasts.
 pub const TOKEN_TTL_HOURS: i64 = 12;
+
+/// The project the region's operators act in (each site maps it to its own
+/// admin project).
+pub const REGION_PROJECT: &str = "region";
 
 pub fn routes() -> Router<ApiState> {
     let site = Router::new()
@@ -58,8 +64,15 @@ pub fn routes() -> Router<ApiState> {
         .route("/compute/v2.1/flavors/{id}", get(show_flavor))
         .route("/image", get(image_versions))
         .route("/image/", get(image_versions))
-        .route("/image/v2/images", get(list_images))
-        .route("/image/v2/images/{id}", get(show_image));
+        .route("/image/v2/images", get(list_images).post(create_image))
+        .route(
+            "/image/v2/images/{id}",
+            get(show_image).delete(delete_image),
+        )
+        .route(
+            "/image/v2/images/{id}/file",
+            axum::routing::put(upload_image),
+        );
     Router::new()
         .route("/identity", get(identity_versions))
         .route("/identity/", get(identity_versions))
@@ -272,7 +285,7 @@ async fn issue_token(
     let claims = TokenClaims {
         user_id: user.into(),
         user_name: user.into(),
-        project_id: "region".into(),
+        project_id: REGION_PROJECT.into(),
         project_name: "admin".into(),
         roles: roles_of(role),
         issued_at: now.timestamp(),
@@ -699,11 +712,143 @@ async fn image_versions(headers: HeaderMap, Path(site): Path<String>) -> Respons
         .into_response()
 }
 
+/// The site's images as it last published them (Glance's view of each,
+/// served as it came), then the region's images for it that the site has
+/// not reported yet: `queued` until the region holds their bytes, then
+/// `importing` until the site has fetched them.
 async fn images_of(s: &ApiState, site: String) -> Result<Vec<Value>, OsError> {
     let region = s.region.clone();
-    let all = blocking(move || Ok(intent::site_images(&region, &site)?)).await?;
-    // The site publishes Glance's view of each image; served as it came.
-    Ok(all.unwrap_or_default())
+    let (mut all, given) = blocking(move || {
+        Ok((
+            intent::site_images(&region, &site)?.unwrap_or_default(),
+            intent::region_images(&region, &site)?,
+        ))
+    })
+    .await?;
+    for (id, spec) in given {
+        match all.iter_mut().find(|v| v["id"] == id.as_str()) {
+            // The site has it but not its bytes yet: they are on their way.
+            Some(v)
+                if spec.region.is_some()
+                    && ["queued", "saving"].contains(&v["status"].as_str().unwrap_or_default()) =>
+            {
+                *v = pending_image(&id, spec);
+            }
+            Some(_) => {}
+            None => all.push(pending_image(&id, spec)),
+        }
+    }
+    Ok(all)
+}
+
+fn pending_image(id: &str, spec: ImageSpec) -> Value {
+    let now = Utc::now();
+    let mut image: Image = Resource {
+        id: id.to_string(),
+        spec,
+        status: ImageStatus::default(),
+        created_at: now,
+        updated_at: now,
+    };
+    if let Some(r) = &image.spec.region {
+        image.status.size_bytes = Some(r.size);
+        image.status.sha256 = Some(r.sha256.clone());
+    }
+    let mut v = roost_common::api::glance_image(&image, true);
+    if image.spec.region.is_some() {
+        v["status"] = json!("importing");
+    }
+    v
+}
+
+/// `POST /image/v2/images` in a site's region: an image the region will
+/// hold for the site.
+async fn create_image(
+    State(s): State<ApiState>,
+    c: OsCaller,
+    Path(site): Path<String>,
+    body: Bytes,
+) -> Result<Response, OsError> {
+    c.require_admin("add_image")?;
+    let req: roost_common::api::ImageCreateBody = serde_json::from_slice(&body)
+        .map_err(|e| os_error(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+    let spec = req
+        .into_spec(REGION_PROJECT)
+        .map_err(|e| os_error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let region = s.region.clone();
+    let (at, sp) = (site.clone(), spec.clone());
+    let id = blocking(move || Ok(intent::create_region_image(&region, &at, &sp)?)).await?;
+    tracing::info!(site = %site, image_id = %id, "the region recorded an image for a site");
+    Ok((StatusCode::CREATED, Json(pending_image(&id, spec))).into_response())
+}
+
+/// `PUT /image/v2/images/{id}/file`: the region takes the bytes, then
+/// tells the site it may fetch them.
+async fn upload_image(
+    State(s): State<ApiState>,
+    c: OsCaller,
+    Path((site, id)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> Result<StatusCode, OsError> {
+    c.require_admin("upload_image")?;
+    let images = s.region.images.get().cloned().ok_or_else(|| {
+        os_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this controller keeps no images",
+        )
+    })?;
+    let region = s.region.clone();
+    let (at, iid) = (site.clone(), id.clone());
+    let spec = blocking(move || Ok(intent::region_images(&region, &at)?))
+        .await?
+        .into_iter()
+        .find(|(i, _)| *i == iid)
+        .map(|(_, spec)| spec)
+        .ok_or_else(|| {
+            os_error(
+                StatusCode::NOT_FOUND,
+                format!("No image found with ID {id} among the images the region made for {site}"),
+            )
+        })?;
+    if spec.region.is_some() {
+        return Err(os_error(
+            StatusCode::CONFLICT,
+            format!("Image {id} already has data; make a new image for new data"),
+        ));
+    }
+    let declared = spec
+        .properties
+        .get("owner_specified.openstack.sha256")
+        .cloned();
+    let (copy, _virtual) = images
+        .receive(&id, spec.disk_format, declared, body)
+        .await
+        .map_err(|e| {
+            let status = if e.server {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            os_error(status, e.message)
+        })?;
+    let region = s.region.clone();
+    let (at, iid) = (site.clone(), id.clone());
+    blocking(move || Ok(intent::set_region_copy(&region, &at, &iid, &copy)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /image/v2/images/{id}`: withdraws an image the region gave the
+/// site (the site removes it unless a server boots from it). The region's
+/// copy of the bytes stays for other sites.
+async fn delete_image(
+    State(s): State<ApiState>,
+    c: OsCaller,
+    Path((site, id)): Path<(String, String)>,
+) -> Result<StatusCode, OsError> {
+    c.require_admin("delete_image")?;
+    let region = s.region.clone();
+    blocking(move || Ok(intent::withdraw_image(&region, &site, &id)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -210,6 +210,7 @@ impl Agent {
             state.net_changed.clone(),
             &data_dir,
         );
+        let images_changed = Arc::new(Notify::new());
         let (region, uplink) = match &config.region {
             None => (RegionLink::None, None),
             Some(r) => {
@@ -243,6 +244,12 @@ impl Agent {
                     store: store.clone(),
                     session: SessionConfig::default(),
                     intent_arrived: Arc::new(Notify::new()),
+                    fetcher: crate::storage::fetch::Fetcher {
+                        store: store.clone(),
+                        images_dir: data_dir.join("images"),
+                        rate_bps: config.storage.fetch_rate_kbit.map(|k| k * 1000),
+                        wake: images_changed.clone(),
+                    },
                 });
                 (link, uplink)
             }
@@ -291,10 +298,16 @@ impl Agent {
             .as_ref()
             .map(|u| u.intent_arrived.clone())
             .unwrap_or_default();
+        let images_changed = self
+            .uplink
+            .as_ref()
+            .map(|u| u.fetcher.wake.clone())
+            .unwrap_or_default();
         let applier = tokio::spawn(uplink::apply_loop(
             self.reconciler.store.clone(),
             self.reconciler.queue.clone(),
             arrived,
+            images_changed,
             stop_rx.clone(),
         ));
         let link = self.uplink.map(|u| tokio::spawn(u.run(stop_rx.clone())));

@@ -184,6 +184,8 @@ pub struct Uplink {
     pub session: SessionConfig,
     /// Told when the region's intent arrived.
     pub intent_arrived: Arc<Notify>,
+    /// Fetches the region's images while connected.
+    pub fetcher: crate::storage::fetch::Fetcher,
 }
 
 impl Uplink {
@@ -311,6 +313,8 @@ impl Uplink {
         };
         let (region_hello, send, recv) = site_open(&conn, &hello).await?;
         tracing::info!(region = %region_hello.name, version = %region_hello.version, "region answered");
+        // Image fetches run on bulk streams of their own beside the sync.
+        let mut fetching = tokio::spawn(self.fetcher.clone().run(conn.clone()));
         let persisted = self.store.sync_state(PEER.into()).await?;
         let mut session = Session::new(
             Role::Site,
@@ -336,6 +340,16 @@ impl Uplink {
             self.session.max_frame,
         )
         .await;
+        // Fetches end on their own once the connection is gone (recording
+        // what they fetched and putting the image back to queued); one
+        // that does not within 5 s is stopped, and the next run resets it.
+        conn.close(0u32.into(), b"done");
+        if tokio::time::timeout(Duration::from_secs(5), &mut fetching)
+            .await
+            .is_err()
+        {
+            fetching.abort();
+        }
         let stats = session.stats();
         METRICS
             .uplink_bytes
@@ -364,6 +378,7 @@ pub async fn apply_loop(
     store: Store,
     queue: Arc<WorkQueue>,
     arrived: Arc<Notify>,
+    images_changed: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -379,6 +394,17 @@ pub async fn apply_loop(
                 METRICS.conflicts.inc_by(applied.conflicts as u64);
                 for id in &applied.servers {
                     queue.push(id);
+                }
+                if applied.images > 0 {
+                    images_changed.notify_one();
+                }
+                for f in &applied.removed_files {
+                    match tokio::fs::remove_file(f).await {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            tracing::warn!(file = %f.display(), error = %e, "cannot remove a withdrawn image's file")
+                        }
+                        _ => {}
+                    }
                 }
             }
             Err(e) => {

@@ -13,6 +13,11 @@
 //!   from a verified certificate.
 //! - [`token`]: Keystone tokens the region signs (Ed25519) and sites check
 //!   offline with the region's public keys and revocation list.
+//! - [`chunks`]: content-defined chunking and chunk manifests (what an
+//!   image is made of, by sha256), so a site fetches only chunks it lacks.
+//! - [`bulk`]: image chunks from region to site on QUIC streams of their
+//!   own below sync's priority, and the [`bulk::Pacer`] that caps a site's
+//!   rate.
 //! - [`transport`]: quinn with mutual TLS (keep-alive 3 s, idle timeout
 //!   10 s) and [`transport::drive`], the loop that runs a session over one
 //!   QUIC stream.
@@ -23,6 +28,8 @@
 //! certificate) and the sync stream, with priorities that leave room for a
 //! lower-priority bulk stream.
 
+pub mod bulk;
+pub mod chunks;
 pub mod doc;
 pub mod frame;
 pub mod pki;

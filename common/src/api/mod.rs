@@ -88,7 +88,59 @@ pub fn glance_image(i: &crate::model::Image, properties: bool) -> serde_json::Va
     if let serde_json::Value::Object(fixed) = fixed {
         v.extend(fixed);
     }
+    if let Some(r) = &i.spec.region {
+        v.insert("roost:origin".into(), "region".into());
+        v.insert("roost:region_sha256".into(), r.sha256.clone().into());
+        v.insert(
+            "roost:fetched_bytes".into(),
+            i.status.fetched_bytes.unwrap_or(0).into(),
+        );
+    }
     serde_json::Value::Object(v)
+}
+
+/// Bytes of the data's start kept for the format check.
+pub const HEADER_BYTES: usize = 104;
+pub const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+/// Checks image data (its first [`HEADER_BYTES`]) is what `disk_format`
+/// says and safe to boot: returns the virtual size. One check for the
+/// site's uploads, the region's and what a site fetches.
+pub fn check_disk_format(format: DiskFormat, head: &[u8], size: u64) -> Result<u64, String> {
+    let is_qcow2 = head.starts_with(QCOW2_MAGIC);
+    let be64 = |at: usize| -> u64 {
+        head.get(at..at + 8)
+            .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    match format {
+        DiskFormat::Raw if is_qcow2 => Err(String::from(
+            "disk_format: is raw but the data is a qcow2 image; create the image with disk_format qcow2",
+        )),
+        DiskFormat::Raw => Ok(size),
+        DiskFormat::Qcow2 if !is_qcow2 || head.len() < 72 => Err(String::from(
+            "disk_format: is qcow2 but the data has no qcow2 header; convert it with qemu-img convert -O qcow2, or use disk_format raw",
+        )),
+        DiskFormat::Qcow2 => {
+            let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+            if !(2..=3).contains(&version) {
+                return Err(format!(
+                    "disk_format: qcow2 version {version} is not supported (2 or 3)"
+                ));
+            }
+            if be64(8) != 0 {
+                return Err(String::from(
+                    "image data: the qcow2 image names a backing file, which would let the guest read a file on the host; flatten it with qemu-img convert first",
+                ));
+            }
+            // Incompatible feature bit 2: an external data file.
+            if version == 3 && be64(72) & 0b100 != 0 {
+                return Err(String::from(
+                    "image data: the qcow2 image keeps its data in an external file; flatten it with qemu-img convert first",
+                ));
+            }
+            Ok(be64(24))
+        }
+    }
 }
 
 /// Glance's version document, `href` the v2 root.
@@ -1101,6 +1153,7 @@ impl ImageCreateBody {
             protected: self.protected.unwrap_or(false),
             tags: self.tags.unwrap_or_default(),
             properties,
+            region: None,
         };
         spec.validate().map_err(|e| {
             let api_name = match e.field.as_str() {

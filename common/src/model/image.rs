@@ -89,6 +89,18 @@ pub struct ImageSpec {
     /// Glance's additional properties: free-form text keys and values.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Set when the region holds the bytes: the site fetches them chunk by
+    /// chunk over its link (see `roost_sync::bulk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<RegionCopy>,
+}
+
+/// What the region says an image it holds is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionCopy {
+    pub size: u64,
+    /// Hex sha256 of the whole file.
+    pub sha256: String,
 }
 
 /// Image properties Glance itself sets or reserves: a client may not give
@@ -261,6 +273,9 @@ pub struct ImageStatus {
     /// The disk's size as the guest sees it (qcow2 header; file size for raw).
     #[serde(default)]
     pub virtual_size: Option<u64>,
+    /// Bytes fetched from the region for it, over every attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_bytes: Option<u64>,
 }
 
 pub type Image = Resource<ImageSpec, ImageStatus>;

@@ -211,6 +211,11 @@ async fn upload(
             "You are not permitted to upload data to image {id}: it belongs to another project"
         )));
     }
+    if i.spec.region.is_some() {
+        return Err(ApiError::conflict(format!(
+            "Image {id} is the region's: its data is fetched from the region, not uploaded here"
+        )));
+    }
     let image_id = id.clone();
     let i = s.store.write(move |w| w.begin_upload(&image_id)).await?;
     // The rest runs as a task of its own: a client that goes away during
@@ -266,13 +271,22 @@ pub async fn sweep(data_dir: &Path, store: &crate::store::Store) -> Result<usize
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(io_error(e)),
     };
-    let active: std::collections::HashSet<PathBuf> = store
-        .images()
-        .await?
-        .into_iter()
-        .filter(|i| i.status.state == ImageState::Active)
-        .filter_map(|i| i.spec.file)
-        .collect();
+    // Kept: active images' files and their chunk manifests, and the part
+    // files of the region's images still being fetched (resumed later).
+    let mut keep: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    for i in store.images().await? {
+        match (i.status.state, &i.spec.file, &i.spec.region) {
+            (ImageState::Active, Some(f), _) => {
+                keep.insert(f.clone());
+                keep.insert(dir.join(format!("{}.manifest", i.id)));
+            }
+            (ImageState::Queued | ImageState::Saving, _, Some(_)) => {
+                keep.insert(dir.join(format!("{}.part", i.id)));
+            }
+            _ => {}
+        }
+    }
+    let active = keep;
     let mut removed = 0;
     while let Some(entry) = entries.next_entry().await.map_err(io_error)? {
         let path = entry.path();
@@ -373,46 +387,11 @@ async fn receive(
 /// How often (in bytes received) an upload looks at the free space again.
 const ROOM_CHECK_EVERY: u64 = 64 << 20;
 
-/// Bytes of the data's start kept for the format check.
-const HEADER_BYTES: usize = 104;
-const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+use roost_common::api::HEADER_BYTES;
 
 /// Checks the data is what `disk_format` says; returns the virtual size.
 pub fn check_format(format: DiskFormat, head: &[u8], size: u64) -> Result<u64, ApiError> {
-    let is_qcow2 = head.starts_with(QCOW2_MAGIC);
-    let be64 = |at: usize| -> u64 {
-        head.get(at..at + 8)
-            .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
-    };
-    match format {
-        DiskFormat::Raw if is_qcow2 => Err(ApiError::bad_request(
-            "disk_format: is raw but the data is a qcow2 image; create the image with disk_format qcow2",
-        )),
-        DiskFormat::Raw => Ok(size),
-        DiskFormat::Qcow2 if !is_qcow2 || head.len() < 72 => Err(ApiError::bad_request(
-            "disk_format: is qcow2 but the data has no qcow2 header; convert it with qemu-img convert -O qcow2, or use disk_format raw",
-        )),
-        DiskFormat::Qcow2 => {
-            let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-            if !(2..=3).contains(&version) {
-                return Err(ApiError::bad_request(format!(
-                    "disk_format: qcow2 version {version} is not supported (2 or 3)"
-                )));
-            }
-            if be64(8) != 0 {
-                return Err(ApiError::bad_request(
-                    "image data: the qcow2 image names a backing file, which would let the guest read a file on the host; flatten it with qemu-img convert first",
-                ));
-            }
-            // Incompatible feature bit 2: an external data file.
-            if version == 3 && be64(72) & 0b100 != 0 {
-                return Err(ApiError::bad_request(
-                    "image data: the qcow2 image keeps its data in an external file; flatten it with qemu-img convert first",
-                ));
-            }
-            Ok(be64(24))
-        }
-    }
+    roost_common::api::check_disk_format(format, head, size).map_err(ApiError::bad_request)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -477,7 +456,7 @@ mod tests {
     /// offset, ..., size at 24, incompatible features at 72 (v3).
     fn qcow2(version: u32, backing: u64, size: u64, incompatible: u64) -> Vec<u8> {
         let mut h = vec![0u8; HEADER_BYTES];
-        h[..4].copy_from_slice(QCOW2_MAGIC);
+        h[..4].copy_from_slice(roost_common::api::QCOW2_MAGIC);
         h[4..8].copy_from_slice(&version.to_be_bytes());
         h[8..16].copy_from_slice(&backing.to_be_bytes());
         h[24..32].copy_from_slice(&size.to_be_bytes());
@@ -501,7 +480,7 @@ mod tests {
             (qcow2(3, 0, 1, 0b100), "external file"),
             (qcow2(4, 0, 1, 0), "version 4"),
             (b"\x7fELF not a disk".to_vec(), "no qcow2 header"),
-            (QCOW2_MAGIC.to_vec(), "no qcow2 header"),
+            (roost_common::api::QCOW2_MAGIC.to_vec(), "no qcow2 header"),
         ];
         for (head, why) in refused {
             let e = check_format(DiskFormat::Qcow2, &head, 100).unwrap_err();

@@ -612,6 +612,7 @@ mod tests {
                 protected: false,
                 tags: Vec::new(),
                 properties: Default::default(),
+                region: None,
             },
             now,
         );

@@ -13,10 +13,14 @@
 //!   Everything it does is derived from the store, so an agent stopped
 //!   mid-operation finishes (or redoes) it after its next start.
 //!
+//! [`fetch`] brings the region's images, only the chunks the site lacks,
+//! while the link is up.
+//!
 //! Volumes live in `storage.volumes_dir` (default `<data dir>/volumes`),
 //! snapshots in its `snapshots/`. Attaching is not here: it is the
 //! server's intent, carried out by the compute reconciler.
 
+pub mod fetch;
 pub mod plan;
 pub mod qemu_img;
 

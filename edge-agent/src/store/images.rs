@@ -105,6 +105,34 @@ impl super::WriteCtx<'_> {
             .ok_or_else(|| WriteError::NotFound(format!("No image found with ID {id}")))
     }
 
+    /// Marks an image's bytes as the region's (or, with `None`, its
+    /// own): the fetcher brings them.
+    pub(super) fn set_region_copy(
+        &mut self,
+        id: &str,
+        copy: Option<roost_common::model::RegionCopy>,
+    ) -> Result<(), WriteError> {
+        let mut i = self.image_for_write(id)?;
+        i.spec.region = copy;
+        i.status.fetched_bytes = i
+            .spec
+            .region
+            .as_ref()
+            .map(|_| i.status.fetched_bytes.unwrap_or(0));
+        i.updated_at = self.now;
+        save(self.tx, &i)?;
+        self.publish_images().map_err(WriteError::from)
+    }
+
+    /// Counts bytes fetched from the region for an image.
+    pub fn add_fetched(&mut self, id: &str, bytes: u64) -> Result<(), WriteError> {
+        let mut i = self.image_for_write(id)?;
+        i.status.fetched_bytes = Some(i.status.fetched_bytes.unwrap_or(0) + bytes);
+        i.updated_at = self.now;
+        save(self.tx, &i)?;
+        Ok(())
+    }
+
     /// Takes `queued -> saving`: only one upload of an image runs.
     pub fn begin_upload(&mut self, id: &str) -> Result<Image, WriteError> {
         let mut i = self.image_for_write(id)?;
@@ -136,6 +164,7 @@ impl super::WriteCtx<'_> {
             size_bytes: Some(up.size),
             sha256: Some(up.sha256),
             virtual_size: Some(up.virtual_size),
+            fetched_bytes: i.status.fetched_bytes,
         };
         i.updated_at = self.now;
         save(self.tx, &i)?;
@@ -198,6 +227,17 @@ impl super::WriteCtx<'_> {
 pub(super) fn check_bootable(image: &Image, field: &str) -> Result<(), FieldError> {
     if image.status.state == ImageState::Active {
         Ok(())
+    } else if image.spec.region.is_some() {
+        Err(FieldError::new(
+            field,
+            &image.id,
+            format!(
+                "image {} is not cached at this site yet: its data comes from the region, fetched while the link is up ({} of {} bytes so far); it can boot once it is active",
+                image.spec.name,
+                image.status.fetched_bytes.unwrap_or(0),
+                image.spec.region.as_ref().map_or(0, |r| r.size),
+            ),
+        ))
     } else {
         Err(FieldError::new(
             field,

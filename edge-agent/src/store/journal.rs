@@ -36,7 +36,7 @@ use super::{rows, StoreError};
 pub const COMPACT_AFTER: usize = 2000;
 
 /// The kinds of resource the documents hold, by table name.
-pub const KINDS: [&str; 3] = ["servers", "flavors", "server_groups"];
+pub const KINDS: [&str; 4] = ["servers", "flavors", "server_groups", "images"];
 
 /// Latest conflict journal entries published in the status document.
 const PUBLISHED_CONFLICTS: i64 = 20;
@@ -411,6 +411,10 @@ pub struct Applied {
     pub servers: Vec<String>,
     /// Conflicts journaled by this pass.
     pub conflicts: usize,
+    /// Images the region gave or changed: the fetcher has work.
+    pub images: usize,
+    /// Files of images the region withdrew, to remove after the commit.
+    pub removed_files: Vec<std::path::PathBuf>,
 }
 
 impl super::WriteCtx<'_> {
@@ -487,6 +491,7 @@ impl super::WriteCtx<'_> {
                         }
                     }
                     "flavors" => self.apply_flavor(&id, view)?,
+                    "images" => self.apply_image(&id, view, &mut applied)?,
                     QUOTAS if id == QUOTA_ID => self.apply_quota(view)?,
                     IDENTITY if id == IDENTITY_ID => self.apply_trust(view)?,
                     _ => {}
@@ -539,6 +544,94 @@ impl super::WriteCtx<'_> {
             Err(why) => {
                 tracing::warn!(flavor = %id, %why, "the region's intent for a flavor is not a flavor; ignored")
             }
+        }
+        Ok(())
+    }
+
+    /// An image the region gave this site: recorded `queued` (its bytes
+    /// come from the region: see `storage::fetch`), told when the region
+    /// holds its bytes, removed when the region withdraws it (unless a
+    /// server boots from it: then it stays, with a warning).
+    fn apply_image(
+        &mut self,
+        id: &str,
+        view: roost_sync::IntentView,
+        applied: &mut Applied,
+    ) -> Result<(), super::WriteError> {
+        use roost_common::model::{Image, ImageSpec, ImageState};
+        let exists: Option<Image> = rows::get(self.tx, "images", id)?;
+        if view.deleted {
+            // The site never writes images into intent: one there is the
+            // region's.
+            if let Some(i) = exists {
+                match self.delete_image(&i.id) {
+                    Ok(gone) => {
+                        tracing::info!(image = %id, "the region withdrew an image");
+                        let dir = gone
+                            .spec
+                            .file
+                            .as_ref()
+                            .and_then(|f| f.parent().map(|d| d.to_path_buf()));
+                        applied.removed_files.extend(gone.spec.file.clone());
+                        if let Some(dir) = dir {
+                            applied
+                                .removed_files
+                                .push(dir.join(format!("{id}.manifest")));
+                            applied.removed_files.push(dir.join(format!("{id}.part")));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = %id, error = %e, "the region withdrew an image this site still uses; kept")
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let fields: serde_json::Map<String, serde_json::Value> = view.fields.into_iter().collect();
+        let mut spec: ImageSpec = match serde_json::from_value(serde_json::Value::Object(fields)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(image = %id, error = %e, "the region's intent for an image is not an image; ignored");
+                return Ok(());
+            }
+        };
+        spec.id = Some(id.to_string());
+        // Bytes come only from the region, never from a path it names.
+        (spec.file, spec.kernel, spec.ramdisk) = (None, None, None);
+        if spec.owner.as_deref() == Some(crate::api::REGION_ADMIN_PROJECT) {
+            spec.owner = Some(self.tx.query_row(
+                "SELECT value FROM meta WHERE key = 'admin_project_id'",
+                [],
+                |r| r.get(0),
+            )?);
+        }
+        match exists {
+            None => {
+                let region = spec.region.clone();
+                match self.create_image(ImageSpec {
+                    region: None,
+                    ..spec
+                }) {
+                    Ok(_) => {}
+                    Err(e @ (super::WriteError::Invalid(_) | super::WriteError::Conflict(_))) => {
+                        tracing::warn!(image = %id, error = %e, "the region's image cannot be recorded here; ignored");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+                // `create_image` takes a client's spec; the region's copy is
+                // set apart.
+                self.set_region_copy(id, region)?;
+                tracing::info!(image = %id, "the region gave this site an image");
+                applied.images += 1;
+            }
+            Some(i) if i.spec.region.is_some() || i.status.state == ImageState::Queued => {
+                if i.spec.region != spec.region && i.status.state == ImageState::Queued {
+                    self.set_region_copy(id, spec.region)?;
+                    applied.images += 1;
+                }
+            }
+            Some(_) => {}
         }
         Ok(())
     }

@@ -1,0 +1,384 @@
+//! Fetching the region's images while the link is up, moving only the
+//! chunks this site has nowhere on disk.
+//!
+//! For each image the region gave the site (`spec.region` set, `queued`),
+//! the fetcher asks the region for its manifest on a bulk stream of its own
+//! (`roost_sync::bulk`, below sync's priority), then fills
+//! `<images>/<id>.part` chunk by chunk:
+//! - a chunk already in the part file (an earlier attempt, cut) stays;
+//! - a chunk some other image here holds (by name, through the manifests
+//!   kept beside image files, `<id>.manifest`) is copied from it;
+//! - the rest is asked for, in batches spaced by the site's rate
+//!   (`storage.fetch_rate_kbit`), each chunk checked against its name.
+//!
+//! Then the file is synced, checked as an upload is (disk format), renamed
+//! into place and the image turns `active`. A cut leaves the image `queued`
+//! with its part file, and the next connection resumes it.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use roost_common::model::{Image, ImageState};
+use roost_sync::bulk::{BulkClient, Pacer, MAX_BATCH};
+use roost_sync::chunks::{hex, Hash, Manifest};
+
+use crate::store::{Store, Uploaded};
+
+/// Most bytes asked for in one request.
+const BATCH_BYTES: u64 = 1 << 20;
+
+/// What the fetcher needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    pub store: Store,
+    pub images_dir: PathBuf,
+    /// The site's cap on fetched bytes, bits per second.
+    pub rate_bps: Option<u64>,
+    /// Told when the region gave or changed an image.
+    pub wake: Arc<Notify>,
+}
+
+/// Where each chunk this site holds can be read: file, offset, length.
+type LocalChunks = HashMap<Hash, (PathBuf, u64, u32)>;
+
+fn manifest_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.manifest"))
+}
+
+/// The manifest of an image file here, read from beside it or made (and
+/// kept) now.
+fn manifest_of(dir: &Path, id: &str, file: &Path) -> std::io::Result<Manifest> {
+    let path = manifest_path(dir, id);
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(m) = Manifest::decode(&bytes) {
+            return Ok(m);
+        }
+    }
+    let m = Manifest::of_reader(std::io::BufReader::new(std::fs::File::open(file)?))?;
+    roost_common::files::write_atomic(&path, &m.encode(), 0o644)?;
+    Ok(m)
+}
+
+/// Every chunk of every active image file here.
+fn local_chunks(dir: &Path, images: &[Image]) -> LocalChunks {
+    let mut out = HashMap::new();
+    for i in images
+        .iter()
+        .filter(|i| i.status.state == ImageState::Active)
+    {
+        let Some(file) = &i.spec.file else { continue };
+        match manifest_of(dir, &i.id, file) {
+            Ok(m) => {
+                for (at, c) in m.offsets() {
+                    out.entry(c.hash).or_insert((file.clone(), at, c.len));
+                }
+            }
+            Err(e) => {
+                warn!(image = %i.id, error = %e, "cannot index an image's chunks; it is not used to save transfer")
+            }
+        }
+    }
+    out
+}
+
+fn read_at(file: &Path, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+    let mut f = std::fs::File::open(file)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// What preparing the part file found.
+#[derive(Debug, Default)]
+struct Prepared {
+    /// Chunks still to fetch, by name, with every offset they go to, in
+    /// the order of the file.
+    missing: Vec<(Hash, u32, Vec<u64>)>,
+    resumed_bytes: u64,
+    local_bytes: u64,
+}
+
+/// Opens (or makes) the part file at the image's size and fills what it
+/// can without the link.
+fn prepare(part: &Path, manifest: &Manifest, local: &LocalChunks) -> std::io::Result<Prepared> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(part)?;
+    f.set_len(manifest.size())?;
+    let mut p = Prepared::default();
+    let mut index: HashMap<Hash, usize> = HashMap::new();
+    let mut buf = Vec::new();
+    for (at, c) in manifest.offsets() {
+        buf.resize(c.len as usize, 0);
+        f.read_exact_at(&mut buf, at)?;
+        if <[u8; 32]>::from(Sha256::digest(&buf)) == c.hash {
+            p.resumed_bytes += u64::from(c.len);
+            continue;
+        }
+        if let Some((file, off, len)) = local.get(&c.hash) {
+            if let Ok(data) = read_at(file, *off, *len) {
+                if <[u8; 32]>::from(Sha256::digest(&data)) == c.hash {
+                    f.write_all_at(&data, at)?;
+                    p.local_bytes += u64::from(c.len);
+                    continue;
+                }
+            }
+        }
+        match index.get(&c.hash) {
+            Some(&i) => p.missing[i].2.push(at),
+            None => {
+                index.insert(c.hash, p.missing.len());
+                p.missing.push((c.hash, c.len, vec![at]));
+            }
+        }
+    }
+    Ok(p)
+}
+
+impl Fetcher {
+    /// Fetches every image that needs it while `conn` lasts; then waits to
+    /// be woken. Ends when the connection does (the caller aborts it).
+    pub async fn run(self, conn: quinn::Connection) {
+        let mut pacer = Pacer::new(self.rate_bps);
+        // One fetcher runs at a time: a region image left `saving` is from
+        // a run that was stopped, and is queued again.
+        if let Ok(all) = self.store.images().await {
+            for i in all
+                .into_iter()
+                .filter(|i| i.spec.region.is_some() && i.status.state == ImageState::Saving)
+            {
+                let id = i.id.clone();
+                let _ = self.store.write(move |w| w.abort_upload(&id)).await;
+            }
+        }
+        loop {
+            let due: Vec<Image> = match self.store.images().await {
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|i| i.spec.region.is_some() && i.status.state == ImageState::Queued)
+                    .collect(),
+                Err(e) => {
+                    warn!(error = %e, "cannot list images to fetch");
+                    Vec::new()
+                }
+            };
+            for image in due {
+                if conn.close_reason().is_some() {
+                    return;
+                }
+                self.fetch_one(&conn, &mut pacer, &image).await;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = conn.closed() => return,
+            }
+        }
+    }
+
+    async fn fetch_one(&self, conn: &quinn::Connection, pacer: &mut Pacer, image: &Image) {
+        let id = image.id.clone();
+        let i = id.clone();
+        if let Err(e) = self.store.write(move |w| w.begin_upload(&i)).await {
+            warn!(image = %id, error = %e, "cannot start fetching an image");
+            return;
+        }
+        let started = Instant::now();
+        let mut received = 0u64;
+        let result = self.transfer(conn, pacer, image, &mut received).await;
+        let (i, r) = (id.clone(), received);
+        if let Err(e) = self.store.write(move |w| w.add_fetched(&i, r)).await {
+            warn!(image = %id, error = %e, "cannot count the bytes fetched");
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(up) => {
+                let size = up.size;
+                let i = id.clone();
+                match self.store.write(move |w| w.finish_upload(&i, up)).await {
+                    Ok(_) => {
+                        info!(image = %id, bytes = size, fetched = received, ms, "image fetched from the region")
+                    }
+                    Err(e) => {
+                        warn!(image = %id, error = %e, "cannot record a fetched image; fetched again later")
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(image = %id, error = %e, fetched = received, ms, "fetching an image stopped; it resumes on the next connection");
+                let i = id.clone();
+                let _ = self.store.write(move |w| w.abort_upload(&i)).await;
+            }
+        }
+    }
+
+    async fn transfer(
+        &self,
+        conn: &quinn::Connection,
+        pacer: &mut Pacer,
+        image: &Image,
+        received: &mut u64,
+    ) -> Result<Uploaded, String> {
+        let id = &image.id;
+        let copy = image
+            .spec
+            .region
+            .clone()
+            .ok_or("the image has no region copy")?;
+        let mut client = BulkClient::open(conn).await.map_err(|e| e.to_string())?;
+        let manifest = client.manifest(id).await.map_err(|e| e.to_string())?;
+        if hex(&manifest.sha256) != copy.sha256 || manifest.size() != copy.size {
+            return Err(format!(
+                "the region's data for image {id} is not what its record says (sha256 {}, {} bytes)",
+                hex(&manifest.sha256),
+                manifest.size()
+            ));
+        }
+        let dir = self.images_dir.clone();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        let part = dir.join(format!("{id}.part"));
+        let images = self.store.images().await.map_err(|e| e.to_string())?;
+        let (d, p, m) = (dir.clone(), part.clone(), manifest.clone());
+        let prepared = tokio::task::spawn_blocking(move || {
+            let local = local_chunks(&d, &images);
+            prepare(&p, &m, &local)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot prepare {}: {e}", part.display()))?;
+        let need: u64 = prepared
+            .missing
+            .iter()
+            .map(|(_, len, _)| u64::from(*len))
+            .sum();
+        info!(image = %id, size = manifest.size(), resumed = prepared.resumed_bytes,
+            local = prepared.local_bytes, to_fetch = need, chunks = prepared.missing.len(),
+            "fetching an image from the region");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&part)
+            .map_err(|e| e.to_string())?;
+        let mut batch: Vec<&(Hash, u32, Vec<u64>)> = Vec::new();
+        let mut batch_bytes = 0u64;
+        let mut rest = prepared.missing.iter().peekable();
+        while let Some(m) = rest.next() {
+            batch.push(m);
+            batch_bytes += u64::from(m.1);
+            let full = batch.len() == MAX_BATCH || batch_bytes >= BATCH_BYTES;
+            if !full && rest.peek().is_some() {
+                continue;
+            }
+            tokio::time::sleep(pacer.delay(batch_bytes, Instant::now())).await;
+            let hashes: Vec<Hash> = batch.iter().map(|m| m.0).collect();
+            let offsets: HashMap<Hash, &Vec<u64>> = batch.iter().map(|m| (m.0, &m.2)).collect();
+            let before = client.received;
+            let r = client
+                .chunks(id, &hashes, |h, data| {
+                    for at in offsets.get(h).copied().into_iter().flatten() {
+                        file.write_all_at(data, *at).map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                })
+                .await;
+            *received += client.received - before;
+            r.map_err(|e| e.to_string())?;
+            batch.clear();
+            batch_bytes = 0;
+        }
+        client.finish();
+        let (p, dir2, id2, format) = (
+            part.clone(),
+            dir.clone(),
+            id.clone(),
+            image.spec.disk_format,
+        );
+        let m = manifest.clone();
+        tokio::task::spawn_blocking(move || -> Result<Uploaded, String> {
+            file.sync_all().map_err(|e| e.to_string())?;
+            drop(file);
+            let head = read_at(
+                &p,
+                0,
+                (roost_common::api::HEADER_BYTES as u64).min(m.size()) as u32,
+            )
+            .map_err(|e| e.to_string())?;
+            let virtual_size = roost_common::api::check_disk_format(format, &head, m.size())?;
+            let done = dir2.join(&id2);
+            roost_common::files::write_atomic(&manifest_path(&dir2, &id2), &m.encode(), 0o644)
+                .map_err(|e| e.to_string())?;
+            std::fs::rename(&p, &done).map_err(|e| e.to_string())?;
+            roost_common::files::sync_dir(&dir2).map_err(|e| e.to_string())?;
+            Ok(Uploaded {
+                file: done,
+                size: m.size(),
+                sha256: hex(&m.sha256),
+                virtual_size,
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngCore, SeedableRng};
+
+    #[test]
+    fn prepare_keeps_what_the_part_file_has_copies_what_other_images_have_and_lists_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut v1 = vec![0u8; 2 << 20];
+        rand::rngs::StdRng::seed_from_u64(9).fill_bytes(&mut v1);
+        let mut v2 = v1.clone();
+        // The second half changes.
+        rand::rngs::StdRng::seed_from_u64(10).fill_bytes(&mut v2[1 << 20..]);
+        let old = tmp.path().join("old");
+        std::fs::write(&old, &v1).unwrap();
+        let m1 = Manifest::of_reader(&v1[..]).unwrap();
+        let m2 = Manifest::of_reader(&v2[..]).unwrap();
+        let local: LocalChunks = m1
+            .offsets()
+            .map(|(at, c)| (c.hash, (old.clone(), at, c.len)))
+            .collect();
+        let part = tmp.path().join("new.part");
+        let p = prepare(&part, &m2, &local).unwrap();
+        let missing: u64 = p.missing.iter().map(|m| u64::from(m.1)).sum();
+        assert_eq!(p.resumed_bytes, 0);
+        assert_eq!(p.local_bytes + missing, v2.len() as u64);
+        assert!(
+            p.local_bytes > 900 << 10,
+            "most of the first half is local: {}",
+            p.local_bytes
+        );
+        assert!(missing < 1100 << 10, "{missing}");
+        // Fill the missing chunks as a fetch would; a second prepare finds
+        // everything already there and asks for nothing.
+        let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+        let at: HashMap<Hash, u64> = m2.offsets().map(|(o, c)| (c.hash, o)).collect();
+        for (h, len, offsets) in &p.missing {
+            let o = at[h] as usize;
+            for off in offsets {
+                f.write_all_at(&v2[o..o + *len as usize], *off).unwrap();
+            }
+        }
+        let again = prepare(&part, &m2, &HashMap::new()).unwrap();
+        assert!(again.missing.is_empty());
+        assert_eq!(again.resumed_bytes, v2.len() as u64);
+        assert_eq!(std::fs::read(&part).unwrap(), v2);
+    }
+}
