@@ -32,6 +32,21 @@ struct Indexed {
 pub struct RegionImages {
     dir: PathBuf,
     index: Mutex<HashMap<String, Arc<Indexed>>>,
+    /// Images whose bytes are being received: one upload per image.
+    uploading: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Takes an image's upload slot; gives it back when dropped.
+struct UploadSlot<'a>(&'a RegionImages, String);
+
+impl Drop for UploadSlot<'_> {
+    fn drop(&mut self) {
+        self.0
+            .uploading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
 }
 
 /// Why an upload was refused: a message for the client (400 unless
@@ -66,6 +81,7 @@ impl RegionImages {
         RegionImages {
             dir,
             index: Mutex::new(HashMap::new()),
+            uploading: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -96,6 +112,24 @@ impl RegionImages {
         use futures_util::StreamExt;
         use tokio::io::AsyncWriteExt;
         check_id(id).map_err(refused)?;
+        let taken = !self
+            .uploading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string());
+        if taken || self.holds(id) {
+            if !taken {
+                self.uploading
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
+            }
+            return Err(UploadError {
+                message: format!("Image {id} already has data, or is being uploaded; make a new image for new data"),
+                server: false,
+            });
+        }
+        let _slot = UploadSlot(self, id.to_string());
         tokio::fs::create_dir_all(&self.dir)
             .await
             .map_err(|e| failed(format!("cannot create {}: {e}", self.dir.display())))?;
@@ -130,6 +164,13 @@ impl RegionImages {
             .await
             .map_err(|e| failed(e.to_string()))?
             .map_err(|e| failed(format!("cannot chunk the upload: {e}")))?;
+            if manifest.chunks.len() > roost_sync::chunks::MAX_CHUNKS {
+                return Err(refused(format!(
+                    "the image is too large to send to sites: {} chunks, at most {}",
+                    manifest.chunks.len(),
+                    roost_sync::chunks::MAX_CHUNKS
+                )));
+            }
             let sha256 = hex(&manifest.sha256);
             if let Some(want) = declared_sha256.filter(|w| !w.is_empty()) {
                 if !want.eq_ignore_ascii_case(&sha256) {
@@ -149,8 +190,12 @@ impl RegionImages {
         }
         .await;
         if result.is_err() {
+            // Only this upload's files: the slot kept any other away, and
+            // an image with data was refused above.
             let _ = tokio::fs::remove_file(&part).await;
-            let _ = tokio::fs::remove_file(self.manifest_file(id)).await;
+            if !self.file(id).is_file() {
+                let _ = tokio::fs::remove_file(self.manifest_file(id)).await;
+            }
         }
         result
     }
@@ -206,10 +251,9 @@ fn read_at(file: &Path, offset: u64, len: u32) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
+/// Any image the region holds, whichever site asks; `link::SiteImages`
+/// limits each site to the images its intent names.
 impl ChunkSource for RegionImages {
-    // Every enrolled site may fetch any image the region holds: the
-    // region's images are the fleet's, and the intent says which sites
-    // want which.
     fn manifest(&self, _site: &str, image: &str) -> Result<Manifest, String> {
         Ok(self.indexed(image)?.manifest.clone())
     }

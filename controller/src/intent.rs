@@ -189,21 +189,17 @@ pub fn create_region_image(
     spec: &ImageSpec,
 ) -> Result<String, Refused> {
     site_row(region, site)?;
-    let id = spec
-        .id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    roost_common::ids::check_uuid("id", &id)?;
-    let taken = region_images(region, site)?.iter().any(|(i, _)| *i == id)
-        || site_images(region, site)?
-            .unwrap_or_default()
-            .iter()
-            .any(|v| v["id"] == id.as_str());
-    if taken {
-        return Err(Refused::Conflict(format!(
-            "An image with identifier {id} already exists"
-        )));
+    // The region's image ids name its files, so the region picks them:
+    // one id is one image everywhere.
+    if let Some(asked) = &spec.id {
+        return Err(FieldError::new(
+            "id",
+            asked,
+            "the region chooses the ids of the images it holds; leave id out",
+        )
+        .into());
     }
+    let id = uuid::Uuid::new_v4().to_string();
     let mut s = spec.clone();
     s.id = Some(id.clone());
     region.write_intent(site, |doc| {

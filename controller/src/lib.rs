@@ -16,7 +16,10 @@
 //! - [`openstack`]: the OpenStack face for the stock client: Keystone
 //!   (Ed25519 tokens sites check offline, revocation), and per site, as a
 //!   region of the catalog, Nova servers, actions and flavors and Glance
-//!   images, over the region's copy of the site's documents.
+//!   images (made here for a site, or published by it), over the region's
+//!   copy of the site's documents.
+//! - [`images`]: the images the region holds for its sites (files and
+//!   chunk manifests), served on each site's bulk streams.
 //! - [`metrics`]: every Prometheus metric, declared in one place.
 //!
 //! Not here yet: PostgreSQL, several controller replicas, users, projects

@@ -215,6 +215,41 @@ pub enum IntentError {
     Doc(#[from] roost_sync::DocError),
 }
 
+/// What one site may fetch: the region's images its intent names.
+struct SiteImages {
+    images: Arc<crate::images::RegionImages>,
+    link: Arc<SiteLink>,
+}
+
+impl SiteImages {
+    fn given(&self, image: &str) -> Result<(), String> {
+        let d = lock(&self.link.docs);
+        match d.intent.resource("images", image) {
+            Ok(Some(v)) if !v.deleted => Ok(()),
+            _ => Err(format!(
+                "image {image} is not one the region gave this site"
+            )),
+        }
+    }
+}
+
+impl roost_sync::bulk::ChunkSource for SiteImages {
+    fn manifest(&self, site: &str, image: &str) -> Result<roost_sync::chunks::Manifest, String> {
+        self.given(image)?;
+        self.images.manifest(site, image)
+    }
+
+    fn chunk(
+        &self,
+        site: &str,
+        image: &str,
+        hash: &roost_sync::chunks::Hash,
+    ) -> Result<Vec<u8>, String> {
+        self.given(image)?;
+        self.images.chunk(site, image, hash)
+    }
+}
+
 impl Region {
     pub fn new(store: Arc<dyn FleetStore>, offline_after: Duration) -> Region {
         Region {
@@ -481,11 +516,14 @@ impl Region {
         // Streams the site opens after the sync stream carry image chunks.
         let bulk = self.images.get().cloned().map(|images| {
             let (conn, site) = (conn.clone(), site.clone());
+            let source: Arc<dyn roost_sync::bulk::ChunkSource> = Arc::new(SiteImages {
+                images,
+                link: link.clone(),
+            });
             tokio::spawn(async move {
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    let (images, site) = (images.clone(), site.clone());
+                    let (source, site) = (source.clone(), site.clone());
                     tokio::spawn(async move {
-                        let source: Arc<dyn roost_sync::bulk::ChunkSource> = images;
                         match roost_sync::bulk::serve(site.clone(), send, recv, source).await {
                             Ok(bytes) => {
                                 METRICS.bulk_bytes.inc_by(bytes);

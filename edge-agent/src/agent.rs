@@ -308,6 +308,7 @@ impl Agent {
             self.reconciler.queue.clone(),
             arrived,
             images_changed,
+            self.data_dir.join("images"),
             stop_rx.clone(),
         ));
         let link = self.uplink.map(|u| tokio::spawn(u.run(stop_rx.clone())));

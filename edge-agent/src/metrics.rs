@@ -25,6 +25,9 @@ pub struct Metrics {
     pub uplink_connects: IntCounterVec,
     pub uplink_bytes: IntCounterVec,
     pub conflicts: IntCounter,
+    /// Image bytes brought from the region, by how (fetched over the link,
+    /// copied from chunks the site held, kept from a cut attempt).
+    pub image_bytes: IntCounterVec,
 }
 
 /// Latency buckets from 50 µs to 2.5 s.
@@ -121,6 +124,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Concurrent intent edits settled, each loser journaled",
         )
         .expect("valid metric"),
+        image_bytes: IntCounterVec::new(
+            Opts::new(
+                "roost_agent_region_image_bytes_total",
+                "Bytes of the region's images made whole here, by source (fetched, local, resumed)",
+            ),
+            &["source"],
+        )
+        .expect("valid metric"),
         registry,
     };
     for c in [
@@ -136,6 +147,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.uplink_connects.clone()),
         Box::new(m.uplink_bytes.clone()),
         Box::new(m.conflicts.clone()),
+        Box::new(m.image_bytes.clone()),
     ] {
         m.registry.register(c).expect("metric registered once");
     }

@@ -379,6 +379,7 @@ pub async fn apply_loop(
     queue: Arc<WorkQueue>,
     arrived: Arc<Notify>,
     images_changed: Arc<Notify>,
+    images_dir: std::path::PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -398,8 +399,11 @@ pub async fn apply_loop(
                 if applied.images > 0 {
                     images_changed.notify_one();
                 }
-                for f in &applied.removed_files {
-                    match tokio::fs::remove_file(f).await {
+                let files = applied.withdrawn_images.iter().flat_map(|id| {
+                    ["", ".part", ".manifest"].map(|ext| images_dir.join(format!("{id}{ext}")))
+                });
+                for f in files {
+                    match tokio::fs::remove_file(&f).await {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                             tracing::warn!(file = %f.display(), error = %e, "cannot remove a withdrawn image's file")
                         }

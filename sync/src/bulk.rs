@@ -149,8 +149,15 @@ async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), Tr
     Ok(())
 }
 
-/// The next frame, or `None` when the peer finished the stream.
-async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, TransportError> {
+/// Largest request: a chunks request of [`MAX_BATCH`] names.
+const MAX_REQUEST: usize = 1 + 2 + MAX_ID + 4 + 32 * MAX_BATCH;
+
+/// The next frame of at most `max` bytes, or `None` when the peer
+/// finished the stream.
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<Vec<u8>>, TransportError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -158,8 +165,8 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, Tra
         Err(e) => return Err(e.into()),
     }
     let n = u32::from_be_bytes(len) as usize;
-    if n > MAX_FRAME {
-        return Err(TransportError::Oversized(n, MAX_FRAME));
+    if n > max {
+        return Err(TransportError::Oversized(n, max));
     }
     let mut buf = vec![0u8; n];
     recv.read_exact(&mut buf).await?;
@@ -185,35 +192,40 @@ pub async fn serve(
 ) -> Result<u64, TransportError> {
     send.set_priority(PRIORITY_BULK).ok();
     let mut sent = 0u64;
-    while let Some(frame) = read_frame(&mut recv).await? {
-        let req = Request::decode(&frame)?;
-        let (src, s) = (source.clone(), site.clone());
-        let replies = tokio::task::spawn_blocking(move || match req {
-            Request::Manifest { image } => vec![match src.manifest(&s, &image) {
+    while let Some(frame) = read_frame(&mut recv, MAX_REQUEST).await? {
+        let (image, asked) = match Request::decode(&frame)? {
+            Request::Manifest { image } => (image, None),
+            Request::Chunks { image, hashes } => (image, Some(hashes)),
+        };
+        // One reply at a time, read and written before the next: what is
+        // held in memory is one chunk (or the manifest), whatever is asked.
+        let Some(hashes) = asked else {
+            let (src, s) = (source.clone(), site.clone());
+            let reply = tokio::task::spawn_blocking(move || match src.manifest(&s, &image) {
                 Ok(m) => Reply::Manifest(m),
                 Err(e) => Reply::Error(e),
-            }],
-            Request::Chunks { image, hashes } => {
-                let mut out = Vec::with_capacity(hashes.len());
-                for h in hashes {
-                    match src.chunk(&s, &image, &h) {
-                        Ok(data) => out.push(Reply::Chunk { hash: h, data }),
-                        Err(e) => {
-                            out.push(Reply::Error(e));
-                            break;
-                        }
-                    }
-                }
-                out
-            }
-        })
-        .await
-        .map_err(|e| bad(e.to_string()))?;
-        for r in replies {
-            if let Reply::Chunk { data, .. } = &r {
+            })
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+            write_frame(&mut send, &reply.encode()).await?;
+            continue;
+        };
+        for h in hashes {
+            let (src, s, img) = (source.clone(), site.clone(), image.clone());
+            let reply = tokio::task::spawn_blocking(move || match src.chunk(&s, &img, &h) {
+                Ok(data) => Reply::Chunk { hash: h, data },
+                Err(e) => Reply::Error(e),
+            })
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+            let failed = matches!(reply, Reply::Error(_));
+            if let Reply::Chunk { data, .. } = &reply {
                 sent += data.len() as u64;
             }
-            write_frame(&mut send, &r.encode()).await?;
+            write_frame(&mut send, &reply.encode()).await?;
+            if failed {
+                break;
+            }
         }
     }
     send.finish().ok();
@@ -253,7 +265,7 @@ impl BulkClient {
     }
 
     async fn reply(&mut self) -> Result<Reply, FetchError> {
-        let frame = read_frame(&mut self.recv)
+        let frame = read_frame(&mut self.recv, MAX_FRAME)
             .await?
             .ok_or_else(|| FetchError::Unexpected("the end of the stream".into()))?;
         match Reply::decode(&frame)? {
@@ -275,19 +287,25 @@ impl BulkClient {
         }
     }
 
-    /// Asks for `hashes` and hands each chunk, checked against its name,
-    /// to `each` as it arrives.
-    pub async fn chunks(
-        &mut self,
-        image: &str,
-        hashes: &[Hash],
-        mut each: impl FnMut(&Hash, &[u8]) -> Result<(), String>,
-    ) -> Result<(), FetchError> {
+    /// Asks for `hashes`; the chunks come back in order, read with
+    /// [`BulkClient::take`]. Several requests may be in flight, so the link
+    /// stays busy across the round trip.
+    pub async fn ask(&mut self, image: &str, hashes: &[Hash]) -> Result<(), FetchError> {
         let req = Request::Chunks {
             image: image.into(),
             hashes: hashes.to_vec(),
         };
         write_frame(&mut self.send, &req.encode()).await?;
+        Ok(())
+    }
+
+    /// Reads the chunks of the oldest request not yet read (`hashes`, as
+    /// asked) and hands each, checked against its name, to `each`.
+    pub async fn take(
+        &mut self,
+        hashes: &[Hash],
+        mut each: impl FnMut(&Hash, &[u8]) -> Result<(), String>,
+    ) -> Result<(), FetchError> {
         for want in hashes {
             match self.reply().await? {
                 Reply::Chunk { hash, data } => {

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 pub mod browser;
 pub mod guest;
+pub mod images;
 pub mod link;
 pub mod netns;
 pub mod region;

@@ -139,6 +139,22 @@ pub struct Relay {
     front: Arc<UdpSocket>,
     far: SocketAddr,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Datagrams waiting for their delivery time, per direction, in order
+    /// (without jitter a line delivers in the order it was given).
+    lines: [tokio::sync::mpsc::UnboundedSender<Scheduled>; 2],
+}
+
+/// A datagram on its way: when, what, from which socket, to whom.
+type Scheduled = (Instant, Vec<u8>, Arc<UdpSocket>, SocketAddr);
+
+/// Delivers one direction's datagrams in order, each at its time.
+async fn deliver(mut line: tokio::sync::mpsc::UnboundedReceiver<Scheduled>) {
+    while let Some((at, data, socket, to)) = line.recv().await {
+        if at > Instant::now() {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let _ = socket.send_to(&data, to).await;
+    }
 }
 
 impl Relay {
@@ -146,6 +162,8 @@ impl Relay {
     pub async fn start(far: SocketAddr, params: LinkParams, seed: u64) -> std::io::Result<Relay> {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let upstream = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let (up_tx, up_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (down_tx, down_rx) = tokio::sync::mpsc::unbounded_channel();
         let relay = Relay {
             addr: front.local_addr()?,
             model: Arc::new(Mutex::new(LinkModel::new(params, seed))),
@@ -154,10 +172,13 @@ impl Relay {
             front,
             far,
             tasks: Arc::new(Mutex::new(Vec::new())),
+            lines: [up_tx, down_tx],
         };
         let up = tokio::spawn(relay.clone().pump_up());
         let down = tokio::spawn(relay.clone().pump_down(upstream));
+        let lines = [tokio::spawn(deliver(up_rx)), tokio::spawn(deliver(down_rx))];
         relay.tasks.lock().expect("tasks").extend([up, down]);
+        relay.tasks.lock().expect("tasks").extend(lines);
         Ok(relay)
     }
 
@@ -206,11 +227,19 @@ impl Relay {
             .lock()
             .expect("model")
             .fate(dir, data.len(), Instant::now());
-        if let Fate::DeliverAt(at) = fate {
-            tokio::spawn(async move {
-                tokio::time::sleep_until(at.into()).await;
-                let _ = socket.send_to(&data, to).await;
-            });
+        let jitter = !self.params().jitter.is_zero();
+        match fate {
+            // Jitter reorders datagrams: each goes on its own.
+            Fate::DeliverAt(at) if jitter => {
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    let _ = socket.send_to(&data, to).await;
+                });
+            }
+            Fate::DeliverAt(at) => {
+                let _ = self.lines[dir as usize].send((at, data, socket, to));
+            }
+            Fate::Drop => {}
         }
     }
 

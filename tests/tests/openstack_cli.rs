@@ -416,12 +416,17 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
         "volume", "snapshot", "create", "--volume", "plc-data", "plc-snap",
     ]);
     assert!(said.contains("snapshot.force"), "{said}");
-    cli.json(&[
+    // In use by a running server: a copy would be torn, so not even forced.
+    let said = cli.fails(&[
         "volume", "snapshot", "create", "--volume", "plc-data", "--force", "plc-snap",
     ]);
-    cli.wait_volume(&["volume", "snapshot"], "plc-snap", "available");
+    assert!(said.contains("server is running"), "{said}");
     cli.ok(&["server", "remove", "volume", "plc-1", "plc-data"]);
     cli.wait_volume(&["volume"], "plc-data", "available");
+    cli.json(&[
+        "volume", "snapshot", "create", "--volume", "plc-data", "plc-snap",
+    ]);
+    cli.wait_volume(&["volume", "snapshot"], "plc-snap", "available");
     cli.json(&["volume", "create", "--snapshot", "plc-snap", "plc-restore"]);
     cli.wait_volume(&["volume"], "plc-restore", "available");
     cli.ok(&["volume", "set", "--size", "2", "plc-data"]);
@@ -597,6 +602,47 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
         },
     );
     assert!(names(&cli.json(&["flavor", "list"])).contains(&"m1.small".to_string()));
+
+    // An image made at the region for the site: the region keeps it, the
+    // site fetches it and publishes it active; the region then serves it
+    // as the site reports it.
+    let qcow = dir.path().join("line-os.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let img = cli.json(&[
+        "image",
+        "create",
+        "--disk-format",
+        "qcow2",
+        "--file",
+        qcow.to_str().unwrap(),
+        "line-os",
+    ]);
+    assert!(
+        ["importing", "active"].contains(&img["status"].as_str().unwrap_or_default()),
+        "{img}"
+    );
+    wait_until(
+        "the region's image to be active at the site",
+        Duration::from_secs(60),
+        || cli.json(&["image", "show", "line-os"])["status"] == "active",
+    );
+    let shown = cli.json(&["image", "show", "line-os"]);
+    assert_eq!(
+        shown["size"],
+        std::fs::metadata(&qcow).unwrap().len(),
+        "{shown}"
+    );
+    let stored = site_data.join(format!("images/{}", img["id"].as_str().unwrap()));
+    assert_eq!(
+        std::fs::read(&stored).unwrap(),
+        std::fs::read(&qcow).unwrap()
+    );
 
     // Online: the request becomes a server the site runs, and the region
     // shows what the site reported.

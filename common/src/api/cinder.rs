@@ -305,11 +305,7 @@ pub fn cinder_types() -> Vec<Value> {
     VOLUME_TYPES
         .iter()
         .map(|t| {
-            let about = match *t {
-                "edge-local" => "qcow2 files on the site's own disk",
-                _ => "qcow2 files on the site's disk, to be backed up to the region (backup not built yet)",
-            };
-            json!({"id": t, "name": t, "description": about, "is_public": true, "extra_specs": {}, "qos_specs_id": null, "os-volume-type-access:is_public": true})
+            json!({"id": t, "name": t, "description": "qcow2 files on the site's own disk", "is_public": true, "extra_specs": {}, "qos_specs_id": null, "os-volume-type-access:is_public": true})
         })
         .collect()
 }

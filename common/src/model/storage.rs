@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use super::{Fault, Resource};
 use crate::validate::{self, FieldError};
 
-/// The volume types a site offers.
-pub const VOLUME_TYPES: [&str; 2] = ["edge-local", "central-replicated"];
+/// The volume types a site offers. (`central-replicated`, backed up to
+/// the region asynchronously, is planned; until its backup exists it is
+/// refused by name rather than taken and not replicated.)
+pub const VOLUME_TYPES: [&str; 1] = ["edge-local"];
 
 /// Largest volume, in GiB.
 pub const MAX_VOLUME_GB: u64 = 64 * 1024;
@@ -111,11 +113,18 @@ impl VolumeSpec {
             text("volume.description", d)?;
         }
         validate::range("volume.size", self.size_gb, 1, MAX_VOLUME_GB)?;
+        if self.volume_type == "central-replicated" {
+            return Err(FieldError::new(
+                "volume.volume_type",
+                &self.volume_type,
+                "backing volumes up to the region is not built yet: use edge-local",
+            ));
+        }
         if !VOLUME_TYPES.contains(&self.volume_type.as_str()) {
             return Err(FieldError::new(
                 "volume.volume_type",
                 &self.volume_type,
-                "must be edge-local or central-replicated",
+                "must be edge-local",
             ));
         }
         metadata("volume.metadata", &self.metadata)
@@ -264,6 +273,13 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(e.field, "volume.volume_type");
+        let e = VolumeSpec {
+            volume_type: "central-replicated".into(),
+            ..spec()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.rule.contains("not built yet"), "{e}");
         let e = VolumeSpec {
             name: "a\nb".into(),
             ..spec()

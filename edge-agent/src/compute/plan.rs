@@ -67,17 +67,19 @@ pub fn plan(server: &Server, seen: Seen) -> Step {
         (VmState::Active | VmState::Stopped, _) if rebuild_due => {
             act(server, DriverAction::Rebuild, TaskState::Rebuilding)
         }
-        (VmState::Active | VmState::Stopped, _) if spec.volumes != st.volumes => act(
-            server,
-            DriverAction::SyncVolumes,
-            TaskState::UpdatingVolumes,
-        ),
         (VmState::Active, PowerIntent::Stopped) => {
             act(server, DriverAction::PowerOff, TaskState::PoweringOff)
         }
         (VmState::Stopped, PowerIntent::Running) => {
             act(server, DriverAction::PowerOn, TaskState::PoweringOn)
         }
+        // After power changes: a guest that will not let go of a disk must
+        // not keep its server from being stopped (then it detaches at once).
+        (VmState::Active | VmState::Stopped, _) if spec.volumes != st.volumes => act(
+            server,
+            DriverAction::SyncVolumes,
+            TaskState::UpdatingVolumes,
+        ),
         (VmState::Active, PowerIntent::Running) if reboot_due => {
             let (hard, task) = if spec.reboot_hard {
                 (true, TaskState::RebootingHard)

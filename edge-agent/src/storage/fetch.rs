@@ -30,6 +30,7 @@ use roost_common::model::{Image, ImageState};
 use roost_sync::bulk::{BulkClient, Pacer, MAX_BATCH};
 use roost_sync::chunks::{hex, Hash, Manifest};
 
+use crate::metrics::METRICS;
 use crate::store::{Store, Uploaded};
 
 /// Most bytes asked for in one request.
@@ -207,12 +208,20 @@ impl Fetcher {
             Ok(up) => {
                 let size = up.size;
                 let i = id.clone();
+                let file = up.file.clone();
                 match self.store.write(move |w| w.finish_upload(&i, up)).await {
                     Ok(_) => {
                         info!(image = %id, bytes = size, fetched = received, ms, "image fetched from the region")
                     }
                     Err(e) => {
-                        warn!(image = %id, error = %e, "cannot record a fetched image; fetched again later")
+                        // Withdrawn meanwhile (or the store failed: then
+                        // it is fetched again, from the local chunks).
+                        warn!(image = %id, error = %e, "a fetched image could not be recorded; its files are removed");
+                        for f in [file, manifest_path(&self.images_dir, &id)] {
+                            let _ = tokio::fs::remove_file(f).await;
+                        }
+                        let i = id.clone();
+                        let _ = self.store.write(move |w| w.abort_upload(&i)).await;
                     }
                 }
             }
@@ -251,6 +260,22 @@ impl Fetcher {
             .await
             .map_err(|e| e.to_string())?;
         let part = dir.join(format!("{id}.part"));
+        // Room for the whole image (less what a cut attempt already holds),
+        // and the reserve the site's store keeps.
+        let held = std::fs::metadata(&part).map_or(0, |m| {
+            use std::os::unix::fs::MetadataExt;
+            m.blocks() * 512
+        });
+        let free = super::free_bytes(&dir).map_err(|e| e.to_string())?;
+        let need = manifest.size().saturating_sub(held);
+        if free < need.saturating_add(super::FREE_SPACE_RESERVE) {
+            return Err(format!(
+                "not enough space for image {id}: {} MiB free in {}, it needs {} MiB more and 1024 MiB stay free for the site's store; free space or delete unused images and volumes",
+                free >> 20,
+                dir.display(),
+                need.div_ceil(1 << 20)
+            ));
+        }
         let images = self.store.images().await.map_err(|e| e.to_string())?;
         let (d, p, m) = (dir.clone(), part.clone(), manifest.clone());
         let prepared = tokio::task::spawn_blocking(move || {
@@ -260,6 +285,15 @@ impl Fetcher {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot prepare {}: {e}", part.display()))?;
+        for (source, bytes) in [
+            ("local", prepared.local_bytes),
+            ("resumed", prepared.resumed_bytes),
+        ] {
+            METRICS
+                .image_bytes
+                .with_label_values(&[source])
+                .inc_by(bytes);
+        }
         let need: u64 = prepared
             .missing
             .iter()
@@ -272,22 +306,41 @@ impl Fetcher {
             .write(true)
             .open(&part)
             .map_err(|e| e.to_string())?;
-        let mut batch: Vec<&(Hash, u32, Vec<u64>)> = Vec::new();
-        let mut batch_bytes = 0u64;
-        let mut rest = prepared.missing.iter().peekable();
-        while let Some(m) = rest.next() {
-            batch.push(m);
-            batch_bytes += u64::from(m.1);
-            let full = batch.len() == MAX_BATCH || batch_bytes >= BATCH_BYTES;
-            if !full && rest.peek().is_some() {
-                continue;
+        // Batches of up to 1 MiB; two in flight, so the link does not idle
+        // for a round trip between them.
+        let mut batches: Vec<Vec<&(Hash, u32, Vec<u64>)>> = Vec::new();
+        let mut bytes = u64::MAX;
+        for m in &prepared.missing {
+            if bytes >= BATCH_BYTES || batches.last().is_some_and(|b| b.len() == MAX_BATCH) {
+                batches.push(Vec::new());
+                bytes = 0;
             }
-            tokio::time::sleep(pacer.delay(batch_bytes, Instant::now())).await;
-            let hashes: Vec<Hash> = batch.iter().map(|m| m.0).collect();
-            let offsets: HashMap<Hash, &Vec<u64>> = batch.iter().map(|m| (m.0, &m.2)).collect();
+            if let Some(b) = batches.last_mut() {
+                b.push(m);
+            }
+            bytes += u64::from(m.1);
+        }
+        let hashes: Vec<Vec<Hash>> = batches
+            .iter()
+            .map(|b| b.iter().map(|m| m.0).collect())
+            .collect();
+        let offsets: HashMap<Hash, &Vec<u64>> =
+            prepared.missing.iter().map(|m| (m.0, &m.2)).collect();
+        let size_of =
+            |b: &Vec<&(Hash, u32, Vec<u64>)>| b.iter().map(|m| u64::from(m.1)).sum::<u64>();
+        let mut asked = 0;
+        for i in 0..batches.len() {
+            while asked < batches.len() && asked <= i + 1 {
+                tokio::time::sleep(pacer.delay(size_of(&batches[asked]), Instant::now())).await;
+                client
+                    .ask(id, &hashes[asked])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                asked += 1;
+            }
             let before = client.received;
             let r = client
-                .chunks(id, &hashes, |h, data| {
+                .take(&hashes[i], |h, data| {
                     for at in offsets.get(h).copied().into_iter().flatten() {
                         file.write_all_at(data, *at).map_err(|e| e.to_string())?;
                     }
@@ -295,9 +348,11 @@ impl Fetcher {
                 })
                 .await;
             *received += client.received - before;
+            METRICS
+                .image_bytes
+                .with_label_values(&["fetched"])
+                .inc_by(client.received - before);
             r.map_err(|e| e.to_string())?;
-            batch.clear();
-            batch_bytes = 0;
         }
         client.finish();
         let (p, dir2, id2, format) = (

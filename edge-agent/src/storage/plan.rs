@@ -10,12 +10,11 @@ use roost_common::model::{DiskFormat, Snapshot, SnapshotState, Volume, VolumeSou
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Blank,
-    /// A copy of this file. `shared`: another process (a running guest)
-    /// may hold it open for writing, so the copy is crash-consistent only.
+    /// A copy of this file (nothing writes it meanwhile: the store takes
+    /// snapshots only of volumes no running guest holds).
     Copy {
         file: PathBuf,
         format: DiskFormat,
-        shared: bool,
     },
 }
 
@@ -87,18 +86,13 @@ fn volume_op(v: &Volume, files: &Files) -> Option<Result<Op, String>> {
                     let (file, format) = files.images.get(id).cloned().ok_or_else(|| {
                         format!("image {id} is gone or not active; the volume cannot be made from it")
                     })?;
-                    Source::Copy {
-                        file,
-                        format,
-                        shared: false,
-                    }
+                    Source::Copy { file, format }
                 }
                 VolumeSource::Snapshot(id) => Source::Copy {
                     file: files.snapshots.get(id).cloned().ok_or_else(|| {
                         format!("snapshot {id} is gone or not available; the volume cannot be made from it")
                     })?,
                     format: DiskFormat::Qcow2,
-                    shared: false,
                 },
             };
             Ok(Op::Make {
@@ -145,7 +139,6 @@ fn snapshot_op(s: &Snapshot, files: &Files) -> Option<Result<Op, String>> {
                 from: Source::Copy {
                     file: from,
                     format: DiskFormat::Qcow2,
-                    shared: s.spec.force,
                 },
             })
             .ok_or_else(|| format!("volume {} is gone", s.spec.volume_id)),

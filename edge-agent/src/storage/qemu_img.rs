@@ -79,20 +79,13 @@ fn write_part(part: &Path, size_gb: u64, from: &Source) -> Result<(), OpError> {
             ],
             "create the volume",
         ),
-        Source::Copy {
-            file,
-            format,
-            shared,
-        } => {
+        Source::Copy { file, format } => {
             check_room(part.parent().unwrap_or(Path::new(".")), file)?;
             let fmt = match format {
                 DiskFormat::Qcow2 => "qcow2",
                 DiskFormat::Raw => "raw",
             };
             let mut args: Vec<&std::ffi::OsStr> = vec!["convert".as_ref(), "-q".as_ref()];
-            if *shared {
-                args.push("-U".as_ref());
-            }
             args.extend::<[&std::ffi::OsStr; 6]>([
                 "-f".as_ref(),
                 fmt.as_ref(),
@@ -173,7 +166,6 @@ pub fn run(op: &Op) -> Result<(), OpError> {
                 &Source::Copy {
                     file: from.clone(),
                     format: DiskFormat::Qcow2,
-                    shared: false,
                 },
             )
         }),

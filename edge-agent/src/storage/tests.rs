@@ -96,7 +96,6 @@ fn each_working_state_plans_its_operation_and_settled_ones_none() {
             from: Source::Copy {
                 file: "/v/busy.qcow2".into(),
                 format: DiskFormat::Qcow2,
-                shared: false
             }
         }))
     );
@@ -219,7 +218,6 @@ fn qemu_img_makes_grows_copies_reverts_and_removes_files() {
         from: Source::Copy {
             file: image.clone(),
             format: DiskFormat::Raw,
-            shared: false,
         },
     })
     .unwrap();
@@ -234,7 +232,6 @@ fn qemu_img_makes_grows_copies_reverts_and_removes_files() {
         from: Source::Copy {
             file: vol.clone(),
             format: DiskFormat::Qcow2,
-            shared: false,
         },
     })
     .unwrap();
@@ -247,7 +244,6 @@ fn qemu_img_makes_grows_copies_reverts_and_removes_files() {
         from: Source::Copy {
             file: changed,
             format: DiskFormat::Raw,
-            shared: false,
         },
     })
     .unwrap();
@@ -292,7 +288,6 @@ fn a_copy_that_cannot_be_made_leaves_nothing_behind() {
         from: Source::Copy {
             file: bogus,
             format: DiskFormat::Qcow2,
-            shared: false,
         },
     })
     .unwrap_err();
@@ -346,7 +341,6 @@ fn a_full_disk_gives_a_clear_error_and_leaves_nothing() {
         from: Source::Copy {
             file: src,
             format: DiskFormat::Raw,
-            shared: false,
         },
     })
     .unwrap_err();

@@ -194,7 +194,9 @@ impl super::WriteCtx<'_> {
                 "Image {id} is protected and cannot be deleted; unset protected first"
             )));
         }
-        if i.status.state == ImageState::Saving {
+        // A region image being fetched may go: the fetcher finds it gone
+        // when it commits, and removes what it wrote.
+        if i.status.state == ImageState::Saving && i.spec.region.is_none() {
             return Err(WriteError::Conflict(format!(
                 "Image {id} is being uploaded; delete it when the upload ends"
             )));

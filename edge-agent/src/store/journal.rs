@@ -413,8 +413,9 @@ pub struct Applied {
     pub conflicts: usize,
     /// Images the region gave or changed: the fetcher has work.
     pub images: usize,
-    /// Files of images the region withdrew, to remove after the commit.
-    pub removed_files: Vec<std::path::PathBuf>,
+    /// Images the region withdrew: their files (`<images>/<id>`, `.part`,
+    /// `.manifest`) go after the commit.
+    pub withdrawn_images: Vec<String>,
 }
 
 impl super::WriteCtx<'_> {
@@ -565,20 +566,9 @@ impl super::WriteCtx<'_> {
             // region's.
             if let Some(i) = exists {
                 match self.delete_image(&i.id) {
-                    Ok(gone) => {
+                    Ok(_) => {
                         tracing::info!(image = %id, "the region withdrew an image");
-                        let dir = gone
-                            .spec
-                            .file
-                            .as_ref()
-                            .and_then(|f| f.parent().map(|d| d.to_path_buf()));
-                        applied.removed_files.extend(gone.spec.file.clone());
-                        if let Some(dir) = dir {
-                            applied
-                                .removed_files
-                                .push(dir.join(format!("{id}.manifest")));
-                            applied.removed_files.push(dir.join(format!("{id}.part")));
-                        }
+                        applied.withdrawn_images.push(id.to_string());
                     }
                     Err(e) => {
                         tracing::warn!(image = %id, error = %e, "the region withdrew an image this site still uses; kept")

@@ -258,10 +258,11 @@ impl WriteCtx<'_> {
             };
         }
         let before = server.spec.clone();
-        let busy = server
-            .status
-            .task_state
-            .or_else(|| pending_task(&server.spec, &server.status));
+        // A volume change not under way yet does not hold up the rest: a
+        // stop in particular is how a disk the guest holds on to is freed.
+        let busy = server.status.task_state.or_else(|| {
+            pending_task(&server.spec, &server.status).filter(|t| *t != TaskState::UpdatingVolumes)
+        });
         let vm = server.status.vm_state;
         match &intent {
             ServerIntent::Delete => server.spec.deleted = true,

@@ -305,10 +305,28 @@ async fn attachments_follow_the_servers_domain() {
         field(attach(w2.id.clone()).await.unwrap_err()),
         "volumeAttachment.volumeId"
     );
+    assert_eq!(
+        field(attach(v.id.clone()).await.unwrap_err()),
+        "volumeAttachment.volumeId",
+        "as Nova: 400 for a volume that is not available"
+    );
+
+    // While the reconciler is changing the domain, a detach waits.
+    let busy = ServerStatus {
+        volumes: vec![v.id.clone()],
+        task_state: Some(roost_common::model::TaskState::UpdatingVolumes),
+        ..active.clone()
+    };
+    let (s, b) = (sid.clone(), busy);
+    store
+        .write(move |w| w.set_server_status(&s, &b))
+        .await
+        .unwrap();
     assert!(matches!(
-        attach(v.id.clone()).await,
+        detach(v.id.clone()).await,
         Err(WriteError::Conflict(_))
     ));
+    set(vec![v.id.clone()]).await;
 
     // Detach: detaching until the domain lets go, then available.
     let d = detach(v.id.clone()).await.unwrap();

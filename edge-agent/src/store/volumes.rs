@@ -377,7 +377,7 @@ impl WriteCtx<'_> {
     }
 
     /// Records a new snapshot of a volume, `creating`. An attached volume
-    /// needs `force` (the copy is then crash-consistent).
+    /// needs `force` and a stopped server.
     pub fn create_snapshot(
         &mut self,
         spec: SnapshotSpec,
@@ -392,8 +392,26 @@ impl WriteCtx<'_> {
                 "must be the id of a volume of yours",
             )
         })?;
+        // A running guest's disk changes under a copy (and QEMU caches its
+        // metadata): only a stopped server's volume is copied in use.
+        let server_running = match &v.status.attached_to {
+            Some(sid) => {
+                let server: Option<Server> = rows::get(self.tx, "servers", sid)?;
+                server.is_some_and(|s| {
+                    s.status.vm_state != VmState::Stopped || s.status.task_state.is_some()
+                })
+            }
+            None => false,
+        };
         match v.status.state {
             VolumeState::Available => {}
+            VolumeState::InUse if spec.force && server_running => {
+                return Err(state_rule(
+                    "snapshot.force",
+                    "true",
+                    "the volume's server is running: stop the server or detach the volume first (live snapshots are not built)",
+                ))
+            }
             VolumeState::InUse if spec.force => {}
             VolumeState::InUse => {
                 return Err(state_rule(
@@ -486,9 +504,26 @@ impl WriteCtx<'_> {
             .into());
         }
         if v.status.state != VolumeState::Available {
+            // Nova answers 400 for a volume that is not available.
+            return Err(FieldError::new(
+                "volumeAttachment.volumeId",
+                volume_id,
+                format!(
+                    "volume is {}: only an available volume can be attached",
+                    v.status.state.as_str()
+                ),
+            )
+            .into());
+        }
+        let copying: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM volume_snapshots WHERE volume_id = ?1
+             AND json_extract(status, '$.state') = 'creating'",
+            [volume_id],
+            |r| r.get(0),
+        )?;
+        if copying > 0 {
             return Err(WriteError::Conflict(format!(
-                "Volume {volume_id} is {}: only an available volume can be attached",
-                v.status.state.as_str()
+                "Volume {volume_id} is being snapshotted; attach it when the snapshot is available"
             )));
         }
         let shown = super::shown_status(&server);
@@ -532,6 +567,19 @@ impl WriteCtx<'_> {
             )));
         }
         let mut v = volume_in(self.tx, volume_id, scope)?;
+        // The reconciler is changing the domain right now, or cannot (an
+        // ERROR server): its disks are not the API's to change.
+        if server.status.task_state.is_some() || server.status.vm_state == VmState::Error {
+            return Err(WriteError::Conflict(format!(
+                "Cannot 'detach_volume' instance {server_id} while it is {}{}",
+                server.status.nova_status(),
+                if server.status.vm_state == VmState::Error {
+                    ": delete the server to free its volumes"
+                } else {
+                    "; try again when the task ends"
+                }
+            )));
+        }
         let pending = v.status.state == VolumeState::Attaching
             && !server.status.volumes.iter().any(|x| x == volume_id);
         if v.status.state != VolumeState::InUse && !pending {
@@ -543,7 +591,7 @@ impl WriteCtx<'_> {
         let shown = super::shown_status(&server);
         let busy = shown
             .task_state
-            .filter(|t| !(pending && *t == roost_common::model::TaskState::UpdatingVolumes));
+            .filter(|t| *t != roost_common::model::TaskState::UpdatingVolumes);
         if busy.is_some() {
             return Err(WriteError::Conflict(format!(
                 "Cannot 'detach_volume' instance {server_id} while it is {}",
