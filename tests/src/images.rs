@@ -173,6 +173,16 @@ impl Harness {
         id
     }
 
+    /// Withdraws an image at the controller; the status code.
+    pub async fn glance_delete(&self, id: &str) -> u16 {
+        self.glance(reqwest::Method::DELETE, &format!("/images/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// The image as the site's Glance shows it (`null` when absent).
     pub async fn site_image(&self, id: &str) -> Value {
         let (code, body) = self.site.get(&format!("/image/v2/images/{id}")).await;

@@ -110,4 +110,34 @@ async fn region_images_reach_the_site_moving_only_new_chunks_and_resume_after_a_
     // Cached now: a server from it is accepted.
     let (code, body) = h.site.create_server("plc-3", "1", &id3).await;
     assert_eq!(code, 202, "{body}");
+
+    // The region's images are the region's to take back: refused at the
+    // site, withdrawn at the controller (file and manifest removed).
+    let (code, body) = h.site.delete(&format!("/image/v2/images/{id1}")).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.to_string().contains("withdraw it at the region"),
+        "{body}"
+    );
+    let resp = h.glance_delete(&id1).await;
+    assert_eq!(resp, 204);
+    let file = h.site_data().join(format!("images/{id1}"));
+    wait_for(
+        "the withdrawn image to go from the site",
+        Duration::from_secs(30),
+        async || h.site_image(&id1).await.is_null() && !file.exists(),
+    )
+    .await;
+    assert!(!h
+        .site_data()
+        .join(format!("images/{id1}.manifest"))
+        .exists());
+    // One in use stays.
+    assert_eq!(h.glance_delete(&id3).await, 204);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        h.site_image(&id3).await["status"],
+        "active",
+        "a server boots from it"
+    );
 }

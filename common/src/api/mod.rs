@@ -96,6 +96,9 @@ pub fn glance_image(i: &crate::model::Image, properties: bool) -> serde_json::Va
             i.status.fetched_bytes.unwrap_or(0).into(),
         );
     }
+    if let Some(f) = &i.status.fault {
+        v.insert("roost:fault".into(), f.clone().into());
+    }
     serde_json::Value::Object(v)
 }
 

@@ -276,6 +276,9 @@ pub struct ImageStatus {
     /// Bytes fetched from the region for it, over every attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetched_bytes: Option<u64>,
+    /// Why a `killed` image is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
 }
 
 pub type Image = Resource<ImageSpec, ImageStatus>;

@@ -171,6 +171,11 @@ async fn delete(
             "You are not permitted to delete image {id}: it belongs to another project"
         )));
     }
+    if s.store.region_gave("images", &id) {
+        return Err(ApiError::conflict(format!(
+            "Image {id} is the region's: withdraw it at the region (deleted here, the region's intent would bring it back)"
+        )));
+    }
     let gone = s.store.write(move |w| w.delete_image(&id)).await?;
     // Only files this API wrote are removed; a config seed's file is the
     // operator's.

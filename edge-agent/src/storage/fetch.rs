@@ -36,6 +36,21 @@ use crate::store::{Store, Uploaded};
 /// Most bytes asked for in one request.
 const BATCH_BYTES: u64 = 1 << 20;
 
+/// Why a fetch stopped: to be tried again on the next connection, or for
+/// good (the region's data can never make this image: the image is
+/// `killed`, with the reason).
+#[derive(Debug)]
+enum Stop {
+    Retry(String),
+    GiveUp(String),
+}
+
+impl From<String> for Stop {
+    fn from(why: String) -> Stop {
+        Stop::Retry(why)
+    }
+}
+
 /// What the fetcher needs; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
@@ -225,10 +240,16 @@ impl Fetcher {
                     }
                 }
             }
-            Err(e) => {
+            Err(Stop::Retry(e)) => {
                 warn!(image = %id, error = %e, fetched = received, ms, "fetching an image stopped; it resumes on the next connection");
                 let i = id.clone();
                 let _ = self.store.write(move |w| w.abort_upload(&i)).await;
+            }
+            Err(Stop::GiveUp(e)) => {
+                warn!(image = %id, error = %e, "the region's data cannot make this image; it is killed");
+                let _ = tokio::fs::remove_file(self.images_dir.join(format!("{id}.part"))).await;
+                let i = id.clone();
+                let _ = self.store.write(move |w| w.kill_image(&i, e)).await;
             }
         }
     }
@@ -239,21 +260,24 @@ impl Fetcher {
         pacer: &mut Pacer,
         image: &Image,
         received: &mut u64,
-    ) -> Result<Uploaded, String> {
+    ) -> Result<Uploaded, Stop> {
         let id = &image.id;
         let copy = image
             .spec
             .region
             .clone()
-            .ok_or("the image has no region copy")?;
+            .ok_or_else(|| Stop::GiveUp("the image has no region copy".into()))?;
         let mut client = BulkClient::open(conn).await.map_err(|e| e.to_string())?;
-        let manifest = client.manifest(id).await.map_err(|e| e.to_string())?;
+        let manifest = client.manifest(id).await.map_err(|e| match e {
+            roost_sync::bulk::FetchError::Refused(why) => Stop::GiveUp(why),
+            e => Stop::Retry(e.to_string()),
+        })?;
         if hex(&manifest.sha256) != copy.sha256 || manifest.size() != copy.size {
-            return Err(format!(
+            return Err(Stop::GiveUp(format!(
                 "the region's data for image {id} is not what its record says (sha256 {}, {} bytes)",
                 hex(&manifest.sha256),
                 manifest.size()
-            ));
+            )));
         }
         let dir = self.images_dir.clone();
         tokio::fs::create_dir_all(&dir)
@@ -269,12 +293,12 @@ impl Fetcher {
         let free = super::free_bytes(&dir).map_err(|e| e.to_string())?;
         let need = manifest.size().saturating_sub(held);
         if free < need.saturating_add(super::FREE_SPACE_RESERVE) {
-            return Err(format!(
+            return Err(Stop::Retry(format!(
                 "not enough space for image {id}: {} MiB free in {}, it needs {} MiB more and 1024 MiB stay free for the site's store; free space or delete unused images and volumes",
                 free >> 20,
                 dir.display(),
                 need.div_ceil(1 << 20)
-            ));
+            )));
         }
         let images = self.store.images().await.map_err(|e| e.to_string())?;
         let (d, p, m) = (dir.clone(), part.clone(), manifest.clone());
@@ -362,7 +386,7 @@ impl Fetcher {
             image.spec.disk_format,
         );
         let m = manifest.clone();
-        tokio::task::spawn_blocking(move || -> Result<Uploaded, String> {
+        tokio::task::spawn_blocking(move || -> Result<Uploaded, Stop> {
             file.sync_all().map_err(|e| e.to_string())?;
             drop(file);
             let head = read_at(
@@ -371,7 +395,8 @@ impl Fetcher {
                 (roost_common::api::HEADER_BYTES as u64).min(m.size()) as u32,
             )
             .map_err(|e| e.to_string())?;
-            let virtual_size = roost_common::api::check_disk_format(format, &head, m.size())?;
+            let virtual_size = roost_common::api::check_disk_format(format, &head, m.size())
+                .map_err(Stop::GiveUp)?;
             let done = dir2.join(&id2);
             roost_common::files::write_atomic(&manifest_path(&dir2, &id2), &m.encode(), 0o644)
                 .map_err(|e| e.to_string())?;

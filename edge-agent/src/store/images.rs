@@ -124,6 +124,17 @@ impl super::WriteCtx<'_> {
         self.publish_images().map_err(WriteError::from)
     }
 
+    /// Gives up on a region image whose data cannot make it.
+    pub fn kill_image(&mut self, id: &str, why: String) -> Result<(), WriteError> {
+        let mut i = self.image_for_write(id)?;
+        i.status.state = ImageState::Killed;
+        i.status.fault = Some(why);
+        i.updated_at = self.now;
+        save(self.tx, &i)?;
+        self.publish_images()?;
+        Ok(())
+    }
+
     /// Counts bytes fetched from the region for an image.
     pub fn add_fetched(&mut self, id: &str, bytes: u64) -> Result<(), WriteError> {
         let mut i = self.image_for_write(id)?;
@@ -165,6 +176,7 @@ impl super::WriteCtx<'_> {
             sha256: Some(up.sha256),
             virtual_size: Some(up.virtual_size),
             fetched_bytes: i.status.fetched_bytes,
+            fault: None,
         };
         i.updated_at = self.now;
         save(self.tx, &i)?;
@@ -229,6 +241,15 @@ impl super::WriteCtx<'_> {
 pub(super) fn check_bootable(image: &Image, field: &str) -> Result<(), FieldError> {
     if image.status.state == ImageState::Active {
         Ok(())
+    } else if let (Some(why), ImageState::Killed) = (&image.status.fault, image.status.state) {
+        Err(FieldError::new(
+            field,
+            &image.id,
+            format!(
+                "image {} could not be made from the region's data ({why}); make it again at the region",
+                image.spec.name
+            ),
+        ))
     } else if image.spec.region.is_some() {
         Err(FieldError::new(
             field,

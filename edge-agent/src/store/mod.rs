@@ -173,6 +173,13 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Whether the region's intent holds a live `kind/id` (a resource the
+    /// region gave this site, which only the region takes back).
+    pub fn region_gave(&self, kind: &str, id: &str) -> bool {
+        let d = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(d.intent.resource(kind, id), Ok(Some(v)) if !v.deleted)
+    }
+
     /// The site's documents, for the sync session.
     pub fn docs(&self) -> Arc<Mutex<roost_sync::Docs>> {
         self.docs.clone()
