@@ -41,6 +41,9 @@ struct UploadSlot<'a>(&'a RegionImages, String);
 
 impl Drop for UploadSlot<'_> {
     fn drop(&mut self) {
+        // An upload cut by its client is dropped, not failed: its part
+        // file goes here (after a success it was renamed away).
+        let _ = std::fs::remove_file(self.0.dir.join(format!("{}.part", self.1)));
         self.0
             .uploading
             .lock()

@@ -833,7 +833,12 @@ async fn upload_image(
         })?;
     let region = s.region.clone();
     let (at, iid) = (site.clone(), id.clone());
-    blocking(move || Ok(intent::set_region_copy(&region, &at, &iid, &copy)?)).await?;
+    let told = blocking(move || Ok(intent::set_region_copy(&region, &at, &iid, &copy)?)).await;
+    if told.is_err() {
+        // The site was never told: the bytes go, so the upload can be retried.
+        images.remove(&id);
+    }
+    told?;
     Ok(StatusCode::NO_CONTENT)
 }
 

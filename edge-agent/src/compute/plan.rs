@@ -70,16 +70,17 @@ pub fn plan(server: &Server, seen: Seen) -> Step {
         (VmState::Active, PowerIntent::Stopped) => {
             act(server, DriverAction::PowerOff, TaskState::PoweringOff)
         }
-        (VmState::Stopped, PowerIntent::Running) => {
-            act(server, DriverAction::PowerOn, TaskState::PoweringOn)
-        }
-        // After power changes: a guest that will not let go of a disk must
-        // not keep its server from being stopped (then it detaches at once).
+        // After a stop, before a start: a guest that will not let go of a
+        // disk must not keep its server from being stopped (the disk then
+        // goes at once), and a start boots with the disks asked for.
         (VmState::Active | VmState::Stopped, _) if spec.volumes != st.volumes => act(
             server,
             DriverAction::SyncVolumes,
             TaskState::UpdatingVolumes,
         ),
+        (VmState::Stopped, PowerIntent::Running) => {
+            act(server, DriverAction::PowerOn, TaskState::PoweringOn)
+        }
         (VmState::Active, PowerIntent::Running) if reboot_due => {
             let (hard, task) = if spec.reboot_hard {
                 (true, TaskState::RebootingHard)

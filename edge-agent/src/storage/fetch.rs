@@ -37,7 +37,8 @@ use crate::store::{Store, Uploaded};
 const BATCH_BYTES: u64 = 1 << 20;
 
 /// Why a fetch stopped: to be tried again on the next connection, or for
-/// good (the region's data can never make this image: the image is
+/// good (the region's data can never make this image: a manifest that
+/// disagrees with the record, a disk format refused; the image is
 /// `killed`, with the reason).
 #[derive(Debug)]
 enum Stop {
@@ -268,10 +269,9 @@ impl Fetcher {
             .clone()
             .ok_or_else(|| Stop::GiveUp("the image has no region copy".into()))?;
         let mut client = BulkClient::open(conn).await.map_err(|e| e.to_string())?;
-        let manifest = client.manifest(id).await.map_err(|e| match e {
-            roost_sync::bulk::FetchError::Refused(why) => Stop::GiveUp(why),
-            e => Stop::Retry(e.to_string()),
-        })?;
+        // A refusal may pass (the region's disk, an intent not yet synced
+        // there): tried again. Only data that cannot make the image kills it.
+        let manifest = client.manifest(id).await.map_err(|e| e.to_string())?;
         if hex(&manifest.sha256) != copy.sha256 || manifest.size() != copy.size {
             return Err(Stop::GiveUp(format!(
                 "the region's data for image {id} is not what its record says (sha256 {}, {} bytes)",

@@ -258,11 +258,22 @@ impl WriteCtx<'_> {
             };
         }
         let before = server.spec.clone();
-        // A volume change not under way yet does not hold up the rest: a
-        // stop in particular is how a disk the guest holds on to is freed.
+        // A volume change not under way yet does not hold up a stop: that
+        // is how a disk the guest holds on to is freed.
         let busy = server.status.task_state.or_else(|| {
-            pending_task(&server.spec, &server.status).filter(|t| *t != TaskState::UpdatingVolumes)
+            pending_task(&server.spec, &server.status)
+                .filter(|t| !(*t == TaskState::UpdatingVolumes && intent == ServerIntent::Stop))
         });
+        // Nothing starts a guest on a volume being copied.
+        let starts = matches!(
+            intent,
+            ServerIntent::Start
+                | ServerIntent::Reboot { hard: true }
+                | ServerIntent::Rebuild { .. }
+        );
+        if starts && super::volumes::snapshot_under_way(self.tx, &server.spec.volumes)? {
+            return conflict("while a snapshot of one of its volumes is being made".into());
+        }
         let vm = server.status.vm_state;
         match &intent {
             ServerIntent::Delete => server.spec.deleted = true,

@@ -356,3 +356,92 @@ async fn attachments_follow_the_servers_domain() {
     let st = state(v.id.clone()).await;
     assert_eq!((st.state, st.attached_to), (VolumeState::Available, None));
 }
+
+#[tokio::test]
+async fn a_stopped_servers_volume_is_snapshotted_and_the_server_waits_for_the_copy() {
+    use super::ServerIntent;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let v = made(&store, spec(1, VolumeSource::Blank)).await;
+    let server = store
+        .write(|w| {
+            w.create_server(NewServer {
+                spec: ServerSpec::new("s", "p", "u", "1", "11111111-2222-4333-8444-555555555555"),
+                id: None,
+            })
+        })
+        .await
+        .unwrap();
+    let sid = server.id.clone();
+    let status = |vm: VmState, power: PowerState, volumes: Vec<String>| ServerStatus {
+        vm_state: vm,
+        power_state: power,
+        task_state: None,
+        volumes,
+        ..server.status.clone()
+    };
+    let set = |st: ServerStatus| {
+        let (store, sid) = (store.clone(), sid.clone());
+        async move {
+            store
+                .write(move |w| w.set_server_status(&sid, &st))
+                .await
+                .unwrap()
+        }
+    };
+    let change = |intent: ServerIntent| {
+        let (store, sid) = (store.clone(), sid.clone());
+        async move {
+            store
+                .write(move |w| w.change_server(&sid, None, intent))
+                .await
+        }
+    };
+    set(status(VmState::Active, PowerState::Running, vec![])).await;
+    let (s, vid) = (sid.clone(), v.id.clone());
+    store
+        .write(move |w| w.attach_volume(&s, &vid, &None))
+        .await
+        .unwrap();
+    set(status(
+        VmState::Active,
+        PowerState::Running,
+        vec![v.id.clone()],
+    ))
+    .await;
+    let snap = || SnapshotSpec {
+        name: "s".into(),
+        description: None,
+        project_id: "p".into(),
+        user_id: "u".into(),
+        volume_id: v.id.clone(),
+        force: true,
+        metadata: Default::default(),
+    };
+    // Running: even forced, refused.
+    let sp = snap();
+    let e = store
+        .write(move |w| w.create_snapshot(sp, &None, Path::new("/vols/snapshots")))
+        .await
+        .unwrap_err();
+    assert_eq!(field(e), "snapshot.force");
+    // Stopped: taken; the server cannot start until the copy is made.
+    change(ServerIntent::Stop).await.unwrap();
+    set(status(
+        VmState::Stopped,
+        PowerState::Shutdown,
+        vec![v.id.clone()],
+    ))
+    .await;
+    let sp = snap();
+    store
+        .write(move |w| w.create_snapshot(sp, &None, Path::new("/vols/snapshots")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        change(ServerIntent::Start).await,
+        Err(WriteError::Conflict(_))
+    ));
+    finish_work(&store).await;
+    change(ServerIntent::Start).await.unwrap();
+}

@@ -398,7 +398,9 @@ impl WriteCtx<'_> {
             Some(sid) => {
                 let server: Option<Server> = rows::get(self.tx, "servers", sid)?;
                 server.is_some_and(|s| {
-                    s.status.vm_state != VmState::Stopped || s.status.task_state.is_some()
+                    s.status.vm_state != VmState::Stopped
+                        || s.status.task_state.is_some()
+                        || s.spec.power == roost_common::model::PowerIntent::Running
                 })
             }
             None => false,
@@ -730,6 +732,25 @@ impl WriteCtx<'_> {
             }
         }
     }
+}
+
+/// Whether a snapshot of any of these volumes is being made.
+pub(super) fn snapshot_under_way(
+    conn: &Connection,
+    volumes: &[String],
+) -> Result<bool, StoreError> {
+    for v in volumes {
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM volume_snapshots WHERE volume_id = ?1
+             AND json_extract(status, '$.state') = 'creating'",
+            [v],
+            |r| r.get(0),
+        )?;
+        if n > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The volumes a server's status names before this write (for
