@@ -78,6 +78,12 @@ pub fn name(field: &str, value: &str) -> Result<(), FieldError> {
     if value.trim().is_empty() {
         return Err(FieldError::new(field, value, "must not be empty"));
     }
+    text(field, value)
+}
+
+/// Checks free text that may be empty (a Cinder name or description): at
+/// most 255 characters, no control characters.
+pub fn text(field: &str, value: &str) -> Result<(), FieldError> {
     if value.chars().count() > 255 {
         return Err(FieldError::new(
             field,

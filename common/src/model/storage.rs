@@ -66,26 +66,6 @@ pub struct VolumeSpec {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Checks an optional Cinder name or description: at most 255 characters,
-/// no control characters.
-fn text(field: &str, value: &str) -> Result<(), FieldError> {
-    if value.chars().count() > 255 {
-        return Err(FieldError::new(
-            field,
-            value,
-            "must be at most 255 characters",
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            field,
-            value.escape_debug(),
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
-}
-
 fn metadata(field: &str, m: &BTreeMap<String, String>) -> Result<(), FieldError> {
     for (k, v) in m {
         if k.is_empty() || k.chars().count() > 255 {
@@ -108,9 +88,9 @@ fn metadata(field: &str, m: &BTreeMap<String, String>) -> Result<(), FieldError>
 
 impl VolumeSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
-        text("volume.name", &self.name)?;
+        validate::text("volume.name", &self.name)?;
         if let Some(d) = &self.description {
-            text("volume.description", d)?;
+            validate::text("volume.description", d)?;
         }
         validate::range("volume.size", self.size_gb, 1, MAX_VOLUME_GB)?;
         if self.volume_type == "central-replicated" {
@@ -197,9 +177,9 @@ pub struct SnapshotSpec {
 
 impl SnapshotSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
-        text("snapshot.name", &self.name)?;
+        validate::text("snapshot.name", &self.name)?;
         if let Some(d) = &self.description {
-            text("snapshot.description", d)?;
+            validate::text("snapshot.description", d)?;
         }
         metadata("snapshot.metadata", &self.metadata)
     }

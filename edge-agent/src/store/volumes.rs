@@ -37,6 +37,12 @@ pub(super) fn volume_in(conn: &Connection, id: &str, scope: &Scope) -> Result<Vo
         .ok_or_else(|| WriteError::NotFound(format!("Volume {id} could not be found.")))
 }
 
+fn server_in(conn: &Connection, id: &str, scope: &Scope) -> Result<Server, WriteError> {
+    rows::get(conn, "servers", id)?
+        .filter(|s: &Server| visible(scope, &s.spec.project_id))
+        .ok_or_else(|| WriteError::NotFound(format!("Instance {id} could not be found.")))
+}
+
 pub(super) fn snapshot_in(
     conn: &Connection,
     id: &str,
@@ -476,6 +482,23 @@ impl WriteCtx<'_> {
         Ok(s)
     }
 
+    /// Changes a server's volume intent (recorded in the site's intent
+    /// document, like any change of the server's spec).
+    fn change_server_volumes(
+        &mut self,
+        server: &Server,
+        change: impl FnOnce(&mut Vec<String>),
+    ) -> Result<(), WriteError> {
+        let mut spec = server.spec.clone();
+        change(&mut spec.volumes);
+        self.tx.execute(
+            "UPDATE servers SET spec = ?2, updated_at = ?3 WHERE id = ?1",
+            params![server.id, json(&spec)?, time(&self.now)],
+        )?;
+        self.record_changes("servers", &server.id, &server.spec, &spec);
+        Ok(())
+    }
+
     /// Asks for a volume to be attached to a server. Both must be in
     /// scope and in the same project; the server active or stopped with
     /// nothing else under way; the volume available.
@@ -485,11 +508,15 @@ impl WriteCtx<'_> {
         volume_id: &str,
         scope: &Scope,
     ) -> Result<Volume, WriteError> {
-        let mut server: Server = rows::get(self.tx, "servers", server_id)?
-            .filter(|s: &Server| visible(scope, &s.spec.project_id) && !s.spec.deleted)
-            .ok_or_else(|| {
-                WriteError::NotFound(format!("Instance {server_id} could not be found."))
-            })?;
+        let server = server_in(self.tx, server_id, scope).and_then(|s| {
+            if s.spec.deleted {
+                Err(WriteError::NotFound(format!(
+                    "Instance {server_id} could not be found."
+                )))
+            } else {
+                Ok(s)
+            }
+        })?;
         let mut v = volume_in(self.tx, volume_id, scope).map_err(|_| {
             FieldError::new(
                 "volumeAttachment.volumeId",
@@ -537,13 +564,7 @@ impl WriteCtx<'_> {
                 shown.nova_status()
             )));
         }
-        let before = server.spec.clone();
-        server.spec.volumes.push(volume_id.to_string());
-        self.tx.execute(
-            "UPDATE servers SET spec = ?2, updated_at = ?3 WHERE id = ?1",
-            params![server_id, json(&server.spec)?, time(&self.now)],
-        )?;
-        self.record_changes("servers", server_id, &before, &server.spec);
+        self.change_server_volumes(&server, |vols| vols.push(volume_id.to_string()))?;
         v.status.state = VolumeState::Attaching;
         v.status.attached_to = Some(server_id.to_string());
         v.updated_at = self.now;
@@ -558,11 +579,7 @@ impl WriteCtx<'_> {
         volume_id: &str,
         scope: &Scope,
     ) -> Result<Volume, WriteError> {
-        let mut server: Server = rows::get(self.tx, "servers", server_id)?
-            .filter(|s: &Server| visible(scope, &s.spec.project_id))
-            .ok_or_else(|| {
-                WriteError::NotFound(format!("Instance {server_id} could not be found."))
-            })?;
+        let server = server_in(self.tx, server_id, scope)?;
         if !server.spec.volumes.iter().any(|v| v == volume_id) {
             return Err(WriteError::NotFound(format!(
                 "volume_id {volume_id} not found as an attachment of instance {server_id}"
@@ -600,13 +617,7 @@ impl WriteCtx<'_> {
                 shown.nova_status()
             )));
         }
-        let before = server.spec.clone();
-        server.spec.volumes.retain(|x| x != volume_id);
-        self.tx.execute(
-            "UPDATE servers SET spec = ?2, updated_at = ?3 WHERE id = ?1",
-            params![server_id, json(&server.spec)?, time(&self.now)],
-        )?;
-        self.record_changes("servers", server_id, &before, &server.spec);
+        self.change_server_volumes(&server, |vols| vols.retain(|x| x != volume_id))?;
         if pending {
             // Never reached the domain: it is free at once.
             v.status.state = VolumeState::Available;
