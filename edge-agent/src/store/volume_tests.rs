@@ -55,6 +55,19 @@ async fn made(store: &Store, s: VolumeSpec) -> Volume {
     store.volume(v.id.clone(), None).await.unwrap()
 }
 
+/// A server of project `p` from the seeded image, as the API makes one.
+async fn server(store: &Store) -> roost_common::model::Server {
+    store
+        .write(|w| {
+            w.create_server(NewServer {
+                spec: ServerSpec::new("s", "p", "u", "1", "11111111-2222-4333-8444-555555555555"),
+                id: None,
+            })
+        })
+        .await
+        .unwrap()
+}
+
 /// Records success for all the work due; returns what it was.
 async fn finish_work(store: &Store) -> Vec<(Subject, Op)> {
     let work = store.storage_work().await.unwrap();
@@ -221,15 +234,7 @@ async fn attachments_follow_the_servers_domain() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let v = made(&store, spec(1, VolumeSource::Blank)).await;
-    let server = store
-        .write(|w| {
-            w.create_server(NewServer {
-                spec: ServerSpec::new("s", "p", "u", "1", "11111111-2222-4333-8444-555555555555"),
-                id: None,
-            })
-        })
-        .await
-        .unwrap();
+    let server = server(&store).await;
     let sid = server.id.clone();
     let active = ServerStatus {
         vm_state: VmState::Active,
@@ -363,15 +368,7 @@ async fn a_stopped_servers_volume_is_snapshotted_and_the_server_waits_for_the_co
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let v = made(&store, spec(1, VolumeSource::Blank)).await;
-    let server = store
-        .write(|w| {
-            w.create_server(NewServer {
-                spec: ServerSpec::new("s", "p", "u", "1", "11111111-2222-4333-8444-555555555555"),
-                id: None,
-            })
-        })
-        .await
-        .unwrap();
+    let server = server(&store).await;
     let sid = server.id.clone();
     let status = |vm: VmState, power: PowerState, volumes: Vec<String>| ServerStatus {
         vm_state: vm,
