@@ -72,6 +72,11 @@ pub struct SiteLink {
     pub availability: Mutex<Availability>,
     /// The heads the site last said it has (intent, status).
     peer_heads: Mutex<[Vec<ChangeHash>; 2]>,
+    /// Whether the site has said what it has in the current session: until
+    /// then `peer_heads` are the last session's, and the site may have
+    /// written since (while the link was down), so the region cannot say
+    /// the two are in sync.
+    heard: AtomicBool,
     /// Since when the site has been out of sync while online.
     out_of_sync_since: Mutex<Option<Instant>>,
     /// Sync frame bytes (in, out) since the controller started.
@@ -151,6 +156,12 @@ impl SiteLink {
         matches!(*lock(&self.availability), Availability::Online { .. })
     }
 
+    /// Whether the site has said, since it last connected, which changes
+    /// it holds (before that, in sync or not is unknown).
+    pub fn heard(&self) -> bool {
+        self.heard.load(Ordering::SeqCst)
+    }
+
     /// After each frame from the site: its heads, and whether the two
     /// sides now agree.
     fn observe(&self, session: &Session) {
@@ -164,6 +175,7 @@ impl SiteLink {
             ours == theirs
         };
         *lock(&self.peer_heads) = peer;
+        self.heard.store(session.heard_peer(), Ordering::SeqCst);
         let mut since = lock(&self.out_of_sync_since);
         match (same, *since) {
             (true, _) => *since = None,
@@ -288,6 +300,7 @@ impl Region {
             connections: Mutex::new(0),
             availability: Mutex::new(Availability::Offline { since: None }),
             peer_heads: Mutex::new(peer_heads),
+            heard: AtomicBool::new(false),
             out_of_sync_since: Mutex::new(None),
             bytes: Mutex::new((0, 0)),
             facts: Mutex::new(None),
@@ -510,6 +523,7 @@ impl Region {
         };
         let watchdog = tokio::spawn(watch_silence(
             conn.clone(),
+            link.clone(),
             site.clone(),
             self.offline_after,
         ));
@@ -574,6 +588,7 @@ impl Region {
 
     async fn went_online(&self, link: &SiteLink, site: &str, remote: SocketAddr) {
         *lock(&link.connections) += 1;
+        link.heard.store(false, Ordering::SeqCst);
         let now = Utc::now();
         *lock(&link.availability) = Availability::Online {
             since: now,
@@ -622,9 +637,21 @@ const SILENCE_CHECK: Duration = Duration::from_millis(500);
 /// the region sends after the site's last packet (RFC 9000, 10.1), so a
 /// dead site could stay "online" for longer than `limit`. This measures
 /// silence from the packets received, checked every [`SILENCE_CHECK`], and
-/// closes within `limit` of the last one.
-async fn watch_silence(conn: quinn::Connection, site: String, limit: Duration) {
+/// closes within `limit` of the last one. It also follows the site to a
+/// new address (a vehicle changing networks: QUIC moves the connection),
+/// so the view shows where the site is now.
+async fn watch_silence(
+    conn: quinn::Connection,
+    link: Arc<SiteLink>,
+    site: String,
+    limit: Duration,
+) {
     let mut seen = conn.stats().udp_rx.datagrams;
+    // The address went_online recorded for this connection.
+    let mut mine = match &*lock(&link.availability) {
+        Availability::Online { address, .. } => address.clone(),
+        Availability::Offline { .. } => conn.remote_address().to_string(),
+    };
     // The last packet arrived after `heard` (the check before the one that
     // saw it), so `heard` errs early: silence is never under-counted.
     let mut heard = Instant::now();
@@ -638,6 +665,18 @@ async fn watch_silence(conn: quinn::Connection, site: String, limit: Duration) {
             heard = checked;
         }
         checked = Instant::now();
+        let remote = conn.remote_address().to_string();
+        if remote != mine {
+            // Only while the address shown is this connection's (a newer
+            // connection of the site's owns it otherwise).
+            if let Availability::Online { address, .. } = &mut *lock(&link.availability) {
+                if *address == mine {
+                    tracing::info!(site = %site, from = %mine, to = %remote, "site moved to a new address; its connection followed");
+                    *address = remote.clone();
+                }
+            }
+            mine = remote;
+        }
         if checked.duration_since(heard) + SILENCE_CHECK >= limit {
             tracing::warn!(site = %site, silent_secs = heard.elapsed().as_secs_f64(), "site silent; closing its connection");
             conn.close(4u32.into(), b"silent");

@@ -33,10 +33,11 @@ impl SyncStatus {
         }
     }
 
-    /// Unknown while the site is not connected (the region cannot know
-    /// what it did meanwhile); otherwise whether anything waits either way.
-    pub fn of(online: bool, d: &Distance) -> SyncStatus {
-        match (online, d.to_site + d.from_site) {
+    /// Unknown unless the site is connected and has said in this
+    /// connection which changes it holds (the region cannot know what it
+    /// did while apart); otherwise whether anything waits either way.
+    pub fn of(heard: bool, d: &Distance) -> SyncStatus {
+        match (heard, d.to_site + d.from_site) {
             (false, _) => SyncStatus::Unknown,
             (true, 0) => SyncStatus::InSync,
             (true, _) => SyncStatus::OutOfSync,
@@ -138,7 +139,7 @@ impl Region {
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
             address,
             sync: SyncView {
-                status: SyncStatus::of(online, &distance),
+                status: SyncStatus::of(online && link.heard(), &distance),
                 to_site: distance.to_site,
                 from_site: distance.from_site,
                 lag_seconds: if online { link.lag() } else { 0.0 },

@@ -243,6 +243,13 @@ impl Session {
         })
     }
 
+    /// Whether the peer has said which heads it has, for both documents,
+    /// in this session. Until it has, [`Session::peer_heads`] is only what
+    /// it had at the end of the last session: it may have changed since.
+    pub fn heard_peer(&self) -> bool {
+        self.states.iter().all(|s| s.their_heads.is_some())
+    }
+
     pub fn persist(&self) -> Persisted {
         Persisted {
             intent: self.states[0].encode(),

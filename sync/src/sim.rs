@@ -352,6 +352,52 @@ fn converges_after_a_long_partition_with_writes_on_both_sides() {
 }
 
 #[test]
+fn after_a_reconnect_the_peer_is_unheard_until_it_speaks() {
+    let mut sim = Sim::new(4, SessionConfig::default());
+    for _ in 0..100 {
+        sim.step(Faults {
+            write: 0.5,
+            ..Default::default()
+        });
+    }
+    sim.converge();
+    assert!(sim.region.session.heard_peer());
+    // Apart, the site writes; the region's new session starts from the
+    // heads both shared, which look like its own: it has not heard yet.
+    sim.connected = false;
+    let ms = sim.now_ms();
+    sim.site.write(&mut StdRng::seed_from_u64(5), ms);
+    sim.connected = true;
+    sim.reconnect();
+    let region_heads = [
+        sim.region.docs.intent.heads(),
+        sim.region.docs.status.heads(),
+    ];
+    let mut stale = sim.region.session.peer_heads();
+    stale.iter_mut().for_each(|h| h.sort());
+    let mut ours = region_heads.clone();
+    ours.iter_mut().for_each(|h| h.sort());
+    assert_eq!(
+        stale, ours,
+        "before the site speaks its heads look like ours"
+    );
+    assert!(!sim.region.session.heard_peer());
+    // The site's first words carry its heads: now the region knows.
+    let now = sim.now;
+    sim.site.session.handle_timeout(&mut sim.site.docs, now);
+    while let Some(f) = sim.site.session.poll_message() {
+        sim.region
+            .session
+            .handle_message(&mut sim.region.docs, &f, now)
+            .unwrap();
+    }
+    assert!(sim.region.session.heard_peer());
+    let mut heard = sim.region.session.peer_heads();
+    heard.iter_mut().for_each(|h| h.sort());
+    assert_ne!(heard, ours, "the site's write from the cut is announced");
+}
+
+#[test]
 fn only_the_missing_changes_travel_after_a_reconnect() {
     let mut sim = Sim::new(2, SessionConfig::default());
     for _ in 0..400 {
