@@ -294,6 +294,41 @@ impl ControllerProcess {
         self.child.id()
     }
 
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The controller's SQLite store.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("roost-controller.db")
+    }
+
+    /// A Keystone token signed by the region (`rgt1`) for its admin, as
+    /// `openstack token issue` against the controller gets it: sites check
+    /// it with the region's public key, offline too.
+    pub async fn region_token(&self) -> (String, Value) {
+        let (code, body, token) =
+            auth(&reqwest::Client::new(), &self.api, &self.admin_token()).await;
+        assert_eq!(code, 201, "region login: {body}");
+        (token.expect("X-Subject-Token"), body)
+    }
+
+    /// `GET /roost/v1/sites/{site}/servers`: the region's copy of the
+    /// site's servers (intent and the status the site last reported).
+    pub async fn servers(&self, site: &str) -> Vec<Value> {
+        let (code, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/sites/{site}/servers"),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+        body["servers"].as_array().cloned().unwrap_or_default()
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -354,6 +389,56 @@ impl Drop for ControllerProcess {
     }
 }
 
+/// A site in a region: its agent, enrolled with a join token and linked to
+/// the controller's QUIC port through its own link emulator, and the site
+/// admin's API client.
+#[derive(Debug)]
+pub struct SiteProcess {
+    pub agent: AgentProcess,
+    pub relay: link::Relay,
+    pub api: Api,
+}
+
+/// Starts site `id` from `site-configs/<template>` (the template's own id
+/// replaced by `id`), enrolled with `controller` over a link with `params`
+/// (`seed` drives its losses), its data under `dir/<id>`.
+pub async fn start_site(
+    dir: &Path,
+    region_cfg: &Path,
+    controller: &ControllerProcess,
+    id: &str,
+    template: &str,
+    seed: u64,
+    params: link::LinkParams,
+) -> SiteProcess {
+    let quic: std::net::SocketAddr = controller.quic.parse().expect("QUIC address");
+    let relay = link::Relay::start(quic, params, seed)
+        .await
+        .expect("link emulator");
+    let out = ControllerProcess::token(region_cfg, &controller.data_dir, id);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)
+        .expect("token")
+        .trim()
+        .to_string();
+    let text = std::fs::read_to_string(site_config(template))
+        .expect("site config template")
+        .replace(template.trim_end_matches(".yaml"), id)
+        + &format!(
+            "\nregion:\n  name: eu-central\n  address: {}\n  central_api: {}\n  join_token: {token}\n",
+            relay.addr, controller.api
+        );
+    let cfg = dir.join(format!("{id}.yaml"));
+    std::fs::write(&cfg, text).expect("write site config");
+    let agent = AgentProcess::start(&cfg, &dir.join(id));
+    let api = Api::login(&agent.url).await;
+    SiteProcess { agent, relay, api }
+}
+
 /// A small API client: a token and the OpenStack shapes tests need.
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -384,6 +469,17 @@ impl Api {
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
+        }
+    }
+
+    /// A client for `url` that sends `token` (e.g. a region token at a
+    /// site), scoped to `project`.
+    pub fn with_token(url: &str, token: &str, project: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            url: url.into(),
+            token: token.into(),
+            project: project.into(),
         }
     }
 

@@ -13,10 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use reqwest::Method;
-use roost_tests::link::{LinkParams, Relay};
-use roost_tests::{
-    binary, changed_after, site_config, wait_for, AgentProcess, Api, ControllerProcess,
-};
+use roost_tests::link::LinkParams;
+use roost_tests::{binary, changed_after, start_site, wait_for, ControllerProcess};
 use serde_json::{json, Value};
 
 const IMAGE: &str = "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98";
@@ -76,46 +74,6 @@ fn want(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
         .collect()
 }
 
-struct Site {
-    agent: AgentProcess,
-    relay: Relay,
-    api: Api,
-}
-
-async fn start_site(
-    dir: &Path,
-    region_cfg: &Path,
-    controller: &ControllerProcess,
-    id: &'static str,
-    template: &str,
-    seed: u64,
-) -> Site {
-    let quic: std::net::SocketAddr = controller.quic.parse().unwrap();
-    // 10 Mbit/s, 50 ms each way, 1% loss.
-    let relay = Relay::start(quic, LinkParams::field_link(), seed)
-        .await
-        .unwrap();
-    let out = ControllerProcess::token(region_cfg, &controller.data_dir, id);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let text = std::fs::read_to_string(site_config(template))
-        .unwrap()
-        .replace(template.trim_end_matches(".yaml"), id)
-        + &format!(
-            "\nregion:\n  name: eu-central\n  address: {}\n  central_api: {}\n  join_token: {token}\n",
-            relay.addr, controller.api
-        );
-    let cfg = dir.join(format!("{id}.yaml"));
-    std::fs::write(&cfg, text).unwrap();
-    let agent = AgentProcess::start(&cfg, &dir.join(id));
-    let api = Api::login(&agent.url).await;
-    Site { agent, relay, api }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_of_three_sites_through_a_cut_a_heal_and_a_dead_site() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,6 +88,7 @@ async fn a_region_of_three_sites_through_a_cut_a_heal_and_a_dead_site() {
         "edge-factory-01",
         "edge-factory-01.yaml",
         1,
+        LinkParams::field_link(),
     )
     .await;
     let v7 = start_site(
@@ -139,6 +98,7 @@ async fn a_region_of_three_sites_through_a_cut_a_heal_and_a_dead_site() {
         "vehicle-07",
         "vehicle-07.yaml",
         2,
+        LinkParams::field_link(),
     )
     .await;
     let v8 = start_site(
@@ -148,6 +108,7 @@ async fn a_region_of_three_sites_through_a_cut_a_heal_and_a_dead_site() {
         "vehicle-08",
         "vehicle-07.yaml",
         3,
+        LinkParams::field_link(),
     )
     .await;
 

@@ -1,0 +1,494 @@
+//! Offline autonomy, proven across real processes: the real controller and
+//! real agents, each site's QUIC link through its own link emulator, which
+//! the scenarios cut, flap, re-address and heal, and both sides killed with
+//! `-9` at random moments. Every scenario keeps a ledger of the writes each
+//! side acknowledged and prints its figures: time to converge, bytes on the
+//! link, acknowledged writes lost (which must be 0).
+//!
+//! What is guaranteed, and which scenario proves it: `docs/guarantees.md`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::Method;
+use roost_tests::link::LinkParams;
+use roost_tests::{check_store, start_site, wait_for, Api, ControllerProcess, SiteProcess};
+use serde_json::{json, Value};
+
+/// The factory's `debian-12-generic` image (2 GB minimum disk) and
+/// `m1.small` flavor.
+const IMAGE: &str = "6f0c3b4e-2c4d-4f59-9a7e-3f1e8b2d7c10";
+const FLAVOR: &str = "2";
+
+fn region_config(dir: &Path, sites: &[&str]) -> std::path::PathBuf {
+    let mut text = String::from(
+        "region: {name: eu-central}\napi: {listen: 127.0.0.1:7443}\nquic: {listen: 127.0.0.1:7444}\noffline_after_secs: 8\nsites:\n",
+    );
+    for s in sites {
+        text += &format!("  - {{id: {s}}}\n");
+    }
+    let path = dir.join("region.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The site's Api with a region token: checked at the site against the
+/// region's key, with no round trip (the link may be down).
+async fn with_region_token(controller: &ControllerProcess, site: &SiteProcess) -> Api {
+    let (token, body) = controller.region_token().await;
+    assert!(token.starts_with("rgt1."), "a region-signed token");
+    let project = body["token"]["project"]["id"].as_str().unwrap_or_default();
+    Api::with_token(&site.agent.url, &token, project)
+}
+
+async fn in_sync(controller: &ControllerProcess, site: &str) -> bool {
+    let v = controller.site(site).await;
+    v["availability"] == "online" && v["sync"]["status"] == "in-sync"
+}
+
+/// Whether the agent says it is connected to the region (its metric).
+async fn uplink_connected(site: &SiteProcess) -> Option<bool> {
+    let text = reqwest::get(format!("{}/metrics", site.agent.url))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("roost_agent_uplink_connected "))?;
+    Some(line.ends_with(" 1"))
+}
+
+/// A server the site acknowledged, and when the test heard so.
+type Acked = (String, chrono::DateTime<chrono::Utc>);
+
+/// The region's copy of a site's servers, by id.
+async fn region_servers(controller: &ControllerProcess, site: &str) -> BTreeMap<String, Value> {
+    controller
+        .servers(site)
+        .await
+        .into_iter()
+        .filter_map(|s| Some((s["id"].as_str()?.to_string(), s)))
+        .collect()
+}
+
+async fn server_action(api: &Api, id: &str, action: Value) {
+    let (code, body) = api
+        .post(&format!("/compute/v2.1/servers/{id}/action"), action)
+        .await;
+    assert_eq!(code, 202, "{body}");
+}
+
+/// Creates a server at the site; its id once acknowledged.
+async fn site_create(api: &Api, name: &str, (flavor, image): (&str, &str)) -> String {
+    let (code, body) = api.create_server(name, flavor, image).await;
+    assert_eq!(code, 202, "{name}: {body}");
+    body["server"]["id"].as_str().unwrap().to_string()
+}
+
+/// Records intent for a site at the controller; its id once acknowledged.
+async fn region_create(controller: &ControllerProcess, site: &str, name: &str) -> Option<String> {
+    let body = json!({"server": {"name": name, "flavorRef": FLAVOR, "imageRef": IMAGE}});
+    let (code, body) = controller
+        .call(Method::POST, &format!("/sites/{site}/servers"), Some(body))
+        .await;
+    (code == 202).then(|| {
+        body["server"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+/// The controller's Nova face for one site, as `openstack --os-region-name`.
+fn region_nova(controller: &ControllerProcess, site: &str, token: &str) -> Api {
+    Api::with_token(&format!("{}/sites/{site}", controller.api), token, "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_factory_and_its_region_converge_and_lose_nothing() {
+    const SITE: &str = "edge-factory-01";
+    let dir = tempfile::tempdir().unwrap();
+    let region_cfg = region_config(dir.path(), &[SITE]);
+    let controller = ControllerProcess::start(&region_cfg, &dir.path().join("controller"));
+    let site = start_site(
+        dir.path(),
+        &region_cfg,
+        &controller,
+        SITE,
+        "edge-factory-01.yaml",
+        21,
+        LinkParams::field_link(),
+    )
+    .await;
+    let (region_token, _) = controller.region_token().await;
+    let nova = region_nova(&controller, SITE, &region_token);
+    let within = Duration::from_secs(60);
+
+    // Online: two servers the scenario later changes from both sides.
+    let base1 = site_create(&site.api, "line-1", (FLAVOR, IMAGE)).await;
+    let base2 = site_create(&site.api, "line-2", (FLAVOR, IMAGE)).await;
+    wait_for("the site in sync with its servers", within, async || {
+        let r = region_servers(&controller, SITE).await;
+        in_sync(&controller, SITE).await
+            && [&base1, &base2]
+                .iter()
+                .all(|id| r.get(*id).is_some_and(|s| s["status"]["host"].is_string()))
+    })
+    .await;
+    // The site learns the region's token key while connected.
+    let api = with_region_token(&controller, &site).await;
+    wait_for("the site takes the region's tokens", within, async || {
+        api.get("/compute/v2.1/servers").await.0 == 200
+    })
+    .await;
+
+    // The cut, long enough that both sides see the link gone.
+    let cut_at = Instant::now();
+    site.relay.cut(true);
+    wait_for("both sides see the link gone", within, async || {
+        controller.site(SITE).await["availability"] == "offline"
+            && uplink_connected(&site).await == Some(false)
+    })
+    .await;
+
+    // The factory works on, with the region's token checked locally.
+    let mut site_made = Vec::new();
+    for n in 0..8 {
+        site_made.push(site_create(&api, &format!("cell-{n}"), (FLAVOR, IMAGE)).await);
+    }
+    for id in &site_made {
+        api.wait_status(id, "ACTIVE", within).await;
+    }
+    server_action(&api, &site_made[0], json!({"os-stop": null})).await;
+    let (code, _) = api
+        .delete(&format!("/compute/v2.1/servers/{}", site_made[1]))
+        .await;
+    assert_eq!(code, 204);
+    // The operator at the site stops line-1; the region (below) stops and
+    // starts it again: a concurrent edit of one field, to be journaled.
+    server_action(&api, &base1, json!({"os-stop": null})).await;
+    let (code, net) = api
+        .post(
+            "/network/v2.0/networks",
+            json!({"network": {"name": "cell-net"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{net}");
+    let net = net["network"]["id"].as_str().unwrap().to_string();
+    let (code, sub) = api
+        .post(
+            "/network/v2.0/subnets",
+            json!({"subnet": {"network_id": net, "cidr": "10.60.0.0/24", "ip_version": 4}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{sub}");
+    let (code, vol) = api
+        .post(
+            &api.volume_path("/volumes"),
+            json!({"volume": {"size": 1, "name": "cell-data"}}),
+        )
+        .await;
+    assert_eq!(code, 202, "{vol}");
+    let vol = vol["volume"]["id"].as_str().unwrap().to_string();
+    api.wait_volume(&vol, "available", within).await;
+
+    // The region queues intent for the site meanwhile.
+    let mut region_made = Vec::new();
+    for n in 0..3 {
+        let id = region_create(&controller, SITE, &format!("from-region-{n}"))
+            .await
+            .expect("the region takes intent for an offline site");
+        region_made.push(id);
+    }
+    server_action(&nova, &base1, json!({"os-stop": null})).await;
+    server_action(&nova, &base1, json!({"os-start": null})).await;
+    let (code, body) = controller
+        .call(
+            Method::DELETE,
+            &format!("/sites/{SITE}/servers/{base2}"),
+            None,
+        )
+        .await;
+    assert!(code == 202 || code == 204, "{code} {body}");
+    assert_eq!(controller.site(SITE).await["sync"]["status"], "unknown");
+    let cut_for = cut_at.elapsed();
+    let (up0, down0) = site.relay.bytes();
+
+    // The heal.
+    let healed = Instant::now();
+    site.relay.cut(false);
+    let site_acked = site_made.len() + 2 + 3; // servers, stops, delete; net, subnet, volume
+    let region_acked = region_made.len() + 3; // creates; stop, start, delete
+    let mut lost = usize::MAX;
+    let deadline = healed + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        lost = missing(
+            &controller,
+            &site.api,
+            SITE,
+            &site_made,
+            &region_made,
+            &base2,
+        )
+        .await;
+        if lost == 0 && in_sync(&controller, SITE).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let converged = healed.elapsed();
+    let (up, down) = site.relay.bytes();
+    println!(
+        "disconnected factory: cut {:.1} s; {site_acked} writes acknowledged at the site, {region_acked} at the region; converged {:.2} s after the heal; {} bytes up, {} bytes down to converge; acknowledged writes lost: {lost}",
+        cut_for.as_secs_f64(),
+        converged.as_secs_f64(),
+        up - up0,
+        down - down0,
+    );
+    assert_eq!(lost, 0, "acknowledged writes missing after the heal");
+    assert!(in_sync(&controller, SITE).await);
+
+    // Site-only resources came through the cut untouched.
+    let (code, _) = site.api.get(&format!("/network/v2.0/networks/{net}")).await;
+    assert_eq!(code, 200);
+    site.api.wait_volume(&vol, "available", within).await;
+
+    // line-1's power was edited on both sides: one value won everywhere and
+    // the loser is in the site's journal, which the region shows.
+    let (code, journal) = site.api.get("/roost/v1/conflicts").await;
+    assert_eq!(code, 200, "{journal}");
+    let entry = journal["conflicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c.to_string().contains(&base1))
+        .unwrap_or_else(|| panic!("no journal entry for line-1: {journal}"))
+        .clone();
+    assert!(entry.to_string().contains("power"), "{entry}");
+    let won = site
+        .api
+        .get(&format!("/compute/v2.1/servers/{base1}"))
+        .await
+        .1;
+    let want = match won["server"]["status"].as_str() {
+        Some("SHUTOFF") => "stopped",
+        _ => "active",
+    };
+    wait_for(
+        "the region shows line-1 as the site runs it",
+        within,
+        async || {
+            let r = region_servers(&controller, SITE).await;
+            r.get(&base1)
+                .is_some_and(|s| s["status"]["vm_state"] == want)
+        },
+    )
+    .await;
+    let view = controller.site(SITE).await;
+    assert!(view["conflicts"].as_u64() >= Some(1), "{view}");
+    assert!(
+        view["recent_conflicts"].to_string().contains(&base1),
+        "{view}"
+    );
+    check_store(&site.agent.db_path());
+}
+
+/// How many acknowledged writes of the disconnected factory are not (yet)
+/// on both sides.
+async fn missing(
+    controller: &ControllerProcess,
+    site_api: &Api,
+    site: &str,
+    site_made: &[String],
+    region_made: &[String],
+    region_deleted: &str,
+) -> usize {
+    let region = region_servers(controller, site).await;
+    let at_site: BTreeMap<String, Value> = site_api
+        .servers()
+        .await
+        .into_iter()
+        .filter_map(|s| Some((s["id"].as_str()?.to_string(), s)))
+        .collect();
+    let mut lost = 0;
+    // The site's: placed and reported to the region; one stopped, one gone.
+    for (n, id) in site_made.iter().enumerate() {
+        let r = region.get(id);
+        let ok = match n {
+            0 => r.is_some_and(|s| s["status"]["vm_state"] == "stopped"),
+            1 => r.is_none() && !at_site.contains_key(id),
+            _ => r.is_some_and(|s| s["status"]["vm_state"] == "active"),
+        };
+        lost += usize::from(!ok);
+    }
+    // The region's: created and running at the site, reported back.
+    for id in region_made {
+        let ok = at_site.get(id).is_some_and(|s| s["status"] == "ACTIVE")
+            && region
+                .get(id)
+                .is_some_and(|s| s["status"]["host"].is_string());
+        lost += usize::from(!ok);
+    }
+    // The region's delete of a server the site made.
+    lost +=
+        usize::from(at_site.contains_key(region_deleted) || region.contains_key(region_deleted));
+    lost
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_keeps_its_session_across_new_addresses_and_a_flapping_link() {
+    const SITE: &str = "vehicle-07";
+    let dir = tempfile::tempdir().unwrap();
+    let region_cfg = region_config(dir.path(), &[SITE]);
+    let controller = ControllerProcess::start(&region_cfg, &dir.path().join("controller"));
+    let link = LinkParams {
+        latency: Duration::from_millis(30),
+        ..LinkParams::default()
+    };
+    let site = start_site(
+        dir.path(),
+        &region_cfg,
+        &controller,
+        SITE,
+        // The factory's hosts, so that a minute of writes has room.
+        "edge-factory-01.yaml",
+        31,
+        link,
+    )
+    .await;
+    let within = Duration::from_secs(60);
+    let arrived = async |id: &str| region_servers(&controller, SITE).await.contains_key(id);
+    wait_for("the vehicle in sync", within, async || {
+        in_sync(&controller, SITE).await
+    })
+    .await;
+    let first = controller.site(SITE).await;
+
+    // A new address while connected: QUIC moves the connection over.
+    site.relay.rebind().await.unwrap();
+    let id = site_create(&site.api, "after-move", (FLAVOR, IMAGE)).await;
+    wait_for("a write after the move arrives", within, async || {
+        arrived(&id).await
+    })
+    .await;
+    wait_for("the region shows the new address", within, async || {
+        controller.site(SITE).await["address"] != first["address"]
+    })
+    .await;
+    let moved = controller.site(SITE).await;
+    assert_eq!(
+        moved["availability_since"], first["availability_since"],
+        "the session survived the new address"
+    );
+
+    // A new address while the link is down (shorter than offline_after).
+    site.relay.cut(true);
+    site.relay.rebind().await.unwrap();
+    let id = site_create(&site.api, "moved-while-down", (FLAVOR, IMAGE)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    site.relay.cut(false);
+    wait_for("a write from the gap arrives", within, async || {
+        arrived(&id).await
+    })
+    .await;
+    assert_eq!(
+        controller.site(SITE).await["availability_since"],
+        first["availability_since"],
+        "the session survived a new address behind a short gap"
+    );
+
+    // A minute of flapping, with one cut long enough to end the session.
+    // The site writes on; the test reads the region's view all along.
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let writer = {
+        let (api, acked) = (site.api.clone(), acked.clone());
+        tokio::spawn(async move {
+            for n in 0.. {
+                let id = site_create(&api, &format!("flap-{n}"), (FLAVOR, IMAGE)).await;
+                acked.lock().unwrap().push((id, chrono::Utc::now()));
+                tokio::time::sleep(Duration::from_millis(2_000)).await;
+            }
+        })
+    };
+    let done = AtomicBool::new(false);
+    let flapping = async {
+        let mut rng = rand::rng();
+        let start = Instant::now();
+        let mut flaps = 0;
+        while start.elapsed() < Duration::from_secs(60) {
+            let down = if flaps == 5 {
+                Duration::from_secs(12)
+            } else {
+                Duration::from_millis(rng.random_range(1_000..4_000))
+            };
+            site.relay.cut(true);
+            tokio::time::sleep(down).await;
+            site.relay.cut(false);
+            tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..4_000))).await;
+            flaps += 1;
+        }
+        done.store(true, Ordering::SeqCst);
+        flaps
+    };
+    // Whenever the region says in sync, it holds every write the site
+    // acknowledged before the site's current connection began: the region
+    // does not claim what it has not heard.
+    let watching = async {
+        let (mut claims, mut false_claims) = (0, 0);
+        while !done.load(Ordering::SeqCst) {
+            let view = controller.site(SITE).await;
+            if view["sync"]["status"] == "in-sync" {
+                let since: chrono::DateTime<chrono::Utc> = view["availability_since"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("an online site has availability_since");
+                let servers = region_servers(&controller, SITE).await;
+                let writes = acked.lock().unwrap().clone();
+                claims += 1;
+                let mut before = writes.iter().filter(|(_, at)| *at < since);
+                if let Some((id, _)) = before.find(|(id, _)| !servers.contains_key(id)) {
+                    eprintln!("in sync since {since} without {id}");
+                    false_claims += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (claims, false_claims)
+    };
+    let (flaps, (claims, false_claims)) = tokio::join!(flapping, watching);
+    assert_eq!(
+        false_claims, 0,
+        "the region said in sync while lacking the site's writes ({claims} claims checked)"
+    );
+    assert!(claims > 0, "the site was never in sync while flapping");
+    let healed = Instant::now();
+    assert!(
+        !writer.is_finished(),
+        "the writer stopped: {:?}",
+        writer.await
+    );
+    writer.abort();
+    let acked = acked.lock().unwrap().clone();
+    let mut lost = acked.len();
+    while healed.elapsed() < Duration::from_secs(90) {
+        let r = region_servers(&controller, SITE).await;
+        lost = acked.iter().filter(|(id, _)| !r.contains_key(id)).count();
+        if lost == 0 && in_sync(&controller, SITE).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (up, down) = site.relay.bytes();
+    println!(
+        "vehicle: {flaps} flaps in a minute ({claims} in-sync claims checked, 0 false); {} writes acknowledged at the site; converged {:.2} s after the last heal; {up} bytes up, {down} down in all; acknowledged writes lost: {lost}",
+        acked.len(),
+        healed.elapsed().as_secs_f64(),
+    );
+    assert_eq!(lost, 0);
+}
