@@ -492,3 +492,190 @@ async fn a_vehicle_keeps_its_session_across_new_addresses_and_a_flapping_link() 
     );
     assert_eq!(lost, 0);
 }
+
+/// What each side acknowledged in the crash scenario.
+#[derive(Debug, Default)]
+struct Ledger {
+    site: Vec<String>,
+    region: Vec<String>,
+}
+
+/// A create that may meet a dead process: the id if it was acknowledged.
+async fn try_create(http: &reqwest::Client, url: &str, token: &str, name: &str) -> Option<String> {
+    let body = json!({"server": {"name": name, "flavorRef": FLAVOR, "imageRef": IMAGE}});
+    let resp = http
+        .post(url)
+        .header("X-Auth-Token", token)
+        .bearer_auth(token)
+        .json(&body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    if resp.status().as_u16() != 202 {
+        return None;
+    }
+    let body: Value = resp.json().await.ok()?;
+    body["server"]["id"].as_str().map(str::to_string)
+}
+
+/// Writes on one side until aborted, recording what was acknowledged.
+fn writer(
+    url: String,
+    token: String,
+    side: &'static str,
+    ledger: Arc<Mutex<Ledger>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for n in 0.. {
+            if let Some(id) = try_create(&http, &url, &token, &format!("{side}-{n}")).await {
+                let mut l = ledger.lock().unwrap();
+                match side {
+                    "site" => l.site.push(id),
+                    _ => l.region.push(id),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_on_either_side_during_sync_loses_no_acknowledged_write() {
+    const SITE: &str = "edge-factory-01";
+    const ROUNDS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let region_cfg = region_config(dir.path(), &[SITE]);
+    let controller_dir = dir.path().join("controller");
+    let mut controller = ControllerProcess::start(&region_cfg, &controller_dir);
+    let link = LinkParams {
+        latency: Duration::from_millis(20),
+        ..LinkParams::default()
+    };
+    let mut site = start_site(
+        dir.path(),
+        &region_cfg,
+        &controller,
+        SITE,
+        "edge-factory-01.yaml",
+        41,
+        link,
+    )
+    .await;
+    // Both come back where they were: the site's link and the test's
+    // clients keep their addresses.
+    let api_addr = controller.api.trim_start_matches("http://").to_string();
+    let quic_addr = controller.quic.clone();
+    let agent_addr = site.agent.url.trim_start_matches("http://").to_string();
+    let within = Duration::from_secs(60);
+    wait_for("the site in sync", within, async || {
+        in_sync(&controller, SITE).await
+    })
+    .await;
+    let api = with_region_token(&controller, &site).await;
+    wait_for("the site takes the region's tokens", within, async || {
+        api.get("/compute/v2.1/servers").await.0 == 200
+    })
+    .await;
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let writers = [
+        writer(
+            format!("{}/compute/v2.1/servers", site.agent.url),
+            api.token.clone(),
+            "site",
+            ledger.clone(),
+        ),
+        writer(
+            format!("{}/roost/v1/sites/{SITE}/servers", controller.api),
+            controller.admin_token(),
+            "region",
+            ledger.clone(),
+        ),
+    ];
+    let mut rng = rand::rng();
+    let (mut agent_kills, mut controller_kills) = (0, 0);
+    for _ in 0..ROUNDS {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2_500))).await;
+        if rng.random_bool(0.5) {
+            site.agent.kill9();
+            agent_kills += 1;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..500))).await;
+            let (config, data) = (site.agent.config.clone(), site.agent.data_dir.clone());
+            site.agent = roost_tests::AgentProcess::start_with(
+                std::process::Command::new(roost_tests::binary("roost-agent")),
+                &config,
+                &data,
+                &agent_addr,
+            );
+        } else {
+            controller.kill9();
+            controller_kills += 1;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..500))).await;
+            controller = ControllerProcess::start_at(
+                &region_cfg,
+                &controller_dir,
+                "warn",
+                &api_addr,
+                &quic_addr,
+            );
+        }
+    }
+    let restarted = Instant::now();
+    for w in &writers {
+        w.abort();
+    }
+    let (site_made, region_made) = {
+        let l = ledger.lock().unwrap();
+        (l.site.clone(), l.region.clone())
+    };
+    assert!(
+        site_made.len() >= 10 && region_made.len() >= 10,
+        "both sides wrote through the kills: {} at the site, {} at the region",
+        site_made.len(),
+        region_made.len()
+    );
+    let mut lost = usize::MAX;
+    while restarted.elapsed() < Duration::from_secs(120) {
+        let region = region_servers(&controller, SITE).await;
+        let at_site: BTreeMap<String, Value> = site
+            .api
+            .servers()
+            .await
+            .into_iter()
+            .filter_map(|s| Some((s["id"].as_str()?.to_string(), s)))
+            .collect();
+        lost = site_made
+            .iter()
+            .chain(&region_made)
+            .filter(|id| {
+                !(at_site.contains_key(*id)
+                    && region
+                        .get(*id)
+                        .is_some_and(|s| s["status"]["host"].is_string()))
+            })
+            .count();
+        if lost == 0 && in_sync(&controller, SITE).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "crashes: {agent_kills} agent and {controller_kills} controller kill -9s in {ROUNDS} rounds; {} writes acknowledged at the site, {} at the region; converged {:.2} s after the last restart; acknowledged writes lost: {lost}",
+        site_made.len(),
+        region_made.len(),
+        restarted.elapsed().as_secs_f64()
+    );
+    assert_eq!(lost, 0, "acknowledged writes missing after the crashes");
+
+    // Both stores are whole.
+    site.agent.kill9();
+    controller.kill9();
+    check_store(&site.agent.db_path());
+    let conn = rusqlite::Connection::open(controller.db_path()).unwrap();
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok", "the controller's store");
+}
