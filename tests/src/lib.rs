@@ -678,6 +678,17 @@ pub fn check_store(db: &Path) -> usize {
     ids.len()
 }
 
+/// Document changes the controller's store holds for `site`.
+pub fn changes_stored(db: &Path, site: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).expect("open the controller's store");
+    conn.query_row(
+        "SELECT COUNT(*) FROM site_changes WHERE site = ?1",
+        [site],
+        |r| r.get(0),
+    )
+    .expect("count site_changes")
+}
+
 /// The `p`th percentile (0-100) of sorted samples.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

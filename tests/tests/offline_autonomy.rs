@@ -679,3 +679,170 @@ async fn kill_9_on_either_side_during_sync_loses_no_acknowledged_write() {
         .unwrap();
     assert_eq!(integrity, "ok", "the controller's store");
 }
+
+/// A QUIC client holding a site's credential, as a thief of it would.
+fn client_as(cred: &roost_sync::pki::Credential) -> quinn::Endpoint {
+    let mut c = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    c.set_default_client_config(roost_sync::transport::client_config(cred).unwrap());
+    c
+}
+
+fn hello(name: &str) -> roost_sync::transport::Hello {
+    roost_sync::transport::Hello {
+        name: name.into(),
+        version: "hostile".into(),
+        protocol: roost_sync::frame::VERSION,
+    }
+}
+
+/// Length-prefixed, as the sync stream carries frames.
+fn prefixed(frame: &[u8]) -> Vec<u8> {
+    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(frame);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_on_the_quic_port_are_refused_and_harm_nothing() {
+    use roost_sync::frame::{encode_fragment, encode_sync, DocId};
+    const VICTIM: &str = "edge-factory-01";
+    const THIEF: &str = "vehicle-07";
+    let dir = tempfile::tempdir().unwrap();
+    let region_cfg = region_config(dir.path(), &[VICTIM, THIEF]);
+    let mut controller = ControllerProcess::start(&region_cfg, &dir.path().join("controller"));
+    let link = LinkParams::default();
+    let victim = start_site(
+        dir.path(),
+        &region_cfg,
+        &controller,
+        VICTIM,
+        "edge-factory-01.yaml",
+        51,
+        link,
+    )
+    .await;
+    let mut thief = start_site(
+        dir.path(),
+        &region_cfg,
+        &controller,
+        THIEF,
+        "vehicle-07.yaml",
+        52,
+        link,
+    )
+    .await;
+    let within = Duration::from_secs(60);
+    wait_for("both sites in sync", within, async || {
+        in_sync(&controller, VICTIM).await && in_sync(&controller, THIEF).await
+    })
+    .await;
+    // The thief's agent stops; its credential is used by hand from here.
+    thief.agent.kill9();
+    let cred = roost_sync::pki::Credential::read_pem(&thief.agent.data_dir.join("pki")).unwrap();
+    let endpoint = client_as(&cred);
+    let quic: std::net::SocketAddr = controller.quic.parse().unwrap();
+    let server_name = roost_sync::pki::region_server_name("eu-central");
+    let connect = async || {
+        endpoint
+            .connect(quic, &server_name)
+            .unwrap()
+            .await
+            .expect("TLS with a certificate the region issued")
+    };
+    let victim_before = region_servers(&controller, VICTIM).await.len();
+    let thief_before = roost_tests::changes_stored(&controller.db_path(), THIEF);
+
+    // One site's certificate cannot speak for another site.
+    let conn = connect().await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        roost_sync::transport::site_open(&conn, &hello(VICTIM)),
+    )
+    .await
+    .expect("the region answers");
+    assert!(r.is_err(), "a hello naming another site must be refused");
+    conn.close(0u32.into(), b"");
+
+    // Malformed, truncated and oversized frames on a proper session: each
+    // ends that connection and nothing else.
+    let mut fragment = encode_fragment(DocId::Intent, 1, 0, 2, b"half");
+    fragment[9 + 4..9 + 8].copy_from_slice(&[0, 7, 0, 2]); // index 7 of 2
+    let mut version = encode_sync(DocId::Intent, b"x");
+    version[2] = 9;
+    let mut doc = encode_sync(DocId::Status, b"x");
+    doc[4] = 7;
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("oversized length", u32::MAX.to_be_bytes().to_vec()),
+        ("bad magic", prefixed(b"GET / HTTP/1.1\r\n\r\n")),
+        ("truncated", {
+            let mut v = 100u32.to_be_bytes().to_vec();
+            v.extend_from_slice(b"RS\x02\x00\x00");
+            v
+        }),
+        ("unknown version", prefixed(&version)),
+        ("unknown document", prefixed(&doc)),
+        ("fragment out of range", prefixed(&fragment)),
+        (
+            "garbage message",
+            prefixed(&encode_sync(DocId::Intent, b"\x00not automerge at all")),
+        ),
+        (
+            "garbage status message",
+            prefixed(&encode_sync(DocId::Status, &[0u8; 64])),
+        ),
+    ];
+    let mut refused = 0;
+    for (what, bytes) in &hostile {
+        let conn = connect().await;
+        let (_, mut send, _recv) = tokio::time::timeout(
+            Duration::from_secs(10),
+            roost_sync::transport::site_open(&conn, &hello(THIEF)),
+        )
+        .await
+        .expect("the region answers")
+        .expect("the thief's own hello is accepted");
+        send.write_all(bytes).await.unwrap();
+        let _ = send.finish();
+        let closed = tokio::time::timeout(Duration::from_secs(15), conn.closed()).await;
+        assert!(
+            closed.is_ok(),
+            "{what}: the region kept the connection open"
+        );
+        refused += 1;
+        assert!(
+            controller.child.try_wait().unwrap().is_none(),
+            "{what}: the controller died"
+        );
+    }
+
+    // Datagrams that are not QUIC at all.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rng = rand::rng();
+    for _ in 0..2_000 {
+        let n = rng.random_range(1..1_400);
+        let junk: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+        udp.send_to(&junk, quic).await.unwrap();
+    }
+
+    // The victim syncs on, untouched; the thief's documents gained nothing.
+    let id = site_create(&victim.api, "after-the-attack", (FLAVOR, IMAGE)).await;
+    wait_for(
+        "the victim's write reaches the region",
+        within,
+        async || region_servers(&controller, VICTIM).await.contains_key(&id),
+    )
+    .await;
+    assert_eq!(
+        region_servers(&controller, VICTIM).await.len(),
+        victim_before + 1
+    );
+    assert!(in_sync(&controller, VICTIM).await);
+    assert!(controller.child.try_wait().unwrap().is_none());
+    assert!(region_servers(&controller, THIEF).await.is_empty());
+    let thief_after = roost_tests::changes_stored(&controller.db_path(), THIEF);
+    println!(
+        "hostile input: {refused} malformed sessions and 2000 junk datagrams refused; the controller stayed up; the thief's stored changes {thief_before} before, {thief_after} after"
+    );
+    assert_eq!(thief_after, thief_before, "a refused frame stored nothing");
+    controller.terminate();
+}

@@ -10,16 +10,6 @@ use serde_json::json;
 
 const IMAGE: &str = "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98";
 
-fn changes_stored(db: &std::path::Path, site: &str) -> i64 {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row(
-        "SELECT COUNT(*) FROM site_changes WHERE site = ?1",
-        [site],
-        |r| r.get(0),
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_enrolls_syncs_and_goes_offline_when_silent() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,14 +91,14 @@ async fn a_site_enrolls_syncs_and_goes_offline_when_silent() {
 
     // A site write reaches the fleet store.
     let db = cdata.join("roost-controller.db");
-    let before = changes_stored(&db, "vehicle-07");
+    let before = roost_tests::changes_stored(&db, "vehicle-07");
     let api = Api::login(&agent.url).await;
     let (code, body) = api.create_server("cam-1", "2", IMAGE).await;
     assert_eq!(code, 202, "{body}");
     wait_for(
         "the site's change is stored in the region",
         Duration::from_secs(10),
-        async || changes_stored(&db, "vehicle-07") > before,
+        async || roost_tests::changes_stored(&db, "vehicle-07") > before,
     )
     .await;
 
