@@ -155,6 +155,56 @@ pub struct SiteConfig {
     pub network: Option<NetworkSection>,
     #[serde(default)]
     pub storage: StorageSection,
+    #[serde(default)]
+    pub alarms: AlarmsSection,
+}
+
+/// When the site raises its own alarms (kept and synced like status, so
+/// the region sees them with their times, also after a long cut).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmsSection {
+    /// Seconds without a connection to the region before `site.link_down`.
+    #[serde(default = "default_link_down_after")]
+    pub link_down_after_secs: u64,
+    /// Used space of the data directory's filesystem, in percent, at which
+    /// `storage.disk_nearly_full` is raised (cleared 2 points below).
+    #[serde(default = "default_disk_nearly_full")]
+    pub disk_nearly_full_percent: u8,
+}
+
+fn default_link_down_after() -> u64 {
+    60
+}
+
+fn default_disk_nearly_full() -> u8 {
+    90
+}
+
+impl Default for AlarmsSection {
+    fn default() -> Self {
+        AlarmsSection {
+            link_down_after_secs: default_link_down_after(),
+            disk_nearly_full_percent: default_disk_nearly_full(),
+        }
+    }
+}
+
+impl AlarmsSection {
+    fn validate(&self) -> Result<(), FieldError> {
+        validate::range(
+            "alarms.link_down_after_secs",
+            self.link_down_after_secs,
+            1,
+            86_400,
+        )?;
+        validate::range(
+            "alarms.disk_nearly_full_percent",
+            self.disk_nearly_full_percent,
+            3,
+            99,
+        )
+    }
 }
 
 /// Where the site keeps its volumes.
@@ -640,6 +690,7 @@ impl Validate for SiteConfig {
             n.validate(&self.hosts)?;
         }
         self.storage.validate()?;
+        self.alarms.validate()?;
         if self.hosts.is_empty() {
             return Err(FieldError::new(
                 "hosts",
@@ -1131,6 +1182,14 @@ mod tests {
             (
                 "  max_parallel: 1\nstorage: {fetch_rate_kbit: 2}\n",
                 "storage.fetch_rate_kbit: must be between 8 and 100000000 (got 2)",
+            ),
+            (
+                "  max_parallel: 1\nalarms: {disk_nearly_full_percent: 100}\n",
+                "alarms.disk_nearly_full_percent: must be between 3 and 99 (got 100)",
+            ),
+            (
+                "  max_parallel: 1\nalarms: {link_down_after_secs: 0}\n",
+                "alarms.link_down_after_secs: must be between 1 and 86400 (got 0)",
             ),
             ("  libvirt: {accel: fast}\n", "unknown variant `fast`"),
             (

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use roost_common::config::RegionSite;
+use roost_common::model::{AlarmStatus, Severity};
 use roost_sync::pki::{join_token, Ca};
 use roost_sync::{site_status_actor, Docs, IntentDoc, Persisted, StatusDoc};
 
@@ -202,6 +203,17 @@ pub trait FleetStore: std::fmt::Debug + Send + Sync {
     fn alarms(&self, site: Option<&str>, history: bool) -> Result<Vec<AlarmRow>, FleetError>;
     /// Marks an alarm acknowledged; false if there is no such alarm.
     fn acknowledge_alarm(&self, id: i64, at: DateTime<Utc>) -> Result<bool, FleetError>;
+    /// Brings the region's rows of the alarms a site raised itself in line
+    /// with what it published (`active`, and the latest `cleared`), with
+    /// the site's own times; site alarms it no longer lists are cleared at
+    /// `now`. Whether anything changed.
+    fn apply_site_alarms(
+        &self,
+        site: &str,
+        active: &[AlarmStatus],
+        cleared: &[AlarmStatus],
+        now: DateTime<Utc>,
+    ) -> Result<bool, FleetError>;
     /// A site's last `limit` availability transitions, newest first.
     fn availability_history(
         &self,
@@ -614,6 +626,88 @@ impl FleetStore for SqliteFleet {
         )? == 1)
     }
 
+    fn apply_site_alarms(
+        &self,
+        site: &str,
+        active: &[AlarmStatus],
+        cleared: &[AlarmStatus],
+        now: DateTime<Utc>,
+    ) -> Result<bool, FleetError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut changed = 0;
+        let known = |code: &str, raised: &str| -> Result<bool, rusqlite::Error> {
+            tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM alarms WHERE site = ?1 AND code = ?2 AND raised_at = ?3)",
+                params![site, code, raised],
+                |r| r.get(0),
+            )
+        };
+        for a in cleared {
+            let (raised, at) = (time(a.raised_at), time(a.cleared_at.unwrap_or(now)));
+            if known(&a.code, &raised)? {
+                changed += tx.execute(
+                    "UPDATE alarms SET cleared_at = ?4
+                     WHERE site = ?1 AND code = ?2 AND raised_at = ?3 AND cleared_at IS NULL",
+                    params![site, a.code, raised, at],
+                )?;
+            } else {
+                // Raised and cleared while apart: it belongs in the history.
+                changed += tx.execute(
+                    "INSERT INTO alarms (site, code, severity, reason, raised_at, cleared_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        site,
+                        a.code,
+                        severity_text(a.severity),
+                        a.reason,
+                        raised,
+                        at
+                    ],
+                )?;
+            }
+        }
+        for a in active {
+            let raised = time(a.raised_at);
+            if known(&a.code, &raised)? {
+                continue;
+            }
+            // A raise the region missed the clearing of is over.
+            changed += tx.execute(
+                "UPDATE alarms SET cleared_at = ?3 WHERE site = ?1 AND code = ?2 AND cleared_at IS NULL",
+                params![site, a.code, raised],
+            )?;
+            changed += tx.execute(
+                "INSERT INTO alarms (site, code, severity, reason, raised_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![site, a.code, severity_text(a.severity), a.reason, raised],
+            )?;
+            tracing::warn!(site = %site, code = %a.code, severity = severity_text(a.severity), reason = %a.reason, raised_at = %raised, "alarm raised at the site");
+        }
+        // Site alarms the site no longer lists as active.
+        let stale: Vec<(i64, String, String)> = {
+            let mut stmt = tx.prepare(
+                "SELECT id, code, raised_at FROM alarms WHERE site = ?1 AND code <> ?2 AND cleared_at IS NULL",
+            )?;
+            let rows = stmt.query_map(params![site, OFFLINE_ALARM], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (id, code, raised) in stale {
+            if !active
+                .iter()
+                .any(|a| a.code == code && time(a.raised_at) == raised)
+            {
+                changed += tx.execute(
+                    "UPDATE alarms SET cleared_at = ?2 WHERE id = ?1",
+                    params![id, time(now)],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(changed > 0)
+    }
+
     fn availability_history(
         &self,
         site: &str,
@@ -655,6 +749,14 @@ impl FleetStore for SqliteFleet {
             }
         }
         Ok(chunks)
+    }
+}
+
+fn severity_text(s: Severity) -> &'static str {
+    match s {
+        Severity::Minor => "minor",
+        Severity::Major => "major",
+        Severity::Critical => "critical",
     }
 }
 
@@ -754,6 +856,80 @@ mod tests {
             s.redeem("rjt1.x"),
             Err(FleetError::Token("malformed"))
         ));
+    }
+
+    #[test]
+    fn site_alarms_arrive_with_the_sites_times_and_clear_as_the_site_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = store(dir.path());
+        let t = |secs: i64| DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
+        let alarm = |code: &str, raised: i64, cleared: Option<i64>| AlarmStatus {
+            code: code.into(),
+            entity: "region=eu".into(),
+            severity: Severity::Major,
+            reason: format!("{code} reason"),
+            raised_at: t(raised),
+            cleared_at: cleared.map(t),
+        };
+        // While apart the site raised and cleared one, and raised another.
+        let link = alarm("site.link_down", 10, Some(20));
+        let disk = alarm("storage.disk_nearly_full", 15, None);
+        assert!(s
+            .apply_site_alarms(
+                "vehicle-07",
+                std::slice::from_ref(&disk),
+                std::slice::from_ref(&link),
+                t(100)
+            )
+            .unwrap());
+        let all = s.alarms(Some("vehicle-07"), true).unwrap();
+        let row = |code: &str| all.iter().find(|a| a.code == code).unwrap().clone();
+        assert_eq!(row("site.link_down").raised_at, time(t(10)));
+        assert_eq!(row("site.link_down").cleared_at, Some(time(t(20))));
+        assert_eq!(row("storage.disk_nearly_full").raised_at, time(t(15)));
+        assert_eq!(row("storage.disk_nearly_full").severity, "major");
+        assert!(row("storage.disk_nearly_full").cleared_at.is_none());
+        // The same publication again changes nothing.
+        assert!(!s
+            .apply_site_alarms(
+                "vehicle-07",
+                std::slice::from_ref(&disk),
+                std::slice::from_ref(&link),
+                t(101)
+            )
+            .unwrap());
+        assert_eq!(s.alarms(Some("vehicle-07"), true).unwrap().len(), 2);
+        // The site clears the disk alarm; it clears at the site's time.
+        let disk_cleared = AlarmStatus {
+            cleared_at: Some(t(50)),
+            ..disk.clone()
+        };
+        s.apply_site_alarms("vehicle-07", &[], &[disk_cleared, link.clone()], t(102))
+            .unwrap();
+        assert!(s.alarms(Some("vehicle-07"), false).unwrap().is_empty());
+        let all = s.alarms(Some("vehicle-07"), true).unwrap();
+        let disk_row = all
+            .iter()
+            .find(|a| a.code == "storage.disk_nearly_full")
+            .unwrap();
+        assert_eq!(disk_row.cleared_at, Some(time(t(50))));
+        // An active alarm the site stops listing (its history rolled over)
+        // is cleared now; the region's own site.offline is left alone.
+        let again = alarm("storage.disk_nearly_full", 60, None);
+        s.apply_site_alarms("vehicle-07", &[again], &[], t(103))
+            .unwrap();
+        s.record_availability("vehicle-07", false, None, t(104))
+            .unwrap();
+        s.apply_site_alarms("vehicle-07", &[], &[], t(105)).unwrap();
+        let active = s.alarms(Some("vehicle-07"), false).unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].code, OFFLINE_ALARM);
+        let all = s.alarms(Some("vehicle-07"), true).unwrap();
+        let last = all
+            .iter()
+            .find(|a| a.code == "storage.disk_nearly_full" && a.raised_at == time(t(60)))
+            .unwrap();
+        assert_eq!(last.cleared_at, Some(time(t(105))));
     }
 
     #[test]

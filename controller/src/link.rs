@@ -111,6 +111,26 @@ impl SiteLink {
         }
         store.append_changes(site, &intent, &status)?;
         *persisted = heads;
+        if !status.is_empty() {
+            self.apply_site_alarms(store, site)?;
+        }
+        Ok(())
+    }
+
+    /// The alarms the site raised itself, as it published them, into the
+    /// region's alarm table (with the site's times).
+    fn apply_site_alarms(&self, store: &dyn FleetStore, site: &str) -> Result<(), FleetError> {
+        let published = lock(&self.docs).status.get("site", "alarms").ok().flatten();
+        let Some(published) = published else {
+            return Ok(());
+        };
+        let list = |k: &str| -> Vec<roost_common::model::AlarmStatus> {
+            serde_json::from_value(published[k].clone()).unwrap_or_else(|e| {
+                tracing::warn!(site = %site, error = %e, "the site's published alarms are unreadable");
+                Vec::new()
+            })
+        };
+        store.apply_site_alarms(site, &list("active"), &list("cleared"), Utc::now())?;
         Ok(())
     }
 

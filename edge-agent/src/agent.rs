@@ -100,6 +100,7 @@ pub struct Agent {
     reconciler: Reconciler,
     network: Option<crate::network::Reconciler>,
     uplink: Option<Uplink>,
+    alarms: crate::alarms::Monitor,
 }
 
 /// The state of the site's link to a region, as configured at start.
@@ -211,6 +212,7 @@ impl Agent {
             &data_dir,
         );
         let images_changed = Arc::new(Notify::new());
+        let link_state = crate::alarms::LinkState::new();
         let (region, uplink) = match &config.region {
             None => (RegionLink::None, None),
             Some(r) => {
@@ -250,9 +252,20 @@ impl Agent {
                         rate_bps: config.storage.fetch_rate_kbit.map(|k| k * 1000),
                         wake: images_changed.clone(),
                     },
+                    link_state: link_state.clone(),
                 });
                 (link, uplink)
             }
+        };
+        let alarms = crate::alarms::Monitor {
+            store: store.clone(),
+            config: config.alarms.clone(),
+            data_dir: data_dir.clone(),
+            // A site that cannot sync (no region, or no way to enroll) has
+            // no link to miss.
+            link: uplink
+                .as_ref()
+                .map(|u| (u.region.name.clone(), link_state.clone())),
         };
         let reconciler = Reconciler {
             store,
@@ -273,6 +286,7 @@ impl Agent {
             reconciler,
             network,
             uplink,
+            alarms,
         })
     }
 
@@ -324,6 +338,7 @@ impl Agent {
             wake: self.state.storage_wake.clone(),
         };
         tokio::spawn(storage.run(stop_rx.clone()));
+        tokio::spawn(self.alarms.run(stop_rx.clone()));
         let reconciler = tokio::spawn(self.reconciler.run(stop_rx));
         let app = api::router(self.state);
         tracing::info!(addr = %self.addr, site_id = %self.config.site.id, "serving the site API");

@@ -35,6 +35,7 @@
 //! storage issue), users, projects and a policy file (the OpenStack issue).
 
 pub mod agent;
+pub mod alarms;
 pub mod api;
 pub mod compute;
 pub mod identity;

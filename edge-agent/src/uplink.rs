@@ -186,6 +186,8 @@ pub struct Uplink {
     pub intent_arrived: Arc<Notify>,
     /// Fetches the region's images while connected.
     pub fetcher: crate::storage::fetch::Fetcher,
+    /// Whether the link is up, and since when not (for `site.link_down`).
+    pub link_state: Arc<crate::alarms::LinkState>,
 }
 
 impl Uplink {
@@ -214,6 +216,7 @@ impl Uplink {
                 _ = shutdown.changed() => break,
             };
             METRICS.uplink_connected.set(0);
+            self.link_state.disconnected();
             match outcome {
                 Ok(()) => {
                     tracing::info!(region = %self.region.name, "the region closed the connection")
@@ -305,6 +308,7 @@ impl Uplink {
             }
         };
         METRICS.uplink_connected.set(1);
+        self.link_state.connected();
         tracing::info!(region = %self.region.name, %addr, "connected to the region");
         let hello = Hello {
             name: self.site_id.clone(),

@@ -846,3 +846,166 @@ async fn hostile_peers_on_the_quic_port_are_refused_and_harm_nothing() {
     assert_eq!(thief_after, thief_before, "a refused frame stored nothing");
     controller.terminate();
 }
+
+/// Parses an RFC 3339 time, to the millisecond (the region keeps ms).
+fn ms(v: &Value) -> Option<i64> {
+    let t: chrono::DateTime<chrono::Utc> = v.as_str()?.parse().ok()?;
+    Some(t.timestamp_millis())
+}
+
+/// `(code, raised_at ms, cleared_at ms)` of a list of alarms.
+fn alarm_times(list: &Value) -> Vec<(String, Option<i64>, Option<i64>)> {
+    let mut out: Vec<_> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (
+                a["code"].as_str().unwrap_or_default().to_string(),
+                ms(&a["raised_at"]),
+                ms(&a["cleared_at"]),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_raised_apart_reach_the_region_with_their_own_times() {
+    const SITE: &str = "vehicle-07";
+    let dir = tempfile::tempdir().unwrap();
+    let region_cfg = region_config(dir.path(), &[SITE]);
+    let controller = ControllerProcess::start(&region_cfg, &dir.path().join("controller"));
+    let mut site = start_site(
+        dir.path(),
+        &region_cfg,
+        &controller,
+        SITE,
+        "vehicle-07.yaml",
+        61,
+        LinkParams::default(),
+    )
+    .await;
+    let within = Duration::from_secs(60);
+    let config = site.agent.config.clone();
+    let data = site.agent.data_dir.clone();
+    // The disk alarm's line is moved by restarting the agent with another
+    // config: 99% (this disk is below it) or 3% (this disk is above it).
+    let with_disk_line = |percent: u8| {
+        let text = std::fs::read_to_string(&config).unwrap();
+        let base = text.split("\nalarms:").next().unwrap().to_string();
+        std::fs::write(
+            &config,
+            format!("{base}\nalarms:\n  link_down_after_secs: 3\n  disk_nearly_full_percent: {percent}\n"),
+        )
+        .unwrap();
+    };
+    // Enrolled first (a restart during enrollment would find its token
+    // spent), then restarted with its alarm settings.
+    wait_for("the vehicle in sync", within, async || {
+        in_sync(&controller, SITE).await
+    })
+    .await;
+    with_disk_line(99);
+    site.agent.kill9();
+    site.agent = roost_tests::AgentProcess::start(&config, &data);
+    site.api = Api::login(&site.agent.url).await;
+    wait_for("the vehicle in sync again", within, async || {
+        in_sync(&controller, SITE).await
+    })
+    .await;
+    let (_, alarms) = site.api.get("/roost/v1/alarms").await;
+    assert_eq!(alarms["alarms"], json!([]), "{alarms}");
+
+    // Apart: the link alarm after 3 s; a disk alarm raised and cleared;
+    // another raised and still active at the heal.
+    site.relay.cut(true);
+    wait_for("the site raises site.link_down", within, async || {
+        site.api.get("/roost/v1/alarms").await.1["alarms"]
+            .to_string()
+            .contains("site.link_down")
+    })
+    .await;
+    for percent in [3, 99, 3] {
+        with_disk_line(percent);
+        site.agent.kill9();
+        site.agent = roost_tests::AgentProcess::start(&config, &data);
+        site.api = Api::login(&site.agent.url).await;
+        let want_active = percent == 3;
+        wait_for("the disk alarm follows its line", within, async || {
+            let a = site.api.get("/roost/v1/alarms").await.1;
+            a["alarms"].to_string().contains("storage.disk_nearly_full") == want_active
+        })
+        .await;
+    }
+    let raised_apart = site.api.get("/roost/v1/alarms").await.1;
+    assert!(
+        alarm_times(&raised_apart["alarms"])
+            .iter()
+            .any(|(code, _, _)| code == "site.link_down"),
+        "the link alarm survives the agent's restarts: {raised_apart}"
+    );
+
+    // The heal: the site clears the link alarm; the region then holds
+    // exactly the site's alarms, with the site's times.
+    let healed = Instant::now();
+    site.relay.cut(false);
+    let site_alarms = async || {
+        let a = site.api.get("/roost/v1/alarms").await.1;
+        let mut all = alarm_times(&a["alarms"]);
+        all.extend(alarm_times(&a["cleared"]));
+        all.sort();
+        (a, all)
+    };
+    let region_alarms = async || {
+        let (code, body) = controller
+            .call(
+                Method::GET,
+                &format!("/alarms?site={SITE}&history=true"),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+        let mut list = alarm_times(&body["alarms"]);
+        list.retain(|(code, _, _)| code != "site.offline");
+        list
+    };
+    wait_for("the region holds the site's alarms", within, async || {
+        let (_, at_site) = site_alarms().await;
+        in_sync(&controller, SITE).await
+            && !at_site
+                .iter()
+                .any(|(c, _, cleared)| c == "site.link_down" && cleared.is_none())
+            && region_alarms().await == at_site
+    })
+    .await;
+    let converged = healed.elapsed();
+    let (site_view, at_site) = site_alarms().await;
+    let codes: Vec<&str> = at_site.iter().map(|(c, _, _)| c.as_str()).collect();
+    assert_eq!(
+        codes,
+        [
+            "site.link_down",
+            "storage.disk_nearly_full",
+            "storage.disk_nearly_full"
+        ],
+        "{site_view}"
+    );
+    // The summary per site matches: one major alarm active, at both.
+    let active_at_site = site_view["alarms"].as_array().unwrap();
+    assert_eq!(active_at_site.len(), 1, "{site_view}");
+    assert_eq!(active_at_site[0]["severity"], "major");
+    let view = controller.site(SITE).await;
+    assert_eq!(
+        view["alarms"],
+        json!({"critical": 0, "major": 1, "minor": 0}),
+        "{view}"
+    );
+    println!(
+        "alarms: {} raised at the site while apart ({} cleared there) reached the region {:.2} s after the heal with the site's own times",
+        at_site.len(),
+        at_site.iter().filter(|(_, _, c)| c.is_some()).count(),
+        converged.as_secs_f64()
+    );
+}

@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(|| async { METRICS.render() }))
         .route("/roost/v1/conflicts", get(conflicts))
+        .route("/roost/v1/alarms", get(alarms))
         .merge(identity::routes())
         .nest("/compute", compute)
         .nest(
@@ -104,6 +105,19 @@ async fn conflicts(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let entries = s.store.conflicts().await?;
     Ok(Json(serde_json::json!({ "conflicts": entries })))
+}
+
+/// `GET /roost/v1/alarms`: the site's own alarms, raised and cleared here
+/// online or not: every active one and the latest cleared, newest first.
+async fn alarms(
+    State(s): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let active = s.store.alarms(true).await?;
+    let cleared = s.store.alarms(false).await?;
+    Ok(Json(
+        serde_json::json!({ "alarms": active, "cleared": cleared }),
+    ))
 }
 
 async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -609,6 +609,7 @@ pub fn desired_config(
         region: None,
         network: None,
         storage: Default::default(),
+        alarms: Default::default(),
     });
     c.site.id = i.site_id.clone();
     c.site.name = i.site_name.clone();

@@ -12,6 +12,7 @@
 //! - Reads use a small pool of read-only connections on blocking threads;
 //!   WAL lets them run while the writer commits.
 
+pub mod alarms;
 mod images;
 mod inventory;
 mod journal;
@@ -189,6 +190,26 @@ impl Store {
     /// from the region arrived).
     pub async fn apply_intent(&self) -> Result<Applied, WriteError> {
         self.write(|w| w.apply_intent()).await
+    }
+
+    /// The site's alarms, newest first: the active ones, or the latest
+    /// cleared ones (`active == false`, at most the published number).
+    pub async fn alarms(
+        &self,
+        active: bool,
+    ) -> Result<Vec<roost_common::model::AlarmStatus>, WriteError> {
+        self.read(move |c| {
+            Ok(alarms::list(
+                c,
+                active,
+                if active {
+                    10_000
+                } else {
+                    alarms::PUBLISHED_CLEARED
+                },
+            )?)
+        })
+        .await
     }
 
     /// The conflict journal, oldest first.

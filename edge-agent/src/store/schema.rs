@@ -120,6 +120,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX volume_snapshots_by_volume ON volume_snapshots(volume_id);
     CREATE INDEX volume_snapshots_by_project ON volume_snapshots(project_id, created_at, id);
     "#,
+    // 6: the site's own alarms, active and cleared.
+    r#"
+    CREATE TABLE alarms (
+        id INTEGER PRIMARY KEY, code TEXT NOT NULL, entity TEXT NOT NULL,
+        severity TEXT NOT NULL, reason TEXT NOT NULL,
+        raised_at TEXT NOT NULL, cleared_at TEXT) STRICT;
+    CREATE UNIQUE INDEX alarms_active ON alarms(code, entity) WHERE cleared_at IS NULL;
+    "#,
 ];
 
 /// Brings the schema up to date. Returns the version reached.

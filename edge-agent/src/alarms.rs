@@ -1,0 +1,318 @@
+//! The site's own alarms: what the site sees about itself that an operator
+//! must know, raised and cleared here whether the region is reachable or
+//! not, and synced with their original times when it is.
+//!
+//! - `site.link_down` (major): no connection to the region for
+//!   `alarms.link_down_after_secs`; cleared when the link is back.
+//! - `storage.disk_nearly_full` (major; critical from 98%): the data
+//!   directory's filesystem is used at or above
+//!   `alarms.disk_nearly_full_percent`; cleared 2 points below.
+//!
+//! [`evaluate`] is pure (facts in, changes out, tested with made-up
+//! facts); [`Monitor`] gathers the facts every [`PERIOD`] and hands the
+//! changes to the store (`store/alarms.rs`), which publishes them.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use roost_common::config::AlarmsSection;
+use roost_common::model::{AlarmStatus, Severity};
+
+use crate::store::Store;
+
+/// How often the monitor looks.
+pub const PERIOD: Duration = Duration::from_secs(2);
+pub const LINK_DOWN: &str = "site.link_down";
+pub const DISK_NEARLY_FULL: &str = "storage.disk_nearly_full";
+/// Points below the threshold at which a disk alarm clears (so a disk
+/// hovering at the line does not raise and clear it over and over).
+const DISK_HYSTERESIS: f64 = 2.0;
+const DISK_CRITICAL: f64 = 98.0;
+
+/// A change the monitor decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlarmChange {
+    Raise(AlarmStatus),
+    Clear {
+        code: String,
+        entity: String,
+        at: DateTime<Utc>,
+    },
+}
+
+/// What the monitor saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Facts {
+    pub now: DateTime<Utc>,
+    /// The region's name and, while there is no connection to it, since
+    /// when; `None` for a site without a region.
+    pub link: Option<(String, Option<DateTime<Utc>>)>,
+    /// The data directory and its filesystem's used share in percent
+    /// (`None` if it could not be read).
+    pub disk: (String, Option<f64>),
+}
+
+/// The alarms to raise and clear, given the active ones.
+pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<AlarmChange> {
+    let mut out = Vec::new();
+    let is_active = |code: &str, entity: &str| {
+        active
+            .iter()
+            .any(|a| a.code == code && a.entity == entity && a.cleared_at.is_none())
+    };
+    if let Some((region, down_since)) = &f.link {
+        let entity = format!("region={region}");
+        let after = chrono::Duration::seconds(cfg.link_down_after_secs as i64);
+        match down_since {
+            Some(since) if f.now - *since >= after && !is_active(LINK_DOWN, &entity) => {
+                out.push(AlarmChange::Raise(AlarmStatus {
+                    code: LINK_DOWN.into(),
+                    entity,
+                    severity: Severity::Major,
+                    reason: format!(
+                        "no connection to region {region} since {}; the site keeps working and its changes wait for the link",
+                        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                    raised_at: f.now,
+                    cleared_at: None,
+                }));
+            }
+            None if is_active(LINK_DOWN, &entity) => out.push(AlarmChange::Clear {
+                code: LINK_DOWN.into(),
+                entity,
+                at: f.now,
+            }),
+            _ => {}
+        }
+    }
+    let (dir, used) = &f.disk;
+    if let Some(used) = *used {
+        let entity = format!("path={dir}");
+        let line = f64::from(cfg.disk_nearly_full_percent);
+        let on = is_active(DISK_NEARLY_FULL, &entity);
+        if used >= line && !on {
+            out.push(AlarmChange::Raise(AlarmStatus {
+                code: DISK_NEARLY_FULL.into(),
+                entity,
+                severity: if used >= DISK_CRITICAL {
+                    Severity::Critical
+                } else {
+                    Severity::Major
+                },
+                reason: format!(
+                    "the filesystem of {dir} is {used:.0}% used (alarm at {line:.0}%); free space or move volumes and images off this site"
+                ),
+                raised_at: f.now,
+                cleared_at: None,
+            }));
+        } else if used < line - DISK_HYSTERESIS && on {
+            out.push(AlarmChange::Clear {
+                code: DISK_NEARLY_FULL.into(),
+                entity,
+                at: f.now,
+            });
+        }
+    }
+    out
+}
+
+/// The link's state as the uplink reports it: since when it is down
+/// (`None` while connected).
+#[derive(Debug)]
+pub struct LinkState {
+    down_since: Mutex<Option<DateTime<Utc>>>,
+}
+
+impl LinkState {
+    /// Down since now: a starting site has no connection yet.
+    pub fn new() -> Arc<LinkState> {
+        Arc::new(LinkState {
+            down_since: Mutex::new(Some(Utc::now())),
+        })
+    }
+
+    pub fn connected(&self) {
+        *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub fn disconnected(&self) {
+        let mut d = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
+        if d.is_none() {
+            *d = Some(Utc::now());
+        }
+    }
+
+    pub fn down_since(&self) -> Option<DateTime<Utc>> {
+        *self.down_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Used share of the filesystem holding `dir`, in percent.
+fn used_percent(dir: &std::path::Path) -> Option<f64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    let total = st.f_blocks as f64;
+    if total == 0.0 {
+        return None;
+    }
+    // As df counts: blocks in use over those in use plus those an
+    // unprivileged writer may still take.
+    let used = (st.f_blocks - st.f_bfree) as f64;
+    Some(100.0 * used / (used + st.f_bavail as f64))
+}
+
+/// Gathers the facts every [`PERIOD`] and records what [`evaluate`] says.
+#[derive(Debug)]
+pub struct Monitor {
+    pub store: Store,
+    pub config: AlarmsSection,
+    pub data_dir: PathBuf,
+    /// The region's name and its link, for a site with a region.
+    pub link: Option<(String, Arc<LinkState>)>,
+}
+
+impl Monitor {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(PERIOD);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.pass().await {
+                tracing::warn!(error = %e, "cannot check the site's alarms; trying again");
+            }
+        }
+    }
+
+    async fn pass(&self) -> Result<(), crate::store::WriteError> {
+        let facts = Facts {
+            now: Utc::now(),
+            link: self
+                .link
+                .as_ref()
+                .map(|(name, l)| (name.clone(), l.down_since())),
+            disk: (
+                self.data_dir.display().to_string(),
+                used_percent(&self.data_dir),
+            ),
+        };
+        let active = self.store.alarms(true).await?;
+        let changes = evaluate(&facts, &self.config, &active);
+        if !changes.is_empty() {
+            self.store.write(move |w| w.apply_alarms(&changes)).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn facts(now: i64, down_since: Option<i64>, used: Option<f64>) -> Facts {
+        Facts {
+            now: at(now),
+            link: Some(("eu".into(), down_since.map(at))),
+            disk: ("/var/lib/roost".into(), used),
+        }
+    }
+
+    fn applied(active: &mut Vec<AlarmStatus>, changes: Vec<AlarmChange>) {
+        for c in changes {
+            match c {
+                AlarmChange::Raise(a) => active.push(a),
+                AlarmChange::Clear { code, entity, at } => {
+                    for a in active.iter_mut() {
+                        if a.code == code && a.entity == entity && a.cleared_at.is_none() {
+                            a.cleared_at = Some(at);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_link_alarm_waits_for_the_threshold_then_clears_on_reconnection() {
+        let cfg = AlarmsSection {
+            link_down_after_secs: 60,
+            ..Default::default()
+        };
+        let mut active = Vec::new();
+        assert!(evaluate(&facts(59, Some(0), None), &cfg, &active).is_empty());
+        let raised = evaluate(&facts(60, Some(0), None), &cfg, &active);
+        assert_eq!(raised.len(), 1);
+        let AlarmChange::Raise(a) = &raised[0] else {
+            panic!("{raised:?}")
+        };
+        assert_eq!(
+            (a.code.as_str(), a.entity.as_str()),
+            (LINK_DOWN, "region=eu")
+        );
+        assert_eq!(a.severity, Severity::Major);
+        assert_eq!(a.raised_at, at(60));
+        assert!(
+            a.reason.contains("since 2027-01-15T08:00:00Z"),
+            "{}",
+            a.reason
+        );
+        applied(&mut active, raised);
+        // Raised once, however long the cut.
+        assert!(evaluate(&facts(3_600, Some(0), None), &cfg, &active).is_empty());
+        let cleared = evaluate(&facts(3_601, None, None), &cfg, &active);
+        assert_eq!(
+            cleared,
+            vec![AlarmChange::Clear {
+                code: LINK_DOWN.into(),
+                entity: "region=eu".into(),
+                at: at(3_601)
+            }]
+        );
+        applied(&mut active, cleared);
+        assert!(evaluate(&facts(3_602, None, None), &cfg, &active).is_empty());
+        // A site without a region never has a link alarm.
+        let alone = Facts {
+            link: None,
+            ..facts(9_999, None, None)
+        };
+        assert!(evaluate(&alone, &cfg, &[]).is_empty());
+    }
+
+    #[test]
+    fn the_disk_alarm_has_a_critical_band_and_clears_below_its_hysteresis() {
+        let cfg = AlarmsSection {
+            disk_nearly_full_percent: 90,
+            ..Default::default()
+        };
+        let mut active = Vec::new();
+        assert!(evaluate(&facts(0, None, Some(89.9)), &cfg, &active).is_empty());
+        let raised = evaluate(&facts(1, None, Some(90.0)), &cfg, &active);
+        let AlarmChange::Raise(a) = &raised[0] else {
+            panic!("{raised:?}")
+        };
+        assert_eq!(a.severity, Severity::Major);
+        assert!(a.reason.contains("90% used (alarm at 90%)"), "{}", a.reason);
+        applied(&mut active, raised);
+        // Still above the clearing line: nothing.
+        assert!(evaluate(&facts(2, None, Some(88.5)), &cfg, &active).is_empty());
+        let cleared = evaluate(&facts(3, None, Some(87.9)), &cfg, &active);
+        assert!(
+            matches!(&cleared[..], [AlarmChange::Clear { code, .. }] if code == DISK_NEARLY_FULL)
+        );
+        let critical = evaluate(&facts(4, None, Some(99.0)), &cfg, &[]);
+        let AlarmChange::Raise(a) = &critical[0] else {
+            panic!("{critical:?}")
+        };
+        assert_eq!(a.severity, Severity::Critical);
+        // An unreadable filesystem changes nothing.
+        assert!(evaluate(&facts(5, None, None), &cfg, &active).is_empty());
+    }
+}
