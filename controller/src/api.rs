@@ -10,7 +10,9 @@
 //! token (`Authorization: Bearer TOKEN` or `X-Auth-Token: TOKEN`; the token
 //! is in `admin.token` in the data dir):
 //! - `GET /sites`, `GET /sites/{id}` (with availability history and
-//!   alarms), `POST /sites/{id}/manage`, `POST /sites/{id}/unmanage`
+//!   alarms), `POST /sites/{id}/manage`, `POST /sites/{id}/unmanage`,
+//!   `POST /sites/{id}/revoke` (ends its enrollment: its certificate is
+//!   refused, its connection closed, until a new join token enrolls it)
 //! - `GET|POST /sites/{id}/servers`, `DELETE /sites/{id}/servers/{server}`
 //! - `POST /flavors` `{"flavor", "sites" | "labels"}`
 //! - `PUT /quotas` `{"quota" (null lifts it), "sites" | "labels"}`
@@ -80,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/sites/{id}", get(site))
         .route("/sites/{id}/manage", post(manage))
         .route("/sites/{id}/unmanage", post(unmanage))
+        .route("/sites/{id}/revoke", post(revoke))
         .route("/sites/{id}/servers", get(site_servers).post(create_server))
         .route("/sites/{id}/servers/{server}", delete(delete_server))
         .route("/flavors", post(publish_flavor))
@@ -292,7 +295,8 @@ async fn enroll(State(s): State<ApiState>, body: axum::body::Bytes) -> Result<Re
         // Sign first so a bad request does not spend the token.
         let site = token_site(&*store, &req.token)?;
         let cert = ca.sign_site_request(&site, &req.csr)?;
-        let redeemed = store.redeem(&req.token)?;
+        let pinned = roost_sync::pki::pem_fingerprint(&cert)?;
+        let redeemed = store.redeem(&req.token, &pinned)?;
         Ok::<_, FleetError>((redeemed, cert, ca.cert_pem()))
     })
     .await;
@@ -548,6 +552,35 @@ async fn manage(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
 
 async fn unmanage(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     set_management(s, id, "unmanaged").await
+}
+
+async fn revoke(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let region = s.region.clone();
+    let r = blocking(move || {
+        if region.store.site(&id).map_err(internal)?.is_none() {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                format!("no site {id:?} in this region"),
+            ));
+        }
+        if !region
+            .store
+            .revoke(&id, chrono::Utc::now())
+            .map_err(internal)?
+        {
+            return Err(error(
+                StatusCode::CONFLICT,
+                format!("site {id:?} is not enrolled: there is nothing to revoke"),
+            ));
+        }
+        // Its link retires: the live connection, if any, is closed.
+        region.forget(&id);
+        region.invalidate_views();
+        tracing::warn!(site = %id, "site enrollment revoked");
+        Ok(json!({"site": {"id": id, "enrolled": false}}))
+    })
+    .await;
+    respond(StatusCode::OK, r)
 }
 
 async fn site_servers(State(s): State<ApiState>, Path(id): Path<String>) -> Response {

@@ -43,6 +43,14 @@ pub enum SiteCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// End the site's enrollment (a stolen or retired node): its
+    /// certificate is refused and its connection closed; a new join token
+    /// enrolls it again.
+    Revoke {
+        site: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -185,6 +193,12 @@ pub fn run(command: SiteCommand, default_data_dir: &Path) -> anyhow::Result<()> 
             }
             SiteCommand::Unmanage { site, remote } => {
                 management(&site, &remote, false, default_data_dir).await?
+            }
+            SiteCommand::Revoke { site, remote } => {
+                let c = remote.client(default_data_dir)?;
+                c.call(reqwest::Method::POST, &format!("/sites/{site}/revoke"))
+                    .await?;
+                println!("{site}: enrollment revoked; `roost-controller token create --site-id {site}` enrolls it again");
             }
         }
         Ok(())

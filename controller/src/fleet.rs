@@ -67,6 +67,18 @@ pub enum FleetError {
     Token(&'static str),
 }
 
+/// Whether a site's connection may sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// Never enrolled (or listed in the config but without a token spent).
+    NotEnrolled,
+    /// Its enrollment was revoked; a new join token enrolls it again.
+    Revoked,
+    /// A certificate of the site's older than its latest enrollment.
+    Superseded,
+}
+
 /// One site as the fleet store knows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SiteRow {
@@ -101,6 +113,14 @@ CREATE TABLE IF NOT EXISTS availability_log (
     availability TEXT NOT NULL CHECK (availability IN ('online', 'offline')),
     address TEXT, at TEXT NOT NULL) STRICT;
 CREATE INDEX IF NOT EXISTS availability_by_site ON availability_log(site, seq);
+-- The certificate each site enrolled with last (its SHA-256): an older one
+-- of the site's is refused. Sites enrolled before pinning have none.
+CREATE TABLE IF NOT EXISTS site_certs (
+    site TEXT PRIMARY KEY REFERENCES sites(id), sha256 TEXT NOT NULL) STRICT;
+-- Enrollments an operator revoked.
+CREATE TABLE IF NOT EXISTS site_revocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL REFERENCES sites(id),
+    revoked_at TEXT NOT NULL) STRICT;
 -- Region tokens revoked before their expiry, by Keystone audit id.
 CREATE TABLE IF NOT EXISTS revoked_tokens (
     audit_id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) STRICT;
@@ -163,7 +183,14 @@ pub trait FleetStore: std::fmt::Debug + Send + Sync {
     fn create_token(&self, site_id: &str, ttl: chrono::Duration) -> Result<String, FleetError>;
     /// Spends a join token: its site id if the token is known, unused and
     /// unexpired; marks it used and the site enrolled, atomically.
-    fn redeem(&self, token: &str) -> Result<String, FleetError>;
+    fn redeem(&self, token: &str, cert_sha256: &str) -> Result<String, FleetError>;
+    /// Whether a connection from `site` with the certificate `cert_sha256`
+    /// may sync.
+    fn admission(&self, site: &str, cert_sha256: &str) -> Result<Admission, FleetError>;
+    /// Ends a site's enrollment: its certificate is refused from now on,
+    /// until it enrolls again with a new join token. False if it was not
+    /// enrolled.
+    fn revoke(&self, site: &str, at: DateTime<Utc>) -> Result<bool, FleetError>;
     /// Whether `redeem` would accept the token now, spending nothing.
     fn check_token(&self, token: &str) -> Result<String, FleetError>;
     /// Every stored change of a site's documents (intent, status), in the
@@ -419,7 +446,46 @@ impl FleetStore for SqliteFleet {
     /// Spends a join token: returns its site id if the token is known,
     /// unused and unexpired, and marks it used and the site enrolled, in one
     /// transaction. A token is good once.
-    fn redeem(&self, token: &str) -> Result<String, FleetError> {
+    fn admission(&self, site: &str, cert_sha256: &str) -> Result<Admission, FleetError> {
+        let conn = self.conn();
+        let row: Option<(Option<String>, Option<String>, bool)> = conn
+            .query_row(
+                "SELECT s.enrolled_at, c.sha256,
+                        EXISTS(SELECT 1 FROM site_revocations r WHERE r.site = s.id)
+                 FROM sites s LEFT JOIN site_certs c ON c.site = s.id WHERE s.id = ?1",
+                [site],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            None | Some((None, _, false)) => Admission::NotEnrolled,
+            Some((None, _, true)) => Admission::Revoked,
+            Some((Some(_), Some(pinned), _)) if pinned != cert_sha256 => Admission::Superseded,
+            Some((Some(_), _, _)) => Admission::Admitted,
+        })
+    }
+
+    fn revoke(&self, site: &str, at: DateTime<Utc>) -> Result<bool, FleetError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE sites SET enrolled_at = NULL WHERE id = ?1 AND enrolled_at IS NOT NULL",
+            [site],
+        )?;
+        if n == 1 {
+            tx.execute("DELETE FROM site_certs WHERE site = ?1", [site])?;
+            tx.execute(
+                "INSERT INTO site_revocations (site, revoked_at) VALUES (?1, ?2)",
+                params![site, time(at)],
+            )?;
+            // Not connected by choice: no offline alarm stays raised for it.
+            clear_alarm(&tx, site, OFFLINE_ALARM, at)?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    fn redeem(&self, token: &str, cert_sha256: &str) -> Result<String, FleetError> {
         let site = join_token::site_of(token).ok_or(FleetError::Token("malformed"))?;
         let hash = join_token::hash(token);
         let mut conn = self.conn();
@@ -433,6 +499,11 @@ impl FleetStore for SqliteFleet {
         tx.execute(
             "UPDATE sites SET enrolled_at = ?2 WHERE id = ?1",
             params![site, time(now)],
+        )?;
+        tx.execute(
+            "INSERT INTO site_certs (site, sha256) VALUES (?1, ?2)
+             ON CONFLICT (site) DO UPDATE SET sha256 = excluded.sha256",
+            params![site, cert_sha256],
         )?;
         // An enrollment is a new incarnation of the site (a replaced disk, a
         // reinstall): its status document starts again from what it now
@@ -828,9 +899,9 @@ mod tests {
         assert_eq!(s.check_token(&t).unwrap(), "vehicle-07");
         assert_eq!(s.check_token(&t).unwrap(), "vehicle-07");
         assert!(s.site("vehicle-07").unwrap().unwrap().enrolled_at.is_none());
-        assert_eq!(s.redeem(&t).unwrap(), "vehicle-07");
+        assert_eq!(s.redeem(&t, "cert-1").unwrap(), "vehicle-07");
         assert!(matches!(
-            s.redeem(&t),
+            s.redeem(&t, "cert-1"),
             Err(FleetError::Token("already used"))
         ));
         assert!(matches!(
@@ -841,7 +912,10 @@ mod tests {
         let old = s
             .create_token("vehicle-07", chrono::Duration::seconds(-1))
             .unwrap();
-        assert!(matches!(s.redeem(&old), Err(FleetError::Token("expired"))));
+        assert!(matches!(
+            s.redeem(&old, "cert-1"),
+            Err(FleetError::Token("expired"))
+        ));
         assert!(matches!(
             s.check_token(&old),
             Err(FleetError::Token("expired"))
@@ -851,11 +925,73 @@ mod tests {
             .create_token("vehicle-07", chrono::Duration::hours(1))
             .unwrap();
         let forged = t.replacen("vehicle-07", "vehicle-08", 1);
-        assert!(matches!(s.redeem(&forged), Err(FleetError::Token(_))));
         assert!(matches!(
-            s.redeem("rjt1.x"),
+            s.redeem(&forged, "cert-1"),
+            Err(FleetError::Token(_))
+        ));
+        assert!(matches!(
+            s.redeem("rjt1.x", "cert-1"),
             Err(FleetError::Token("malformed"))
         ));
+    }
+
+    #[test]
+    fn only_the_latest_enrollments_certificate_is_admitted_and_revocation_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = store(dir.path());
+        let t0 = Utc::now();
+        assert_eq!(
+            s.admission("vehicle-07", "a").unwrap(),
+            Admission::NotEnrolled
+        );
+        assert_eq!(s.admission("nowhere", "a").unwrap(), Admission::NotEnrolled);
+        let token = |s: &SqliteFleet| {
+            s.create_token("vehicle-07", chrono::Duration::hours(1))
+                .unwrap()
+        };
+        s.redeem(&token(&s), "cert-1").unwrap();
+        assert_eq!(
+            s.admission("vehicle-07", "cert-1").unwrap(),
+            Admission::Admitted
+        );
+        assert_eq!(
+            s.admission("vehicle-07", "cert-0").unwrap(),
+            Admission::Superseded
+        );
+        // A new enrollment (a replaced disk) retires the old certificate.
+        s.redeem(&token(&s), "cert-2").unwrap();
+        assert_eq!(
+            s.admission("vehicle-07", "cert-1").unwrap(),
+            Admission::Superseded
+        );
+        assert_eq!(
+            s.admission("vehicle-07", "cert-2").unwrap(),
+            Admission::Admitted
+        );
+        // Revoked: every certificate of the site is refused, once.
+        s.record_availability("vehicle-07", false, None, t0)
+            .unwrap();
+        assert!(s.revoke("vehicle-07", t0).unwrap());
+        assert!(!s.revoke("vehicle-07", t0).unwrap());
+        assert_eq!(
+            s.admission("vehicle-07", "cert-2").unwrap(),
+            Admission::Revoked
+        );
+        assert!(s.site("vehicle-07").unwrap().unwrap().enrolled_at.is_none());
+        assert!(
+            s.alarms(Some("vehicle-07"), false).unwrap().is_empty(),
+            "no offline alarm for a revoked site"
+        );
+        // A new token enrolls it again.
+        s.redeem(&token(&s), "cert-3").unwrap();
+        assert_eq!(
+            s.admission("vehicle-07", "cert-3").unwrap(),
+            Admission::Admitted
+        );
+        assert_eq!(
+            s.admission("vehicle-07", "cert-2").unwrap(),
+            Admission::Superseded
+        );
     }
 
     #[test]

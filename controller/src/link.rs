@@ -23,13 +23,13 @@ use automerge::ChangeHash;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use roost_sync::transport::{drive, peer_site_id, region_accept, Hello};
+use roost_sync::transport::{drive, peer_fingerprint, peer_site_id, region_accept, Hello};
 use roost_sync::{Docs, IntentDoc, Role, Session, SessionConfig};
 
 use crate::metrics::METRICS;
 use crate::view::{DocFacts, Traffic};
 
-use crate::fleet::{FleetError, FleetStore};
+use crate::fleet::{Admission, FleetError, FleetStore};
 
 /// Whether a site is connected, as the region sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -457,14 +457,29 @@ impl Region {
         };
         let store = self.store.clone();
         let s = site.clone();
-        let known = tokio::task::spawn_blocking(move || store.site(&s))
+        let cert = peer_fingerprint(&conn).map_err(|e| e.to_string())?;
+        let admission = tokio::task::spawn_blocking(move || store.admission(&s, &cert))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        if known.is_none_or(|r| r.enrolled_at.is_none()) {
-            conn.close(2u32.into(), b"unknown site");
+        let refusal: Option<(u32, &[u8], &str)> = match admission {
+            Admission::Admitted => None,
+            Admission::NotEnrolled => Some((2, b"unknown site", "is not enrolled in this region")),
+            Admission::Revoked => Some((
+                5,
+                b"revoked site",
+                "had its enrollment revoked; a new join token enrolls it again",
+            )),
+            Admission::Superseded => Some((
+                6,
+                b"certificate superseded",
+                "enrolled again since this certificate was issued; only the latest is taken",
+            )),
+        };
+        if let Some((code, reason, why)) = refusal {
+            conn.close(code.into(), reason);
             METRICS.connections.with_label_values(&["refused"]).inc();
-            return Err(format!("site {site:?} is not enrolled in this region"));
+            return Err(format!("site {site:?} {why}"));
         }
         let link = self.site(&site).map_err(|e| e.to_string())?;
         let (region, s) = (self.clone(), site.clone());
@@ -685,6 +700,13 @@ async fn watch_silence(
             heard = checked;
         }
         checked = Instant::now();
+        // The site's enrollment ended (revoked, or enrolled again): its
+        // connection goes with it.
+        if link.retired.load(Ordering::SeqCst) {
+            tracing::info!(site = %site, "enrollment ended; closing its connection");
+            conn.close(5u32.into(), b"enrollment ended");
+            return;
+        }
         let remote = conn.remote_address().to_string();
         if remote != mine {
             // Only while the address shown is this connection's (a newer

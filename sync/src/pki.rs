@@ -285,6 +285,35 @@ pub fn region_server_name(region: &str) -> String {
     format!("{region}{REGION_SUFFIX}")
 }
 
+/// A certificate's SHA-256 fingerprint (lowercase hex): what the region
+/// pins per site at enrollment, so a site's older certificates (a stolen
+/// disk's, a revoked enrollment's) stop working when it enrolls again.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// [`fingerprint`] of a PEM certificate (the first in `pem`).
+pub fn pem_fingerprint(pem: &str) -> Result<String, PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::NotASite(format!("not a PEM certificate: {e}")))?;
+    Ok(fingerprint(&der))
+}
+
+impl Credential {
+    /// The fingerprint of this credential's own certificate.
+    pub fn fingerprint(&self) -> String {
+        self.chain
+            .first()
+            .map(|c| fingerprint(c))
+            .unwrap_or_default()
+    }
+}
+
 /// The site id a (verified) site certificate names.
 pub fn site_id_of(cert: &[u8]) -> Result<String, PkiError> {
     let (_, parsed) =

@@ -158,16 +158,25 @@ pub fn client_config(cred: &Credential) -> Result<quinn::ClientConfig, Transport
 
 /// The site id in the peer's verified certificate.
 pub fn peer_site_id(conn: &quinn::Connection) -> Result<String, TransportError> {
+    Ok(pki::site_id_of(&peer_leaf(conn)?)?)
+}
+
+/// The [`pki::fingerprint`] of the peer's certificate.
+pub fn peer_fingerprint(conn: &quinn::Connection) -> Result<String, TransportError> {
+    Ok(pki::fingerprint(&peer_leaf(conn)?))
+}
+
+fn peer_leaf(conn: &quinn::Connection) -> Result<CertificateDer<'static>, TransportError> {
     let identity = conn
         .peer_identity()
         .ok_or_else(|| TransportError::Quic("the peer sent no certificate".into()))?;
     let certs = identity
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| TransportError::Quic("unexpected peer identity type".into()))?;
-    let leaf = certs
+    certs
         .first()
-        .ok_or_else(|| TransportError::Quic("empty certificate chain".into()))?;
-    Ok(pki::site_id_of(leaf)?)
+        .cloned()
+        .ok_or_else(|| TransportError::Quic("empty certificate chain".into()))
 }
 
 /// Stream priorities on a connection (quinn sends higher first): control

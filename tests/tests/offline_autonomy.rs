@@ -223,7 +223,7 @@ async fn a_disconnected_factory_and_its_region_converge_and_lose_nothing() {
     // The heal.
     let healed = Instant::now();
     site.relay.cut(false);
-    let site_acked = site_made.len() + 2 + 3; // servers, stops, delete; net, subnet, volume
+    let site_acked = site_made.len() + 3 + 3; // servers; 2 stops, a delete; net, subnet, volume
     let region_acked = region_made.len() + 3; // creates; stop, start, delete
     let mut lost = usize::MAX;
     let deadline = healed + Duration::from_secs(90);
@@ -403,7 +403,7 @@ async fn a_vehicle_keeps_its_session_across_new_addresses_and_a_flapping_link() 
         "the session survived a new address behind a short gap"
     );
 
-    // A minute of flapping, with one cut long enough to end the session.
+    // A minute of flapping, with two cuts long enough to end the session.
     // The site writes on; the test reads the region's view all along.
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let writer = {
@@ -422,7 +422,7 @@ async fn a_vehicle_keeps_its_session_across_new_addresses_and_a_flapping_link() 
         let start = Instant::now();
         let mut flaps = 0;
         while start.elapsed() < Duration::from_secs(60) {
-            let down = if flaps == 5 {
+            let down = if flaps == 2 || flaps == 6 {
                 Duration::from_secs(12)
             } else {
                 Duration::from_millis(rng.random_range(1_000..4_000))
@@ -839,9 +839,77 @@ async fn hostile_peers_on_the_quic_port_are_refused_and_harm_nothing() {
     assert!(in_sync(&controller, VICTIM).await);
     assert!(controller.child.try_wait().unwrap().is_none());
     assert!(region_servers(&controller, THIEF).await.is_empty());
+
+    // The operator revokes the thief's site (the real CLI): a live
+    // connection of its is closed, and its certificate is refused after.
+    let live = connect().await;
+    let (_, mut send, _recv) = roost_sync::transport::site_open(&live, &hello(THIEF))
+        .await
+        .expect("still enrolled");
+    // A real session's first words (heads only), so the region runs it.
+    let now = Instant::now();
+    let mut docs = roost_sync::Docs {
+        intent: roost_sync::IntentDoc::new(b"thief-intent-001", "site:thief"),
+        status: roost_sync::StatusDoc::new(&roost_sync::site_status_actor(THIEF)),
+        site_status_actor: roost_sync::site_status_actor(THIEF),
+    };
+    let mut session = roost_sync::Session::new(
+        roost_sync::Role::Site,
+        roost_sync::session::SessionConfig::default(),
+        None,
+        now,
+    )
+    .unwrap();
+    session.handle_timeout(&mut docs, now);
+    while let Some(f) = session.poll_message() {
+        send.write_all(&prefixed(&f)).await.unwrap();
+    }
+    wait_for("the thief's session runs", within, async || {
+        controller.site(THIEF).await["availability"] == "online"
+    })
+    .await;
+    let out = std::process::Command::new(roost_tests::binary("roost-controller"))
+        .args(["site", "revoke", THIEF, "--url", &controller.api])
+        .args(["--data-dir"])
+        .arg(&controller.data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("enrollment revoked"));
+    let closed = tokio::time::timeout(Duration::from_secs(10), live.closed())
+        .await
+        .expect("the revoked site's connection is closed");
+    assert!(closed.to_string().contains("enrollment ended"), "{closed}");
+    let conn = connect().await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        roost_sync::transport::site_open(&conn, &hello(THIEF)),
+    )
+    .await
+    .expect("the region answers");
+    assert!(r.is_err(), "a revoked site must not get a session");
+    let reason = conn
+        .close_reason()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    assert!(reason.contains("revoked site"), "{reason}");
+    assert_eq!(controller.site(THIEF).await["enrolled"], false);
+    let (code, body) = controller
+        .call(Method::POST, &format!("/sites/{THIEF}/revoke"), None)
+        .await;
+    assert_eq!(code, 409, "revoking twice: {body}");
+    assert!(
+        in_sync(&controller, VICTIM).await,
+        "the victim is untouched"
+    );
+
     let thief_after = roost_tests::changes_stored(&controller.db_path(), THIEF);
     println!(
-        "hostile input: {refused} malformed sessions and 2000 junk datagrams refused; the controller stayed up; the thief's stored changes {thief_before} before, {thief_after} after"
+        "hostile input: {refused} malformed sessions and 2000 junk datagrams refused, a revoked site's connection closed and its certificate refused; the controller stayed up; the thief's stored changes {thief_before} before, {thief_after} after"
     );
     assert_eq!(thief_after, thief_before, "a refused frame stored nothing");
     controller.terminate();
