@@ -108,6 +108,7 @@ CREATE TABLE IF NOT EXISTS alarms (
     code TEXT NOT NULL, severity TEXT NOT NULL CHECK (severity IN ('critical', 'major', 'minor')),
     reason TEXT NOT NULL, raised_at TEXT NOT NULL, cleared_at TEXT, acknowledged_at TEXT) STRICT;
 CREATE UNIQUE INDEX IF NOT EXISTS alarms_active ON alarms(site, code) WHERE cleared_at IS NULL;
+CREATE INDEX IF NOT EXISTS alarms_by_raise ON alarms(site, code, raised_at);
 CREATE TABLE IF NOT EXISTS availability_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL REFERENCES sites(id),
     availability TEXT NOT NULL CHECK (availability IN ('online', 'offline')),
@@ -126,7 +127,8 @@ CREATE TABLE IF NOT EXISTS revoked_tokens (
     audit_id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) STRICT;
 "#;
 
-/// An alarm the region raised about a site (`site.offline` today).
+/// An alarm about a site: the region's own (`site.offline`) or one the
+/// site raised itself and published (`site.link_down`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AlarmRow {
     pub id: i64,
@@ -714,7 +716,9 @@ impl FleetStore for SqliteFleet {
                 |r| r.get(0),
             )
         };
-        for a in cleared {
+        // The region's own alarm about the site is not the site's to set.
+        let theirs = |a: &&AlarmStatus| a.code != OFFLINE_ALARM;
+        for a in cleared.iter().filter(theirs) {
             let (raised, at) = (time(a.raised_at), time(a.cleared_at.unwrap_or(now)));
             if known(&a.code, &raised)? {
                 changed += tx.execute(
@@ -738,9 +742,30 @@ impl FleetStore for SqliteFleet {
                 )?;
             }
         }
-        for a in active {
+        for a in active.iter().filter(theirs) {
             let raised = time(a.raised_at);
             if known(&a.code, &raised)? {
+                // Active as the site says, even if the region closed it
+                // (a publication it could not read at the time).
+                let closed: bool = tx.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM alarms WHERE site = ?1 AND code = ?2
+                                   AND raised_at = ?3 AND cleared_at IS NOT NULL)
+                     AND NOT EXISTS(SELECT 1 FROM alarms WHERE site = ?1 AND code = ?2
+                                    AND raised_at = ?3 AND cleared_at IS NULL)",
+                    params![site, a.code, raised],
+                    |r| r.get(0),
+                )?;
+                if closed {
+                    tx.execute(
+                        "UPDATE alarms SET cleared_at = ?3 WHERE site = ?1 AND code = ?2 AND cleared_at IS NULL",
+                        params![site, a.code, raised],
+                    )?;
+                    changed += tx.execute(
+                        "UPDATE alarms SET cleared_at = NULL WHERE id =
+                           (SELECT MAX(id) FROM alarms WHERE site = ?1 AND code = ?2 AND raised_at = ?3)",
+                        params![site, a.code, raised],
+                    )?;
+                }
                 continue;
             }
             // A raise the region missed the clearing of is over.
@@ -1066,6 +1091,27 @@ mod tests {
             .find(|a| a.code == "storage.disk_nearly_full" && a.raised_at == time(t(60)))
             .unwrap();
         assert_eq!(last.cleared_at, Some(time(t(105))));
+        // The site says it is active after all: it opens again.
+        let again = alarm("storage.disk_nearly_full", 60, None);
+        assert!(s
+            .apply_site_alarms("vehicle-07", std::slice::from_ref(&again), &[], t(106))
+            .unwrap());
+        let active = s.alarms(Some("vehicle-07"), false).unwrap();
+        assert!(active
+            .iter()
+            .any(|a| a.code == "storage.disk_nearly_full" && a.raised_at == time(t(60))));
+        // A site cannot set or clear the region's own alarm about it.
+        let forged = alarm(OFFLINE_ALARM, 200, Some(201));
+        s.apply_site_alarms("vehicle-07", &[again], &[forged], t(107))
+            .unwrap();
+        let offline: Vec<_> = s
+            .alarms(Some("vehicle-07"), true)
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.code == OFFLINE_ALARM)
+            .collect();
+        assert_eq!(offline.len(), 1);
+        assert!(offline[0].cleared_at.is_none());
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct SiteLink {
     heard: AtomicBool,
     /// Since when the site has been out of sync while online.
     out_of_sync_since: Mutex<Option<Instant>>,
+    /// The site's alarm publication last folded into the alarm table.
+    alarms_applied: Mutex<Option<String>>,
     /// Sync frame bytes (in, out) since the controller started.
     bytes: Mutex<(u64, u64)>,
     /// What the view reads from the documents, with the heads it was read at.
@@ -112,7 +114,12 @@ impl SiteLink {
         store.append_changes(site, &intent, &status)?;
         *persisted = heads;
         if !status.is_empty() {
-            self.apply_site_alarms(store, site)?;
+            // The changes are stored; a failure here must not look like
+            // theirs (the next publication tries again).
+            if let Err(e) = self.apply_site_alarms(store, site) {
+                tracing::error!(site = %site, error = %e, "cannot record the site's alarms");
+                *lock(&self.alarms_applied) = None;
+            }
         }
         Ok(())
     }
@@ -124,13 +131,22 @@ impl SiteLink {
         let Some(published) = published else {
             return Ok(());
         };
-        let list = |k: &str| -> Vec<roost_common::model::AlarmStatus> {
-            serde_json::from_value(published[k].clone()).unwrap_or_else(|e| {
-                tracing::warn!(site = %site, error = %e, "the site's published alarms are unreadable");
-                Vec::new()
-            })
+        let text = published.to_string();
+        if lock(&self.alarms_applied).as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        let list = |k: &str| -> Option<Vec<roost_common::model::AlarmStatus>> {
+            serde_json::from_value(published[k].clone())
+                .inspect_err(|e| {
+                    tracing::warn!(site = %site, error = %e, "the site's published alarms are unreadable; the region's copy is left as it was");
+                })
+                .ok()
         };
-        store.apply_site_alarms(site, &list("active"), &list("cleared"), Utc::now())?;
+        let (Some(active), Some(cleared)) = (list("active"), list("cleared")) else {
+            return Ok(());
+        };
+        store.apply_site_alarms(site, &active, &cleared, Utc::now())?;
+        *lock(&self.alarms_applied) = Some(text);
         Ok(())
     }
 
@@ -322,6 +338,7 @@ impl Region {
             peer_heads: Mutex::new(peer_heads),
             heard: AtomicBool::new(false),
             out_of_sync_since: Mutex::new(None),
+            alarms_applied: Mutex::new(None),
             bytes: Mutex::new((0, 0)),
             facts: Mutex::new(None),
             retired: AtomicBool::new(false),
@@ -558,6 +575,7 @@ impl Region {
         };
         let watchdog = tokio::spawn(watch_silence(
             conn.clone(),
+            remote.to_string(),
             link.clone(),
             site.clone(),
             self.offline_after,
@@ -677,16 +695,13 @@ const SILENCE_CHECK: Duration = Duration::from_millis(500);
 /// so the view shows where the site is now.
 async fn watch_silence(
     conn: quinn::Connection,
+    // The address went_online recorded for this connection.
+    mut mine: String,
     link: Arc<SiteLink>,
     site: String,
     limit: Duration,
 ) {
     let mut seen = conn.stats().udp_rx.datagrams;
-    // The address went_online recorded for this connection.
-    let mut mine = match &*lock(&link.availability) {
-        Availability::Online { address, .. } => address.clone(),
-        Availability::Offline { .. } => conn.remote_address().to_string(),
-    };
     // The last packet arrived after `heard` (the check before the one that
     // saw it), so `heard` errs early: silence is never under-counted.
     let mut heard = Instant::now();

@@ -121,6 +121,10 @@ impl Region {
             Availability::Online { since, address } => (true, Some(since), Some(address)),
             Availability::Offline { since } => (false, since, None),
         };
+        // Heard first: `observe` stores this connection's peer heads before
+        // it sets `heard`, so a true here means the distance below is
+        // measured against what the site said in this connection.
+        let heard = link.heard();
         let distance = link.distance();
         let facts = link.doc_facts();
         let (bytes_in, bytes_out) = link.bytes();
@@ -139,7 +143,7 @@ impl Region {
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
             address,
             sync: SyncView {
-                status: SyncStatus::of(online && link.heard(), &distance),
+                status: SyncStatus::of(online && heard, &distance),
                 to_site: distance.to_site,
                 from_site: distance.from_site,
                 lag_seconds: if online { link.lag() } else { 0.0 },

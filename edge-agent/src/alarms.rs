@@ -4,8 +4,8 @@
 //!
 //! - `site.link_down` (major): no connection to the region for
 //!   `alarms.link_down_after_secs`; cleared when the link is back.
-//! - `storage.disk_nearly_full` (major; critical from 98%): the data
-//!   directory's filesystem is used at or above
+//! - `storage.disk_nearly_full` (major; from 98% a critical one replaces
+//!   it): the data directory's filesystem is used at or above
 //!   `alarms.disk_nearly_full_percent`; cleared 2 points below.
 //!
 //! [`evaluate`] is pure (facts in, changes out, tested with made-up
@@ -59,11 +59,30 @@ pub struct Facts {
 /// The alarms to raise and clear, given the active ones.
 pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<AlarmChange> {
     let mut out = Vec::new();
-    let is_active = |code: &str, entity: &str| {
+    let find = |code: &str, entity: &str| {
         active
             .iter()
-            .any(|a| a.code == code && a.entity == entity && a.cleared_at.is_none())
+            .find(|a| a.code == code && a.entity == entity && a.cleared_at.is_none())
     };
+    let is_active = |code: &str, entity: &str| find(code, entity).is_some();
+    // This monitor's alarms about what is no longer there (a region renamed
+    // or removed, a data directory moved) end now.
+    let link_entity = f.link.as_ref().map(|(r, _)| format!("region={r}"));
+    let disk_entity = format!("path={}", f.disk.0);
+    for a in active.iter().filter(|a| a.cleared_at.is_none()) {
+        let current = match a.code.as_str() {
+            LINK_DOWN => link_entity.as_deref(),
+            DISK_NEARLY_FULL => Some(disk_entity.as_str()),
+            _ => continue,
+        };
+        if current != Some(a.entity.as_str()) {
+            out.push(AlarmChange::Clear {
+                code: a.code.clone(),
+                entity: a.entity.clone(),
+                at: f.now,
+            });
+        }
+    }
     if let Some((region, down_since)) = &f.link {
         let entity = format!("region={region}");
         let after = chrono::Duration::seconds(cfg.link_down_after_secs as i64);
@@ -93,8 +112,19 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
     if let Some(used) = *used {
         let entity = format!("path={dir}");
         let line = f64::from(cfg.disk_nearly_full_percent);
-        let on = is_active(DISK_NEARLY_FULL, &entity);
-        if used >= line && !on {
+        let current = find(DISK_NEARLY_FULL, &entity);
+        let on = current.is_some();
+        // Past the critical line a major alarm is replaced by a critical one.
+        let escalate =
+            used >= DISK_CRITICAL && current.is_some_and(|a| a.severity != Severity::Critical);
+        if escalate {
+            out.push(AlarmChange::Clear {
+                code: DISK_NEARLY_FULL.into(),
+                entity: entity.clone(),
+                at: f.now,
+            });
+        }
+        if used >= line && (!on || escalate) {
             out.push(AlarmChange::Raise(AlarmStatus {
                 code: DISK_NEARLY_FULL.into(),
                 entity,
@@ -160,7 +190,7 @@ fn used_percent(dir: &std::path::Path) -> Option<f64> {
     }
     // As df counts: blocks in use over those in use plus those an
     // unprivileged writer may still take.
-    let used = (st.f_blocks - st.f_bfree) as f64;
+    let used = st.f_blocks.saturating_sub(st.f_bfree) as f64;
     Some(100.0 * used / (used + st.f_bavail as f64))
 }
 
@@ -278,12 +308,20 @@ mod tests {
         );
         applied(&mut active, cleared);
         assert!(evaluate(&facts(3_602, None, None), &cfg, &active).is_empty());
-        // A site without a region never has a link alarm.
+        // A site without a region never has a link alarm; one left from
+        // when it had one (or from another region's name) ends.
         let alone = Facts {
             link: None,
             ..facts(9_999, None, None)
         };
         assert!(evaluate(&alone, &cfg, &[]).is_empty());
+        let mut left = Vec::new();
+        applied(&mut left, evaluate(&facts(100, Some(0), None), &cfg, &[]));
+        let ended = evaluate(&alone, &cfg, &left);
+        assert!(
+            matches!(&ended[..], [AlarmChange::Clear { code, entity, .. }] if code == LINK_DOWN && entity == "region=eu"),
+            "{ended:?}"
+        );
     }
 
     #[test]
@@ -312,6 +350,16 @@ mod tests {
             panic!("{critical:?}")
         };
         assert_eq!(a.severity, Severity::Critical);
+        // A major one already raised is replaced by a critical one, once.
+        let mut major = Vec::new();
+        applied(&mut major, evaluate(&facts(5, None, Some(91.0)), &cfg, &[]));
+        let up = evaluate(&facts(6, None, Some(98.5)), &cfg, &major);
+        assert!(
+            matches!(&up[..], [AlarmChange::Clear { .. }, AlarmChange::Raise(a)] if a.severity == Severity::Critical),
+            "{up:?}"
+        );
+        applied(&mut major, up);
+        assert!(evaluate(&facts(7, None, Some(99.0)), &cfg, &major).is_empty());
         // An unreadable filesystem changes nothing.
         assert!(evaluate(&facts(5, None, None), &cfg, &active).is_empty());
     }

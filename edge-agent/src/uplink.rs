@@ -308,7 +308,6 @@ impl Uplink {
             }
         };
         METRICS.uplink_connected.set(1);
-        self.link_state.connected();
         tracing::info!(region = %self.region.name, %addr, "connected to the region");
         let hello = Hello {
             name: self.site_id.clone(),
@@ -316,6 +315,9 @@ impl Uplink {
             protocol: roost_sync::frame::VERSION,
         };
         let (region_hello, send, recv) = site_open(&conn, &hello).await?;
+        // Linked once the region said hello back (a region refusing the
+        // site does not reset the link-down clock).
+        self.link_state.connected();
         tracing::info!(region = %region_hello.name, version = %region_hello.version, "region answered");
         // Image fetches run on bulk streams of their own beside the sync.
         let mut fetching = tokio::spawn(self.fetcher.clone().run(conn.clone()));

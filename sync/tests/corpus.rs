@@ -85,7 +85,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect();
     let manifest = Manifest::of_reader(&data[..]).unwrap();
     let hashes = manifest.chunks.iter().map(|c| c.hash).take(3).collect();
-    let signer = Signer::generate().unwrap();
+    let signer = signer();
     let claims = TokenClaims {
         user_id: "u".into(),
         user_name: "admin".into(),
@@ -140,9 +140,36 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             "valid-error".into(),
             Reply::Error("no".into()).encode(),
         ),
-        ("token", "signed".into(), signer.sign(&claims).into_bytes()),
+        (
+            "token",
+            "valid-signed".into(),
+            signer.sign(&claims).into_bytes(),
+        ),
     ]);
     out
+}
+
+/// The key the token seeds are signed with, kept beside the corpus so the
+/// mutations reach the claims (a token of another key is refused first).
+fn signer() -> Signer {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/token-key.pk8");
+    match std::fs::read(&path) {
+        Ok(key) => Signer::from_pkcs8(&key).unwrap(),
+        Err(_) => {
+            let s = Signer::generate().unwrap();
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, s.pkcs8()).unwrap();
+            s
+        }
+    }
+}
+
+fn trust() -> &'static Trust {
+    static TRUST: std::sync::OnceLock<Trust> = std::sync::OnceLock::new();
+    TRUST.get_or_init(|| Trust {
+        keys: vec![signer().public_key()],
+        revoked: Default::default(),
+    })
 }
 
 /// Decodes `input` as `decoder` reads it; whether it was taken.
@@ -154,7 +181,7 @@ fn decode(decoder: &str, input: &[u8]) -> bool {
         "bulk_reply" => Reply::decode(input).is_ok(),
         "token" => {
             let text = String::from_utf8_lossy(input);
-            token::verify(&Trust::default(), &text, 0).is_ok()
+            token::verify(trust(), &text, 1).is_ok()
         }
         "session" => {
             // A fresh region takes the frame or refuses it; refused, its

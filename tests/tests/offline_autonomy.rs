@@ -960,12 +960,14 @@ async fn alarms_raised_apart_reach_the_region_with_their_own_times() {
     let data = site.agent.data_dir.clone();
     // The disk alarm's line is moved by restarting the agent with another
     // config: 99% (this disk is below it) or 3% (this disk is above it).
-    let with_disk_line = |percent: u8| {
+    // The link alarm's wait is 3 s only while the link is cut (a restart
+    // while connected may take longer than that to connect).
+    let with_disk_line = |percent: u8, link_down_after: u32| {
         let text = std::fs::read_to_string(&config).unwrap();
         let base = text.split("\nalarms:").next().unwrap().to_string();
         std::fs::write(
             &config,
-            format!("{base}\nalarms:\n  link_down_after_secs: 3\n  disk_nearly_full_percent: {percent}\n"),
+            format!("{base}\nalarms:\n  link_down_after_secs: {link_down_after}\n  disk_nearly_full_percent: {percent}\n"),
         )
         .unwrap();
     };
@@ -975,7 +977,7 @@ async fn alarms_raised_apart_reach_the_region_with_their_own_times() {
         in_sync(&controller, SITE).await
     })
     .await;
-    with_disk_line(99);
+    with_disk_line(99, 60);
     site.agent.kill9();
     site.agent = roost_tests::AgentProcess::start(&config, &data);
     site.api = Api::login(&site.agent.url).await;
@@ -989,6 +991,10 @@ async fn alarms_raised_apart_reach_the_region_with_their_own_times() {
     // Apart: the link alarm after 3 s; a disk alarm raised and cleared;
     // another raised and still active at the heal.
     site.relay.cut(true);
+    with_disk_line(99, 3);
+    site.agent.kill9();
+    site.agent = roost_tests::AgentProcess::start(&config, &data);
+    site.api = Api::login(&site.agent.url).await;
     wait_for("the site raises site.link_down", within, async || {
         site.api.get("/roost/v1/alarms").await.1["alarms"]
             .to_string()
@@ -996,7 +1002,7 @@ async fn alarms_raised_apart_reach_the_region_with_their_own_times() {
     })
     .await;
     for percent in [3, 99, 3] {
-        with_disk_line(percent);
+        with_disk_line(percent, 3);
         site.agent.kill9();
         site.agent = roost_tests::AgentProcess::start(&config, &data);
         site.api = Api::login(&site.agent.url).await;

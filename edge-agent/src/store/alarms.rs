@@ -16,7 +16,7 @@ use crate::alarms::AlarmChange;
 /// The status entry the alarms are published under (kind `site`).
 pub const PUBLISHED: &str = "alarms";
 /// Cleared alarms published beside the active ones (the newest).
-pub const PUBLISHED_CLEARED: usize = 100;
+pub const PUBLISHED_CLEARED: usize = 20;
 
 fn parse(s: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(s)
