@@ -296,7 +296,8 @@ async fn enroll(State(s): State<ApiState>, body: axum::body::Bytes) -> Result<Re
         let site = token_site(&*store, &req.token)?;
         let cert = ca.sign_site_request(&site, &req.csr)?;
         let pinned = roost_sync::pki::pem_fingerprint(&cert)?;
-        let redeemed = store.redeem(&req.token, &pinned)?;
+        let asked = roost_sync::pki::request_fingerprint(&req.csr);
+        let redeemed = store.redeem(&req.token, &asked, &pinned)?;
         Ok::<_, FleetError>((redeemed, cert, ca.cert_pem()))
     })
     .await;

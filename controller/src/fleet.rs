@@ -116,8 +116,11 @@ CREATE TABLE IF NOT EXISTS availability_log (
 CREATE INDEX IF NOT EXISTS availability_by_site ON availability_log(site, seq);
 -- The certificate each site enrolled with last (its SHA-256): an older one
 -- of the site's is refused. Sites enrolled before pinning have none.
+-- With the join token and certificate request it came from, so that a site
+-- that crashed before writing its certificate may ask again.
 CREATE TABLE IF NOT EXISTS site_certs (
-    site TEXT PRIMARY KEY REFERENCES sites(id), sha256 TEXT NOT NULL) STRICT;
+    site TEXT PRIMARY KEY REFERENCES sites(id), sha256 TEXT NOT NULL,
+    token_hash TEXT NOT NULL, request_sha256 TEXT NOT NULL) STRICT;
 -- Enrollments an operator revoked.
 CREATE TABLE IF NOT EXISTS site_revocations (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL REFERENCES sites(id),
@@ -185,7 +188,12 @@ pub trait FleetStore: std::fmt::Debug + Send + Sync {
     fn create_token(&self, site_id: &str, ttl: chrono::Duration) -> Result<String, FleetError>;
     /// Spends a join token: its site id if the token is known, unused and
     /// unexpired; marks it used and the site enrolled, atomically.
-    fn redeem(&self, token: &str, cert_sha256: &str) -> Result<String, FleetError>;
+    fn redeem(
+        &self,
+        token: &str,
+        request_sha256: &str,
+        cert_sha256: &str,
+    ) -> Result<String, FleetError>;
     /// Whether a connection from `site` with the certificate `cert_sha256`
     /// may sync.
     fn admission(&self, site: &str, cert_sha256: &str) -> Result<Admission, FleetError>;
@@ -487,12 +495,36 @@ impl FleetStore for SqliteFleet {
         Ok(n == 1)
     }
 
-    fn redeem(&self, token: &str, cert_sha256: &str) -> Result<String, FleetError> {
+    fn redeem(
+        &self,
+        token: &str,
+        request_sha256: &str,
+        cert_sha256: &str,
+    ) -> Result<String, FleetError> {
         let site = join_token::site_of(token).ok_or(FleetError::Token("malformed"))?;
         let hash = join_token::hash(token);
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let now = Utc::now();
+        // The same request again with the token it spent, and that
+        // enrollment is still the site's latest: the site never got (or
+        // never kept) its certificate. It gets a new one for the same key.
+        let replay: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM site_certs c JOIN sites s ON s.id = c.site
+                           WHERE c.site = ?1 AND c.token_hash = ?2 AND c.request_sha256 = ?3
+                             AND s.enrolled_at IS NOT NULL)",
+            params![site, hash, request_sha256],
+            |r| r.get(0),
+        )?;
+        if replay {
+            tx.execute(
+                "UPDATE site_certs SET sha256 = ?2 WHERE site = ?1",
+                params![site, cert_sha256],
+            )?;
+            tx.commit()?;
+            tracing::info!(site = %site, "enrollment asked again with its spent token and request; certificate issued again");
+            return Ok(site.to_string());
+        }
         token_usable(&tx, site, &hash, now)?;
         tx.execute(
             "UPDATE join_tokens SET used_at = ?2 WHERE hash = ?1",
@@ -503,9 +535,10 @@ impl FleetStore for SqliteFleet {
             params![site, time(now)],
         )?;
         tx.execute(
-            "INSERT INTO site_certs (site, sha256) VALUES (?1, ?2)
-             ON CONFLICT (site) DO UPDATE SET sha256 = excluded.sha256",
-            params![site, cert_sha256],
+            "INSERT INTO site_certs (site, sha256, token_hash, request_sha256) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (site) DO UPDATE SET sha256 = excluded.sha256,
+                 token_hash = excluded.token_hash, request_sha256 = excluded.request_sha256",
+            params![site, cert_sha256, hash, request_sha256],
         )?;
         // An enrollment is a new incarnation of the site (a replaced disk, a
         // reinstall): its status document starts again from what it now
@@ -924,11 +957,22 @@ mod tests {
         assert_eq!(s.check_token(&t).unwrap(), "vehicle-07");
         assert_eq!(s.check_token(&t).unwrap(), "vehicle-07");
         assert!(s.site("vehicle-07").unwrap().unwrap().enrolled_at.is_none());
-        assert_eq!(s.redeem(&t, "cert-1").unwrap(), "vehicle-07");
+        assert_eq!(s.redeem(&t, "req-1", "cert-1").unwrap(), "vehicle-07");
         assert!(matches!(
-            s.redeem(&t, "cert-1"),
+            s.redeem(&t, "req-other", "cert-9"),
             Err(FleetError::Token("already used"))
         ));
+        // The same request again (the site crashed before it wrote its
+        // certificate): a new certificate, which is now the one admitted.
+        assert_eq!(s.redeem(&t, "req-1", "cert-1b").unwrap(), "vehicle-07");
+        assert_eq!(
+            s.admission("vehicle-07", "cert-1b").unwrap(),
+            Admission::Admitted
+        );
+        assert_eq!(
+            s.admission("vehicle-07", "cert-1").unwrap(),
+            Admission::Superseded
+        );
         assert!(matches!(
             s.check_token(&t),
             Err(FleetError::Token("already used"))
@@ -938,7 +982,7 @@ mod tests {
             .create_token("vehicle-07", chrono::Duration::seconds(-1))
             .unwrap();
         assert!(matches!(
-            s.redeem(&old, "cert-1"),
+            s.redeem(&old, "req-1", "cert-1"),
             Err(FleetError::Token("expired"))
         ));
         assert!(matches!(
@@ -951,11 +995,11 @@ mod tests {
             .unwrap();
         let forged = t.replacen("vehicle-07", "vehicle-08", 1);
         assert!(matches!(
-            s.redeem(&forged, "cert-1"),
+            s.redeem(&forged, "req-1", "cert-1"),
             Err(FleetError::Token(_))
         ));
         assert!(matches!(
-            s.redeem("rjt1.x", "cert-1"),
+            s.redeem("rjt1.x", "req-1", "cert-1"),
             Err(FleetError::Token("malformed"))
         ));
     }
@@ -974,7 +1018,7 @@ mod tests {
             s.create_token("vehicle-07", chrono::Duration::hours(1))
                 .unwrap()
         };
-        s.redeem(&token(&s), "cert-1").unwrap();
+        s.redeem(&token(&s), "req-1", "cert-1").unwrap();
         assert_eq!(
             s.admission("vehicle-07", "cert-1").unwrap(),
             Admission::Admitted
@@ -983,8 +1027,15 @@ mod tests {
             s.admission("vehicle-07", "cert-0").unwrap(),
             Admission::Superseded
         );
-        // A new enrollment (a replaced disk) retires the old certificate.
-        s.redeem(&token(&s), "cert-2").unwrap();
+        // A new enrollment (a replaced disk) retires the old certificate,
+        // and the old enrollment's token cannot be asked again.
+        let first = token(&s);
+        s.redeem(&first, "req-a", "cert-a").unwrap();
+        s.redeem(&token(&s), "req-2", "cert-2").unwrap();
+        assert!(matches!(
+            s.redeem(&first, "req-a", "cert-a2"),
+            Err(FleetError::Token("already used"))
+        ));
         assert_eq!(
             s.admission("vehicle-07", "cert-1").unwrap(),
             Admission::Superseded
@@ -998,6 +1049,14 @@ mod tests {
             .unwrap();
         assert!(s.revoke("vehicle-07", t0).unwrap());
         assert!(!s.revoke("vehicle-07", t0).unwrap());
+        // Asking again with the revoked enrollment's request is refused.
+        let last = token(&s);
+        assert!(s.redeem(&last, "req-x", "cert-x").is_ok());
+        assert!(s.revoke("vehicle-07", t0).unwrap());
+        assert!(matches!(
+            s.redeem(&last, "req-x", "cert-x2"),
+            Err(FleetError::Token("already used"))
+        ));
         assert_eq!(
             s.admission("vehicle-07", "cert-2").unwrap(),
             Admission::Revoked
@@ -1008,7 +1067,7 @@ mod tests {
             "no offline alarm for a revoked site"
         );
         // A new token enrolls it again.
-        s.redeem(&token(&s), "cert-3").unwrap();
+        s.redeem(&token(&s), "req-3", "cert-3").unwrap();
         assert_eq!(
             s.admission("vehicle-07", "cert-3").unwrap(),
             Admission::Admitted

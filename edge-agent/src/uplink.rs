@@ -107,8 +107,8 @@ pub async fn enroll_once(
     site_id: &str,
     dir: &std::path::Path,
 ) -> Result<Enrolled, Enroll> {
-    let request =
-        roost_sync::pki::Request::new(site_id).map_err(|e| Enroll::Refused(e.to_string()))?;
+    let request = roost_sync::pki::Request::load_or_new(site_id, dir)
+        .map_err(|e| Enroll::Refused(e.to_string()))?;
     let resp = http
         .post(format!("{url}/v1/enroll"))
         .json(&serde_json::json!({"token": token, "csr": request.csr_pem}))
@@ -147,6 +147,7 @@ pub async fn enroll_once(
     credential
         .write_pem(dir)
         .map_err(|e| Enroll::Refused(e.to_string()))?;
+    roost_sync::pki::Request::forget(dir);
     Ok(Enrolled {
         credential,
         region: body["region"].as_str().map(str::to_string),

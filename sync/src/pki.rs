@@ -48,6 +48,10 @@ impl Clone for Credential {
 pub const CERT_FILE: &str = "identity.crt";
 pub const KEY_FILE: &str = "identity.key";
 pub const CA_FILE: &str = "ca.crt";
+/// A certificate request sent and not yet answered with a written
+/// credential (see [`Request::load_or_new`]).
+pub const PENDING_KEY_FILE: &str = "pending.key";
+pub const PENDING_CSR_FILE: &str = "pending.csr";
 
 fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine;
@@ -222,6 +226,40 @@ impl Request {
         Ok(Request { key, csr_pem })
     }
 
+    /// The request kept in `dir` by an earlier attempt, or a new one kept
+    /// there (durably, the key readable by its owner alone) before it is
+    /// sent: an agent stopped after the region spent its join token but
+    /// before it wrote the certificate asks again with the same request,
+    /// and the region answers it again.
+    pub fn load_or_new(site_id: &str, dir: &std::path::Path) -> Result<Request, PkiError> {
+        let (key_path, csr_path) = (dir.join(PENDING_KEY_FILE), dir.join(PENDING_CSR_FILE));
+        let file_err = |path: &std::path::Path, e: &dyn std::fmt::Display| PkiError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        if let (Ok(key_pem), Ok(csr_pem)) = (
+            std::fs::read_to_string(&key_path),
+            std::fs::read_to_string(&csr_path),
+        ) {
+            let key = KeyPair::from_pem(&key_pem).map_err(|e| file_err(&key_path, &e))?;
+            return Ok(Request { key, csr_pem });
+        }
+        let r = Request::new(site_id)?;
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, &e))?;
+        roost_common::files::write_atomic(&key_path, r.key.serialize_pem().as_bytes(), 0o600)
+            .map_err(|e| file_err(&key_path, &e))?;
+        roost_common::files::write_atomic(&csr_path, r.csr_pem.as_bytes(), 0o644)
+            .map_err(|e| file_err(&csr_path, &e))?;
+        Ok(r)
+    }
+
+    /// Removes the request [`Self::load_or_new`] kept (once the credential
+    /// is written).
+    pub fn forget(dir: &std::path::Path) {
+        let _ = std::fs::remove_file(dir.join(PENDING_KEY_FILE));
+        let _ = std::fs::remove_file(dir.join(PENDING_CSR_FILE));
+    }
+
     /// The credential, once the region answered with the signed
     /// certificate and its CA (both PEM).
     pub fn complete(self, cert_pem: &str, ca_pem: &str) -> Result<Credential, PkiError> {
@@ -237,6 +275,12 @@ impl Request {
             ca,
         })
     }
+}
+
+/// SHA-256 (hex) of a certificate request as sent: how the region knows an
+/// enrollment asked again after a crash.
+pub fn request_fingerprint(csr_pem: &str) -> String {
+    fingerprint(csr_pem.trim().as_bytes())
 }
 
 /// A one-time join token: `rjt1.<site id>.<secret>`. The region keeps only
@@ -337,6 +381,34 @@ pub fn site_id_of(cert: &[u8]) -> Result<String, PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_request_is_sent_again_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        let first = Request::load_or_new("f-01", &pki).unwrap();
+        let again = Request::load_or_new("f-01", &pki).unwrap();
+        assert_eq!(first.csr_pem, again.csr_pem);
+        assert_eq!(
+            request_fingerprint(&first.csr_pem),
+            request_fingerprint(&again.csr_pem)
+        );
+        // The kept key still completes a credential the region signs.
+        let ca = Ca::new("eu").unwrap();
+        let cert = ca.sign_site_request("f-01", &again.csr_pem).unwrap();
+        let cred = again.complete(&cert, &ca.cert_pem()).unwrap();
+        assert_eq!(cred.fingerprint(), pem_fingerprint(&cert).unwrap());
+        let mode = std::fs::metadata(pki.join(PENDING_KEY_FILE))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        Request::forget(&pki);
+        let fresh = Request::load_or_new("f-01", &pki).unwrap();
+        assert_ne!(fresh.csr_pem, first.csr_pem);
+    }
 
     #[test]
     fn site_id_comes_from_the_certificate() {

@@ -80,7 +80,9 @@ pub fn enroll(data_dir: &Path, config_path: &Path, progress: impl Fn(usize)) -> 
                 .create_token(&s.id, chrono::Duration::hours(1))
                 .expect("token");
             let cred = ca.issue_site(&s.id).expect("site certificate");
-            store.redeem(&token, &cred.fingerprint()).expect("redeem");
+            store
+                .redeem(&token, &s.id, &cred.fingerprint())
+                .expect("redeem");
             if (i + 1) % 1000 == 0 {
                 progress(i + 1);
             }

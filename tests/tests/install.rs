@@ -430,7 +430,8 @@ async fn with_the_controller_down_install_fails_unless_offline_and_then_enrolls_
     let region = cfg.region.unwrap();
     assert_eq!(region.join_token.as_deref(), Some(token.as_str()));
     assert_eq!(region.address, quic);
-    assert!(!w.data().join("pki").exists());
+    // Not enrolled: no certificate (the request it will send is kept).
+    assert!(!w.data().join("pki/identity.crt").exists());
     let pid = w.agent_pid().expect("the agent runs");
     assert!(answers(&w.api(8780)).await, "the site serves while offline");
 

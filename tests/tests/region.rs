@@ -58,7 +58,30 @@ async fn a_site_enrolls_syncs_and_goes_offline_when_silent() {
         udp.send_to(&vec![0xAB; n], &controller.quic).unwrap();
     }
 
+    // An agent that sent its request and was killed before it wrote the
+    // certificate: the token is spent, but the same request (kept in its
+    // pki dir) is answered again; another request with that token is not.
     let site_dir = dir.path().join("site");
+    let pki = site_dir.join("pki");
+    let asked = roost_sync::pki::Request::load_or_new("vehicle-07", &pki).unwrap();
+    let enroll = async |csr: &str| {
+        let resp = http
+            .post(format!("{}/v1/enroll", controller.api))
+            .json(&json!({"token": token, "csr": csr}))
+            .send()
+            .await
+            .unwrap();
+        let code = resp.status().as_u16();
+        (code, resp.json::<serde_json::Value>().await.unwrap())
+    };
+    let (code, body) = enroll(&asked.csr_pem).await;
+    assert_eq!(code, 200, "{body}");
+    let other = roost_sync::pki::Request::new("vehicle-07").unwrap();
+    let (code, body) = enroll(&other.csr_pem).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.to_string().contains("already used"), "{body}");
+    assert!(pki.join(roost_sync::pki::PENDING_KEY_FILE).exists());
+
     let cfg = dir.path().join("vehicle-07.yaml");
     let text = std::fs::read_to_string(site_config("vehicle-07.yaml")).unwrap()
         + &format!(
@@ -73,6 +96,10 @@ async fn a_site_enrolls_syncs_and_goes_offline_when_silent() {
         async || controller.site("vehicle-07").await["availability"] == "online",
     )
     .await;
+    assert!(
+        !pki.join(roost_sync::pki::PENDING_KEY_FILE).exists(),
+        "the kept request is removed once the credential is written"
+    );
     let site = controller.site("vehicle-07").await;
     assert_eq!(site["enrolled"], true, "{site}");
     assert_eq!(site["management"], "managed");
