@@ -13,7 +13,8 @@ set -euo pipefail
 #                    QEMU itself, which run the site's VMs (no daemon needed)
 #   qemu-utils:      qemu-img, which makes the servers' qcow2 disks
 #   dnsmasq-base:    the DHCP server that gives guests their ports' addresses
-PACKAGES=(build-essential pkg-config curl libvirt-dev libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils dnsmasq-base)
+#   nftables:        nft, which loads the security groups' rules on the host
+PACKAGES=(build-essential pkg-config curl libvirt-dev libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils dnsmasq-base nftables)
 # test.sh adds what only the tests need:
 #   chromium, chromium-driver: headless Chromium driven over WebDriver
 #   cpio:            packs the test guest's initramfs (scripts/guest-image.sh)

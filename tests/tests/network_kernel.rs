@@ -434,3 +434,145 @@ async fn the_agent_builds_what_its_api_records_and_repairs_it() {
         String::from_utf8_lossy(&left.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_groups_are_enforced_on_the_host() {
+    use roost_common::model::{Direction, SecurityGroupRuleSpec, SecurityGroupSpec};
+    let tag = std::process::id() % 100_000;
+    let mut ns = Namespaces(Vec::new());
+    let h = ns.add(&format!("rs{tag}h"));
+    // An underlay for the VXLAN device (this kernel has no dummy links).
+    ip(&[
+        "-n", &h, "link", "add", "under", "type", "veth", "peer", "name", "under-p",
+    ]);
+    ip(&["-n", &h, "addr", "add", "172.31.9.1/24", "dev", "under"]);
+    ip(&["-n", &h, "link", "set", "under", "up"]);
+    let vtep = Ipv4Addr::new(172, 31, 9, 1);
+    let host = HostNet {
+        site_id: "net-kernel".into(),
+        vtep: Some(vtep),
+        underlay: Some("under".into()),
+        peers: vec![vtep],
+        physnets: Default::default(),
+        gateway: true,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg: SiteConfig = config::parse(Path::new("site.yaml"), SITE).unwrap();
+    let store = Store::open(dir.path(), "net-kernel", &cfg).unwrap().0;
+    let net = create_network(&store).await;
+    create_subnet(&store, &net.id, "10.60.0.0/24", true).await;
+    let rule = |group: &str, remote_group: Option<&str>| SecurityGroupRuleSpec {
+        security_group_id: group.into(),
+        project_id: "p".into(),
+        direction: Direction::Ingress,
+        ip_version: 4,
+        protocol: Some("udp".into()),
+        port_range_min: Some(7000),
+        port_range_max: Some(7000),
+        remote_ip_prefix: match remote_group {
+            None => Some(roost_common::model::Cidr::parse("r", "0.0.0.0/0").unwrap()),
+            Some(_) => None,
+        },
+        remote_group_id: remote_group.map(str::to_string),
+    };
+    let web = store
+        .write(|w| {
+            w.create_security_group(SecurityGroupSpec {
+                name: "web".into(),
+                description: String::new(),
+                project_id: "p".into(),
+                deleted: false,
+            })
+        })
+        .await
+        .unwrap();
+    let (web_id, r) = (web.id.clone(), rule(&web.id, None));
+    let web_rule = store
+        .write(move |w| w.create_security_group_rule(r, &None))
+        .await
+        .unwrap();
+    // The server's port is in `web` (UDP 7000 from anywhere); the client's
+    // in the project's default group (ingress only from its members).
+    let spec = serde_json::from_value::<PortCreateBody>(json!({"port": {
+        "network_id": net.id, "fixed_ips": [{"ip_address": "10.60.0.11"}],
+        "security_groups": [web_id]}}))
+    .unwrap()
+    .port
+    .into_spec("p")
+    .unwrap();
+    let srv = store
+        .write(move |w| w.create_port(spec, &None))
+        .await
+        .unwrap();
+    let cli = create_port(&store, &net.id, "10.60.0.12").await;
+    let default_id = cli.status.security_groups[0].clone();
+
+    let p = pass(&h, &store, &host);
+    assert!(p.failed.is_empty() && p.firewall.is_none(), "{p:?}");
+    let bridge = bridge_name(&net.id);
+    let mut guests = Namespaces(Vec::new());
+    let (gs, gc) = (format!("rs{tag}gsrv"), format!("rs{tag}gcli"));
+    plug(&mut guests, &h, &gs, &bridge, &srv);
+    plug(&mut guests, &h, &gc, &bridge, &cli);
+    let at = |p: &Port, port: u16| SocketAddr::new(p.status.fixed_ips[0].ip_address, port);
+    let _e = [
+        echo(&gs, at(&srv, 7000)),
+        echo(&gs, at(&srv, 7001)),
+        echo(&gc, at(&cli, 7000)),
+        echo(&h, "10.60.0.1:7002".parse().unwrap()),
+    ];
+    std::thread::sleep(Duration::from_millis(200));
+
+    assert!(reaches(&gc, at(&srv, 7000)), "allowed by web's rule");
+    assert!(!reaches(&gc, at(&srv, 7001)), "no rule lets UDP 7001 in");
+    assert!(
+        !reaches(&gs, at(&cli, 7000)),
+        "default lets in only its own members"
+    );
+    assert!(
+        reaches(&gc, "10.60.0.1:7002".parse().unwrap()),
+        "egress to the gateway is allowed"
+    );
+
+    // A rule naming the other group lets its members in.
+    let r = rule(&default_id, Some(&web.id));
+    store
+        .write(move |w| w.create_security_group_rule(r, &None))
+        .await
+        .unwrap();
+    pass(&h, &store, &host);
+    assert!(
+        reaches(&gs, at(&cli, 7000)),
+        "web's members may now reach cli"
+    );
+
+    // A rule deleted: what it let in is refused.
+    let id = web_rule.id.clone();
+    store
+        .write(move |w| w.delete_security_group_rule(&id, &None))
+        .await
+        .unwrap();
+    pass(&h, &store, &host);
+    assert!(!reaches(&gc, at(&srv, 7000)), "web's rule is gone");
+
+    // Drift: the table deleted by hand is back after the next pass.
+    let nft = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &h, "nft"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(nft(&["delete", "table", "inet", "roost-net-kernel"])
+        .status
+        .success());
+    assert!(
+        reaches(&gc, at(&srv, 7001)),
+        "without the table all is open"
+    );
+    pass(&h, &store, &host);
+    assert!(nft(&["list", "table", "inet", "roost-net-kernel"])
+        .status
+        .success());
+    assert!(!reaches(&gc, at(&srv, 7001)), "enforced again");
+}

@@ -5,9 +5,11 @@
 //! carries out steps; [`Reconciler`] runs the two every period, so a
 //! bridge deleted by hand comes back, and what Roost made and no longer
 //! needs goes. Devices Roost made carry the alias `roost:<site>:<network>`;
-//! nothing without it is touched.
+//! nothing without it is touched. Security groups are enforced by
+//! [`firewall`] (nftables), loaded again every pass.
 
 pub mod dhcp;
+pub mod firewall;
 pub mod netlink;
 pub mod plan;
 
@@ -73,19 +75,22 @@ pub struct Pass {
     pub problems: Vec<String>,
     /// The DHCP servers this host should run.
     pub dhcp: Vec<dhcp::Dhcp>,
+    /// Why the security groups could not be loaded, if they could not.
+    pub firewall: Option<String>,
 }
 
 impl Reconciler {
     /// One pass: read the store and the kernel, apply the difference. A step
     /// that fails is logged and the rest still run.
     pub async fn pass(&self, nl: &Netlink) -> Result<Pass, NetError> {
-        let (networks, subnets, ports) = self
+        let (networks, subnets, ports, groups) = self
             .store
             .read(|c| {
                 Ok((
                     read::networks(c, &None)?,
                     read::subnets(c, &None, None)?,
                     read::ports(c, &None, None, None)?,
+                    read::security_groups(c, &None)?,
                 ))
             })
             .await
@@ -100,6 +105,10 @@ impl Reconciler {
             dhcp: dhcp::desired(&self.host, &want, &networks, &subnets, &ports),
             ..Pass::default()
         };
+        // Loaded whole every pass: a table flushed by hand comes back.
+        if let Err(e) = firewall::apply(&firewall::ruleset(&self.host.site_id, &ports, &groups)) {
+            out.firewall = Some(e.to_string());
+        }
         for step in plan::diff(&self.host.site_id, &want, &have) {
             match nl.apply(&step).await {
                 Ok(()) => {
@@ -125,6 +134,7 @@ impl Reconciler {
             }
         };
         let mut said = Vec::new();
+        let mut firewall_said = None;
         let mut servers = self.dhcp_dir.clone().map(dhcp::Servers::new);
         loop {
             match self.pass(&nl).await {
@@ -132,6 +142,17 @@ impl Reconciler {
                     METRICS.network_steps_failed.set(p.failed.len() as i64);
                     if let Some(s) = &mut servers {
                         s.apply(&p.dhcp);
+                    }
+                    if p.firewall != firewall_said {
+                        match &p.firewall {
+                            Some(why) => {
+                                tracing::error!(error = %why, "security groups are not enforced on this host")
+                            }
+                            None => {
+                                tracing::info!(table = %firewall::table(&self.host.site_id), "security groups enforced on this host (nftables, family inet)")
+                            }
+                        }
+                        firewall_said = p.firewall.clone();
                     }
                     if p.problems != said {
                         for why in &p.problems {
