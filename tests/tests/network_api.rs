@@ -85,6 +85,41 @@ async fn networks_subnets_ports_and_groups_through_the_neutron_api() {
     assert_eq!(code, 201, "{rule}");
     assert_eq!(rule["security_group_rule"]["port_range_min"], 502);
 
+    // A port's name and groups change (`openstack port set`); its
+    // addresses do not, and a group of nobody's is refused by name.
+    let (code, g) = api
+        .post(
+            "/network/v2.0/security-groups",
+            json!({"security_group": {"name": "modbus"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{g}");
+    let modbus = g["security_group"]["id"].clone();
+    let port_path = format!("/network/v2.0/ports/{port_id}");
+    let put = |body: serde_json::Value| api.call(reqwest::Method::PUT, &port_path, Some(body));
+    let (code, changed) =
+        put(json!({"port": {"name": "plc-1a", "security_groups": [modbus, modbus]}})).await;
+    assert_eq!(code, 200, "{changed}");
+    assert_eq!(changed["port"]["name"], "plc-1a");
+    assert_eq!(changed["port"]["security_groups"], json!([modbus]));
+    let (code, body) = put(json!({"port": {"security_groups": ["nope"]}})).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.to_string().contains("port.security_groups[0]"),
+        "{body}"
+    );
+    let (code, body) = put(json!({"port": {"fixed_ips": []}})).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("fixed_ips"), "{body}");
+    let (_, shown) = api.get(&format!("/network/v2.0/ports/{port_id}")).await;
+    assert_eq!(
+        shown["port"]["security_groups"],
+        json!([modbus]),
+        "refusals changed nothing"
+    );
+    let (code, _) = put(json!({"port": {"security_groups": [default["id"]]}})).await;
+    assert_eq!(code, 200);
+
     // Bad input: Neutron's error shape, nothing changed.
     let refusals = [
         (

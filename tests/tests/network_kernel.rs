@@ -575,4 +575,25 @@ async fn security_groups_are_enforced_on_the_host() {
         .status
         .success());
     assert!(!reaches(&gc, at(&srv, 7001)), "enforced again");
+
+    // The server's port moved into the default group: its members (the
+    // client) may now reach it on any port.
+    let (sid, groups) = (srv.id.clone(), vec![default_id.clone()]);
+    store
+        .write(move |w| {
+            w.update_port(
+                &sid,
+                roost_common::api::PortUpdate {
+                    name: None,
+                    admin_state_up: None,
+                    security_groups: Some(groups),
+                    description: None,
+                },
+                &None,
+            )
+        })
+        .await
+        .unwrap();
+    pass(&h, &store, &host);
+    assert!(reaches(&gc, at(&srv, 7001)), "same group now");
 }

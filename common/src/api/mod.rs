@@ -922,6 +922,28 @@ impl PortCreate {
     }
 }
 
+/// `PUT /v2.0/ports/{id}`: what a port may change here. Its network,
+/// addresses and MAC are fixed once made (anything else is refused by name).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortUpdateBody {
+    pub port: PortUpdate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortUpdate {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub admin_state_up: Option<bool>,
+    #[serde(default)]
+    pub security_groups: Option<Vec<String>>,
+    /// Taken and not kept, as on create.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupCreateBody {

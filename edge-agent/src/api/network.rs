@@ -41,7 +41,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v2.0/subnets", get(list_subnets).post(create_subnet))
         .route("/v2.0/subnets/{id}", get(show_subnet).delete(delete_subnet))
         .route("/v2.0/ports", get(list_ports).post(create_port))
-        .route("/v2.0/ports/{id}", get(show_port).delete(delete_port))
+        .route(
+            "/v2.0/ports/{id}",
+            get(show_port).put(update_port).delete(delete_port),
+        )
         .route("/v2.0/security-groups", get(list_groups).post(create_group))
         .route(
             "/v2.0/security-groups/{id}",
@@ -415,6 +418,23 @@ async fn create_port(State(s): State<AppState>, c: Caller, body: Bytes) -> Reply
     s.net_changed.notify_one();
     tracing::info!(port_id = %p.id, network_id = %p.spec.network_id, mac = %p.status.mac_address, "port created");
     created(json!({"port": port_view(&p)}))
+}
+
+async fn update_port(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Reply {
+    let change = parse_body::<roost_common::api::PortUpdateBody>(&body)?.port;
+    let sc = scope(&c);
+    let p = s
+        .store
+        .write(move |w| w.update_port(&id, change, &sc))
+        .await?;
+    s.net_changed.notify_one();
+    tracing::info!(port_id = %p.id, security_groups = ?p.status.security_groups, "port updated");
+    ok(json!({"port": port_view(&p)}))
 }
 
 async fn delete_port(State(s): State<AppState>, c: Caller, Path(id): Path<String>) -> Reply {

@@ -135,8 +135,8 @@ fn rule_match(r: &SecurityGroupRule, members: &BTreeMap<&str, BTreeSet<IpAddr>>)
 }
 
 /// The whole table for this host's view of the site: every live port with
-/// a MAC and security groups (ports the site's own network services use,
-/// `network:*`, are left open).
+/// a MAC (one in no group lets only DHCP and neighbour discovery through;
+/// ports the site's own network services use, `network:*`, are left open).
 pub fn ruleset(
     site_id: &str,
     ports: &[Port],
@@ -145,7 +145,7 @@ pub fn ruleset(
     let table = table(site_id);
     let guarded: Vec<&Port> = ports
         .iter()
-        .filter(|p| !p.spec.deleted && !p.status.security_groups.is_empty())
+        .filter(|p| !p.spec.deleted)
         .filter(|p| !p.status.mac_address.is_empty())
         .filter(|p| {
             !p.spec
@@ -401,8 +401,8 @@ mod tests {
             "{text}"
         );
         assert!(
-            !text.contains("02:aa:00:00:00:03"),
-            "a port without groups is open: {text}"
+            text.contains("ether daddr 02:aa:00:00:00:03 jump in-2"),
+            "a port in no group is closed, not open: {text}"
         );
         assert!(
             text.contains(
@@ -431,7 +431,7 @@ mod tests {
         );
         assert_eq!(
             text.matches("    drop\n  }").count(),
-            4,
+            6,
             "each chain ends in a drop: {text}"
         );
     }

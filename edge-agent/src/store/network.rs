@@ -212,24 +212,7 @@ impl WriteCtx<'_> {
             },
         };
         let groups = match &spec.security_groups {
-            Some(ids) => {
-                for (i, g) in ids.iter().enumerate() {
-                    let ok = rows::get::<
-                        SecurityGroupSpec,
-                        roost_common::model::SecurityGroupStatus,
-                    >(self.tx, "security_groups", g)?
-                    .is_some_and(|sg| sg.spec.project_id == spec.project_id);
-                    if !ok {
-                        return Err(FieldError::new(
-                            format!("port.security_groups[{i}]"),
-                            g,
-                            "must be the id of a security group of the port's project",
-                        )
-                        .into());
-                    }
-                }
-                ids.clone()
-            }
+            Some(ids) => groups_of(self.tx, ids, &spec.project_id)?,
             None => vec![self.ensure_default_group(&spec.project_id)?],
         };
         let mut groups = groups;
@@ -353,6 +336,47 @@ impl WriteCtx<'_> {
                 params![p.id, g],
             )?;
         }
+        Ok(p)
+    }
+
+    /// Changes what Neutron lets a port change here: its name, whether it
+    /// is up, its security groups (an empty list leaves it in none: only
+    /// DHCP and neighbour discovery pass).
+    pub fn update_port(
+        &mut self,
+        id: &str,
+        change: roost_common::api::PortUpdate,
+        scope: &Scope,
+    ) -> Result<Port, WriteError> {
+        let mut p: Port =
+            rows::get::<PortSpec, roost_common::model::PortStatus>(self.tx, "ports", id)?
+                .filter(|p: &Port| !p.spec.deleted && visible(scope, &p.spec.project_id, false))
+                .ok_or_else(|| WriteError::NotFound(format!("Port {id} could not be found.")))?;
+        if let Some(name) = change.name {
+            p.spec.name = name;
+        }
+        if let Some(up) = change.admin_state_up {
+            p.spec.admin_state_up = up;
+        }
+        if let Some(ids) = change.security_groups {
+            let groups = groups_of(self.tx, &ids, &p.spec.project_id)?;
+            self.tx
+                .execute("DELETE FROM port_security_groups WHERE port_id = ?1", [id])?;
+            for g in &groups {
+                self.tx.execute(
+                    "INSERT INTO port_security_groups (port_id, group_id) VALUES (?1, ?2)",
+                    params![id, g],
+                )?;
+            }
+            p.spec.security_groups = Some(ids);
+            p.status.security_groups = groups;
+        }
+        p.spec.validate().map_err(|e| e.at("port"))?;
+        p.updated_at = self.now;
+        self.tx.execute(
+            "UPDATE ports SET spec = ?2, status = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, json(&p.spec)?, json(&p.status)?, time(&self.now)],
+        )?;
         Ok(p)
     }
 
@@ -648,6 +672,32 @@ fn network_in(c: &Connection, id: &str, scope: &Scope) -> Result<Network, WriteE
     rows::get::<NetworkSpec, _>(c, "networks", id)?
         .filter(|n: &Network| visible(scope, &n.spec.project_id, n.spec.shared))
         .ok_or_else(|| WriteError::NotFound(format!("Network {id} could not be found.")))
+}
+
+/// A port's security groups as asked (each once, in order), each checked
+/// to be a group of the port's project.
+fn groups_of(c: &Connection, ids: &[String], project: &str) -> Result<Vec<String>, WriteError> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, g) in ids.iter().enumerate() {
+        let ok = rows::get::<SecurityGroupSpec, roost_common::model::SecurityGroupStatus>(
+            c,
+            "security_groups",
+            g,
+        )?
+        .is_some_and(|sg| sg.spec.project_id == project);
+        if !ok {
+            return Err(FieldError::new(
+                format!("port.security_groups[{i}]"),
+                g,
+                "must be the id of a security group of the port's project",
+            )
+            .into());
+        }
+        if !out.contains(g) {
+            out.push(g.clone());
+        }
+    }
+    Ok(out)
 }
 
 fn group_in(c: &Connection, id: &str, scope: &Scope) -> Result<SecurityGroup, WriteError> {
