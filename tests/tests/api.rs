@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use reqwest::Method;
 use roost_tests::{auth, site_config, AgentProcess, Api};
 use serde_json::json;
 
@@ -144,6 +145,34 @@ async fn server_lifecycle_and_restart() {
         .as_str()
         .unwrap()
         .starts_with("compute-"));
+
+    // A new name (`openstack server set --name`); a bad one or another
+    // field is refused by name and changes nothing.
+    let path = format!("/compute/v2.1/servers/{id}");
+    let (code, body) = api
+        .call(
+            Method::PUT,
+            &path,
+            Some(json!({"server": {"name": "plc-1-line-b"}})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["server"]["name"], "plc-1-line-b");
+    let (code, body) = api
+        .call(Method::PUT, &path, Some(json!({"server": {"name": ""}})))
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("server.name"), "{body}");
+    let (code, body) = api
+        .call(
+            Method::PUT,
+            &path,
+            Some(json!({"server": {"flavorRef": "1"}})),
+        )
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("flavorRef"), "{body}");
+    assert_eq!(api.get(&path).await.1["server"]["name"], "plc-1-line-b");
 
     // Starting an active server conflicts, and changes nothing.
     let (code, body) = api

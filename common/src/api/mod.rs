@@ -244,6 +244,21 @@ pub struct ProjectRef {
 
 // ---------------------------------------------------------------- nova
 
+/// `PUT /servers/{id}` (`openstack server set --name`): a server's name is
+/// all it changes here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerUpdateBody {
+    pub server: ServerUpdate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerUpdate {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerCreateBody {

@@ -20,7 +20,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v2.1/servers", get(list).post(create))
         .route("/v2.1/servers/detail", get(list_detail))
-        .route("/v2.1/servers/{id}", get(show).delete(delete))
+        .route("/v2.1/servers/{id}", get(show).put(update).delete(delete))
         .route("/v2.1/servers/{id}/action", post(action))
 }
 
@@ -176,6 +176,33 @@ async fn show(
         .await?
         .filter(|v| caller.scope().is_none_or(|p| p == v.spec.project_id))
         .ok_or_else(|| ApiError::not_found(format!("Instance {id} could not be found.")))?;
+    let mut items = vec![views::server(&s.base_url, &server)];
+    fill_addresses(&s, &mut items).await?;
+    Ok(Json(json!({"server": items.remove(0)})))
+}
+
+/// `PUT /servers/{id}`: a new name.
+async fn update(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let change = parse_body::<roost_common::api::ServerUpdateBody>(&body)?.server;
+    let project = caller.scope();
+    let server = match change.name {
+        Some(name) => {
+            s.store
+                .write(move |w| w.rename_server(&id, project.as_deref(), &name))
+                .await?
+        }
+        None => s
+            .store
+            .server(id.clone())
+            .await?
+            .filter(|v| project.as_deref().is_none_or(|p| p == v.spec.project_id))
+            .ok_or_else(|| ApiError::not_found(format!("Instance {id} could not be found.")))?,
+    };
     let mut items = vec![views::server(&s.base_url, &server)];
     fill_addresses(&s, &mut items).await?;
     Ok(Json(json!({"server": items.remove(0)})))

@@ -326,6 +326,29 @@ impl WriteCtx<'_> {
         Ok(server)
     }
 
+    /// Renames a server (its intent: the region sees the new name).
+    pub fn rename_server(
+        &mut self,
+        id: &str,
+        project_id: Option<&str>,
+        name: &str,
+    ) -> Result<Server, WriteError> {
+        roost_common::validate::name("server.name", name)?;
+        let mut server: Server = rows::get(self.tx, "servers", id)?
+            .filter(|s: &Server| project_id.is_none_or(|p| p == s.spec.project_id))
+            .filter(|s: &Server| !s.spec.deleted)
+            .ok_or_else(|| WriteError::NotFound(format!("Instance {id} could not be found.")))?;
+        let before = server.spec.clone();
+        server.spec.name = name.to_string();
+        server.updated_at = self.now;
+        self.tx.execute(
+            "UPDATE servers SET spec = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, json(&server.spec)?, time(&self.now)],
+        )?;
+        self.record_changes("servers", id, &before, &server.spec);
+        Ok(server)
+    }
+
     /// Writes a server's status (the reconciler's output).
     pub fn set_server_status(&mut self, id: &str, status: &ServerStatus) -> Result<(), WriteError> {
         let before = super::volumes::status_volumes(self.tx, id)?;
