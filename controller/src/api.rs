@@ -295,17 +295,24 @@ async fn enroll(State(s): State<ApiState>, body: axum::body::Bytes) -> Result<Re
         // Sign first so a bad request does not spend the token.
         let site = token_site(&*store, &req.token)?;
         let cert = ca.sign_site_request(&site, &req.csr)?;
-        let pinned = roost_sync::pki::pem_fingerprint(&cert)?;
-        let asked = roost_sync::pki::request_fingerprint(&req.csr);
-        let redeemed = store.redeem(&req.token, &asked, &pinned)?;
-        Ok::<_, FleetError>((redeemed, cert, ca.cert_pem()))
+        let issued = crate::fleet::Issued {
+            request_sha256: roost_sync::pki::request_fingerprint(&req.csr),
+            cert_sha256: roost_sync::pki::pem_fingerprint(&cert)?,
+            cert_pem: cert,
+        };
+        let redeemed = store.redeem(&req.token, &issued)?;
+        Ok::<_, FleetError>((redeemed, ca.cert_pem()))
     })
     .await;
     match result {
-        Ok(Ok((site, cert, ca))) => {
-            // The store dropped the old incarnation's status; so does memory.
-            s.region.forget(&site);
-            tracing::info!(site = %site, "site enrolled");
+        Ok(Ok((redeemed, ca))) => {
+            let (site, cert) = (redeemed.site, redeemed.cert_pem);
+            if !redeemed.again {
+                // The store dropped the old incarnation's status; so does
+                // memory.
+                s.region.forget(&site);
+            }
+            tracing::info!(site = %site, again = redeemed.again, "site enrolled");
             Ok(Json(json!({
                 "site_id": site,
                 "certificate": cert,

@@ -67,6 +67,27 @@ pub enum FleetError {
     Token(&'static str),
 }
 
+/// A certificate the region signed for an enrollment request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// [`roost_sync::pki::request_fingerprint`] of the request.
+    pub request_sha256: String,
+    pub cert_pem: String,
+    /// [`roost_sync::pki::fingerprint`] of the certificate.
+    pub cert_sha256: String,
+}
+
+/// What a redeemed token gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redeemed {
+    pub site: String,
+    /// The certificate to hand back: the one just issued, or for a
+    /// request asked again, the one issued the first time.
+    pub cert_pem: String,
+    /// A request asked again: nothing changed.
+    pub again: bool,
+}
+
 /// Whether a site's connection may sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -120,7 +141,7 @@ CREATE INDEX IF NOT EXISTS availability_by_site ON availability_log(site, seq);
 -- that crashed before writing its certificate may ask again.
 CREATE TABLE IF NOT EXISTS site_certs (
     site TEXT PRIMARY KEY REFERENCES sites(id), sha256 TEXT NOT NULL,
-    token_hash TEXT NOT NULL, request_sha256 TEXT NOT NULL) STRICT;
+    token_hash TEXT NOT NULL, request_sha256 TEXT NOT NULL, cert_pem TEXT NOT NULL) STRICT;
 -- Enrollments an operator revoked.
 CREATE TABLE IF NOT EXISTS site_revocations (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL REFERENCES sites(id),
@@ -186,14 +207,13 @@ pub trait FleetStore: std::fmt::Debug + Send + Sync {
     fn site(&self, id: &str) -> Result<Option<SiteRow>, FleetError>;
     /// A one-time join token for `site_id`, valid for `ttl`.
     fn create_token(&self, site_id: &str, ttl: chrono::Duration) -> Result<String, FleetError>;
-    /// Spends a join token: its site id if the token is known, unused and
-    /// unexpired; marks it used and the site enrolled, atomically.
-    fn redeem(
-        &self,
-        token: &str,
-        request_sha256: &str,
-        cert_sha256: &str,
-    ) -> Result<String, FleetError>;
+    /// Spends a join token: if the token is known, unused and unexpired,
+    /// marks it used and the site enrolled with `issued` pinned,
+    /// atomically. The same request again with the spent token (the site
+    /// crashed before it kept its certificate), while the token has not
+    /// expired and that enrollment is the site's latest, gets the
+    /// certificate first issued, unchanged.
+    fn redeem(&self, token: &str, issued: &Issued) -> Result<Redeemed, FleetError>;
     /// Whether a connection from `site` with the certificate `cert_sha256`
     /// may sync.
     fn admission(&self, site: &str, cert_sha256: &str) -> Result<Admission, FleetError>;
@@ -319,6 +339,18 @@ impl SqliteFleet {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // A site_certs of an earlier build (before it kept the request and
+        // certificate) is made again; its sites are taken unpinned until
+        // they next enroll.
+        let has_pem: bool = conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM pragma_table_info('site_certs') WHERE name = 'cert_pem')
+                 OR NOT EXISTS(SELECT 1 FROM sqlite_master WHERE name = 'site_certs')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_pem {
+            conn.execute_batch("DROP TABLE site_certs")?;
+        }
         conn.execute_batch(SCHEMA)?;
         let stored: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'region'", [], |r| {
@@ -453,9 +485,6 @@ impl FleetStore for SqliteFleet {
         Ok(site.to_string())
     }
 
-    /// Spends a join token: returns its site id if the token is known,
-    /// unused and unexpired, and marks it used and the site enrolled, in one
-    /// transaction. A token is good once.
     fn admission(&self, site: &str, cert_sha256: &str) -> Result<Admission, FleetError> {
         let conn = self.conn();
         let row: Option<(Option<String>, Option<String>, bool)> = conn
@@ -484,6 +513,11 @@ impl FleetStore for SqliteFleet {
         )?;
         if n == 1 {
             tx.execute("DELETE FROM site_certs WHERE site = ?1", [site])?;
+            // Tokens made before the revocation enroll nobody.
+            tx.execute(
+                "UPDATE join_tokens SET expires_at = ?2 WHERE site_id = ?1 AND used_at IS NULL",
+                params![site, time(at)],
+            )?;
             tx.execute(
                 "INSERT INTO site_revocations (site, revoked_at) VALUES (?1, ?2)",
                 params![site, time(at)],
@@ -495,35 +529,30 @@ impl FleetStore for SqliteFleet {
         Ok(n == 1)
     }
 
-    fn redeem(
-        &self,
-        token: &str,
-        request_sha256: &str,
-        cert_sha256: &str,
-    ) -> Result<String, FleetError> {
+    fn redeem(&self, token: &str, issued: &Issued) -> Result<Redeemed, FleetError> {
         let site = join_token::site_of(token).ok_or(FleetError::Token("malformed"))?;
         let hash = join_token::hash(token);
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let now = Utc::now();
-        // The same request again with the token it spent, and that
-        // enrollment is still the site's latest: the site never got (or
-        // never kept) its certificate. It gets a new one for the same key.
-        let replay: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM site_certs c JOIN sites s ON s.id = c.site
-                           WHERE c.site = ?1 AND c.token_hash = ?2 AND c.request_sha256 = ?3
-                             AND s.enrolled_at IS NOT NULL)",
-            params![site, hash, request_sha256],
-            |r| r.get(0),
-        )?;
-        if replay {
-            tx.execute(
-                "UPDATE site_certs SET sha256 = ?2 WHERE site = ?1",
-                params![site, cert_sha256],
-            )?;
-            tx.commit()?;
-            tracing::info!(site = %site, "enrollment asked again with its spent token and request; certificate issued again");
-            return Ok(site.to_string());
+        let first: Option<String> = tx
+            .query_row(
+                "SELECT c.cert_pem FROM site_certs c
+                   JOIN sites s ON s.id = c.site
+                   JOIN join_tokens t ON t.hash = c.token_hash
+                  WHERE c.site = ?1 AND c.token_hash = ?2 AND c.request_sha256 = ?3
+                    AND s.enrolled_at IS NOT NULL AND t.expires_at > ?4",
+                params![site, hash, issued.request_sha256, time(now)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(cert_pem) = first {
+            tracing::info!(site = %site, "enrollment asked again with its spent token and request; the same certificate answered");
+            return Ok(Redeemed {
+                site: site.to_string(),
+                cert_pem,
+                again: true,
+            });
         }
         token_usable(&tx, site, &hash, now)?;
         tx.execute(
@@ -535,10 +564,11 @@ impl FleetStore for SqliteFleet {
             params![site, time(now)],
         )?;
         tx.execute(
-            "INSERT INTO site_certs (site, sha256, token_hash, request_sha256) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (site) DO UPDATE SET sha256 = excluded.sha256,
-                 token_hash = excluded.token_hash, request_sha256 = excluded.request_sha256",
-            params![site, cert_sha256, hash, request_sha256],
+            "INSERT INTO site_certs (site, sha256, token_hash, request_sha256, cert_pem)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (site) DO UPDATE SET sha256 = excluded.sha256, token_hash = excluded.token_hash,
+                 request_sha256 = excluded.request_sha256, cert_pem = excluded.cert_pem",
+            params![site, issued.cert_sha256, hash, issued.request_sha256, issued.cert_pem],
         )?;
         // An enrollment is a new incarnation of the site (a replaced disk, a
         // reinstall): its status document starts again from what it now
@@ -553,7 +583,11 @@ impl FleetStore for SqliteFleet {
         )?;
         tx.execute("DELETE FROM site_sync WHERE site = ?1", [site])?;
         tx.commit()?;
-        Ok(site.to_string())
+        Ok(Redeemed {
+            site: site.to_string(),
+            cert_pem: issued.cert_pem.clone(),
+            again: false,
+        })
     }
 
     /// Appends a site's new changes (intent, status) in one transaction.
@@ -791,7 +825,7 @@ impl FleetStore for SqliteFleet {
                 if closed {
                     tx.execute(
                         "UPDATE alarms SET cleared_at = ?3 WHERE site = ?1 AND code = ?2 AND cleared_at IS NULL",
-                        params![site, a.code, raised],
+                        params![site, a.code, time(now)],
                     )?;
                     changed += tx.execute(
                         "UPDATE alarms SET cleared_at = NULL WHERE id =
@@ -932,6 +966,14 @@ fn clear_alarm(
 mod tests {
     use super::*;
 
+    fn issued(request: &str, cert: &str) -> Issued {
+        Issued {
+            request_sha256: request.into(),
+            cert_pem: format!("PEM {cert}"),
+            cert_sha256: cert.into(),
+        }
+    }
+
     fn store(dir: &Path) -> (SqliteFleet, Ca) {
         let (s, ca) = SqliteFleet::open(dir, "eu").unwrap();
         s.sync_sites(&[RegionSite {
@@ -957,20 +999,23 @@ mod tests {
         assert_eq!(s.check_token(&t).unwrap(), "vehicle-07");
         assert_eq!(s.check_token(&t).unwrap(), "vehicle-07");
         assert!(s.site("vehicle-07").unwrap().unwrap().enrolled_at.is_none());
-        assert_eq!(s.redeem(&t, "req-1", "cert-1").unwrap(), "vehicle-07");
+        let first = s.redeem(&t, &issued("req-1", "cert-1")).unwrap();
+        assert_eq!((first.site.as_str(), first.again), ("vehicle-07", false));
         assert!(matches!(
-            s.redeem(&t, "req-other", "cert-9"),
+            s.redeem(&t, &issued("req-other", "cert-9")),
             Err(FleetError::Token("already used"))
         ));
         // The same request again (the site crashed before it wrote its
-        // certificate): a new certificate, which is now the one admitted.
-        assert_eq!(s.redeem(&t, "req-1", "cert-1b").unwrap(), "vehicle-07");
+        // certificate): the certificate first issued, nothing re-pinned.
+        let again = s.redeem(&t, &issued("req-1", "cert-1b")).unwrap();
+        assert!(again.again);
+        assert_eq!(again.cert_pem, "PEM cert-1");
         assert_eq!(
-            s.admission("vehicle-07", "cert-1b").unwrap(),
+            s.admission("vehicle-07", "cert-1").unwrap(),
             Admission::Admitted
         );
         assert_eq!(
-            s.admission("vehicle-07", "cert-1").unwrap(),
+            s.admission("vehicle-07", "cert-1b").unwrap(),
             Admission::Superseded
         );
         assert!(matches!(
@@ -982,7 +1027,7 @@ mod tests {
             .create_token("vehicle-07", chrono::Duration::seconds(-1))
             .unwrap();
         assert!(matches!(
-            s.redeem(&old, "req-1", "cert-1"),
+            s.redeem(&old, &issued("req-1", "cert-1")),
             Err(FleetError::Token("expired"))
         ));
         assert!(matches!(
@@ -995,11 +1040,11 @@ mod tests {
             .unwrap();
         let forged = t.replacen("vehicle-07", "vehicle-08", 1);
         assert!(matches!(
-            s.redeem(&forged, "req-1", "cert-1"),
+            s.redeem(&forged, &issued("req-1", "cert-1")),
             Err(FleetError::Token(_))
         ));
         assert!(matches!(
-            s.redeem("rjt1.x", "req-1", "cert-1"),
+            s.redeem("rjt1.x", &issued("req-1", "cert-1")),
             Err(FleetError::Token("malformed"))
         ));
     }
@@ -1018,7 +1063,7 @@ mod tests {
             s.create_token("vehicle-07", chrono::Duration::hours(1))
                 .unwrap()
         };
-        s.redeem(&token(&s), "req-1", "cert-1").unwrap();
+        s.redeem(&token(&s), &issued("req-1", "cert-1")).unwrap();
         assert_eq!(
             s.admission("vehicle-07", "cert-1").unwrap(),
             Admission::Admitted
@@ -1030,10 +1075,10 @@ mod tests {
         // A new enrollment (a replaced disk) retires the old certificate,
         // and the old enrollment's token cannot be asked again.
         let first = token(&s);
-        s.redeem(&first, "req-a", "cert-a").unwrap();
-        s.redeem(&token(&s), "req-2", "cert-2").unwrap();
+        s.redeem(&first, &issued("req-a", "cert-a")).unwrap();
+        s.redeem(&token(&s), &issued("req-2", "cert-2")).unwrap();
         assert!(matches!(
-            s.redeem(&first, "req-a", "cert-a2"),
+            s.redeem(&first, &issued("req-a", "cert-a2")),
             Err(FleetError::Token("already used"))
         ));
         assert_eq!(
@@ -1047,14 +1092,20 @@ mod tests {
         // Revoked: every certificate of the site is refused, once.
         s.record_availability("vehicle-07", false, None, t0)
             .unwrap();
+        let unspent = token(&s);
         assert!(s.revoke("vehicle-07", t0).unwrap());
         assert!(!s.revoke("vehicle-07", t0).unwrap());
+        // A token made before the revocation enrolls nobody.
+        assert!(matches!(
+            s.redeem(&unspent, &issued("req-u", "cert-u")),
+            Err(FleetError::Token("expired"))
+        ));
         // Asking again with the revoked enrollment's request is refused.
         let last = token(&s);
-        assert!(s.redeem(&last, "req-x", "cert-x").is_ok());
+        assert!(s.redeem(&last, &issued("req-x", "cert-x")).is_ok());
         assert!(s.revoke("vehicle-07", t0).unwrap());
         assert!(matches!(
-            s.redeem(&last, "req-x", "cert-x2"),
+            s.redeem(&last, &issued("req-x", "cert-x2")),
             Err(FleetError::Token("already used"))
         ));
         assert_eq!(
@@ -1067,7 +1118,7 @@ mod tests {
             "no offline alarm for a revoked site"
         );
         // A new token enrolls it again.
-        s.redeem(&token(&s), "req-3", "cert-3").unwrap();
+        s.redeem(&token(&s), &issued("req-3", "cert-3")).unwrap();
         assert_eq!(
             s.admission("vehicle-07", "cert-3").unwrap(),
             Admission::Admitted

@@ -472,6 +472,10 @@ impl Region {
                 return Err(format!("not a site certificate: {e}"));
             }
         };
+        // The link first, then the check: a revocation commits before it
+        // retires the site's link, so either the check sees it or the link
+        // held here is retired (and the watchdog closes the connection).
+        let link = self.site(&site);
         let store = self.store.clone();
         let s = site.clone();
         let cert = peer_fingerprint(&conn).map_err(|e| e.to_string())?;
@@ -498,7 +502,7 @@ impl Region {
             METRICS.connections.with_label_values(&["refused"]).inc();
             return Err(format!("site {site:?} {why}"));
         }
-        let link = self.site(&site).map_err(|e| e.to_string())?;
+        let link = link.map_err(|e| e.to_string())?;
         let (region, s) = (self.clone(), site.clone());
         let published =
             tokio::task::spawn_blocking(move || crate::intent::publish_trust(&region, &s))

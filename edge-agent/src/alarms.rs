@@ -115,8 +115,9 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
         let current = find(DISK_NEARLY_FULL, &entity);
         let on = current.is_some();
         // Past the critical line a major alarm is replaced by a critical one.
-        let escalate =
-            used >= DISK_CRITICAL && current.is_some_and(|a| a.severity != Severity::Critical);
+        let escalate = used >= DISK_CRITICAL
+            && used >= line
+            && current.is_some_and(|a| a.severity != Severity::Critical);
         if escalate {
             out.push(AlarmChange::Clear {
                 code: DISK_NEARLY_FULL.into(),

@@ -349,6 +349,14 @@ pub fn pem_fingerprint(pem: &str) -> Result<String, PkiError> {
 }
 
 impl Credential {
+    /// This credential's own certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        self.chain
+            .first()
+            .map(|c| pem("CERTIFICATE", c))
+            .unwrap_or_default()
+    }
+
     /// The fingerprint of this credential's own certificate.
     pub fn fingerprint(&self) -> String {
         self.chain

@@ -80,9 +80,12 @@ pub fn enroll(data_dir: &Path, config_path: &Path, progress: impl Fn(usize)) -> 
                 .create_token(&s.id, chrono::Duration::hours(1))
                 .expect("token");
             let cred = ca.issue_site(&s.id).expect("site certificate");
-            store
-                .redeem(&token, &s.id, &cred.fingerprint())
-                .expect("redeem");
+            let issued = roost_controller::fleet::Issued {
+                request_sha256: s.id.clone(),
+                cert_pem: cred.cert_pem(),
+                cert_sha256: cred.fingerprint(),
+            };
+            store.redeem(&token, &issued).expect("redeem");
             if (i + 1) % 1000 == 0 {
                 progress(i + 1);
             }

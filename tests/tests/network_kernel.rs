@@ -596,4 +596,76 @@ async fn security_groups_are_enforced_on_the_host() {
         .unwrap();
     pass(&h, &store, &host);
     assert!(reaches(&gc, at(&srv, 7001)), "same group now");
+
+    // A sender's egress rules hold whatever the receiver lets in: the
+    // server opens UDP 7001 to anyone; the client's group has no egress.
+    let group = |name: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .write(move |w| {
+                    w.create_security_group(SecurityGroupSpec {
+                        name: name.into(),
+                        description: String::new(),
+                        project_id: "p".into(),
+                        deleted: false,
+                    })
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let (open, mute) = (group("open").await, group("mute").await);
+    let mut r = rule(&open.id, None);
+    (r.port_range_min, r.port_range_max) = (Some(7001), Some(7001));
+    store
+        .write(move |w| w.create_security_group_rule(r, &None))
+        .await
+        .unwrap();
+    let mute_id = mute.id.clone();
+    let egress: Vec<String> = store
+        .read(move |c| {
+            Ok(roost_edge_agent::store::network::read::security_group(c, &mute_id, &None)?.1)
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    for id in egress {
+        store
+            .write(move |w| w.delete_security_group_rule(&id, &None))
+            .await
+            .unwrap();
+    }
+    let set_groups = |port: String, groups: Vec<String>| {
+        let store = store.clone();
+        async move {
+            store
+                .write(move |w| {
+                    w.update_port(
+                        &port,
+                        roost_common::api::PortUpdate {
+                            name: None,
+                            admin_state_up: None,
+                            security_groups: Some(groups),
+                            description: None,
+                        },
+                        &None,
+                    )
+                })
+                .await
+                .unwrap();
+        }
+    };
+    set_groups(srv.id.clone(), vec![open.id.clone()]).await;
+    set_groups(cli.id.clone(), vec![mute.id.clone()]).await;
+    pass(&h, &store, &host);
+    assert!(
+        !reaches(&gc, at(&srv, 7001)),
+        "a port with no egress rule sends nothing, even where it would be let in"
+    );
+    set_groups(cli.id.clone(), vec![default_id.clone()]).await;
+    pass(&h, &store, &host);
+    assert!(reaches(&gc, at(&srv, 7001)), "with egress allowed it may");
 }

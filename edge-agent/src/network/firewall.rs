@@ -9,12 +9,15 @@
 //! (`net.bridge.bridge-nf-call-iptables`, set here) passes bridged IP
 //! traffic through the `inet` hooks, where connection tracking makes the
 //! rules stateful: replies to allowed traffic are allowed. Ports are told
-//! apart by MAC address. Per port with security groups:
+//! apart by MAC address. Per port (one in no group gets only DHCP and
+//! neighbour discovery), every sender's egress before any receiver's
+//! ingress:
 //!
-//! - egress (frames from its MAC, forwarded or to this host): DHCP requests
-//!   and IPv6 neighbour discovery pass; a source address that is not the
-//!   port's is dropped (no spoofing); then the groups' egress rules; the
-//!   rest is dropped;
+//! - egress (frames from its MAC, forwarded or to this host): DHCP offers
+//!   and router advertisements are dropped (no rogue servers); a source
+//!   address that is not the port's is dropped (no spoofing; a DHCP
+//!   discover from 0.0.0.0 passes); DHCP requests and IPv6 neighbour
+//!   discovery pass; then the groups' egress rules; the rest is dropped;
 //! - ingress (frames forwarded to its MAC): DHCP replies and neighbour
 //!   discovery pass; then the groups' ingress rules (a remote group means
 //!   the addresses of the ports in it); the rest is dropped.
@@ -22,7 +25,8 @@
 //! Not filtered: traffic this host sends to a port (DHCP from the site's
 //! dnsmasq, the gateway's replies), broadcast and multicast frames on
 //! their way to other ports, and ARP (which bridge netfilter does not
-//! pass to these hooks).
+//! pass to these hooks). Flows already open when a rule is deleted live on
+//! until they end (their conntrack entries are not flushed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -170,27 +174,33 @@ pub fn ruleset(
 
     let mut chains = String::new();
     let (mut forward, mut input) = (String::new(), String::new());
+    // Every sender's egress chain runs before any receiver's ingress chain
+    // (an ingress accept is final: were it first, the sender's own rules
+    // and its spoofing check would be skipped).
     for (n, p) in guarded.iter().enumerate() {
         let mac = p.status.mac_address.to_lowercase();
-        forward +=
-            &format!("    ether saddr {mac} jump out-{n}\n    ether daddr {mac} jump in-{n}\n");
+        forward += &format!("    ether saddr {mac} jump out-{n}\n");
         input += &format!("    ether saddr {mac} jump out-{n}\n");
-        let v4: Vec<IpAddr> = p
-            .status
-            .fixed_ips
-            .iter()
-            .map(|f| f.ip_address)
-            .filter(IpAddr::is_ipv4)
-            .collect();
-        let v6: Vec<IpAddr> = p
-            .status
-            .fixed_ips
-            .iter()
-            .map(|f| f.ip_address)
-            .filter(IpAddr::is_ipv6)
-            .collect();
+    }
+    for (n, p) in guarded.iter().enumerate() {
+        let mac = p.status.mac_address.to_lowercase();
+        forward += &format!("    ether daddr {mac} jump in-{n}\n");
+    }
+    for (n, p) in guarded.iter().enumerate() {
+        let own = |v6: bool| -> Vec<IpAddr> {
+            p.status
+                .fixed_ips
+                .iter()
+                .map(|f| f.ip_address)
+                .filter(|a| a.is_ipv6() == v6)
+                .collect()
+        };
+        let (v4, v6) = (own(false), own(true));
+        // No guest serves DHCP or advertises routes; a DHCP discover comes
+        // from 0.0.0.0; anything else must come from the port's own
+        // addresses (or, for IPv6, a link-local one) before any rule.
         let mut out = format!(
-            "  chain out-{n} {{\n    # port {}\n    meta nfproto ipv4 udp sport 68 udp dport 67 return\n    icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} return\n",
+            "  chain out-{n} {{\n    # port {}\n    meta l4proto udp udp sport 67 drop\n    icmpv6 type nd-router-advert drop\n    ip saddr 0.0.0.0 udp sport 68 udp dport 67 return\n",
             p.id
         );
         out += &if v4.is_empty() {
@@ -201,6 +211,7 @@ pub fn ruleset(
         let mut v6_own: Vec<String> = v6.iter().map(|a| a.to_string()).collect();
         v6_own.push("fe80::/10".into());
         out += &format!("    ip6 saddr != {} drop\n", set(&v6_own));
+        out += "    meta nfproto ipv4 udp sport 68 udp dport 67 return\n    icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } return\n";
         let mut inn = format!(
             "  chain in-{n} {{\n    meta nfproto ipv4 udp sport 67 udp dport 68 accept\n    icmpv6 type {{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept\n"
         );
@@ -228,8 +239,11 @@ pub fn apply(ruleset: &str) -> Result<(), FirewallError> {
     for v in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
         let path = format!("/proc/sys/net/bridge/{v}");
         if !std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == "1") {
-            std::fs::write(&path, "1")
-                .map_err(|e| FirewallError::BridgeNetfilter(format!("{path}: {e}")))?;
+            std::fs::write(&path, "1").map_err(|e| {
+                FirewallError::BridgeNetfilter(format!(
+                    "{path}: {e}; load the kernel's br_netfilter module (modprobe br_netfilter, and list it in /etc/modules-load.d/)"
+                ))
+            })?;
         }
     }
     let mut child = Command::new("nft")
@@ -239,14 +253,18 @@ pub fn apply(ruleset: &str) -> Result<(), FirewallError> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| FirewallError::Missing(e.to_string()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(ruleset.as_bytes())
-            .map_err(|e| FirewallError::Refused(e.to_string()))?;
-    }
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(ruleset.as_bytes()));
     let out = child
         .wait_with_output()
         .map_err(|e| FirewallError::Refused(e.to_string()))?;
+    if let Some(Err(e)) = written {
+        return Err(FirewallError::Refused(format!(
+            "writing the ruleset to nft: {e}"
+        )));
+    }
     if !out.status.success() {
         return Err(FirewallError::Refused(
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -399,6 +417,22 @@ mod tests {
         assert!(
             text.contains("ether daddr 02:aa:00:00:00:02 jump in-1"),
             "{text}"
+        );
+        let forward = &text[text.find("chain forward").unwrap()..text.find("chain input").unwrap()];
+        let last_out = forward.rfind("jump out-").unwrap();
+        let first_in = forward.find("jump in-").unwrap();
+        assert!(
+            last_out < first_in,
+            "senders' egress before receivers' ingress: {forward}"
+        );
+        assert!(text.contains("udp sport 67 drop") && text.contains("nd-router-advert drop"));
+        let out0 = &text[text.find("chain out-0").unwrap()..];
+        assert!(
+            out0.find("ip saddr != { 10.50.0.11 } drop").unwrap()
+                < out0
+                    .find("udp sport 68 udp dport 67 return\n    icmpv6")
+                    .unwrap(),
+            "the spoofing check comes before what passes: {out0}"
         );
         assert!(
             text.contains("ether daddr 02:aa:00:00:00:03 jump in-2"),

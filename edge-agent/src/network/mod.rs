@@ -106,8 +106,12 @@ impl Reconciler {
             ..Pass::default()
         };
         // Loaded whole every pass: a table flushed by hand comes back.
-        if let Err(e) = firewall::apply(&firewall::ruleset(&self.host.site_id, &ports, &groups)) {
-            out.firewall = Some(e.to_string());
+        let rules = firewall::ruleset(&self.host.site_id, &ports, &groups);
+        // nft is a process: waited for off the async threads.
+        match tokio::task::spawn_blocking(move || firewall::apply(&rules)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => out.firewall = Some(e.to_string()),
+            Err(e) => out.firewall = Some(e.to_string()),
         }
         for step in plan::diff(&self.host.site_id, &want, &have) {
             match nl.apply(&step).await {
