@@ -326,9 +326,11 @@ impl Agent {
             stop_rx.clone(),
         ));
         let link = self.uplink.map(|u| tokio::spawn(u.run(stop_rx.clone())));
-        if let Some(net) = self.network {
-            tokio::spawn(net.run(stop_rx.clone()));
-        } else {
+        // Awaited at the stop: it stops the DHCP servers it started.
+        let network = self
+            .network
+            .map(|net| tokio::spawn(net.run(stop_rx.clone())));
+        if network.is_none() {
             tracing::info!(
                 "no network section in the config: networks are recorded, not built on this host"
             );
@@ -353,6 +355,14 @@ impl Agent {
             tracing::warn!("the reconciler did not stop within 10 s; exiting anyway");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), applier).await;
+        if let Some(network) = network {
+            if tokio::time::timeout(Duration::from_secs(10), network)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the network reconciler did not stop within 10 s; its DHCP servers may outlive the agent (the next start stops them)");
+            }
+        }
         if let Some(link) = link {
             let _ = tokio::time::timeout(Duration::from_secs(2), link).await;
         }
