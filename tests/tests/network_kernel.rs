@@ -475,17 +475,43 @@ async fn security_groups_are_enforced_on_the_host() {
         },
         remote_group_id: remote_group.map(str::to_string),
     };
-    let web = store
-        .write(|w| {
-            w.create_security_group(SecurityGroupSpec {
-                name: "web".into(),
-                description: String::new(),
-                project_id: "p".into(),
-                deleted: false,
-            })
-        })
-        .await
-        .unwrap();
+    let group = |name: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .write(move |w| {
+                    w.create_security_group(SecurityGroupSpec {
+                        name: name.into(),
+                        description: String::new(),
+                        project_id: "p".into(),
+                        deleted: false,
+                    })
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let set_groups = |port: String, groups: Vec<String>| {
+        let store = store.clone();
+        async move {
+            store
+                .write(move |w| {
+                    w.update_port(
+                        &port,
+                        roost_common::api::PortUpdate {
+                            name: None,
+                            admin_state_up: None,
+                            security_groups: Some(groups),
+                            description: None,
+                        },
+                        &None,
+                    )
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let web = group("web").await;
     let (web_id, r) = (web.id.clone(), rule(&web.id, None));
     let web_rule = store
         .write(move |w| w.create_security_group_rule(r, &None))
@@ -578,43 +604,12 @@ async fn security_groups_are_enforced_on_the_host() {
 
     // The server's port moved into the default group: its members (the
     // client) may now reach it on any port.
-    let (sid, groups) = (srv.id.clone(), vec![default_id.clone()]);
-    store
-        .write(move |w| {
-            w.update_port(
-                &sid,
-                roost_common::api::PortUpdate {
-                    name: None,
-                    admin_state_up: None,
-                    security_groups: Some(groups),
-                    description: None,
-                },
-                &None,
-            )
-        })
-        .await
-        .unwrap();
+    set_groups(srv.id.clone(), vec![default_id.clone()]).await;
     pass(&h, &store, &host);
     assert!(reaches(&gc, at(&srv, 7001)), "same group now");
 
     // A sender's egress rules hold whatever the receiver lets in: the
     // server opens UDP 7001 to anyone; the client's group has no egress.
-    let group = |name: &'static str| {
-        let store = store.clone();
-        async move {
-            store
-                .write(move |w| {
-                    w.create_security_group(SecurityGroupSpec {
-                        name: name.into(),
-                        description: String::new(),
-                        project_id: "p".into(),
-                        deleted: false,
-                    })
-                })
-                .await
-                .unwrap()
-        }
-    };
     let (open, mute) = (group("open").await, group("mute").await);
     let mut r = rule(&open.id, None);
     (r.port_range_min, r.port_range_max) = (Some(7001), Some(7001));
@@ -638,26 +633,6 @@ async fn security_groups_are_enforced_on_the_host() {
             .await
             .unwrap();
     }
-    let set_groups = |port: String, groups: Vec<String>| {
-        let store = store.clone();
-        async move {
-            store
-                .write(move |w| {
-                    w.update_port(
-                        &port,
-                        roost_common::api::PortUpdate {
-                            name: None,
-                            admin_state_up: None,
-                            security_groups: Some(groups),
-                            description: None,
-                        },
-                        &None,
-                    )
-                })
-                .await
-                .unwrap();
-        }
-    };
     set_groups(srv.id.clone(), vec![open.id.clone()]).await;
     set_groups(cli.id.clone(), vec![mute.id.clone()]).await;
     pass(&h, &store, &host);

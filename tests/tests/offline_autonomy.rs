@@ -36,6 +36,37 @@ fn region_config(dir: &Path, sites: &[&str]) -> std::path::PathBuf {
     path
 }
 
+/// A region of one site: the controller and the site's agent, linked
+/// through an emulator with `link`; `dir` holds both (dropped last).
+struct OneSite {
+    dir: tempfile::TempDir,
+    region_cfg: std::path::PathBuf,
+    controller: ControllerProcess,
+    site: SiteProcess,
+}
+
+async fn one_site(id: &str, template: &str, seed: u64, link: LinkParams) -> OneSite {
+    let dir = tempfile::tempdir().unwrap();
+    let region_cfg = region_config(dir.path(), &[id]);
+    let controller = ControllerProcess::start(&region_cfg, &dir.path().join("controller"));
+    let site = start_site(
+        dir.path(),
+        &region_cfg,
+        &controller,
+        id,
+        template,
+        seed,
+        link,
+    )
+    .await;
+    OneSite {
+        dir,
+        region_cfg,
+        controller,
+        site,
+    }
+}
+
 /// The site's Api with a region token: checked at the site against the
 /// region's key, with no round trip (the link may be down).
 async fn with_region_token(controller: &ControllerProcess, site: &SiteProcess) -> Api {
@@ -113,19 +144,12 @@ fn region_nova(controller: &ControllerProcess, site: &str, token: &str) -> Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnected_factory_and_its_region_converge_and_lose_nothing() {
     const SITE: &str = "edge-factory-01";
-    let dir = tempfile::tempdir().unwrap();
-    let region_cfg = region_config(dir.path(), &[SITE]);
-    let controller = ControllerProcess::start(&region_cfg, &dir.path().join("controller"));
-    let site = start_site(
-        dir.path(),
-        &region_cfg,
-        &controller,
-        SITE,
-        "edge-factory-01.yaml",
-        21,
-        LinkParams::field_link(),
-    )
-    .await;
+    let OneSite {
+        dir: _dir,
+        controller,
+        site,
+        ..
+    } = one_site(SITE, "edge-factory-01.yaml", 21, LinkParams::field_link()).await;
     let (region_token, _) = controller.region_token().await;
     let nova = region_nova(&controller, SITE, &region_token);
     let within = Duration::from_secs(60);
@@ -344,24 +368,17 @@ async fn missing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vehicle_keeps_its_session_across_new_addresses_and_a_flapping_link() {
     const SITE: &str = "vehicle-07";
-    let dir = tempfile::tempdir().unwrap();
-    let region_cfg = region_config(dir.path(), &[SITE]);
-    let controller = ControllerProcess::start(&region_cfg, &dir.path().join("controller"));
     let link = LinkParams {
         latency: Duration::from_millis(30),
         ..LinkParams::default()
     };
-    let site = start_site(
-        dir.path(),
-        &region_cfg,
-        &controller,
-        SITE,
-        // The factory's hosts, so that a minute of writes has room.
-        "edge-factory-01.yaml",
-        31,
-        link,
-    )
-    .await;
+    // The factory's hosts, so that a minute of writes has room.
+    let OneSite {
+        dir: _dir,
+        controller,
+        site,
+        ..
+    } = one_site(SITE, "edge-factory-01.yaml", 31, link).await;
     let within = Duration::from_secs(60);
     let arrived = async |id: &str| region_servers(&controller, SITE).await.contains_key(id);
     wait_for("the vehicle in sync", within, async || {
@@ -545,24 +562,17 @@ fn writer(
 async fn kill_9_on_either_side_during_sync_loses_no_acknowledged_write() {
     const SITE: &str = "edge-factory-01";
     const ROUNDS: usize = 8;
-    let dir = tempfile::tempdir().unwrap();
-    let region_cfg = region_config(dir.path(), &[SITE]);
-    let controller_dir = dir.path().join("controller");
-    let mut controller = ControllerProcess::start(&region_cfg, &controller_dir);
     let link = LinkParams {
         latency: Duration::from_millis(20),
         ..LinkParams::default()
     };
-    let mut site = start_site(
-        dir.path(),
-        &region_cfg,
-        &controller,
-        SITE,
-        "edge-factory-01.yaml",
-        41,
-        link,
-    )
-    .await;
+    let OneSite {
+        dir: _dir,
+        region_cfg,
+        mut controller,
+        mut site,
+    } = one_site(SITE, "edge-factory-01.yaml", 41, link).await;
+    let controller_dir = controller.data_dir.clone();
     // Both come back where they were: the site's link and the test's
     // clients keep their addresses.
     let api_addr = controller.api.trim_start_matches("http://").to_string();
@@ -942,19 +952,12 @@ fn alarm_times(list: &Value) -> Vec<(String, Option<i64>, Option<i64>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alarms_raised_apart_reach_the_region_with_their_own_times() {
     const SITE: &str = "vehicle-07";
-    let dir = tempfile::tempdir().unwrap();
-    let region_cfg = region_config(dir.path(), &[SITE]);
-    let controller = ControllerProcess::start(&region_cfg, &dir.path().join("controller"));
-    let mut site = start_site(
-        dir.path(),
-        &region_cfg,
-        &controller,
-        SITE,
-        "vehicle-07.yaml",
-        61,
-        LinkParams::default(),
-    )
-    .await;
+    let OneSite {
+        dir: _dir,
+        controller,
+        mut site,
+        ..
+    } = one_site(SITE, "vehicle-07.yaml", 61, LinkParams::default()).await;
     let within = Duration::from_secs(60);
     let config = site.agent.config.clone();
     let data = site.agent.data_dir.clone();

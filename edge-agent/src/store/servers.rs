@@ -317,13 +317,20 @@ impl WriteCtx<'_> {
         if let ServerIntent::Reboot { hard: false } = intent {
             server.spec.reboot_hard = false;
         }
+        self.save_spec(&mut server, &before)?;
+        Ok(server)
+    }
+
+    /// Writes a server's changed spec and records the change for the
+    /// region.
+    fn save_spec(&mut self, server: &mut Server, before: &ServerSpec) -> Result<(), WriteError> {
         server.updated_at = self.now;
         self.tx.execute(
             "UPDATE servers SET spec = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, json(&server.spec)?, time(&self.now)],
+            params![server.id, json(&server.spec)?, time(&self.now)],
         )?;
-        self.record_changes("servers", id, &before, &server.spec);
-        Ok(server)
+        self.record_changes("servers", &server.id, before, &server.spec);
+        Ok(())
     }
 
     /// Renames a server (its intent: the region sees the new name).
@@ -340,12 +347,7 @@ impl WriteCtx<'_> {
             .ok_or_else(|| WriteError::NotFound(format!("Instance {id} could not be found.")))?;
         let before = server.spec.clone();
         server.spec.name = name.to_string();
-        server.updated_at = self.now;
-        self.tx.execute(
-            "UPDATE servers SET spec = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, json(&server.spec)?, time(&self.now)],
-        )?;
-        self.record_changes("servers", id, &before, &server.spec);
+        self.save_spec(&mut server, &before)?;
         Ok(server)
     }
 
