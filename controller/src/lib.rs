@@ -1,12 +1,15 @@
 //! `roost-controller`: the regional controller.
 //!
 //! - [`fleet`]: the fleet store (SQLite): the region's CA key, its sites,
-//!   join tokens, every site's document changes and sync state,
-//!   availability history and alarms. The boundary a PostgreSQL backend
-//!   would implement.
+//!   join tokens, the certificate each enrollment issued (pinned) and
+//!   revocations, every site's document changes and sync state,
+//!   availability history and alarms (the region's `site.offline` and the
+//!   ones sites raise themselves, with their times). The boundary a
+//!   PostgreSQL backend would implement.
 //! - [`link`]: the QUIC endpoint sites sync with (mutual TLS; the site id
-//!   comes from the certificate), each site's availability, and the one
-//!   way the region writes into a site's documents.
+//!   comes from the certificate, only the latest enrollment's is admitted),
+//!   each site's availability and address, and the one way the region
+//!   writes into a site's documents.
 //! - [`intent`]: the fleet operator's requests (servers, flavors, quotas,
 //!   placement across sites), validated and written as the region's intent.
 //! - [`view`]: a site as the region shows it (dcmanager's separate fields).

@@ -20,8 +20,13 @@
 //!   `install/apply.rs`.
 //!
 //! - tenant networking on the host's kernel: [`network`] (plan pure, netlink
-//!   driver thin); networks, subnets, ports and IPAM in `store/network.rs`,
-//!   Neutron's API in `api/network.rs`.
+//!   driver thin; security groups as nftables rules in `network/firewall.rs`,
+//!   ruleset pure, `nft` driver thin); networks, subnets, ports and IPAM in
+//!   `store/network.rs`, Neutron's API in `api/network.rs`.
+//!
+//! - the site's own alarms (link down, disk nearly full): [`alarms`]
+//!   (evaluation pure, a monitor around it), kept and published in
+//!   `store/alarms.rs`.
 //!
 //! - images (Glance): records and upload states in `store/images.rs`, the
 //!   API and the bytes on disk in `api/images.rs`.
@@ -31,8 +36,11 @@
 //!   `qemu-img` driver thin), the API in `api/volumes.rs`; attaching is a
 //!   compute action (`SyncVolumes`).
 //!
-//! Not here yet: the image cache and its chunked transfer, tiering (the
-//! storage issue), users, projects and a policy file (the OpenStack issue).
+//! - the region's images, brought chunk by chunk: `storage/fetch.rs`.
+//!
+//! Not here yet: tiering (the storage issue), users, projects and a policy
+//! file (the OpenStack issue), a standby agent taking over a site (edge HA,
+//! the autonomy issue).
 
 pub mod agent;
 pub mod alarms;
