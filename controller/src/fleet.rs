@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use roost_common::config::RegionSite;
-use roost_common::model::{AlarmStatus, Severity};
+use roost_common::model::AlarmStatus;
 use roost_sync::pki::{join_token, Ca};
 use roost_sync::{site_status_actor, Docs, IntentDoc, Persisted, StatusDoc};
 
@@ -798,14 +798,7 @@ impl FleetStore for SqliteFleet {
                 changed += tx.execute(
                     "INSERT INTO alarms (site, code, severity, reason, raised_at, cleared_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        site,
-                        a.code,
-                        severity_text(a.severity),
-                        a.reason,
-                        raised,
-                        at
-                    ],
+                    params![site, a.code, a.severity.as_str(), a.reason, raised, at],
                 )?;
             }
         }
@@ -842,9 +835,9 @@ impl FleetStore for SqliteFleet {
             )?;
             changed += tx.execute(
                 "INSERT INTO alarms (site, code, severity, reason, raised_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![site, a.code, severity_text(a.severity), a.reason, raised],
+                params![site, a.code, a.severity.as_str(), a.reason, raised],
             )?;
-            tracing::warn!(site = %site, code = %a.code, severity = severity_text(a.severity), reason = %a.reason, raised_at = %raised, "alarm raised at the site");
+            tracing::warn!(site = %site, code = %a.code, severity = a.severity.as_str(), reason = %a.reason, raised_at = %raised, "alarm raised at the site");
         }
         // Site alarms the site no longer lists as active.
         let stale: Vec<(i64, String, String)> = {
@@ -915,14 +908,6 @@ impl FleetStore for SqliteFleet {
     }
 }
 
-fn severity_text(s: Severity) -> &'static str {
-    match s {
-        Severity::Minor => "minor",
-        Severity::Major => "major",
-        Severity::Critical => "critical",
-    }
-}
-
 /// The alarm a site raises by going offline.
 pub const OFFLINE_ALARM: &str = "site.offline";
 
@@ -965,6 +950,7 @@ fn clear_alarm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use roost_common::model::Severity;
 
     fn issued(request: &str, cert: &str) -> Issued {
         Issued {
@@ -1054,24 +1040,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (s, _) = store(dir.path());
         let t0 = Utc::now();
-        assert_eq!(
-            s.admission("vehicle-07", "a").unwrap(),
-            Admission::NotEnrolled
-        );
+        let of = |cert: &str| s.admission("vehicle-07", cert).unwrap();
+        assert_eq!(of("a"), Admission::NotEnrolled);
         assert_eq!(s.admission("nowhere", "a").unwrap(), Admission::NotEnrolled);
         let token = |s: &SqliteFleet| {
             s.create_token("vehicle-07", chrono::Duration::hours(1))
                 .unwrap()
         };
         s.redeem(&token(&s), &issued("req-1", "cert-1")).unwrap();
-        assert_eq!(
-            s.admission("vehicle-07", "cert-1").unwrap(),
-            Admission::Admitted
-        );
-        assert_eq!(
-            s.admission("vehicle-07", "cert-0").unwrap(),
-            Admission::Superseded
-        );
+        assert_eq!(of("cert-1"), Admission::Admitted);
+        assert_eq!(of("cert-0"), Admission::Superseded);
         // A new enrollment (a replaced disk) retires the old certificate,
         // and the old enrollment's token cannot be asked again.
         let first = token(&s);
@@ -1081,14 +1059,8 @@ mod tests {
             s.redeem(&first, &issued("req-a", "cert-a2")),
             Err(FleetError::Token("already used"))
         ));
-        assert_eq!(
-            s.admission("vehicle-07", "cert-1").unwrap(),
-            Admission::Superseded
-        );
-        assert_eq!(
-            s.admission("vehicle-07", "cert-2").unwrap(),
-            Admission::Admitted
-        );
+        assert_eq!(of("cert-1"), Admission::Superseded);
+        assert_eq!(of("cert-2"), Admission::Admitted);
         // Revoked: every certificate of the site is refused, once.
         s.record_availability("vehicle-07", false, None, t0)
             .unwrap();
@@ -1108,10 +1080,7 @@ mod tests {
             s.redeem(&last, &issued("req-x", "cert-x2")),
             Err(FleetError::Token("already used"))
         ));
-        assert_eq!(
-            s.admission("vehicle-07", "cert-2").unwrap(),
-            Admission::Revoked
-        );
+        assert_eq!(of("cert-2"), Admission::Revoked);
         assert!(s.site("vehicle-07").unwrap().unwrap().enrolled_at.is_none());
         assert!(
             s.alarms(Some("vehicle-07"), false).unwrap().is_empty(),
@@ -1119,14 +1088,8 @@ mod tests {
         );
         // A new token enrolls it again.
         s.redeem(&token(&s), &issued("req-3", "cert-3")).unwrap();
-        assert_eq!(
-            s.admission("vehicle-07", "cert-3").unwrap(),
-            Admission::Admitted
-        );
-        assert_eq!(
-            s.admission("vehicle-07", "cert-2").unwrap(),
-            Admission::Superseded
-        );
+        assert_eq!(of("cert-3"), Admission::Admitted);
+        assert_eq!(of("cert-2"), Admission::Superseded);
     }
 
     #[test]

@@ -48,6 +48,17 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// The name stores and APIs use (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Minor => "minor",
+            Severity::Major => "major",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 /// Alarms are raised and cleared by the site; the only intent on one is an
 /// operator's acknowledgement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

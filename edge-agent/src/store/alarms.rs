@@ -4,12 +4,11 @@
 //! ones), so the region shows them with the site's own times, also after a
 //! long cut.
 
-use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use roost_common::model::{AlarmStatus, Severity};
 
-use super::rows::time;
+use super::rows::{parse_time, time};
 use super::{StoreError, WriteError};
 use crate::alarms::AlarmChange;
 
@@ -18,23 +17,9 @@ pub const PUBLISHED: &str = "alarms";
 /// Cleared alarms published beside the active ones (the newest).
 pub const PUBLISHED_CLEARED: usize = 20;
 
-fn parse(s: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Corrupt(format!("bad alarm time {s:?}: {e}")))
-}
-
 fn severity(s: &str) -> Result<Severity, StoreError> {
     serde_json::from_value(serde_json::Value::String(s.into()))
         .map_err(|_| StoreError::Corrupt(format!("bad alarm severity {s:?}")))
-}
-
-fn severity_text(s: Severity) -> &'static str {
-    match s {
-        Severity::Minor => "minor",
-        Severity::Major => "major",
-        Severity::Critical => "critical",
-    }
 }
 
 /// Alarms, newest first: the active ones (`active`), or the cleared ones,
@@ -66,8 +51,8 @@ pub fn list(conn: &Connection, active: bool, limit: usize) -> Result<Vec<AlarmSt
             entity,
             severity: severity(&sev)?,
             reason,
-            raised_at: parse(&raised)?,
-            cleared_at: cleared.as_deref().map(parse).transpose()?,
+            raised_at: parse_time(&raised)?,
+            cleared_at: cleared.as_deref().map(parse_time).transpose()?,
         });
     }
     Ok(out)
@@ -90,9 +75,9 @@ impl super::WriteCtx<'_> {
                     if active.is_none() {
                         self.tx.execute(
                             "INSERT INTO alarms (code, entity, severity, reason, raised_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                            params![a.code, a.entity, severity_text(a.severity), a.reason, time(&a.raised_at)],
+                            params![a.code, a.entity, a.severity.as_str(), a.reason, time(&a.raised_at)],
                         )?;
-                        tracing::warn!(code = %a.code, entity = %a.entity, severity = severity_text(a.severity), reason = %a.reason, "alarm raised");
+                        tracing::warn!(code = %a.code, entity = %a.entity, severity = a.severity.as_str(), reason = %a.reason, "alarm raised");
                     }
                 }
                 AlarmChange::Clear { code, entity, at } => {
