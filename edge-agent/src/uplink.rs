@@ -211,9 +211,9 @@ impl Uplink {
         };
         let mut backoff = Backoff::new(Backoff::BASE, Backoff::CAP);
         loop {
-            let started = Instant::now();
+            let mut greeted = false;
             let outcome = tokio::select! {
-                r = self.connect_and_sync(&endpoint) => r,
+                r = self.connect_and_sync(&endpoint, &mut greeted) => r,
                 _ = shutdown.changed() => break,
             };
             METRICS.uplink_connected.set(0);
@@ -227,8 +227,11 @@ impl Uplink {
                     "the link to the region is down; the site keeps working and will retry")
                 }
             }
-            // A connection that lived a while was a success: retry soon.
-            if started.elapsed() > Duration::from_secs(30) {
+            // A connection the region answered was a success: retry soon.
+            // (Waiting for one to live a while let repeated controller
+            // restarts push a site toward the cap; the jitter still spreads
+            // a fleet's retries over the first window.)
+            if greeted {
                 backoff.reset();
             }
             let delay = backoff.next(rand::random::<f64>());
@@ -283,7 +286,13 @@ impl Uplink {
         }
     }
 
-    async fn connect_and_sync(&self, endpoint: &quinn::Endpoint) -> Result<(), UplinkError> {
+    /// One connection, until it ends; `greeted` turns true once the region
+    /// answered the site's hello.
+    async fn connect_and_sync(
+        &self,
+        endpoint: &quinn::Endpoint,
+        greeted: &mut bool,
+    ) -> Result<(), UplinkError> {
         let addr = tokio::net::lookup_host(&self.region.address)
             .await
             .map_err(|e| UplinkError::Resolve(self.region.address.clone(), e.to_string()))?
@@ -319,6 +328,7 @@ impl Uplink {
         // Linked once the region said hello back (a region refusing the
         // site does not reset the link-down clock).
         self.link_state.connected();
+        *greeted = true;
         tracing::info!(region = %region_hello.name, version = %region_hello.version, "region answered");
         // Image fetches run on bulk streams of their own beside the sync.
         let mut fetching = tokio::spawn(self.fetcher.clone().run(conn.clone()));
