@@ -50,6 +50,24 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
     parse(path, &text)
 }
 
+/// The API's policy: the defaults, with the rules of `api.policy_file`
+/// (relative to the config file at `config_path`) on top.
+pub fn load_policy(
+    config_path: &Path,
+    api: &ApiSection,
+) -> Result<crate::policy::Policy, ConfigError> {
+    let Some(file) = &api.policy_file else {
+        return Ok(crate::policy::Policy::default());
+    };
+    let file = config_path.parent().unwrap_or(Path::new(".")).join(file);
+    let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    crate::policy::Policy::from_yaml(&text, "policy")
+        .map_err(|source| ConfigError::Invalid { file, source })
+}
+
 /// Parses and validates YAML text that came from `path`.
 pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<T, ConfigError> {
     let value: T = parse_yaml(path, text)?;
@@ -404,6 +422,10 @@ pub struct ApiSection {
     /// address (with 127.0.0.1 for an unspecified address).
     #[serde(default)]
     pub public_url: Option<String>,
+    /// A YAML file of oslo.policy rules over the defaults (see
+    /// [`crate::policy`]); relative to the config file.
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -420,6 +442,7 @@ impl Default for ApiSection {
             admin_password: None,
             token_ttl_secs: default_token_ttl(),
             public_url: None,
+            policy_file: None,
         }
     }
 }

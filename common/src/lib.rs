@@ -12,6 +12,8 @@
 //!   (`deny_unknown_fields`), loaded and validated by [`config::load`].
 //! - [`api`]: request bodies of the OpenStack-shaped APIs, parsed into specs
 //!   through the same validation.
+//! - [`policy`]: who may do what (oslo.policy rules, Keystone's admin,
+//!   member and reader defaults, the operator's YAML overrides).
 //!
 //! What does not live here: I/O of any kind (no files beyond reading a config,
 //! no sockets, no SQLite). Crates that do I/O depend on this one, never the
@@ -22,6 +24,7 @@ pub mod config;
 pub mod files;
 pub mod ids;
 pub mod model;
+pub mod policy;
 pub mod validate;
 
 pub use validate::FieldError;

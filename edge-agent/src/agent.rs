@@ -123,6 +123,7 @@ impl Agent {
     /// Reads and checks everything, opens the store and binds the API port.
     pub async fn start(opts: Options) -> Result<Agent, StartError> {
         let config: SiteConfig = config::load(&opts.config)?;
+        let policy = Arc::new(config::load_policy(&opts.config, &config.api)?);
         // Bind first: a busy port must fail before anything is written.
         let listen = opts.api_listen.unwrap_or(config.api.listen);
         let listener = TcpListener::bind(listen)
@@ -193,6 +194,13 @@ impl Agent {
                 .await
                 .map_err(|e| StoreError::Sqlite(format!("cannot read revoked tokens: {e}")))?,
         );
+        let events = store
+            .read(|c| Ok(crate::store::accounts::revocation_events(c)?))
+            .await
+            .map_err(|e| StoreError::Sqlite(format!("cannot read revocation events: {e}")))?;
+        for (subject, before) in events {
+            auth.revoke_subject(subject, before);
+        }
         let queue = Arc::new(WorkQueue::default());
         let state = AppState {
             store: store.clone(),
@@ -204,6 +212,7 @@ impl Agent {
             data_dir: data_dir.clone(),
             volumes_dir: config.storage.volumes_dir(&data_dir),
             storage_wake: Arc::new(Notify::new()),
+            policy,
         };
         let network = crate::network::Reconciler::for_config(
             &config,

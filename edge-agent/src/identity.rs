@@ -78,6 +78,50 @@ impl Claims {
     }
 }
 
+/// Hashes a user's password (Argon2id, a PHC string with its salt).
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|_| AuthError::BadCredentials)?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|_| AuthError::BadCredentials)
+}
+
+/// Checks a password against a hash from [`hash_password`]. With no hash
+/// (an unknown user) it hashes anyway and says no, so the time taken does
+/// not tell whether the user exists.
+pub fn check_user_password(hash: Option<&str>, password: &str) -> Result<(), AuthError> {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    static DECOY: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| hash_password("decoy password").unwrap_or_default());
+    let (hash, real) = match hash {
+        Some(h) => (h, true),
+        None => (DECOY.as_str(), false),
+    };
+    let parsed = PasswordHash::new(hash).map_err(|_| AuthError::BadCredentials)?;
+    let ok = argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    if ok && real {
+        Ok(())
+    } else {
+        Err(AuthError::BadCredentials)
+    }
+}
+
+/// Whom a token is for: a user, scoped to a project, with its roles there.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub user_id: String,
+    pub user_name: String,
+    pub project_id: String,
+    pub project_name: String,
+    pub roles: Vec<String>,
+}
+
 /// Checks credentials and issues and verifies tokens.
 pub struct Authority {
     identity: Identity,
@@ -86,6 +130,10 @@ pub struct Authority {
     /// Audit ids of revoked tokens not yet expired: loaded from the store
     /// at start, added to after each revocation commits.
     revoked: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// Revocation events: tokens of a subject (`user:<id>`,
+    /// `project:<id>`) issued before the time are refused. Loaded from the
+    /// store at start, added to after each event commits.
+    events: std::sync::RwLock<std::collections::HashMap<String, DateTime<Utc>>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -104,7 +152,16 @@ impl Authority {
             admin_password,
             ttl,
             revoked: Default::default(),
+            events: Default::default(),
         }
+    }
+
+    /// Refuses every token of `subject` issued before `before` (after the
+    /// event is in the store).
+    pub fn revoke_subject(&self, subject: String, before: DateTime<Utc>) {
+        let mut events = self.events.write().unwrap_or_else(|e| e.into_inner());
+        let at = events.entry(subject).or_insert(before);
+        *at = (*at).max(before);
     }
 
     /// Refuses the tokens with these audit ids from now on (after the
@@ -142,14 +199,26 @@ impl Authority {
 
     /// A token for the bootstrap admin, scoped to the admin project.
     pub fn issue_admin(&self, now: DateTime<Utc>) -> (String, Claims) {
-        let mut audit = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut audit);
-        let claims = Claims {
+        let admin = Subject {
             user_id: self.identity.admin_user_id.clone(),
             user_name: "admin".into(),
             project_id: self.identity.admin_project_id.clone(),
             project_name: "admin".into(),
             roles: ADMIN_ROLES.iter().map(|r| r.to_string()).collect(),
+        };
+        self.issue(admin, now)
+    }
+
+    /// A token for a user scoped to a project with its roles there.
+    pub fn issue(&self, who: Subject, now: DateTime<Utc>) -> (String, Claims) {
+        let mut audit = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut audit);
+        let claims = Claims {
+            user_id: who.user_id,
+            user_name: who.user_name,
+            project_id: who.project_id,
+            project_name: who.project_name,
+            roles: who.roles,
             issued_at: now,
             expires_at: now + self.ttl,
             audit_id: B64.encode(audit),
@@ -195,6 +264,14 @@ impl Authority {
         {
             return Err(AuthError::Revoked);
         }
+        let events = self.events.read().unwrap_or_else(|e| e.into_inner());
+        let ended = |subject: String| events.get(&subject).is_some_and(|t| claims.issued_at <= *t);
+        if ended(format!("user:{}", claims.user_id))
+            || ended(format!("project:{}", claims.project_id))
+        {
+            return Err(AuthError::Revoked);
+        }
+        drop(events);
         Ok(claims)
     }
 }
@@ -271,5 +348,56 @@ mod tests {
         a.revoked([c1.audit_id]);
         assert_eq!(a.verify(&t1, now), Err(AuthError::Revoked));
         assert!(a.verify(&t2, now).is_ok());
+    }
+
+    #[test]
+    fn a_revocation_event_ends_older_tokens_of_its_subject_only() {
+        let a = authority(b"k");
+        let now = Utc::now();
+        let user = |name: &str, project: &str| Subject {
+            user_id: name.into(),
+            user_name: name.into(),
+            project_id: project.into(),
+            project_name: project.into(),
+            roles: vec!["member".into()],
+        };
+        let (alice, _) = a.issue(user("alice", "dev"), now);
+        let (bob, _) = a.issue(user("bob", "dev"), now);
+        let (carol, _) = a.issue(user("carol", "ops"), now);
+        a.revoke_subject("user:alice".into(), now);
+        assert_eq!(a.verify(&alice, now), Err(AuthError::Revoked));
+        assert!(a.verify(&bob, now).is_ok());
+        // A token issued after the event works.
+        let later = now + Duration::seconds(1);
+        let (alice2, _) = a.issue(user("alice", "dev"), later);
+        assert!(a.verify(&alice2, later).is_ok());
+        // An older event never shortens a newer one.
+        a.revoke_subject("user:alice".into(), now - Duration::seconds(5));
+        assert_eq!(a.verify(&alice, later), Err(AuthError::Revoked));
+        a.revoke_subject("project:ops".into(), now);
+        assert_eq!(a.verify(&carol, later), Err(AuthError::Revoked));
+        assert!(a.verify(&bob, later).is_ok());
+    }
+
+    #[test]
+    fn user_passwords_are_salted_hashes_checked_in_full() {
+        let h1 = hash_password("correct horse").unwrap();
+        let h2 = hash_password("correct horse").unwrap();
+        assert!(h1.starts_with("$argon2id$"), "{h1}");
+        assert_ne!(h1, h2, "each hash has its own salt");
+        assert!(check_user_password(Some(&h1), "correct horse").is_ok());
+        assert_eq!(
+            check_user_password(Some(&h1), "correct hors"),
+            Err(AuthError::BadCredentials)
+        );
+        // No user: refused, even with the decoy's own password.
+        assert_eq!(
+            check_user_password(None, "decoy password"),
+            Err(AuthError::BadCredentials)
+        );
+        assert_eq!(
+            check_user_password(Some("not a hash"), "x"),
+            Err(AuthError::BadCredentials)
+        );
     }
 }

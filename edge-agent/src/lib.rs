@@ -38,9 +38,12 @@
 //!
 //! - the region's images, brought chunk by chunk: `storage/fetch.rs`.
 //!
-//! Not here yet: tiering (the storage issue), users, projects and a policy
-//! file (the OpenStack issue), a standby agent taking over a site (edge HA,
-//! the autonomy issue).
+//! - Keystone's users, projects and roles: `store/accounts.rs` and
+//!   `api/accounts.rs`; who may do what is `roost_common::policy`, checked
+//!   once in the `api::Caller` extractor.
+//!
+//! Not here yet: tiering (the storage issue), a standby agent taking over a
+//! site (edge HA, the autonomy issue).
 
 pub mod agent;
 pub mod alarms;

@@ -463,6 +463,72 @@ async fn server_list_takes_client_default_filters() {
     assert_eq!(code, 400);
 }
 
+/// Nova's microversion handshake: 2.1 is what this site speaks; a higher
+/// one is refused with 406, a malformed one with 400, and every answer
+/// says which version it is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compute_microversions_are_negotiated_as_nova_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(&site_config("vehicle-07.yaml"), dir.path());
+    let api = Api::login(&agent.url).await;
+    let call = |header: &'static str, value: &'static str| {
+        let api = api.clone();
+        async move {
+            let mut req = api
+                .http
+                .get(format!("{}/compute/v2.1/servers", api.url))
+                .header("X-Auth-Token", &api.token);
+            if !header.is_empty() {
+                req = req.header(header, value);
+            }
+            let resp = req.send().await.unwrap();
+            let code = resp.status().as_u16();
+            let answered = resp
+                .headers()
+                .get("OpenStack-API-Version")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            (code, answered, body)
+        }
+    };
+    for (header, value) in [
+        ("", ""),
+        ("OpenStack-API-Version", "compute 2.1"),
+        ("OpenStack-API-Version", "compute latest"),
+        ("X-OpenStack-Nova-API-Version", "2.1"),
+        // Another service's version is not compute's.
+        ("OpenStack-API-Version", "volume 3.40"),
+    ] {
+        let (code, answered, body) = call(header, value).await;
+        assert_eq!(code, 200, "{header}: {value}: {body}");
+        assert_eq!(
+            answered.as_deref(),
+            Some("compute 2.1"),
+            "{header}: {value}"
+        );
+    }
+    let (code, _, body) = call("OpenStack-API-Version", "compute 2.60").await;
+    assert_eq!(code, 406, "{body}");
+    assert_eq!(
+        body["notAcceptable"]["message"],
+        "Version 2.60 is not supported by the API. Minimum is 2.1 and maximum is 2.1."
+    );
+    let (code, _, body) = call("X-OpenStack-Nova-API-Version", "2.x").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["badRequest"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid format"),
+        "{body}"
+    );
+    // The version document says the same.
+    let (code, doc) = api.get("/compute/v2.1").await;
+    assert_eq!(code, 200);
+    assert_eq!(doc["version"]["version"], "2.1");
+    assert_eq!(doc["version"]["min_version"], "2.1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_list_pages_keep_path_and_filters() {
     let dir = tempfile::tempdir().unwrap();

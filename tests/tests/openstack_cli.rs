@@ -31,7 +31,9 @@ fn client() -> PathBuf {
 struct Cli {
     exe: PathBuf,
     auth_url: String,
+    user: String,
     password: String,
+    project: String,
     region: Option<String>,
 }
 
@@ -47,9 +49,9 @@ impl Cli {
         let out = Command::new(&self.exe)
             .args(args)
             .env("OS_AUTH_URL", &self.auth_url)
-            .env("OS_USERNAME", "admin")
+            .env("OS_USERNAME", &self.user)
             .env("OS_PASSWORD", &self.password)
-            .env("OS_PROJECT_NAME", "admin")
+            .env("OS_PROJECT_NAME", &self.project)
             .env("OS_USER_DOMAIN_NAME", "Default")
             .env("OS_PROJECT_DOMAIN_NAME", "Default")
             .env("OS_IDENTITY_API_VERSION", "3")
@@ -174,7 +176,9 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
     let cli = Cli {
         exe,
         auth_url: format!("{}/identity/v3", agent.url),
+        user: "admin".into(),
         password: ADMIN_PASSWORD.into(),
+        project: "admin".into(),
         region: None,
     };
 
@@ -514,6 +518,153 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
     assert!(!names(&cli.json(&["network", "list"])).contains(&"plant-floor".to_string()));
 }
 
+/// An operator gives the line's crew their own accounts at a site whose
+/// region is unreachable: a project, users, roles; each then works with
+/// the client as themselves, and the policy decides what each may do.
+#[test]
+fn the_openstack_client_manages_users_projects_and_roles_at_a_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = offline_site(dir.path());
+    let admin = Cli {
+        exe: client(),
+        auth_url: format!("{}/identity/v3", agent.url),
+        user: "admin".into(),
+        password: ADMIN_PASSWORD.into(),
+        project: "admin".into(),
+        region: None,
+    };
+    let project = admin.json(&[
+        "project",
+        "create",
+        "line-2",
+        "--description",
+        "Assembly line 2",
+    ]);
+    let line2 = project["id"].as_str().unwrap().to_string();
+    assert_eq!(project["name"], "line-2");
+    for (user, pw) in [("alice", "alice-secret-1"), ("bob", "bob-secret-22")] {
+        let u = admin.json(&[
+            "user",
+            "create",
+            user,
+            "--password",
+            pw,
+            "--project",
+            "line-2",
+        ]);
+        assert_eq!(u["default_project_id"], line2.as_str(), "{u}");
+    }
+    admin.ok(&[
+        "role",
+        "add",
+        "--user",
+        "alice",
+        "--project",
+        "line-2",
+        "member",
+    ]);
+    admin.ok(&[
+        "role",
+        "add",
+        "--user",
+        "bob",
+        "--project",
+        "line-2",
+        "reader",
+    ]);
+    let roles = admin.json(&["role", "list"]);
+    assert_eq!(names(&roles), ["admin", "member", "reader"]);
+    let said = admin.fails(&["role", "create", "operator"]);
+    assert!(said.contains("fixed"), "{said}");
+    let assigned = admin.json(&[
+        "role",
+        "assignment",
+        "list",
+        "--project",
+        "line-2",
+        "--names",
+    ]);
+    let mut pairs: Vec<(String, String)> = assigned
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["User"].as_str().unwrap().into(),
+                a["Role"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [
+            ("alice@Default".to_string(), "member".to_string()),
+            ("bob@Default".to_string(), "reader".to_string())
+        ]
+    );
+
+    let as_user = |user: &str, pw: &str| Cli {
+        user: user.into(),
+        password: pw.into(),
+        project: "line-2".into(),
+        ..admin.clone()
+    };
+    let alice = as_user("alice", "alice-secret-1");
+    let bob = as_user("bob", "bob-secret-22");
+    let net = alice.json(&["network", "create", "line-2-cells"]);
+    assert_eq!(net["project_id"], line2.as_str(), "{net}");
+    let said = alice.fails(&[
+        "flavor",
+        "create",
+        "--vcpus",
+        "1",
+        "--ram",
+        "64",
+        "--disk",
+        "1",
+        "crew.small",
+    ]);
+    assert!(said.contains("compute:flavors:create"), "{said}");
+    assert!(names(&bob.json(&["network", "list"])).contains(&"line-2-cells".to_string()));
+    let said = bob.fails(&["network", "create", "sneaky"]);
+    assert!(said.contains("network:networks:create"), "{said}");
+    let said = bob.fails(&["user", "list"]);
+    assert!(
+        said.contains("403") || said.contains("identity:users:list"),
+        "{said}"
+    );
+    assert!(!names(&admin.json(&["network", "list"])).contains(&"sneaky".to_string()));
+
+    // A role taken away, a user disabled: they are out at once.
+    admin.ok(&[
+        "role",
+        "remove",
+        "--user",
+        "alice",
+        "--project",
+        "line-2",
+        "member",
+    ]);
+    let said = alice.fails(&["network", "list"]);
+    assert!(said.contains("401"), "{said}");
+    admin.ok(&["user", "set", "--disable", "bob"]);
+    let said = bob.fails(&["network", "list"]);
+    assert!(said.contains("401"), "{said}");
+
+    // A project that still owns a network stays; emptied, it goes.
+    let said = admin.fails(&["project", "delete", "line-2"]);
+    assert!(said.contains("1 networks"), "{said}");
+    admin.ok(&["network", "delete", "line-2-cells"]);
+    admin.ok(&["project", "delete", "line-2"]);
+    admin.ok(&["user", "delete", "alice", "bob"]);
+    assert_eq!(names(&admin.json(&["user", "list"])), ["admin"]);
+
+    // Compute speaks microversion 2.1 and refuses what it does not serve.
+    let said = admin.fails(&["--os-compute-api-version", "2.60", "server", "list"]);
+    assert!(said.contains("maximum of 2.1"), "{said}");
+}
+
 /// A token from the region's Keystone for `user`, over plain HTTP.
 async fn region_token(api: &str, user: &str, password: &str) -> String {
     let auth = reqwest::Client::new()
@@ -569,7 +720,9 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
     let cli = Cli {
         exe,
         auth_url: format!("{}/identity/v3", controller.api),
+        user: "admin".into(),
         password: controller.admin_token(),
+        project: "admin".into(),
         region: Some(SITE.into()),
     };
     // The region's Keystone: the admin token is admin's password.
@@ -754,7 +907,9 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
     let site_cli = Cli {
         exe: cli.exe.clone(),
         auth_url: format!("{}/identity/v3", agent.url),
+        user: "admin".into(),
         password: ADMIN_PASSWORD.into(),
+        project: "admin".into(),
         region: None,
     };
     assert_eq!(
@@ -840,7 +995,13 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
     });
     assert_eq!(listed, 200);
     assert_eq!(refused.0, 403, "{}", refused.1);
-    assert!(refused.1.contains("only read"), "{}", refused.1);
+    assert!(
+        refused
+            .1
+            .contains("Policy doesn't allow compute:flavors:create"),
+        "{}",
+        refused.1
+    );
     // A token whose claims were changed under the region's signature.
     let (head, sig) = kept.rsplit_once('.').unwrap();
     let forged = format!("{head}x.{sig}");

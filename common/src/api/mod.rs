@@ -36,6 +36,7 @@ pub fn openstack_error_body(
         400 => "badRequest",
         403 => "forbidden",
         404 => "itemNotFound",
+        406 => "notAcceptable",
         409 => "conflictingRequest",
         413 => "overLimit",
         _ => "computeFault",
@@ -229,6 +230,129 @@ impl DomainRef {
 pub struct Scope {
     #[serde(default)]
     pub project: Option<ProjectRef>,
+}
+
+/// `POST /identity/v3/projects`, `PATCH /identity/v3/projects/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectBody {
+    pub project: ProjectFields,
+}
+
+/// A project's fields as Keystone takes them. Only the Default domain
+/// exists and projects do not nest; tags and options are not kept, so a
+/// body that sets them is refused rather than half taken.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectFields {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub domain_id: Option<String>,
+    #[serde(default)]
+    pub parent_id: Option<String>,
+    #[serde(default)]
+    pub is_domain: Option<bool>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub options: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+impl ProjectFields {
+    /// Checks what this site cannot keep; names and descriptions are
+    /// checked where they are stored.
+    pub fn check(&self) -> Result<(), FieldError> {
+        check_default_domain("project.domain_id", self.domain_id.as_deref())?;
+        check_default_domain("project.parent_id", self.parent_id.as_deref())?;
+        if self.is_domain == Some(true) {
+            return Err(FieldError::new(
+                "project.is_domain",
+                "true",
+                "must be false: only the Default domain exists here",
+            ));
+        }
+        if self.tags.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(FieldError::new(
+                "project.tags",
+                "[...]",
+                "are not kept here; leave them out",
+            ));
+        }
+        check_no_options("project.options", self.options.as_ref())
+    }
+}
+
+/// `POST /identity/v3/users`, `PATCH /identity/v3/users/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserBody {
+    pub user: UserFields,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserFields {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Absent: unchanged; `null`: cleared.
+    #[serde(default, deserialize_with = "some_nullable")]
+    pub default_project_id: Option<Option<String>>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub domain_id: Option<String>,
+    #[serde(default)]
+    pub options: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+fn some_nullable<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+impl UserFields {
+    pub fn check(&self) -> Result<(), FieldError> {
+        check_default_domain("user.domain_id", self.domain_id.as_deref())?;
+        if let Some(p) = &self.password {
+            crate::config::check_password("user.password", p)?;
+        }
+        check_no_options("user.options", self.options.as_ref())
+    }
+}
+
+fn check_default_domain(field: &str, v: Option<&str>) -> Result<(), FieldError> {
+    match v {
+        None | Some("default") => Ok(()),
+        Some(other) => Err(FieldError::new(
+            field,
+            other,
+            "must be default: only the Default domain exists here",
+        )),
+    }
+}
+
+fn check_no_options(
+    field: &str,
+    v: Option<&BTreeMap<String, serde_json::Value>>,
+) -> Result<(), FieldError> {
+    match v.and_then(|o| o.keys().next()) {
+        None => Ok(()),
+        Some(k) => Err(FieldError::new(
+            format!("{field}.{k}"),
+            k,
+            "is not kept here; leave it out",
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]

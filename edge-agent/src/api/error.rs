@@ -24,6 +24,10 @@ impl ApiError {
             keystone: false,
         }
     }
+    /// An error with any status (Nova's 406 for a microversion).
+    pub fn new_status(status: StatusCode, message: impl Into<String>) -> Self {
+        Self::new(status, message)
+    }
     /// The same error in Keystone's `{"error": ...}` shape.
     pub fn keystone(mut self) -> Self {
         self.keystone = true;

@@ -1,5 +1,6 @@
 //! Keystone v3: version discovery, password authentication with project
-//! scope, token validation.
+//! scope, token validation and revocation. Projects, users and roles are
+//! in `accounts`.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -10,10 +11,11 @@ use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use roost_common::api::AuthBody;
+use roost_common::api::{AuthBody, ProjectRef, UserRef};
 
 use super::{parse_body, ApiError, AppState, Caller};
-use crate::identity::Claims;
+use crate::identity::{Claims, Subject};
+use crate::store::accounts;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -43,8 +45,8 @@ async fn version(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"version": version_doc(&s.base_url)}))
 }
 
-/// `POST /identity/v3/auth/tokens`: the password method for the bootstrap
-/// admin, scoped to the admin project (its default when no scope is given).
+/// `POST /identity/v3/auth/tokens`: the password method, for the bootstrap
+/// admin or a user of the site's store, scoped to a project.
 async fn issue(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     issue_token(s, body).await.map_err(ApiError::keystone)
 }
@@ -60,43 +62,18 @@ async fn issue_token(s: AppState, body: Bytes) -> Result<Response, ApiError> {
     let pw = auth.identity.password.ok_or_else(|| {
         ApiError::bad_request("auth.identity.password: is required for the password method")
     })?;
-    let id = s.auth.identity();
     let user = pw.user;
-    let user_matches = match (&user.id, &user.name) {
-        (Some(uid), _) => *uid == id.admin_user_id,
-        (None, Some(name)) => {
-            name == "admin" && user.domain.as_ref().is_none_or(|d| d.is_default())
-        }
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "auth.identity.password.user: give id or name",
-            ))
-        }
-    };
-    // Check the password even for an unknown user, so timing says nothing.
-    let password_ok = s.auth.check_password(&user.password).is_ok();
-    if !(user_matches && password_ok) {
-        tracing::warn!(
-            user = user.name.as_deref().or(user.id.as_deref()).unwrap_or(""),
-            "authentication refused"
-        );
-        return Err(ApiError::unauthorized(
-            "The request you have made requires authentication.",
+    if user.id.is_none() && user.name.is_none() {
+        return Err(ApiError::bad_request(
+            "auth.identity.password.user: give id or name",
         ));
     }
-    if let Some(project) = auth.scope.and_then(|sc| sc.project) {
-        let ok = match (&project.id, &project.name) {
-            (Some(pid), _) => *pid == id.admin_project_id,
-            (None, Some(name)) => {
-                name == "admin" && project.domain.as_ref().is_none_or(|d| d.is_default())
-            }
-            (None, None) => false,
-        };
-        if !ok {
-            return Err(ApiError::unauthorized("The request you have made requires authentication: the user has no role on the requested project."));
-        }
-    }
-    let (token, claims) = s.auth.issue_admin(Utc::now());
+    let scope = auth.scope.and_then(|sc| sc.project);
+    let (token, claims) = if is_bootstrap_admin(&s, &user) {
+        bootstrap_admin_token(&s, &user, scope)?
+    } else {
+        user_token(&s, user, scope).await?
+    };
     let mut resp = (
         StatusCode::CREATED,
         Json(json!({"token": token_body(&s, &claims)})),
@@ -107,6 +84,141 @@ async fn issue_token(s: AppState, body: Bytes) -> Result<Response, ApiError> {
         token.parse().map_err(|_| ApiError::bad_request("token"))?,
     );
     Ok(resp)
+}
+
+const NO_AUTH: &str = "The request you have made requires authentication.";
+
+fn is_bootstrap_admin(s: &AppState, user: &UserRef) -> bool {
+    match (&user.id, &user.name) {
+        (Some(uid), _) => *uid == s.auth.identity().admin_user_id,
+        (None, Some(name)) => {
+            name == accounts::ADMIN_NAME && user.domain.as_ref().is_none_or(|d| d.is_default())
+        }
+        (None, None) => false,
+    }
+}
+
+/// The bootstrap admin (password from the config), scoped to the admin
+/// project (its default when no scope is given).
+fn bootstrap_admin_token(
+    s: &AppState,
+    user: &UserRef,
+    scope: Option<ProjectRef>,
+) -> Result<(String, Claims), ApiError> {
+    if s.auth.check_password(&user.password).is_err() {
+        tracing::warn!(user = accounts::ADMIN_NAME, "authentication refused");
+        return Err(ApiError::unauthorized(NO_AUTH));
+    }
+    if let Some(project) = scope {
+        let ok = match (&project.id, &project.name) {
+            (Some(pid), _) => *pid == s.auth.identity().admin_project_id,
+            (None, Some(name)) => {
+                name == "admin" && project.domain.as_ref().is_none_or(|d| d.is_default())
+            }
+            (None, None) => false,
+        };
+        if !ok {
+            return Err(ApiError::unauthorized("The request you have made requires authentication: the user has no role on the requested project."));
+        }
+    }
+    Ok(s.auth.issue_admin(Utc::now()))
+}
+
+/// A user of the site's store, scoped to the project asked for (else its
+/// default project), with its roles there. Every refusal reads the same
+/// to the client; the log says which it was.
+async fn user_token(
+    s: &AppState,
+    user: UserRef,
+    scope: Option<ProjectRef>,
+) -> Result<(String, Claims), ApiError> {
+    let refused = |why: &str| {
+        tracing::warn!(
+            user = user.name.as_deref().or(user.id.as_deref()).unwrap_or(""),
+            why,
+            "authentication refused"
+        );
+        ApiError::unauthorized(NO_AUTH)
+    };
+    let foreign_domain = user.domain.as_ref().is_some_and(|d| !d.is_default());
+    let (uid, uname) = (user.id.clone(), user.name.clone());
+    let found = s
+        .store
+        .read(move |c| {
+            Ok(match (uid, uname) {
+                (Some(id), _) => accounts::user(c, &id)?,
+                (None, Some(name)) => accounts::users(c, Some(&name))?.pop(),
+                (None, None) => None,
+            })
+        })
+        .await?
+        .filter(|_| !foreign_domain);
+    // Hash even for an unknown user, so the time says nothing.
+    let hash = found.as_ref().map(|u| u.password_hash.clone());
+    let password = user.password.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        crate::identity::check_user_password(hash.as_deref(), &password)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("password check failed: {e}")))?;
+    let u = match (found, checked) {
+        (Some(u), Ok(())) => u,
+        _ => return Err(refused("unknown user or wrong password")),
+    };
+    if !u.enabled {
+        return Err(refused("the user is disabled"));
+    }
+    let wanted = match scope {
+        Some(p) if p.domain.as_ref().is_some_and(|d| !d.is_default()) => {
+            return Err(refused("a project outside the Default domain"))
+        }
+        Some(ProjectRef { id: Some(id), .. }) => Some((Some(id), None)),
+        Some(ProjectRef {
+            name: Some(name), ..
+        }) => Some((None, Some(name))),
+        Some(_) => return Err(ApiError::bad_request("auth.scope.project: give id or name")),
+        None => u.default_project_id.clone().map(|id| (Some(id), None)),
+    };
+    let Some((pid, pname)) = wanted else {
+        return Err(ApiError::unauthorized(
+            "The request you have made requires authentication: the user has no default project; ask for a project scope (--os-project-name).",
+        ));
+    };
+    let user_id = u.id.clone();
+    let (project, roles) = s
+        .store
+        .read(move |c| {
+            let project = match (pid, pname) {
+                (Some(id), _) => accounts::project(c, &id)?,
+                (None, Some(name)) => accounts::projects(c, Some(&name))?.pop(),
+                (None, None) => None,
+            };
+            let roles = match &project {
+                Some(p) => accounts::assignments(c, Some(&user_id), Some(&p.id), None)?
+                    .into_iter()
+                    .map(|a| a.role)
+                    .collect(),
+                None => Vec::new(),
+            };
+            Ok((project, roles))
+        })
+        .await?;
+    match project {
+        Some(p) if p.enabled && !roles.is_empty() => Ok(s.auth.issue(
+            Subject {
+                user_id: u.id,
+                user_name: u.name,
+                project_id: p.id,
+                project_name: p.name,
+                roles,
+            },
+            Utc::now(),
+        )),
+        Some(p) if !p.enabled => Err(refused("the project is disabled")),
+        _ => Err(ApiError::unauthorized(
+            "The request you have made requires authentication: the user has no role on the requested project.",
+        )),
+    }
 }
 
 /// `GET /identity/v3/auth/tokens`: validates `X-Subject-Token`.
@@ -170,7 +282,7 @@ async fn revoke_token(
         .verify(&subject, Utc::now())
         .map_err(|e| ApiError::not_found(e.to_string()))?;
     if claims.audit_id != caller.0.audit_id {
-        caller.require_admin("identity:revoke_token")?;
+        caller.allow("identity:auth:tokens:revoke-other")?;
     }
     let (audit, expires) = (claims.audit_id.clone(), claims.expires_at);
     s.store

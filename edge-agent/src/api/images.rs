@@ -153,7 +153,7 @@ async fn show(
 async fn create(State(s): State<AppState>, c: Caller, body: Bytes) -> Result<Response, ApiError> {
     let spec = parse_body::<ImageCreateBody>(&body)?.into_spec(&c.0.project_id)?;
     if spec.visibility == Visibility::Public {
-        c.require_admin("publicize_image")?;
+        c.allow("image:images:publicize")?;
     }
     let i = s.store.write(move |w| w.create_image(spec)).await?;
     tracing::info!(image_id = %i.id, name = %i.spec.name, "image created");

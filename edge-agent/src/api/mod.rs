@@ -3,11 +3,13 @@
 //! Handlers are thin: parse and validate the request (through the same
 //! `validate` functions the config uses), hand a job to the store, render the
 //! result. Every write returns only after the store committed it. Files are
-//! one per service: [`identity`] (Keystone), [`servers`], [`flavors`],
+//! one per service: [`identity`] (Keystone tokens), [`accounts`]
+//! (Keystone projects, users, roles), [`servers`], [`flavors`],
 //! [`server_groups`], [`hypervisors`] (Nova), [`network`] (Neutron),
 //! [`images`] (Glance), [`volumes`] (Cinder, and Nova's volume
 //! attachments); [`views`] renders resources as Nova does.
 
+mod accounts;
 mod error;
 mod flavors;
 mod hypervisors;
@@ -40,6 +42,7 @@ use crate::compute::reconciler::WorkQueue;
 use crate::identity::{Authority, Claims};
 use crate::metrics::METRICS;
 use crate::store::Store;
+use roost_common::policy::{Creds, Policy, Target};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -59,6 +62,8 @@ pub struct AppState {
     pub volumes_dir: std::path::PathBuf,
     /// Told after a volume or snapshot write, so the storage worker runs now.
     pub storage_wake: Arc<tokio::sync::Notify>,
+    /// Who may do what (`api.policy_file` over the defaults).
+    pub policy: Arc<Policy>,
 }
 
 /// Builds the router.
@@ -70,13 +75,16 @@ pub fn router(state: AppState) -> Router {
         .merge(hypervisors::routes())
         .merge(quotas::compute_routes())
         .merge(volumes::attachment_routes())
-        .layer(axum::middleware::map_response(nova_version_headers));
+        .route("/v2.1", get(nova_version))
+        .route("/v2.1/", get(nova_version))
+        .layer(axum::middleware::from_fn(nova_microversion));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(|| async { METRICS.render() }))
         .route("/roost/v1/conflicts", get(conflicts))
         .route("/roost/v1/alarms", get(alarms))
         .merge(identity::routes())
+        .merge(accounts::routes())
         .nest("/compute", compute)
         .nest(
             "/network",
@@ -159,16 +167,88 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn nova_version_headers(mut resp: Response) -> Response {
+/// The highest compute microversion served: 2.1, Nova's base. Shapes of
+/// later microversions are not built, so asking for one is refused.
+pub const MAX_COMPUTE_MICROVERSION: (u32, u32) = (2, 1);
+
+/// What microversion a request asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    /// No header: the minimum.
+    Default,
+    Latest,
+    Version(u32, u32),
+    /// Not `major.minor`; the text as sent.
+    Invalid(String),
+}
+
+/// Reads `OpenStack-API-Version: <service> X.Y` (else the legacy header
+/// given, as Nova's `X-OpenStack-Nova-API-Version: X.Y`).
+pub fn asked_microversion(
+    headers: &axum::http::HeaderMap,
+    service: &str,
+    legacy: Option<&str>,
+) -> Asked {
+    let modern = headers
+        .get_all("OpenStack-API-Version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|v| {
+            let mut parts = v.split_whitespace();
+            (parts.next()? == service).then(|| parts.next().unwrap_or("").to_string())
+        });
+    let asked = modern.or_else(|| {
+        legacy
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+    });
+    match asked.as_deref() {
+        None => Asked::Default,
+        Some(v) if v.eq_ignore_ascii_case("latest") => Asked::Latest,
+        Some(v) => v
+            .split_once('.')
+            .and_then(|(a, b)| Some(Asked::Version(a.parse().ok()?, b.parse().ok()?)))
+            .unwrap_or_else(|| Asked::Invalid(v.to_string())),
+    }
+}
+
+/// Nova's microversion handling: a version outside 2.1..=max is refused
+/// with 406, a malformed one with 400, and the answer says which version
+/// it is in.
+async fn nova_microversion(req: Request, next: Next) -> Response {
+    let (min, max) = ((2, 1), MAX_COMPUTE_MICROVERSION);
+    let version = match asked_microversion(req.headers(), "compute", Some("X-OpenStack-Nova-API-Version")) {
+        Asked::Default => min,
+        Asked::Latest => max,
+        Asked::Version(a, b) if (min..=max).contains(&(a, b)) => (a, b),
+        Asked::Version(a, b) => {
+            return ApiError::new_status(
+                StatusCode::NOT_ACCEPTABLE,
+                format!(
+                    "Version {a}.{b} is not supported by the API. Minimum is {}.{} and maximum is {}.{}.",
+                    min.0, min.1, max.0, max.1
+                ),
+            )
+            .into_response()
+        }
+        Asked::Invalid(v) => {
+            return ApiError::bad_request(format!(
+                "API Version String {v} is of invalid format. Must be of format MajorNum.MinorNum."
+            ))
+            .into_response()
+        }
+    };
+    let mut resp = next.run(req).await;
+    let v = format!("{}.{}", version.0, version.1);
     let h = resp.headers_mut();
-    h.insert(
-        "OpenStack-API-Version",
-        HeaderValue::from_static("compute 2.1"),
-    );
-    h.insert(
-        "X-OpenStack-Nova-API-Version",
-        HeaderValue::from_static("2.1"),
-    );
+    if let Ok(modern) = HeaderValue::from_str(&format!("compute {v}")) {
+        h.insert("OpenStack-API-Version", modern);
+    }
+    if let Ok(legacy) = HeaderValue::from_str(&v) {
+        h.insert("X-OpenStack-Nova-API-Version", legacy);
+    }
     h.insert(
         "Vary",
         HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"),
@@ -176,9 +256,25 @@ async fn nova_version_headers(mut resp: Response) -> Response {
     resp
 }
 
-/// The caller, from a valid `X-Auth-Token`.
+/// `GET /compute/v2.1`: Nova's version document.
+async fn nova_version(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let (max, href) = (
+        MAX_COMPUTE_MICROVERSION,
+        format!("{}/compute/v2.1/", s.base_url),
+    );
+    Json(serde_json::json!({"version": {
+        "id": "v2.1", "status": "CURRENT",
+        "version": format!("{}.{}", max.0, max.1), "min_version": "2.1",
+        "updated": "2013-07-23T11:33:21Z",
+        "links": [{"rel": "self", "href": href}],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.compute+json;version=2.1"}],
+    }}))
+}
+
+/// The caller, from a valid `X-Auth-Token` that the policy lets make
+/// this call.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Claims);
+pub struct Caller(pub Claims, Arc<Policy>);
 
 impl Caller {
     /// The project a list or lookup is limited to: none for admins.
@@ -190,15 +286,38 @@ impl Caller {
         }
     }
 
-    pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
-        if self.0.is_admin() {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "Policy doesn't allow {what} to be performed."
-            )))
-        }
+    /// Checks a named action (one of `policy::SPECIAL`) against the
+    /// policy, for the caller's own project.
+    pub fn allow(&self, action: &str) -> Result<(), ApiError> {
+        allow(&self.1, action, &self.0, &self.0.project_id)
     }
+}
+
+/// The policy's verdict as Nova words a refusal.
+fn allow(policy: &Policy, action: &str, claims: &Claims, target: &str) -> Result<(), ApiError> {
+    let creds = Creds {
+        roles: &claims.roles,
+        user_id: &claims.user_id,
+        user_name: &claims.user_name,
+        project_id: &claims.project_id,
+        project_name: &claims.project_name,
+    };
+    if policy.allows(action, &creds, &Target { project_id: target }) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "Policy doesn't allow {action} to be performed (the token's roles: {}).",
+            claims.roles.join(", ")
+        )))
+    }
+}
+
+/// The project a path names (`{project}` in the route), if any.
+fn path_project<'a>(route: &str, path: &'a str) -> Option<&'a str> {
+    route
+        .split('/')
+        .zip(path.split('/'))
+        .find_map(|(r, p)| (r == "{project}").then_some(p))
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -211,20 +330,16 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::unauthorized("The request you have made requires authentication: send an X-Auth-Token header (get one from POST /identity/v3/auth/tokens)."))?;
         let claims = authenticate(state, token).await?;
-        // A reader (the region's viewer) looks and changes nothing.
-        let reads = matches!(
-            parts.method,
-            axum::http::Method::GET | axum::http::Method::HEAD
-        );
-        if !reads && !claims.can_write() {
-            return Err(ApiError::forbidden(format!(
-                "Policy doesn't allow {} {} to be performed: the token's roles ({}) only read",
-                parts.method,
-                parts.uri.path(),
-                claims.roles.join(", ")
-            )));
-        }
-        Ok(Caller(claims))
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or("", |m| m.as_str());
+        let action = roost_common::policy::action_for(parts.method.as_str(), route);
+        let target = path_project(route, parts.uri.path()).unwrap_or(&claims.project_id);
+        allow(&state.policy, &action, &claims, target).inspect_err(|_| {
+            tracing::info!(%action, user = %claims.user_name, project = %claims.project_name, "refused by policy");
+        })?;
+        Ok(Caller(claims, state.policy.clone()))
     }
 }
 

@@ -324,11 +324,8 @@ async fn create_network(State(s): State<AppState>, c: Caller, body: Bytes) -> Re
     let spec = parse_body::<NetworkCreateBody>(&body)?
         .network
         .into_spec(&c.0.project_id)?;
-    if (spec.segmentation_id.is_some() || spec.physical_network.is_some()) && !c.0.is_admin() {
-        return Err(ApiError::forbidden(
-            "Policy doesn't allow create_network:provider:segmentation_id to be performed (provider attributes need the admin role).",
-        )
-        .into());
+    if spec.segmentation_id.is_some() || spec.physical_network.is_some() {
+        c.allow("network:networks:provider")?;
     }
     let n = s.store.write(move |w| w.create_network(spec)).await?;
     s.net_changed.notify_one();

@@ -58,13 +58,13 @@ impl ListParams {
         let all = flag("all_tenants", self.all_tenants.as_deref())?
             || flag("all_projects", self.all_projects.as_deref())?;
         if all {
-            caller.require_admin("all_tenants")?;
+            caller.allow("compute:servers:list-all-projects")?;
         }
         let project = self.project_id.or(self.tenant_id);
         let project_id = match (all, project) {
             (_, Some(p)) => {
                 if p != caller.0.project_id {
-                    caller.require_admin("listing another project's servers")?;
+                    caller.allow("compute:servers:list-all-projects")?;
                 }
                 Some(p)
             }

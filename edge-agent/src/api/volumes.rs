@@ -64,29 +64,23 @@ pub(super) fn attachment_routes() -> Router<AppState> {
 /// volume 3.x`), refusing one above [`MAX_VOLUME_MICROVERSION`] as Cinder
 /// does.
 async fn microversion(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let asked = req
-        .headers()
-        .get("OpenStack-API-Version")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().strip_prefix("volume "))
-        .map(|v| v.trim().to_string());
-    let version = match asked.as_deref() {
-        None => "3.0".to_string(),
-        Some("latest") => MAX_VOLUME_MICROVERSION.to_string(),
-        Some(v) => {
-            let parse = |s: &str| -> Option<(u32, u32)> {
-                let (a, b) = s.split_once('.')?;
-                Some((a.parse().ok()?, b.parse().ok()?))
-            };
-            match (parse(v), parse(MAX_VOLUME_MICROVERSION)) {
-                (Some(asked @ (3, _)), Some(max)) if asked <= max => v.to_string(),
-                _ => {
-                    return ApiError::not_found(format!(
-                        "Version {v} is not supported by the API. Minimum is 3.0 and maximum is {MAX_VOLUME_MICROVERSION}."
-                    ))
-                    .into_response()
-                }
-            }
+    let max = MAX_VOLUME_MICROVERSION;
+    let top: u32 = max.trim_start_matches("3.").parse().unwrap_or(0);
+    let version = match super::asked_microversion(req.headers(), "volume", None) {
+        super::Asked::Default => "3.0".to_string(),
+        super::Asked::Latest => max.to_string(),
+        super::Asked::Version(3, b) if b <= top => format!("3.{b}"),
+        super::Asked::Version(a, b) => {
+            return ApiError::not_found(format!(
+                "Version {a}.{b} is not supported by the API. Minimum is 3.0 and maximum is {max}."
+            ))
+            .into_response()
+        }
+        super::Asked::Invalid(v) => {
+            return ApiError::bad_request(format!(
+                "API Version String {v} is of invalid format. Must be of format MajorNum.MinorNum."
+            ))
+            .into_response()
         }
     };
     let mut resp = next.run(req).await;
@@ -157,10 +151,8 @@ impl ListParams {
     /// Own project's, unless an admin asks for all (as Cinder).
     fn scope(&self, c: &Caller) -> Result<Option<String>, ApiError> {
         let all = flag("all_tenants", self.all_tenants.as_deref())?;
-        if all && !c.0.is_admin() {
-            return Err(ApiError::forbidden(
-                "Policy doesn't allow listing all projects' volumes to be performed.",
-            ));
+        if all {
+            c.allow("volume:volumes:list-all-projects")?;
         }
         Ok((!all).then(|| c.0.project_id.clone()))
     }

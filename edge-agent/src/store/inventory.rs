@@ -102,6 +102,7 @@ pub(super) fn bootstrap(
     };
     sync_hosts(&tx, &config.hosts)?;
     let now = Utc::now();
+    super::accounts::bootstrap_project(&tx, &identity.admin_project_id, &now)?;
     for spec in &config.flavors {
         let exists: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM flavors WHERE name = ?1)",

@@ -12,6 +12,7 @@
 //! - Reads use a small pool of read-only connections on blocking threads;
 //!   WAL lets them run while the writer commits.
 
+pub mod accounts;
 pub mod alarms;
 mod images;
 mod inventory;

@@ -128,6 +128,26 @@ const MIGRATIONS: &[&str] = &[
         raised_at TEXT NOT NULL, cleared_at TEXT) STRICT;
     CREATE UNIQUE INDEX alarms_active ON alarms(code, entity) WHERE cleared_at IS NULL;
     "#,
+    // 7: Keystone's projects, users and role assignments (site-local), and
+    // revocation events: every token of a subject (`user:<id>`,
+    // `project:<id>`) issued before a time.
+    r#"
+    CREATE TABLE projects (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL,
+        enabled INTEGER NOT NULL, created_at TEXT NOT NULL) STRICT;
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, password_hash TEXT NOT NULL,
+        default_project_id TEXT, description TEXT NOT NULL, enabled INTEGER NOT NULL,
+        created_at TEXT NOT NULL) STRICT;
+    CREATE TABLE role_assignments (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        role TEXT NOT NULL,
+        PRIMARY KEY (user_id, project_id, role)) STRICT;
+    CREATE INDEX role_assignments_by_project ON role_assignments(project_id);
+    CREATE TABLE revocation_events (
+        subject TEXT PRIMARY KEY, issued_before TEXT NOT NULL) STRICT;
+    "#,
 ];
 
 /// Brings the schema up to date. Returns the version reached.

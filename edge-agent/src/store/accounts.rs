@@ -1,0 +1,472 @@
+//! Keystone's projects, users and role assignments, and the revocation
+//! events that end a subject's tokens. The site's own rows (not in the
+//! synced documents): a factory's operators are managed where they work,
+//! online or not.
+//!
+//! - The bootstrap admin project is a row like any other (made at start),
+//!   and cannot be disabled or deleted. The bootstrap admin user is not a
+//!   row: its password is the config's (see `identity`), so `admin` is a
+//!   reserved user name.
+//! - Roles are Keystone's three: `admin`, `member`, `reader`.
+//! - Passwords arrive here hashed (the API hashes them off the writer).
+//! - Tokens are self-contained, so taking something away (a role, a
+//!   password, a user, an enabled flag) records a revocation event: every
+//!   token of that user or project issued before now is refused.
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use roost_common::validate;
+
+use super::rows::{parse_time, time};
+use super::{StoreError, WriteCtx, WriteError};
+
+/// The roles a user can hold on a project.
+pub const ROLES: [&str; 3] = ["admin", "member", "reader"];
+
+/// The bootstrap admin's user name, not available to others.
+pub const ADMIN_NAME: &str = "admin";
+
+/// Revocation events outlive the longest token (`api.token_ttl_secs` is at
+/// most 7 days).
+const KEEP_EVENTS: Duration = Duration::days(8);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub default_project_id: Option<String>,
+    pub description: String,
+    pub enabled: bool,
+    /// PHC string; never rendered.
+    #[serde(skip)]
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Assignment {
+    pub user_id: String,
+    pub project_id: String,
+    pub role: String,
+}
+
+/// A change to a project (absent fields stay).
+#[derive(Debug, Clone, Default)]
+pub struct ProjectChange {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+/// A new user, or a change to one (absent fields stay).
+#[derive(Debug, Clone, Default)]
+pub struct UserChange {
+    pub name: Option<String>,
+    pub password_hash: Option<String>,
+    /// `Some(None)` clears it.
+    pub default_project_id: Option<Option<String>>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+/// Makes the bootstrap admin project's row (once).
+pub(super) fn bootstrap_project(
+    conn: &Connection,
+    id: &str,
+    now: &DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO projects (id, name, description, enabled, created_at)
+         VALUES (?1, 'admin', 'Bootstrap admin project', 1, ?2) ON CONFLICT (id) DO NOTHING",
+        params![id, time(now)],
+    )?;
+    Ok(())
+}
+
+fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    Ok(Project {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        enabled: r.get(3)?,
+    })
+}
+
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        default_project_id: r.get(2)?,
+        description: r.get(3)?,
+        enabled: r.get(4)?,
+        password_hash: r.get(5)?,
+    })
+}
+
+const PROJECT_COLUMNS: &str = "id, name, description, enabled";
+const USER_COLUMNS: &str = "id, name, default_project_id, description, enabled, password_hash";
+
+/// Projects, by name; `name` filters to one.
+pub fn projects(conn: &Connection, name: Option<&str>) -> Result<Vec<Project>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {PROJECT_COLUMNS} FROM projects WHERE ?1 IS NULL OR name = ?1 ORDER BY name"
+    ))?;
+    let rows = stmt.query_map([name], project_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn project(conn: &Connection, id: &str) -> Result<Option<Project>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"),
+            [id],
+            project_row,
+        )
+        .optional()?)
+}
+
+/// Users (not the bootstrap admin), by name; `name` filters to one.
+pub fn users(conn: &Connection, name: Option<&str>) -> Result<Vec<User>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE ?1 IS NULL OR name = ?1 ORDER BY name"
+    ))?;
+    let rows = stmt.query_map([name], user_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn user(conn: &Connection, id: &str) -> Result<Option<User>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+            [id],
+            user_row,
+        )
+        .optional()?)
+}
+
+/// Role assignments matching every filter given.
+pub fn assignments(
+    conn: &Connection,
+    user_id: Option<&str>,
+    project_id: Option<&str>,
+    role: Option<&str>,
+) -> Result<Vec<Assignment>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT user_id, project_id, role FROM role_assignments
+         WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR project_id = ?2)
+           AND (?3 IS NULL OR role = ?3)
+         ORDER BY user_id, project_id, role",
+    )?;
+    let rows = stmt.query_map(params![user_id, project_id, role], |r| {
+        Ok(Assignment {
+            user_id: r.get(0)?,
+            project_id: r.get(1)?,
+            role: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every revocation event still in force: subject and the time tokens
+/// issued before it are refused.
+pub fn revocation_events(conn: &Connection) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT subject, issued_before FROM revocation_events")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (subject, t) = row?;
+        out.push((subject, parse_time(&t)?));
+    }
+    Ok(out)
+}
+
+fn check_role(role: &str) -> Result<(), WriteError> {
+    if ROLES.contains(&role) {
+        Ok(())
+    } else {
+        Err(WriteError::NotFound(format!(
+            "Could not find role: {role}. The roles are admin, member and reader."
+        )))
+    }
+}
+
+impl WriteCtx<'_> {
+    /// Ends every token of `subject` (`user:<id>`, `project:<id>`) issued
+    /// before now. Returns the time, for the authority's memory.
+    fn revoke_subject(&mut self, subject: &str) -> Result<DateTime<Utc>, WriteError> {
+        self.tx.execute(
+            "DELETE FROM revocation_events WHERE issued_before < ?1",
+            [time(&(self.now - KEEP_EVENTS))],
+        )?;
+        self.tx.execute(
+            "INSERT INTO revocation_events (subject, issued_before) VALUES (?1, ?2)
+             ON CONFLICT (subject) DO UPDATE SET issued_before = excluded.issued_before",
+            params![subject, time(&self.now)],
+        )?;
+        Ok(self.now)
+    }
+
+    fn project_or_404(&self, id: &str) -> Result<Project, WriteError> {
+        project(self.tx, id)?
+            .ok_or_else(|| WriteError::NotFound(format!("Could not find project: {id}.")))
+    }
+
+    fn user_or_404(&self, id: &str) -> Result<User, WriteError> {
+        user(self.tx, id)?
+            .ok_or_else(|| WriteError::NotFound(format!("Could not find user: {id}.")))
+    }
+
+    fn name_free(&self, table: &str, name: &str, id: &str) -> Result<(), WriteError> {
+        let taken: bool = self.tx.query_row(
+            &format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE name = ?1 AND id != ?2)"),
+            params![name, id],
+            |r| r.get(0),
+        )?;
+        if taken || (table == "users" && name == ADMIN_NAME) {
+            let kind = &table[..table.len() - 1];
+            return Err(WriteError::Conflict(format!(
+                "Conflict occurred attempting to store {kind} - a {kind} named {name:?} already exists."
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn create_project(
+        &mut self,
+        name: &str,
+        description: &str,
+        enabled: bool,
+    ) -> Result<Project, WriteError> {
+        validate::name("project.name", name)?;
+        validate::text("project.description", description)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.name_free("projects", name, &id)?;
+        self.tx.execute(
+            "INSERT INTO projects (id, name, description, enabled, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, name, description, enabled, time(&self.now)],
+        )?;
+        self.project_or_404(&id)
+    }
+
+    /// Returns the project and, when the change disabled it, the time its
+    /// tokens stop working.
+    pub fn update_project(
+        &mut self,
+        id: &str,
+        admin_project: &str,
+        change: ProjectChange,
+    ) -> Result<(Project, Option<DateTime<Utc>>), WriteError> {
+        let mut p = self.project_or_404(id)?;
+        if let Some(name) = change.name {
+            validate::name("project.name", &name)?;
+            self.name_free("projects", &name, id)?;
+            p.name = name;
+        }
+        if let Some(d) = change.description {
+            validate::text("project.description", &d)?;
+            p.description = d;
+        }
+        let mut revoked = None;
+        if let Some(enabled) = change.enabled {
+            if !enabled && id == admin_project {
+                return Err(WriteError::Forbidden(
+                    "the bootstrap admin project cannot be disabled".into(),
+                ));
+            }
+            if p.enabled && !enabled {
+                revoked = Some(self.revoke_subject(&format!("project:{id}"))?);
+            }
+            p.enabled = enabled;
+        }
+        self.tx.execute(
+            "UPDATE projects SET name = ?2, description = ?3, enabled = ?4 WHERE id = ?1",
+            params![id, p.name, p.description, p.enabled],
+        )?;
+        Ok((p, revoked))
+    }
+
+    /// Deletes a project that owns nothing; its role assignments go with
+    /// it and its tokens stop working (the time is returned).
+    pub fn delete_project(
+        &mut self,
+        id: &str,
+        admin_project: &str,
+    ) -> Result<DateTime<Utc>, WriteError> {
+        let p = self.project_or_404(id)?;
+        if id == admin_project {
+            return Err(WriteError::Forbidden(
+                "the bootstrap admin project cannot be deleted".into(),
+            ));
+        }
+        let mut owned = Vec::new();
+        for table in ["servers", "volumes", "networks", "ports"] {
+            let n: i64 = self.tx.query_row(
+                &format!("SELECT COUNT(*) FROM {table} WHERE project_id = ?1"),
+                [id],
+                |r| r.get(0),
+            )?;
+            if n > 0 {
+                owned.push(format!("{n} {table}"));
+            }
+        }
+        if !owned.is_empty() {
+            return Err(WriteError::Conflict(format!(
+                "project {} still owns {}; delete them first",
+                p.name,
+                owned.join(", ")
+            )));
+        }
+        // Its default security group (made on first use) goes with it.
+        self.tx.execute(
+            "DELETE FROM security_group_rules WHERE group_id IN (SELECT id FROM security_groups WHERE project_id = ?1)",
+            [id],
+        )?;
+        self.tx
+            .execute("DELETE FROM security_groups WHERE project_id = ?1", [id])?;
+        self.tx
+            .execute("DELETE FROM projects WHERE id = ?1", [id])?;
+        self.tx.execute(
+            "UPDATE users SET default_project_id = NULL WHERE default_project_id = ?1",
+            [id],
+        )?;
+        self.revoke_subject(&format!("project:{id}"))
+    }
+
+    pub fn create_user(&mut self, change: UserChange) -> Result<User, WriteError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let name = change.name.clone().unwrap_or_default();
+        validate::name("user.name", &name)?;
+        self.name_free("users", &name, &id)?;
+        let Some(hash) = change.password_hash.clone() else {
+            return Err(WriteError::Invalid(roost_common::FieldError::missing(
+                "user.password",
+            )));
+        };
+        self.tx.execute(
+            "INSERT INTO users (id, name, password_hash, default_project_id, description, enabled, created_at)
+             VALUES (?1, ?2, ?3, NULL, '', 1, ?4)",
+            params![id, name, hash, time(&self.now)],
+        )?;
+        let (user, _) = self.update_user(
+            &id,
+            UserChange {
+                name: None,
+                password_hash: None,
+                ..change
+            },
+        )?;
+        Ok(user)
+    }
+
+    /// Returns the user and, when the change took something away (a
+    /// password, the enabled flag), the time its tokens stop working.
+    pub fn update_user(
+        &mut self,
+        id: &str,
+        change: UserChange,
+    ) -> Result<(User, Option<DateTime<Utc>>), WriteError> {
+        let mut u = self.user_or_404(id)?;
+        let mut takes_away = false;
+        if let Some(name) = change.name {
+            validate::name("user.name", &name)?;
+            self.name_free("users", &name, id)?;
+            u.name = name;
+        }
+        if let Some(hash) = change.password_hash {
+            u.password_hash = hash;
+            takes_away = true;
+        }
+        if let Some(project) = change.default_project_id {
+            if let Some(p) = &project {
+                if self.project(p)?.is_none() {
+                    return Err(WriteError::Invalid(roost_common::FieldError::new(
+                        "user.default_project_id",
+                        p,
+                        "must name an existing project",
+                    )));
+                }
+            }
+            u.default_project_id = project;
+        }
+        if let Some(d) = change.description {
+            validate::text("user.description", &d)?;
+            u.description = d;
+        }
+        if let Some(enabled) = change.enabled {
+            takes_away |= u.enabled && !enabled;
+            u.enabled = enabled;
+        }
+        self.tx.execute(
+            "UPDATE users SET name = ?2, password_hash = ?3, default_project_id = ?4,
+             description = ?5, enabled = ?6 WHERE id = ?1",
+            params![
+                id,
+                u.name,
+                u.password_hash,
+                u.default_project_id,
+                u.description,
+                u.enabled
+            ],
+        )?;
+        let revoked = if takes_away {
+            Some(self.revoke_subject(&format!("user:{id}"))?)
+        } else {
+            None
+        };
+        Ok((u, revoked))
+    }
+
+    fn project(&self, id: &str) -> Result<Option<Project>, WriteError> {
+        Ok(project(self.tx, id)?)
+    }
+
+    /// Deletes a user with its role assignments; its tokens stop working.
+    pub fn delete_user(&mut self, id: &str) -> Result<DateTime<Utc>, WriteError> {
+        self.user_or_404(id)?;
+        self.tx.execute("DELETE FROM users WHERE id = ?1", [id])?;
+        self.revoke_subject(&format!("user:{id}"))
+    }
+
+    /// Gives `user` `role` on `project` (again is no change).
+    pub fn grant(&mut self, project: &str, user: &str, role: &str) -> Result<(), WriteError> {
+        check_role(role)?;
+        self.project_or_404(project)?;
+        self.user_or_404(user)?;
+        self.tx.execute(
+            "INSERT INTO role_assignments (user_id, project_id, role) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            params![user, project, role],
+        )?;
+        Ok(())
+    }
+
+    /// Takes `role` on `project` from `user`; the user's tokens stop
+    /// working (the time is returned).
+    pub fn ungrant(
+        &mut self,
+        project: &str,
+        user: &str,
+        role: &str,
+    ) -> Result<DateTime<Utc>, WriteError> {
+        check_role(role)?;
+        let n = self.tx.execute(
+            "DELETE FROM role_assignments WHERE user_id = ?1 AND project_id = ?2 AND role = ?3",
+            params![user, project, role],
+        )?;
+        if n == 0 {
+            return Err(WriteError::NotFound(format!(
+                "Could not find role assignment with role: {role}, user: {user}, project: {project}."
+            )));
+        }
+        self.revoke_subject(&format!("user:{user}"))
+    }
+}
