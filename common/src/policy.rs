@@ -7,7 +7,9 @@
 //! `identity:projects:users:roles:update`. The verb is `list` or `get`
 //! (GET on a collection or an item), `create` (POST), `action` (POST to
 //! `.../action`), `update` (PUT, PATCH) or `delete`. A few checks inside
-//! handlers have names of their own ([`SPECIAL`]).
+//! handlers have names of their own ([`SPECIAL`]), among them each server
+//! action by its key (`compute:servers:action:os-stop`), checked after
+//! `compute:servers:action`.
 //!
 //! A rule is oslo.policy's language: `role:NAME`, `rule:ALIAS`,
 //! `user_id:ID`, `user_name:NAME`, `project_id:ID` (or
@@ -17,6 +19,7 @@
 //! defaults follow Keystone's admin, member and reader roles: readers read,
 //! members change their project, admins do anything, and only admins
 //! manage flavors, hypervisors, users, projects and role assignments.
+//! `context_is_admin` decides who acts across every project.
 //!
 //! Pure: parsing and evaluation take values and return values.
 
@@ -25,15 +28,39 @@ use std::collections::{BTreeMap, HashMap};
 use crate::validate::FieldError;
 
 /// The aliases every default builds on; a policy file may redefine them.
-pub const BASE: [(&str, &str); 3] = [
+pub const BASE: [(&str, &str); 4] = [
     ("admin", "role:admin"),
+    // Who acts across every project (lists, uses and changes any
+    // project's resources). As in OpenStack, an admin role on any project
+    // is by default; narrow it with, e.g., `rule:admin and
+    // project_name:admin`.
+    ("context_is_admin", "rule:admin"),
     ("member", "role:member or rule:admin"),
     ("reader", "role:reader or rule:member"),
 ];
 
 /// Actions whose default is not the verb's (`rule:reader` to read,
 /// `rule:member` to change), and the checks handlers make by name.
-pub const SPECIAL: [(&str, &str); 28] = [
+pub const SPECIAL: [(&str, &str); 36] = [
+    // A server action, then each action by its body's key: each defaults
+    // to whatever `compute:servers:action` allows.
+    ("compute:servers:action", "rule:member"),
+    (
+        "compute:servers:action:os-stop",
+        "rule:compute:servers:action",
+    ),
+    (
+        "compute:servers:action:os-start",
+        "rule:compute:servers:action",
+    ),
+    (
+        "compute:servers:action:reboot",
+        "rule:compute:servers:action",
+    ),
+    (
+        "compute:servers:action:rebuild",
+        "rule:compute:servers:action",
+    ),
     ("compute:flavors:create", "rule:admin"),
     ("compute:flavors:update", "rule:admin"),
     ("compute:flavors:delete", "rule:admin"),
@@ -48,6 +75,11 @@ pub const SPECIAL: [(&str, &str); 28] = [
     ("image:images:publicize", "rule:admin"),
     // Provider attributes of a network (type, physical network, segment).
     ("network:networks:provider", "rule:admin"),
+    // A network every project may use.
+    ("network:networks:shared", "rule:admin"),
+    // The site's conflict journal and alarms cover every project.
+    ("roost:conflicts:list", "rule:admin"),
+    ("roost:alarms:list", "rule:admin"),
     // Revoking a token that is not the caller's own.
     ("identity:auth:tokens:revoke-other", "rule:admin"),
     // Any holder of a valid token may check and end it.
@@ -572,6 +604,31 @@ mod tests {
         // Untouched actions keep their defaults.
         assert!(p.allows("network:ports:create", &creds(&member, "p1"), &own));
         assert!(!p.allows("network:ports:create", &creds(&op, "p1"), &own));
+    }
+
+    #[test]
+    fn each_server_action_follows_the_action_rule_unless_named() {
+        let p = Policy::from_yaml(
+            "compute:servers:action: \"rule:member or role:driver\"\n\
+             compute:servers:action:rebuild: \"rule:member\"\n",
+            "f",
+        )
+        .unwrap();
+        let driver = roles(&["driver"]);
+        let t = Target::default();
+        assert!(p.allows("compute:servers:action:os-stop", &creds(&driver, "p"), &t));
+        assert!(p.allows("compute:servers:action:os-start", &creds(&driver, "p"), &t));
+        assert!(!p.allows("compute:servers:action:rebuild", &creds(&driver, "p"), &t));
+        // By default an admin anywhere acts everywhere; a file narrows it.
+        let admin = roles(&["admin"]);
+        let d = Policy::default();
+        assert!(d.allows("context_is_admin", &creds(&admin, "p"), &t));
+        let narrow = Policy::from_yaml(
+            "context_is_admin: \"rule:admin and project_name:admin\"\n",
+            "f",
+        )
+        .unwrap();
+        assert!(!narrow.allows("context_is_admin", &creds(&admin, "p"), &t));
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Claims {
     pub expires_at: DateTime<Utc>,
     /// Audit id, as Keystone's `audit_ids`.
     pub audit_id: String,
+    /// Whether the region signed it (not this site).
+    #[serde(default)]
+    pub from_region: bool,
 }
 
 impl Claims {
@@ -64,13 +67,15 @@ impl Claims {
             issued_at: at(c.issued_at),
             expires_at: at(c.expires_at),
             audit_id: c.audit_id,
+            from_region: true,
         }
     }
 
-    /// Whether the holder may change anything (admin or member; a reader
-    /// only reads).
-    pub fn can_write(&self) -> bool {
-        self.roles.iter().any(|r| r == "admin" || r == "member")
+    /// Whether the holder may change anything whatever the policy says:
+    /// the region's viewer (a region token with neither admin nor member)
+    /// only looks.
+    pub fn region_viewer(&self) -> bool {
+        self.from_region && !self.roles.iter().any(|r| r == "admin" || r == "member")
     }
 
     pub fn is_admin(&self) -> bool {
@@ -222,6 +227,7 @@ impl Authority {
             issued_at: now,
             expires_at: now + self.ttl,
             audit_id: B64.encode(audit),
+            from_region: false,
         };
         (self.sign(&claims), claims)
     }

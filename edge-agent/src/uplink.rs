@@ -212,6 +212,7 @@ impl Uplink {
         let mut backoff = Backoff::new(Backoff::BASE, Backoff::CAP);
         loop {
             let mut greeted = false;
+            let started = Instant::now();
             let outcome = tokio::select! {
                 r = self.connect_and_sync(&endpoint, &mut greeted) => r,
                 _ = shutdown.changed() => break,
@@ -227,11 +228,12 @@ impl Uplink {
                     "the link to the region is down; the site keeps working and will retry")
                 }
             }
-            // A connection the region answered was a success: retry soon.
-            // (Waiting for one to live a while let repeated controller
-            // restarts push a site toward the cap; the jitter still spreads
-            // a fleet's retries over the first window.)
-            if greeted {
+            // A session that worked (the region answered and synced, for a
+            // couple of seconds at least) was a success: retry soon.
+            // Waiting for one to live 30 s let repeated controller restarts
+            // push a site toward the cap; one failing right after the hello
+            // still backs off. The jitter spreads a fleet's retries.
+            if greeted && started.elapsed() >= Duration::from_secs(2) {
                 backoff.reset();
             }
             let delay = backoff.next(rand::random::<f64>());
@@ -287,7 +289,7 @@ impl Uplink {
     }
 
     /// One connection, until it ends; `greeted` turns true once the region
-    /// answered the site's hello.
+    /// answered the site's hello and a sync message came back.
     async fn connect_and_sync(
         &self,
         endpoint: &quinn::Endpoint,
@@ -328,7 +330,6 @@ impl Uplink {
         // Linked once the region said hello back (a region refusing the
         // site does not reset the link-down clock).
         self.link_state.connected();
-        *greeted = true;
         tracing::info!(region = %region_hello.name, version = %region_hello.version, "region answered");
         // Image fetches run on bulk streams of their own beside the sync.
         let mut fetching = tokio::spawn(self.fetcher.clone().run(conn.clone()));
@@ -368,6 +369,7 @@ impl Uplink {
             fetching.abort();
         }
         let stats = session.stats();
+        *greeted = stats.frames_in > 0;
         METRICS
             .uplink_bytes
             .with_label_values(&["out"])

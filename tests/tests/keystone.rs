@@ -389,8 +389,10 @@ async fn a_policy_file_overrides_the_defaults_and_a_bad_one_stops_the_agent() {
         dir.path().join("policy.yaml"),
         "# vehicle-07: the driver's crew\n\
          compute:servers:action: \"rule:member or role:reader\"\n\
+         compute:servers:action:rebuild: \"rule:member\"\n\
          network:networks:create: \"rule:admin\"\n\
-         compute:flavors:create: \"rule:member\"\n",
+         compute:flavors:create: \"rule:member\"\n\
+         identity:projects:users:roles:update: \"rule:admin or (role:member and project_id:%(project_id)s)\"\n",
     )
     .unwrap();
     let agent = AgentProcess::start(&config, &dir.path().join("data"));
@@ -417,7 +419,48 @@ async fn a_policy_file_overrides_the_defaults_and_a_bad_one_stops_the_agent() {
             .await;
         assert_eq!(code, 204);
     }
+    let (_, apprentice) = admin
+        .post(
+            "/identity/v3/users",
+            json!({"user": {"name": "apprentice", "password": "crew-secret-1"}}),
+        )
+        .await;
+    let apprentice = apprentice["user"]["id"].as_str().unwrap().to_string();
     let mechanic = as_user(&agent.url, "mechanic", "crew-secret-1").await;
+    // The file lets members grant roles in their own project: only roles
+    // they hold, only there.
+    let grant = |project: &str, role: &str| {
+        format!("/identity/v3/projects/{project}/users/{apprentice}/roles/{role}")
+    };
+    assert_eq!(
+        mechanic
+            .call(Method::PUT, &grant(&crew, "member"), None)
+            .await
+            .0,
+        204
+    );
+    let (code, body) = mechanic
+        .call(Method::PUT, &grant(&crew, "admin"), None)
+        .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not yours to give"),
+        "{body}"
+    );
+    let (code, body) = mechanic
+        .call(Method::PUT, &grant(&admin.project, "member"), None)
+        .await;
+    assert_eq!(code, 403, "another project's roles: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("identity:projects:users:roles:update"),
+        "{body}"
+    );
     let driver = as_user(&agent.url, "driver", "crew-secret-1").await;
     let (code, body) = mechanic
         .post("/network/v2.0/networks", json!({"network": {"name": "n"}}))
@@ -444,6 +487,18 @@ async fn a_policy_file_overrides_the_defaults_and_a_bad_one_stops_the_agent() {
     assert_eq!(code, 404, "{body}");
     let (code, _) = driver.create_server("s", "crew.small", "cirros").await;
     assert_eq!(code, 403);
+    // Rebuild, named apart, stays the members'.
+    let (code, body) = driver
+        .post(
+            "/compute/v2.1/servers/00000000-0000-0000-0000-000000000000/action",
+            json!({"rebuild": {"imageRef": "cirros"}}),
+        )
+        .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        message(&body).contains("compute:servers:action:rebuild"),
+        "{body}"
+    );
     drop(agent);
 
     // A bad file: the agent does not start, and says which rule and why.

@@ -17,6 +17,8 @@ use roost_common::api::{ProjectBody, UserBody};
 
 use super::{parse_body, ApiError, AppState, Caller};
 use crate::store::accounts::{self, Assignment, Project, ProjectChange, User, UserChange, ROLES};
+use crate::store::{WriteCtx, WriteError};
+use chrono::{DateTime, Utc};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -66,6 +68,30 @@ impl IntoResponse for KsError {
 }
 
 type Reply = Result<Response, KsError>;
+
+/// Runs a write that may end a subject's tokens (`user:<id>`,
+/// `project:<id>`) and tells the authority, in a task of its own: a client
+/// gone mid-request cannot leave a stored revocation unknown to the
+/// running authority.
+async fn write_revoking<T: Send + 'static>(
+    s: &AppState,
+    subject: String,
+    job: impl FnOnce(&mut WriteCtx<'_>) -> Result<(T, Option<DateTime<Utc>>), WriteError>
+        + Send
+        + 'static,
+) -> Result<T, ApiError> {
+    let (store, auth) = (s.store.clone(), s.auth.clone());
+    tokio::spawn(async move {
+        let (value, ended) = store.write(job).await?;
+        if let Some(t) = ended {
+            auth.revoke_subject(subject.clone(), t);
+            tracing::info!(%subject, "tokens issued before now are refused");
+        }
+        Ok::<_, ApiError>(value)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("identity write task failed: {e}")))?
+}
 
 fn ok(v: Value) -> Reply {
     Ok(Json(v).into_response())
@@ -232,14 +258,10 @@ async fn update_project(
     };
     let admin = s.auth.identity().admin_project_id.clone();
     let pid = id.clone();
-    let (p, revoked) = s
-        .store
-        .write(move |w| w.update_project(&pid, &admin, change))
-        .await?;
-    if let Some(t) = revoked {
-        s.auth.revoke_subject(format!("project:{id}"), t);
-        tracing::info!(project_id = %id, "project disabled; its tokens are refused");
-    }
+    let p = write_revoking(&s, format!("project:{id}"), move |w| {
+        w.update_project(&pid, &admin, change)
+    })
+    .await?;
     ok(json!({"project": project_view(&s, &p)}))
 }
 
@@ -250,11 +272,10 @@ async fn delete_project(
 ) -> Result<StatusCode, KsError> {
     let admin = s.auth.identity().admin_project_id.clone();
     let pid = id.clone();
-    let t = s
-        .store
-        .write(move |w| w.delete_project(&pid, &admin))
-        .await?;
-    s.auth.revoke_subject(format!("project:{id}"), t);
+    write_revoking(&s, format!("project:{id}"), move |w| {
+        w.delete_project(&pid, &admin).map(|t| ((), Some(t)))
+    })
+    .await?;
     tracing::info!(project_id = %id, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -293,9 +314,8 @@ async fn user_change(body: &[u8]) -> Result<UserChange, ApiError> {
     f.check()?;
     let password_hash = match f.password {
         Some(pw) => Some(
-            tokio::task::spawn_blocking(move || crate::identity::hash_password(&pw))
-                .await
-                .map_err(|e| ApiError::internal(format!("password hashing failed: {e}")))?
+            super::identity::hashing(move || crate::identity::hash_password(&pw))
+                .await?
                 .map_err(|e| ApiError::internal(format!("password hashing failed: {e}")))?,
         ),
         None => None,
@@ -338,11 +358,10 @@ async fn update_user(
     not_the_bootstrap_admin(&s, &id)?;
     let change = user_change(&body).await?;
     let uid = id.clone();
-    let (u, revoked) = s.store.write(move |w| w.update_user(&uid, change)).await?;
-    if let Some(t) = revoked {
-        s.auth.revoke_subject(format!("user:{id}"), t);
-        tracing::info!(user_id = %id, "user's password changed or user disabled; older tokens are refused");
-    }
+    let u = write_revoking(&s, format!("user:{id}"), move |w| {
+        w.update_user(&uid, change)
+    })
+    .await?;
     ok(json!({"user": user_view(&s, &u)}))
 }
 
@@ -353,8 +372,10 @@ async fn delete_user(
 ) -> Result<StatusCode, KsError> {
     not_the_bootstrap_admin(&s, &id)?;
     let uid = id.clone();
-    let t = s.store.write(move |w| w.delete_user(&uid)).await?;
-    s.auth.revoke_subject(format!("user:{id}"), t);
+    write_revoking(&s, format!("user:{id}"), move |w| {
+        w.delete_user(&uid).map(|t| ((), Some(t)))
+    })
+    .await?;
     tracing::info!(user_id = %id, "user deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -401,10 +422,17 @@ async fn roles_of(
 
 async fn grant(
     State(s): State<AppState>,
-    _c: Caller,
+    c: Caller,
     Path((project, user, role)): Path<(String, String, String)>,
 ) -> Result<StatusCode, KsError> {
     not_the_bootstrap_admin(&s, &user)?;
+    // Whoever a policy lets grant roles gives only what they hold.
+    if !c.is_cloud_admin() && !c.0.roles.contains(&role) {
+        return Err(ApiError::forbidden(format!(
+            "a role you do not hold ({role}) is not yours to give"
+        ))
+        .into());
+    }
     let (p, u, r) = (project.clone(), user.clone(), role.clone());
     s.store.write(move |w| w.grant(&p, &u, &r)).await?;
     tracing::info!(project_id = %project, user_id = %user, %role, "role granted");
@@ -439,8 +467,10 @@ async fn ungrant(
 ) -> Result<StatusCode, KsError> {
     not_the_bootstrap_admin(&s, &user)?;
     let (p, u, r) = (project.clone(), user.clone(), role.clone());
-    let t = s.store.write(move |w| w.ungrant(&p, &u, &r)).await?;
-    s.auth.revoke_subject(format!("user:{user}"), t);
+    write_revoking(&s, format!("user:{user}"), move |w| {
+        w.ungrant(&p, &u, &r).map(|t| ((), Some(t)))
+    })
+    .await?;
     tracing::info!(project_id = %project, user_id = %user, %role, "role taken away; the user's older tokens are refused");
     Ok(StatusCode::NO_CONTENT)
 }

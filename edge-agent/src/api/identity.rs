@@ -124,21 +124,52 @@ fn bootstrap_admin_token(
     Ok(s.auth.issue_admin(Utc::now()))
 }
 
+/// Password hashing is meant to be slow and take memory (Argon2id, 19
+/// MiB): at most two run at once, so a flood of logins queues instead of
+/// exhausting the host.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs `f` (a password hash or check) on a blocking thread once one of
+/// the [`HASHING`] slots is free; a 503 if none frees within 10 s.
+pub(super) async fn hashing<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _slot = tokio::time::timeout(std::time::Duration::from_secs(10), HASHING.acquire())
+        .await
+        .map_err(|_| {
+            ApiError::unavailable("too many password checks at once; retry in a few seconds")
+        })?
+        .map_err(|_| ApiError::internal("the password check pool is closed"))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("password check failed: {e}")))
+}
+
 /// A user of the site's store, scoped to the project asked for (else its
-/// default project), with its roles there. Every refusal reads the same
-/// to the client; the log says which it was.
+/// default project), with its roles there. The password is checked off
+/// the writer; what the token holds is decided in the writer
+/// (`WriteCtx::login`), in order with every revocation. Every refusal
+/// reads the same to the client; the log says which it was.
 async fn user_token(
     s: &AppState,
     user: UserRef,
     scope: Option<ProjectRef>,
 ) -> Result<(String, Claims), ApiError> {
+    let who = user.name.clone().or(user.id.clone()).unwrap_or_default();
     let refused = |why: &str| {
-        tracing::warn!(
-            user = user.name.as_deref().or(user.id.as_deref()).unwrap_or(""),
-            why,
-            "authentication refused"
-        );
+        tracing::warn!(user = %who, why, "authentication refused");
         ApiError::unauthorized(NO_AUTH)
+    };
+    let scope = match scope {
+        Some(p) if p.domain.as_ref().is_some_and(|d| !d.is_default()) => {
+            return Err(refused("a project outside the Default domain"))
+        }
+        Some(ProjectRef { id: Some(id), .. }) => accounts::ProjectLookup::Id(id),
+        Some(ProjectRef {
+            name: Some(name), ..
+        }) => accounts::ProjectLookup::Name(name),
+        Some(_) => return Err(ApiError::bad_request("auth.scope.project: give id or name")),
+        None => accounts::ProjectLookup::Default,
     };
     let foreign_domain = user.domain.as_ref().is_some_and(|d| !d.is_default());
     let (uid, uname) = (user.id.clone(), user.name.clone());
@@ -156,68 +187,31 @@ async fn user_token(
     // Hash even for an unknown user, so the time says nothing.
     let hash = found.as_ref().map(|u| u.password_hash.clone());
     let password = user.password.clone();
-    let checked = tokio::task::spawn_blocking(move || {
-        crate::identity::check_user_password(hash.as_deref(), &password)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("password check failed: {e}")))?;
+    let checked =
+        hashing(move || crate::identity::check_user_password(hash.as_deref(), &password)).await?;
     let u = match (found, checked) {
         (Some(u), Ok(())) => u,
         _ => return Err(refused("unknown user or wrong password")),
     };
-    if !u.enabled {
-        return Err(refused("the user is disabled"));
-    }
-    let wanted = match scope {
-        Some(p) if p.domain.as_ref().is_some_and(|d| !d.is_default()) => {
-            return Err(refused("a project outside the Default domain"))
-        }
-        Some(ProjectRef { id: Some(id), .. }) => Some((Some(id), None)),
-        Some(ProjectRef {
-            name: Some(name), ..
-        }) => Some((None, Some(name))),
-        Some(_) => return Err(ApiError::bad_request("auth.scope.project: give id or name")),
-        None => u.default_project_id.clone().map(|id| (Some(id), None)),
-    };
-    let Some((pid, pname)) = wanted else {
-        return Err(ApiError::unauthorized(
-            "The request you have made requires authentication: the user has no default project; ask for a project scope (--os-project-name).",
-        ));
-    };
-    let user_id = u.id.clone();
-    let (project, roles) = s
-        .store
-        .read(move |c| {
-            let project = match (pid, pname) {
-                (Some(id), _) => accounts::project(c, &id)?,
-                (None, Some(name)) => accounts::projects(c, Some(&name))?.pop(),
-                (None, None) => None,
-            };
-            let roles = match &project {
-                Some(p) => accounts::assignments(c, Some(&user_id), Some(&p.id), None)?
-                    .into_iter()
-                    .map(|a| a.role)
-                    .collect(),
-                None => Vec::new(),
-            };
-            Ok((project, roles))
-        })
-        .await?;
-    match project {
-        Some(p) if p.enabled && !roles.is_empty() => Ok(s.auth.issue(
+    let (id, hash) = (u.id.clone(), u.password_hash.clone());
+    match s.store.write(move |w| w.login(&id, &hash, scope)).await? {
+        Ok(login) => Ok(s.auth.issue(
             Subject {
-                user_id: u.id,
-                user_name: u.name,
-                project_id: p.id,
-                project_name: p.name,
-                roles,
+                user_id: login.user.id,
+                user_name: login.user.name,
+                project_id: login.project.id,
+                project_name: login.project.name,
+                roles: login.roles,
             },
-            Utc::now(),
+            login.at,
         )),
-        Some(p) if !p.enabled => Err(refused("the project is disabled")),
-        _ => Err(ApiError::unauthorized(
+        Err(accounts::Refusal::NoRole) => Err(ApiError::unauthorized(
             "The request you have made requires authentication: the user has no role on the requested project.",
         )),
+        Err(accounts::Refusal::NoDefaultProject) => Err(ApiError::unauthorized(
+            "The request you have made requires authentication: the user has no default project; ask for a project scope (--os-project-name).",
+        )),
+        Err(why) => Err(refused(&format!("{why:?}"))),
     }
 }
 
@@ -285,10 +279,17 @@ async fn revoke_token(
         caller.allow("identity:auth:tokens:revoke-other")?;
     }
     let (audit, expires) = (claims.audit_id.clone(), claims.expires_at);
-    s.store
-        .write(move |w| w.revoke_token(&audit, &expires))
-        .await?;
-    s.auth.revoked([claims.audit_id.clone()]);
+    // In a task of its own: a client gone mid-request must not leave a
+    // stored revocation unknown to the running authority.
+    let (store, auth) = (s.store.clone(), s.auth.clone());
+    tokio::spawn(async move {
+        let id = audit.clone();
+        store.write(move |w| w.revoke_token(&id, &expires)).await?;
+        auth.revoked([audit]);
+        Ok::<_, crate::store::WriteError>(())
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("revocation task failed: {e}")))??;
     tracing::info!(audit_id = %claims.audit_id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

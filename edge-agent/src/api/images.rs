@@ -58,7 +58,7 @@ fn view(i: &Image) -> Value {
 /// Whether the caller may see an image: admins all, others public and
 /// community images and their project's own.
 fn visible(c: &Caller, i: &Image) -> bool {
-    c.0.is_admin()
+    c.is_cloud_admin()
         || matches!(
             i.spec.visibility,
             Visibility::Public | Visibility::Community
@@ -89,7 +89,7 @@ pub(super) async fn check_bootable_by(
 /// Whether the caller may change an image: admins, and its owner project
 /// unless it is a config seed (no owner).
 fn may_modify(c: &Caller, i: &Image) -> bool {
-    c.0.is_admin() || i.spec.owner.as_deref() == Some(c.0.project_id.as_str())
+    c.is_cloud_admin() || i.spec.owner.as_deref() == Some(c.0.project_id.as_str())
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -25,7 +25,7 @@ mod volumes;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -277,13 +277,19 @@ async fn nova_version(State(s): State<AppState>) -> Json<serde_json::Value> {
 pub struct Caller(pub Claims, Arc<Policy>);
 
 impl Caller {
-    /// The project a list or lookup is limited to: none for admins.
+    /// The project a list or lookup is limited to: none for those the
+    /// policy lets act across projects (`context_is_admin`).
     pub fn scope(&self) -> Option<String> {
-        if self.0.is_admin() {
+        if self.is_cloud_admin() {
             None
         } else {
             Some(self.0.project_id.clone())
         }
+    }
+
+    /// Whether the policy lets the caller act across every project.
+    pub fn is_cloud_admin(&self) -> bool {
+        self.allow("context_is_admin").is_ok()
     }
 
     /// Checks a named action (one of `policy::SPECIAL`) against the
@@ -312,14 +318,6 @@ fn allow(policy: &Policy, action: &str, claims: &Claims, target: &str) -> Result
     }
 }
 
-/// The project a path names (`{project}` in the route), if any.
-fn path_project<'a>(route: &str, path: &'a str) -> Option<&'a str> {
-    route
-        .split('/')
-        .zip(path.split('/'))
-        .find_map(|(r, p)| (r == "{project}").then_some(p))
-}
-
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -333,12 +331,42 @@ impl FromRequestParts<AppState> for Caller {
         let route = parts
             .extensions
             .get::<MatchedPath>()
-            .map_or("", |m| m.as_str());
-        let action = roost_common::policy::action_for(parts.method.as_str(), route);
-        let target = path_project(route, parts.uri.path()).unwrap_or(&claims.project_id);
-        allow(&state.policy, &action, &claims, target).inspect_err(|_| {
-            tracing::info!(%action, user = %claims.user_name, project = %claims.project_name, "refused by policy");
-        })?;
+            .map_or("", |m| m.as_str())
+            .to_string();
+        let keystone = |e: ApiError| {
+            if route.starts_with("/identity") {
+                e.keystone()
+            } else {
+                e
+            }
+        };
+        let reads = matches!(
+            parts.method,
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+        if !reads && claims.region_viewer() {
+            return Err(keystone(ApiError::forbidden(format!(
+                "Policy doesn't allow {} {} to be performed: the region's viewer only looks",
+                parts.method,
+                parts.uri.path()
+            ))));
+        }
+        let action = roost_common::policy::action_for(parts.method.as_str(), &route);
+        // The project the path names (`{project}`), else the caller's own.
+        let params = RawPathParams::from_request_parts(parts, state).await.ok();
+        let target = params
+            .as_ref()
+            .and_then(|p| {
+                p.iter()
+                    .find(|(k, _)| *k == "project")
+                    .map(|(_, v)| v.to_string())
+            })
+            .unwrap_or_else(|| claims.project_id.clone());
+        allow(&state.policy, &action, &claims, &target)
+            .inspect_err(|_| {
+                tracing::info!(%action, user = %claims.user_name, project = %claims.project_name, "refused by policy");
+            })
+            .map_err(keystone)?;
         Ok(Caller(claims, state.policy.clone()))
     }
 }

@@ -327,6 +327,9 @@ async fn create_network(State(s): State<AppState>, c: Caller, body: Bytes) -> Re
     if spec.segmentation_id.is_some() || spec.physical_network.is_some() {
         c.allow("network:networks:provider")?;
     }
+    if spec.shared {
+        c.allow("network:networks:shared")?;
+    }
     let n = s.store.write(move |w| w.create_network(spec)).await?;
     s.net_changed.notify_one();
     tracing::info!(network_id = %n.id, kind = n.spec.kind.as_str(), segment = ?n.spec.segmentation_id, "network created");

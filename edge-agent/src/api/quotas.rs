@@ -37,7 +37,7 @@ struct UsageQuery {
 
 /// Callers see their own project's quota; admins any project's.
 fn check_project(c: &Caller, project: &str) -> Result<(), ApiError> {
-    if c.0.is_admin() || c.0.project_id == project {
+    if c.is_cloud_admin() || c.0.project_id == project {
         Ok(())
     } else {
         Err(ApiError::forbidden(

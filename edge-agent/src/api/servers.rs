@@ -390,7 +390,17 @@ async fn action(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let intent = match parse_body::<ServerAction>(&body)? {
+    let asked = parse_body::<ServerAction>(&body)?;
+    caller.allow(&format!(
+        "compute:servers:action:{}",
+        match asked {
+            ServerAction::Stop(_) => "os-stop",
+            ServerAction::Start(_) => "os-start",
+            ServerAction::Reboot(_) => "reboot",
+            ServerAction::Rebuild(_) => "rebuild",
+        }
+    ))?;
+    let intent = match asked {
         ServerAction::Stop(_) => ServerIntent::Stop,
         ServerAction::Start(_) => ServerIntent::Start,
         ServerAction::Reboot(r) => ServerIntent::Reboot { hard: r.hard()? },

@@ -112,7 +112,7 @@ async fn version(State(s): State<AppState>) -> Json<Value> {
 
 /// Callers act in their own project's path; admins in any.
 fn check_project(c: &Caller, project: &str) -> Result<(), ApiError> {
-    if c.0.is_admin() || c.0.project_id == project {
+    if c.is_cloud_admin() || c.0.project_id == project {
         Ok(())
     } else {
         Err(ApiError::forbidden(format!(

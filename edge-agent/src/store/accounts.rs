@@ -257,8 +257,8 @@ impl WriteCtx<'_> {
         self.project_or_404(&id)
     }
 
-    /// Returns the project and, when the change disabled it, the time its
-    /// tokens stop working.
+    /// Returns the project and, when the change disabled or renamed it,
+    /// the time its tokens stop working.
     pub fn update_project(
         &mut self,
         id: &str,
@@ -266,31 +266,41 @@ impl WriteCtx<'_> {
         change: ProjectChange,
     ) -> Result<(Project, Option<DateTime<Utc>>), WriteError> {
         let mut p = self.project_or_404(id)?;
-        if let Some(name) = change.name {
+        let mut takes_away = false;
+        if let Some(name) = change.name.filter(|n| *n != p.name) {
+            if id == admin_project {
+                return Err(WriteError::Forbidden(
+                    "the bootstrap admin project keeps its name (admin)".into(),
+                ));
+            }
             validate::name("project.name", &name)?;
             self.name_free("projects", &name, id)?;
             p.name = name;
+            // Tokens carry the name, and rules may match it.
+            takes_away = true;
         }
         if let Some(d) = change.description {
             validate::text("project.description", &d)?;
             p.description = d;
         }
-        let mut revoked = None;
         if let Some(enabled) = change.enabled {
             if !enabled && id == admin_project {
                 return Err(WriteError::Forbidden(
                     "the bootstrap admin project cannot be disabled".into(),
                 ));
             }
-            if p.enabled && !enabled {
-                revoked = Some(self.revoke_subject(&format!("project:{id}"))?);
-            }
+            takes_away |= p.enabled && !enabled;
             p.enabled = enabled;
         }
         self.tx.execute(
             "UPDATE projects SET name = ?2, description = ?3, enabled = ?4 WHERE id = ?1",
             params![id, p.name, p.description, p.enabled],
         )?;
+        let revoked = if takes_away {
+            Some(self.revoke_subject(&format!("project:{id}"))?)
+        } else {
+            None
+        };
         Ok((p, revoked))
     }
 
@@ -308,14 +318,43 @@ impl WriteCtx<'_> {
             ));
         }
         let mut owned = Vec::new();
-        for table in ["servers", "volumes", "networks", "ports"] {
-            let n: i64 = self.tx.query_row(
-                &format!("SELECT COUNT(*) FROM {table} WHERE project_id = ?1"),
-                [id],
-                |r| r.get(0),
-            )?;
+        for (what, sql) in [
+            (
+                "servers",
+                "SELECT COUNT(*) FROM servers WHERE project_id = ?1",
+            ),
+            (
+                "volumes",
+                "SELECT COUNT(*) FROM volumes WHERE project_id = ?1",
+            ),
+            (
+                "snapshots",
+                "SELECT COUNT(*) FROM volume_snapshots WHERE project_id = ?1",
+            ),
+            (
+                "networks",
+                "SELECT COUNT(*) FROM networks WHERE project_id = ?1",
+            ),
+            ("ports", "SELECT COUNT(*) FROM ports WHERE project_id = ?1"),
+            (
+                "server groups",
+                "SELECT COUNT(*) FROM server_groups WHERE project_id = ?1",
+            ),
+            (
+                "images",
+                "SELECT COUNT(*) FROM images WHERE json_extract(spec, '$.owner') = ?1",
+            ),
+            (
+                "security groups other projects' ports use",
+                "SELECT COUNT(DISTINCT g.id) FROM security_groups g
+                 JOIN port_security_groups pg ON pg.group_id = g.id
+                 JOIN ports p ON p.id = pg.port_id
+                 WHERE g.project_id = ?1 AND p.project_id != ?1",
+            ),
+        ] {
+            let n: i64 = self.tx.query_row(sql, [id], |r| r.get(0))?;
             if n > 0 {
-                owned.push(format!("{n} {table}"));
+                owned.push(format!("{n} {what}"));
             }
         }
         if !owned.is_empty() {
@@ -368,7 +407,8 @@ impl WriteCtx<'_> {
     }
 
     /// Returns the user and, when the change took something away (a
-    /// password, the enabled flag), the time its tokens stop working.
+    /// password, the enabled flag, the name its tokens carry), the time its
+    /// tokens stop working.
     pub fn update_user(
         &mut self,
         id: &str,
@@ -376,10 +416,11 @@ impl WriteCtx<'_> {
     ) -> Result<(User, Option<DateTime<Utc>>), WriteError> {
         let mut u = self.user_or_404(id)?;
         let mut takes_away = false;
-        if let Some(name) = change.name {
+        if let Some(name) = change.name.filter(|n| *n != u.name) {
             validate::name("user.name", &name)?;
             self.name_free("users", &name, id)?;
             u.name = name;
+            takes_away = true;
         }
         if let Some(hash) = change.password_hash {
             u.password_hash = hash;
@@ -468,5 +509,83 @@ impl WriteCtx<'_> {
             )));
         }
         self.revoke_subject(&format!("user:{user}"))
+    }
+}
+
+/// Which project a login asks for.
+#[derive(Debug, Clone)]
+pub enum ProjectLookup {
+    Id(String),
+    Name(String),
+    /// The user's default project.
+    Default,
+}
+
+/// Why a login was refused (the client hears only "requires
+/// authentication"; the log says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The user is gone or its password changed since it was checked.
+    Changed,
+    UserDisabled,
+    NoDefaultProject,
+    ProjectDisabled,
+    NoRole,
+}
+
+/// What a login is given: decided in the writer, in order with every
+/// revocation, so no token outlives a change that ends it.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user: User,
+    pub project: Project,
+    pub roles: Vec<String>,
+    /// The token's issue time: the writer's clock for this batch, so any
+    /// later revocation is at or after it.
+    pub at: DateTime<Utc>,
+}
+
+impl WriteCtx<'_> {
+    /// Decides a login for `user_id`, whose password was checked against
+    /// `checked_hash` outside the writer.
+    pub fn login(
+        &mut self,
+        user_id: &str,
+        checked_hash: &str,
+        scope: ProjectLookup,
+    ) -> Result<Result<Login, Refusal>, WriteError> {
+        let Some(user) = user(self.tx, user_id)?.filter(|u| u.password_hash == checked_hash) else {
+            return Ok(Err(Refusal::Changed));
+        };
+        if !user.enabled {
+            return Ok(Err(Refusal::UserDisabled));
+        }
+        let project = match scope {
+            ProjectLookup::Id(id) => project(self.tx, &id)?,
+            ProjectLookup::Name(name) => projects(self.tx, Some(&name))?.pop(),
+            ProjectLookup::Default => match &user.default_project_id {
+                Some(id) => project(self.tx, id)?,
+                None => return Ok(Err(Refusal::NoDefaultProject)),
+            },
+        };
+        let Some(project) = project else {
+            return Ok(Err(Refusal::NoRole));
+        };
+        if !project.enabled {
+            return Ok(Err(Refusal::ProjectDisabled));
+        }
+        let roles: Vec<String> = assignments(self.tx, Some(&user.id), Some(&project.id), None)?
+            .into_iter()
+            .map(|a| a.role)
+            .collect();
+        if roles.is_empty() {
+            return Ok(Err(Refusal::NoRole));
+        }
+        Ok(Ok(Login {
+            user,
+            project,
+            roles,
+            at: self.now,
+        }))
     }
 }
