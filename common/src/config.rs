@@ -776,6 +776,11 @@ pub struct RegionSection {
 #[serde(deny_unknown_fields)]
 pub struct RegionApiSection {
     pub listen: SocketAddr,
+    /// URL clients reach the controller's API at, used in the Keystone
+    /// catalog and links (e.g. `https://region.example:7443` behind a
+    /// proxy). Defaults to `http://` + the request's Host header.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -795,6 +800,9 @@ pub struct RegionSite {
 impl Validate for RegionConfig {
     fn validate(&self) -> Result<(), FieldError> {
         crate::ids::check_dns_label("region.name", &self.region.name)?;
+        if let Some(u) = &self.api.public_url {
+            check_url("api.public_url", u)?;
+        }
         if self.api.listen == self.quic.listen {
             return Err(FieldError::new(
                 "quic.listen",

@@ -58,6 +58,9 @@ pub struct ApiState {
     pub quic_port: u16,
     /// The key the region signs Keystone tokens with (see `openstack`).
     pub signer: Arc<roost_sync::token::Signer>,
+    /// `api.public_url`: what the catalog and links name (else the
+    /// request's Host).
+    pub public_url: Option<Arc<str>>,
 }
 
 /// What a token allows.

@@ -320,6 +320,7 @@ fn serve(
             viewer_token: Arc::new(viewer_token),
             quic_port: quic_addr.port(),
             signer: Arc::new(signer),
+            public_url: config.api.public_url.as_deref().map(Arc::from),
         };
         println!("roost-controller: region {} is serving", config.region.name);
         println!("  API        http://{api_addr}");

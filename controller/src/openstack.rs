@@ -220,7 +220,12 @@ impl FromRequestParts<ApiState> for OsCaller {
 
 // ---------------------------------------------------------------- keystone
 
-fn base_url(headers: &HeaderMap) -> String {
+/// The controller's URL as clients reach it: `api.public_url`, else
+/// `http://` + the request's Host.
+fn base_url(s: &ApiState, headers: &HeaderMap) -> String {
+    if let Some(u) = &s.public_url {
+        return u.to_string();
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -228,20 +233,20 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-fn identity_doc(headers: &HeaderMap) -> Value {
-    roost_common::api::keystone_version(&base_url(headers))
+fn identity_doc(s: &ApiState, headers: &HeaderMap) -> Value {
+    roost_common::api::keystone_version(&base_url(s, headers))
 }
 
-async fn identity_versions(headers: HeaderMap) -> Response {
+async fn identity_versions(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     (
         StatusCode::MULTIPLE_CHOICES,
-        Json(json!({"versions": {"values": [identity_doc(&headers)]}})),
+        Json(json!({"versions": {"values": [identity_doc(&s, &headers)]}})),
     )
         .into_response()
 }
 
-async fn identity_version(headers: HeaderMap) -> Json<Value> {
-    Json(json!({ "version": identity_doc(&headers) }))
+async fn identity_version(State(s): State<ApiState>, headers: HeaderMap) -> Json<Value> {
+    Json(json!({ "version": identity_doc(&s, &headers) }))
 }
 
 /// `POST /identity/v3/auth/tokens`: `admin` with the admin token, or
@@ -304,7 +309,7 @@ async fn issue_token(
         }
     })
     .await?;
-    let base = base_url(&headers);
+    let base = base_url(&s, &headers);
     let endpoint = |service: &str, site: &str, url: String| json!({"id": format!("{service}-{site}"), "interface": "public", "region": site, "region_id": site, "url": url});
     let compute: Vec<Value> = sites
         .iter()
@@ -508,7 +513,7 @@ async fn list_servers(
     Path(site): Path<String>,
     Query(f): Query<ServerFilter>,
 ) -> Result<Json<Value>, OsError> {
-    let base = base_url(&headers);
+    let base = base_url(&s, &headers);
     let all = filtered(&s, &base, site, &f).await?;
     let brief: Vec<Value> = all
         .iter()
@@ -547,7 +552,7 @@ async fn list_servers_detail(
     Path(site): Path<String>,
     Query(f): Query<ServerFilter>,
 ) -> Result<Json<Value>, OsError> {
-    let base = base_url(&headers);
+    let base = base_url(&s, &headers);
     Ok(Json(
         json!({ "servers": filtered(&s, &base, site, &f).await? }),
     ))
@@ -559,7 +564,7 @@ async fn show_server(
     headers: HeaderMap,
     Path((site, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, OsError> {
-    let base = base_url(&headers);
+    let base = base_url(&s, &headers);
     let servers = servers_of(&s, site.clone()).await?;
     servers
         .iter()
@@ -581,7 +586,7 @@ async fn create_server(
     body: Bytes,
 ) -> Result<Response, OsError> {
     c.require_admin("os_compute_api:servers:create")?;
-    let base = base_url(&headers);
+    let base = base_url(&s, &headers);
     let req: ServerCreateBody = serde_json::from_slice(&body)
         .map_err(|e| os_error(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
     if req.scheduler_hints.is_some() || req.scheduler_hints_legacy.is_some() {
@@ -671,7 +676,7 @@ async fn list_flavors(
     headers: HeaderMap,
     Path(site): Path<String>,
 ) -> Result<Json<Value>, OsError> {
-    let base = base_url(&headers);
+    let base = base_url(&s, &headers);
     let all: Vec<Value> = flavors_of(&s, site.clone())
         .await?
         .iter()
@@ -686,7 +691,7 @@ async fn show_flavor(
     headers: HeaderMap,
     Path((site, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, OsError> {
-    let base = base_url(&headers);
+    let base = base_url(&s, &headers);
     flavors_of(&s, site.clone())
         .await?
         .iter()
@@ -703,8 +708,12 @@ async fn show_flavor(
 // ---------------------------------------------------------------- glance
 
 /// Glance's version document, which clients read before anything else.
-async fn image_versions(headers: HeaderMap, Path(site): Path<String>) -> Response {
-    let href = format!("{}/sites/{site}/image/v2/", base_url(&headers));
+async fn image_versions(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(site): Path<String>,
+) -> Response {
+    let href = format!("{}/sites/{site}/image/v2/", base_url(&s, &headers));
     (
         StatusCode::MULTIPLE_CHOICES,
         Json(roost_common::api::glance_versions(&href)),

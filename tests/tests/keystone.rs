@@ -526,3 +526,84 @@ async fn a_policy_file_overrides_the_defaults_and_a_bad_one_stops_the_agent() {
         "nothing was made"
     );
 }
+
+/// What services and proxies need of Keystone: `?nocatalog` at a site, and
+/// a controller behind a proxy naming the URL clients reach it at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_checks_skip_the_catalog_and_the_controller_names_its_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(&site_config("vehicle-07.yaml"), &dir.path().join("site"));
+    let admin = Api::login(&agent.url).await;
+    let check = |query: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let resp = admin
+                .http
+                .get(format!("{}/identity/v3/auth/tokens{query}", admin.url))
+                .header("X-Auth-Token", &admin.token)
+                .header("X-Subject-Token", &admin.token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    assert!(check("").await["token"]["catalog"].is_array());
+    let slim = check("?nocatalog").await;
+    assert!(slim["token"].get("catalog").is_none(), "{slim}");
+    assert_eq!(slim["token"]["roles"][0]["name"], "admin");
+
+    let text = std::fs::read_to_string(site_config("region.yaml")).unwrap();
+    let config = dir.path().join("region.yaml");
+    std::fs::write(
+        &config,
+        text.replace(
+            "api:\n  listen: 127.0.0.1:7443\n",
+            "api:\n  listen: 127.0.0.1:7443\n  public_url: https://region.example:7443\n",
+        ),
+    )
+    .unwrap();
+    let controller = roost_tests::ControllerProcess::start(&config, &dir.path().join("controller"));
+    let resp = reqwest::Client::new()
+        .post(format!("{}/identity/v3/auth/tokens", controller.api))
+        .json(&json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "admin", "domain": {"id": "default"}, "password": controller.admin_token()}}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let body: Value = resp.json().await.unwrap();
+    let urls: Vec<&str> = body["token"]["catalog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().unwrap().iter())
+        .map(|e| e["url"].as_str().unwrap())
+        .collect();
+    assert!(!urls.is_empty());
+    assert!(
+        urls.iter()
+            .all(|u| u.starts_with("https://region.example:7443/")),
+        "{urls:?}"
+    );
+    // A URL that is not one is refused at start, naming the field.
+    std::fs::write(
+        &config,
+        text.replace(
+            "api:\n  listen: 127.0.0.1:7443\n",
+            "api:\n  listen: 127.0.0.1:7443\n  public_url: region.example\n",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(binary("roost-controller"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("controller2"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("api.public_url"), "{err}");
+}

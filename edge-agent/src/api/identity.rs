@@ -3,7 +3,7 @@
 //! in `accounts`.
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -216,15 +216,24 @@ async fn user_token(
 }
 
 /// `GET /identity/v3/auth/tokens`: validates `X-Subject-Token`.
+/// `?nocatalog` leaves the catalog out, as Keystone does (token checks by
+/// services need only the roles).
 async fn validate(
     State(s): State<AppState>,
     _caller: Caller,
+    Query(q): Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    validate_token(s, headers).await.map_err(ApiError::keystone)
+    validate_token(s, headers, q.contains_key("nocatalog"))
+        .await
+        .map_err(ApiError::keystone)
 }
 
-async fn validate_token(s: AppState, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn validate_token(
+    s: AppState,
+    headers: HeaderMap,
+    nocatalog: bool,
+) -> Result<Response, ApiError> {
     let subject = headers
         .get("X-Subject-Token")
         .and_then(|v| v.to_str().ok())
@@ -232,7 +241,13 @@ async fn validate_token(s: AppState, headers: HeaderMap) -> Result<Response, Api
     let claims = super::authenticate(&s, subject)
         .await
         .map_err(|e| ApiError::not_found(e.message))?;
-    let mut resp = Json(json!({"token": token_body(&s, &claims)})).into_response();
+    let mut body = token_body(&s, &claims);
+    if nocatalog {
+        if let Some(t) = body.as_object_mut() {
+            t.remove("catalog");
+        }
+    }
+    let mut resp = Json(json!({ "token": body })).into_response();
     resp.headers_mut().insert(
         "X-Subject-Token",
         subject
