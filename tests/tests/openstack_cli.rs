@@ -345,6 +345,25 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
         "ssh-in",
     ]);
     assert_eq!(rule["port_range_min"], 22, "{rule}");
+    // A port's groups and name change in place.
+    cli.ok(&[
+        "port",
+        "set",
+        "--security-group",
+        "ssh-in",
+        "--name",
+        "plc-port-a",
+        port["id"].as_str().unwrap(),
+    ]);
+    let changed = cli.json(&["port", "show", "plc-port-a"]);
+    let ssh_in = cli.json(&["security", "group", "show", "ssh-in"]);
+    assert!(
+        changed["security_group_ids"]
+            .to_string()
+            .contains(ssh_in["id"].as_str().unwrap()),
+        "{changed}"
+    );
+    cli.ok(&["port", "set", "--name", "plc-port", "plc-port-a"]);
     // Overlapping subnet: Neutron's 400, nothing made.
     let said = cli.fails(&[
         "subnet",
@@ -371,6 +390,10 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
         "plc-1",
     ]);
     assert_eq!(server["status"], "ACTIVE", "{server}");
+    // Renamed and back, as an operator fixes a typo.
+    cli.ok(&["server", "set", "--name", "plc-one", "plc-1"]);
+    assert_eq!(cli.server_status("plc-one"), "ACTIVE");
+    cli.ok(&["server", "set", "--name", "plc-1", "plc-one"]);
     let list = cli.json(&["server", "list"]);
     let row = list
         .as_array()
