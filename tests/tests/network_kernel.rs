@@ -310,6 +310,132 @@ async fn two_hosts_one_network_across_vxlan_another_network_apart() {
     }
 }
 
+/// A flat network is the plant floor itself: guests on it reach a device
+/// on the provider interface's wire (a PLC, here a namespace), a guest on
+/// another network does not, and deleting the network leaves the provider
+/// interface as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flat_network_puts_guests_on_the_provider_wire() {
+    let tag = std::process::id() % 100_000;
+    let mut ns = Namespaces(Vec::new());
+    let (h, plc) = (ns.add(&format!("rf{tag}h")), ns.add(&format!("rf{tag}plc")));
+    // The provider interface: a veth whose other end is the plant floor.
+    ip(&[
+        "-n", &h, "link", "add", "plant0", "type", "veth", "peer", "name", "eth0", "netns", &plc,
+    ]);
+    ip(&["-n", &h, "link", "set", "plant0", "up"]);
+    ip(&["-n", &plc, "addr", "add", "10.61.0.9/24", "dev", "eth0"]);
+    ip(&["-n", &plc, "link", "set", "eth0", "up"]);
+    let host = HostNet {
+        site_id: "net-kernel".into(),
+        vtep: None,
+        underlay: None,
+        peers: Vec::new(),
+        physnets: [("plant".to_string(), "plant0".to_string())].into(),
+        gateway: false,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg: SiteConfig = config::parse(Path::new("site.yaml"), SITE).unwrap();
+    let store = Store::open(dir.path(), "net-kernel", &cfg).unwrap().0;
+    let flat = |name: &str| {
+        serde_json::from_value::<NetworkCreateBody>(json!({"network": {"name": name,
+            "provider:network_type": "flat", "provider:physical_network": "plant"}}))
+        .unwrap()
+        .network
+        .into_spec("p")
+        .unwrap()
+    };
+    let spec = flat("floor");
+    let floor = store.write(move |w| w.create_network(spec)).await.unwrap();
+    // One flat network per provider network.
+    let spec = flat("floor-2");
+    let refused = store
+        .write(move |w| w.create_network(spec))
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("Physical network plant is in use"),
+        "{refused}"
+    );
+    let other = create_network(&store).await;
+    create_subnet(&store, &floor.id, "10.61.0.0/24", false).await;
+    create_subnet(&store, &other.id, "10.61.0.0/24", false).await;
+    let on_floor = create_port(&store, &floor.id, "10.61.0.21").await;
+    let apart = create_port(&store, &other.id, "10.61.0.22").await;
+
+    let p = pass(&h, &store, &host);
+    // The other network is VXLAN with no underlay here: a bridge local to
+    // this host, said as a problem; the flat one has none.
+    assert!(
+        p.failed.is_empty() && p.problems.iter().all(|x| !x.contains(&floor.id)),
+        "{p:?}"
+    );
+    assert_eq!(
+        pass(&h, &store, &host).applied,
+        Vec::<String>::new(),
+        "a second pass finds nothing to do"
+    );
+    let l = links(&h);
+    assert!(l.contains("macvlan") || l.contains("rfl-"), "{l}");
+
+    let mut guests = Namespaces(Vec::new());
+    plug(
+        &mut guests,
+        &h,
+        &format!("rf{tag}gfl"),
+        &bridge_name(&floor.id),
+        &on_floor,
+    );
+    plug(
+        &mut guests,
+        &h,
+        &format!("rf{tag}gap"),
+        &bridge_name(&other.id),
+        &apart,
+    );
+    let _echo = echo(&plc, "10.61.0.9:7000".parse().unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        reaches(&format!("rf{tag}gfl"), "10.61.0.9:7000".parse().unwrap()),
+        "a guest on the flat network reaches the PLC"
+    );
+    assert!(
+        !reaches(&format!("rf{tag}gap"), "10.61.0.9:7000".parse().unwrap()),
+        "a guest on another network does not"
+    );
+
+    // Deleted: the macvlan goes, the provider interface stays, up, with
+    // no master.
+    let (fid, pid) = (floor.id.clone(), on_floor.id.clone());
+    store
+        .write(move |w| w.delete_port(&pid, &None))
+        .await
+        .unwrap();
+    store
+        .write(move |w| w.delete_network(&fid, &None))
+        .await
+        .unwrap();
+    pass(&h, &store, &host);
+    let l = links(&h);
+    assert!(!l.contains("rfl-"), "{l}");
+    let provider = l
+        .lines()
+        .find(|x| x.starts_with("plant0"))
+        .unwrap_or_else(|| panic!("{l}"));
+    assert!(provider.contains("UP"), "{provider}");
+    let detail = String::from_utf8(
+        Command::new("ip")
+            .args(["-n", &h, "-d", "link", "show", "plant0"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(!detail.contains("master"), "{detail}");
+}
+
 fn links(ns: &str) -> String {
     let out = Command::new("ip")
         .args(["-n", ns, "-d", "-br", "link"])

@@ -80,6 +80,13 @@ impl NetworkSpec {
             }
             (_, None) => {}
         }
+        if self.kind == NetworkKind::Flat && self.physical_network.is_none() {
+            return Err(FieldError::new(
+                "provider:physical_network",
+                "nothing",
+                "is required for a flat network: it names the provider network it is",
+            ));
+        }
         if let Some(p) = &self.physical_network {
             if matches!(self.kind, NetworkKind::Vxlan | NetworkKind::Local) {
                 return Err(FieldError::new(

@@ -10,14 +10,15 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoMacVlan, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage, MacVlanMode,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVlan, LinkVxlan};
+use rtnetlink::{Handle, LinkBridge, LinkMacVlan, LinkUnspec, LinkVlan, LinkVxlan};
 
 use super::plan::{Action, Kind, Link, State, VXLAN_PORT};
 
@@ -106,8 +107,9 @@ impl Netlink {
                     _ => {}
                 }
             }
-            if let Some(Kind::Vlan { link: base, .. }) = &mut link.kind {
-                *base = vlan_base(m, &names).unwrap_or_default();
+            if let Some(Kind::Vlan { link: base, .. } | Kind::Flat { link: base }) = &mut link.kind
+            {
+                *base = base_link(m, &names).unwrap_or_default();
             }
             state.links.push(link);
         }
@@ -190,6 +192,14 @@ impl Netlink {
                         let base = self.index(link).await?;
                         let master = self.index(d.master.as_deref().unwrap_or_default()).await?;
                         LinkVlan::new(&d.name, base, *id)
+                            .mtu(d.mtu)
+                            .controller(master)
+                            .build()
+                    }
+                    Kind::Flat { link } => {
+                        let base = self.index(link).await?;
+                        let master = self.index(d.master.as_deref().unwrap_or_default()).await?;
+                        LinkMacVlan::new(&d.name, base, MacVlanMode::Passthrough)
                             .mtu(d.mtu)
                             .controller(master)
                             .build()
@@ -366,6 +376,14 @@ fn kind_of(info: &[LinkInfo], names: &BTreeMap<u32, String>) -> Option<Kind> {
                 underlay: underlay?,
             })
         }
+        (InfoKind::MacVlan, Some(InfoData::MacVlan(v)))
+            if v.contains(&InfoMacVlan::Mode(MacVlanMode::Passthrough)) =>
+        {
+            // The provider interface is IFLA_LINK, as for a VLAN.
+            Some(Kind::Flat {
+                link: String::new(),
+            })
+        }
         (InfoKind::Vlan, Some(InfoData::Vlan(v))) => {
             let id = v.iter().find_map(|x| match x {
                 InfoVlan::Id(i) => Some(*i),
@@ -381,8 +399,8 @@ fn kind_of(info: &[LinkInfo], names: &BTreeMap<u32, String>) -> Option<Kind> {
     }
 }
 
-/// A VLAN's base interface is `IFLA_LINK` on the message, not in its info.
-fn vlan_base(m: &LinkMessage, names: &BTreeMap<u32, String>) -> Option<String> {
+/// A VLAN's or macvlan's base interface is `IFLA_LINK` on the message, not in its info.
+fn base_link(m: &LinkMessage, names: &BTreeMap<u32, String>) -> Option<String> {
     m.attributes.iter().find_map(|a| match a {
         LinkAttribute::Link(i) => names.get(i).cloned(),
         _ => None,

@@ -5,8 +5,11 @@
 //! VXLAN device `rvx-<vni>` on the bridge, over the host's underlay, with
 //! one all-zero FDB entry per other host (head-end replication: no
 //! multicast needed on the underlay); for VLAN, a sub-interface `rvl-<id>`
-//! of the provider interface on the bridge. On the gateway host, the
-//! bridge holds each subnet's gateway address.
+//! of the provider interface on the bridge; for flat, a passthru macvlan
+//! `rfl-<id>` of the provider interface on the bridge (the provider
+//! interface itself is never changed: the macvlan carries its untagged
+//! traffic, so one flat network per provider network). On the gateway
+//! host, the bridge holds each subnet's gateway address.
 //!
 //! Every device Roost makes carries the alias `roost:<site>:<network>`:
 //! that alias, not the name alone, is what makes a device Roost's, so an
@@ -21,6 +24,7 @@ use roost_common::model::{Network, NetworkKind, Subnet};
 pub const BRIDGE_PREFIX: &str = "rbr-";
 pub const VXLAN_PREFIX: &str = "rvx-";
 pub const VLAN_PREFIX: &str = "rvl-";
+pub const FLAT_PREFIX: &str = "rfl-";
 /// The IANA VXLAN port.
 pub const VXLAN_PORT: u16 = 4789;
 
@@ -34,7 +38,7 @@ pub struct HostNet {
     pub underlay: Option<String>,
     /// The other hosts' tunnel endpoints.
     pub peers: Vec<Ipv4Addr>,
-    /// Provider networks: name to interface, for VLAN networks.
+    /// Provider networks: name to interface, for VLAN and flat networks.
     pub physnets: BTreeMap<String, String>,
     /// Whether this host holds the subnets' gateway addresses.
     pub gateway: bool,
@@ -50,6 +54,10 @@ pub enum Kind {
     },
     Vlan {
         id: u16,
+        link: String,
+    },
+    /// A passthru macvlan of the provider interface `link`.
+    Flat {
         link: String,
     },
 }
@@ -131,6 +139,9 @@ pub fn tap_name(port_id: &str) -> String {
 pub fn desired(h: &HostNet, networks: &[Network], subnets: &[Subnet]) -> (State, Vec<String>) {
     let mut s = State::default();
     let mut problems = Vec::new();
+    // Provider networks a flat network took (the store allows one each;
+    // the plan holds to it whatever the rows say).
+    let mut flat: BTreeMap<String, String> = BTreeMap::new();
     for n in networks.iter().filter(|n| !n.spec.deleted) {
         let bridge = bridge_name(&n.id);
         let alias = alias(&h.site_id, &n.id);
@@ -184,11 +195,33 @@ pub fn desired(h: &HostNet, networks: &[Network], subnets: &[Subnet]) -> (State,
                 }
             }
             (NetworkKind::Flat, _) => {
-                problems.push(format!(
-                    "network {}: flat networks are not realised yet (they would take over the provider interface); its bridge stays local to this host",
-                    n.id
-                ));
-                None
+                let physnet = n.spec.physical_network.clone().unwrap_or_default();
+                match (h.physnets.get(&physnet), flat.get(&physnet)) {
+                    (Some(_), Some(first)) => {
+                        problems.push(format!(
+                            "network {}: provider network {physnet:?} already carries flat network {first}; its bridge stays local to this host",
+                            n.id
+                        ));
+                        None
+                    }
+                    (Some(link), None) => {
+                        flat.insert(physnet, n.id.clone());
+                        Some(Device {
+                            name: format!("{FLAT_PREFIX}{}", short(&n.id)),
+                            kind: Kind::Flat { link: link.clone() },
+                            mtu: n.spec.mtu,
+                            master: Some(bridge.clone()),
+                            alias: alias.clone(),
+                        })
+                    }
+                    (None, _) => {
+                        problems.push(format!(
+                            "network {}: no interface for provider network {physnet:?} on this host (network.physnets in the site config)",
+                            n.id
+                        ));
+                        None
+                    }
+                }
             }
             _ => None,
         };
@@ -397,6 +430,7 @@ mod tests {
 
     const N1: &str = "11111111-aaaa-4bbb-8ccc-000000000001";
     const N2: &str = "22222222-aaaa-4bbb-8ccc-000000000002";
+    const N3: &str = "33333333-aaaa-4bbb-8ccc-000000000003";
 
     fn subnet(network: &str, cidr: &str) -> Subnet {
         Resource::new(
@@ -573,6 +607,42 @@ mod tests {
         assert!(!steps
             .iter()
             .any(|a| matches!(a, Action::Delete(n) | Action::Up(n) if n == "rbr-11111111aaa")));
+    }
+
+    #[test]
+    fn a_flat_network_is_a_macvlan_of_its_provider_interface_one_per_physnet() {
+        let nets = [
+            net(N1, NetworkKind::Flat, None, Some("plant")),
+            net(N2, NetworkKind::Flat, None, Some("plant")),
+            net(N3, NetworkKind::Flat, None, Some("nowhere")),
+        ];
+        let (want, problems) = desired(&host("10.0.0.1", false), &nets, &[]);
+        let flats: Vec<&Link> = want
+            .links
+            .iter()
+            .filter(|l| l.name.starts_with(FLAT_PREFIX))
+            .collect();
+        assert_eq!(flats.len(), 1, "{flats:?}");
+        assert_eq!(
+            flats[0].kind,
+            Some(Kind::Flat {
+                link: "eno2".into()
+            })
+        );
+        assert_eq!(flats[0].master.as_deref(), Some(bridge_name(N1).as_str()));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("already carries flat network"));
+        assert!(problems[1].contains("\"nowhere\""));
+        // Every network still has its bridge, and the provider interface
+        // itself is not in the plan (it is not Roost's).
+        assert_eq!(
+            want.links
+                .iter()
+                .filter(|l| l.kind == Some(Kind::Bridge))
+                .count(),
+            3
+        );
+        assert!(!want.links.iter().any(|l| l.name == "eno2"));
     }
 
     #[test]

@@ -53,6 +53,22 @@ impl WriteCtx<'_> {
             let ids = stmt.query_map(params![spec.kind.as_str(), physnet], |r| r.get(0))?;
             ids.collect::<Result<_, _>>()?
         };
+        if spec.kind == NetworkKind::Flat {
+            // The whole provider interface is the network: one per physnet.
+            let taken: Option<String> = self
+                .tx
+                .query_row(
+                    "SELECT id FROM networks WHERE kind = 'flat' AND physnet = ?1",
+                    [&physnet],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(other) = taken {
+                return Err(WriteError::Conflict(format!(
+                    "Unable to create the flat network. Physical network {physnet} is in use (by network {other})."
+                )));
+            }
+        }
         match spec.segmentation_id {
             Some(id) if used.contains(&id) => {
                 return Err(WriteError::Conflict(format!(
