@@ -71,7 +71,7 @@ pub fn routes() -> Router<ApiState> {
         )
         .route(
             "/image/v2/images/{id}/file",
-            axum::routing::put(upload_image),
+            get(download_image).put(upload_image),
         );
     Router::new()
         .route("/identity", get(identity_versions))
@@ -806,19 +806,7 @@ async fn upload_image(
             "this controller keeps no images",
         )
     })?;
-    let region = s.region.clone();
-    let (at, iid) = (site.clone(), id.clone());
-    let spec = blocking(move || Ok(intent::region_images(&region, &at)?))
-        .await?
-        .into_iter()
-        .find(|(i, _)| *i == iid)
-        .map(|(_, spec)| spec)
-        .ok_or_else(|| {
-            os_error(
-                StatusCode::NOT_FOUND,
-                format!("No image found with ID {id} among the images the region made for {site}"),
-            )
-        })?;
+    let spec = region_image(&s, &site, &id).await?;
     if spec.region.is_some() {
         return Err(os_error(
             StatusCode::CONFLICT,
@@ -849,6 +837,65 @@ async fn upload_image(
     }
     told?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The spec of an image the region made for `site`.
+async fn region_image(s: &ApiState, site: &str, id: &str) -> Result<ImageSpec, OsError> {
+    let region = s.region.clone();
+    let (at, iid) = (site.to_string(), id.to_string());
+    blocking(move || Ok(intent::region_images(&region, &at)?))
+        .await?
+        .into_iter()
+        .find(|(i, _)| *i == iid)
+        .map(|(_, spec)| spec)
+        .ok_or_else(|| {
+            os_error(
+                StatusCode::NOT_FOUND,
+                format!("No image found with ID {id} among the images the region made for {site}"),
+            )
+        })
+}
+
+/// `GET /image/v2/images/{id}/file` (`openstack image save`): the bytes
+/// the region holds for an image it made for this site, streamed; 204
+/// while it has none yet, as Glance answers for an image without data.
+async fn download_image(
+    State(s): State<ApiState>,
+    _c: OsCaller,
+    Path((site, id)): Path<(String, String)>,
+) -> Result<Response, OsError> {
+    let images = s.region.images.get().cloned().ok_or_else(|| {
+        os_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this controller keeps no images",
+        )
+    })?;
+    let spec = region_image(&s, &site, &id).await?;
+    if spec.region.is_none() || !images.holds(&id) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let path = images.file(&id);
+    let f = tokio::fs::File::open(&path).await.map_err(|e| {
+        tracing::error!(image_id = %id, file = %path.display(), error = %e, "the region's copy of an image cannot be read");
+        os_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("image {id}: the region's copy cannot be read: {e}"),
+        )
+    })?;
+    let len = f
+        .metadata()
+        .await
+        .map_err(|e| os_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .len();
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
+    let mut resp = Response::new(axum::body::Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, axum::http::HeaderValue::from(len));
+    Ok(resp)
 }
 
 /// `DELETE /image/v2/images/{id}`: withdraws an image the region gave the

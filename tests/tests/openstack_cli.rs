@@ -819,6 +819,19 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
         std::fs::read(&stored).unwrap(),
         std::fs::read(&qcow).unwrap()
     );
+    // The region's copy comes back whole through the client.
+    let saved = dir.path().join("line-os.saved");
+    cli.ok(&[
+        "image",
+        "save",
+        "--file",
+        saved.to_str().unwrap(),
+        "line-os",
+    ]);
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        std::fs::read(&qcow).unwrap()
+    );
 
     // Online: the request becomes a server the site runs, and the region
     // shows what the site reported.

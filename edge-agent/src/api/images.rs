@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use roost_common::api::ImageCreateBody;
 use roost_common::model::{DiskFormat, Image, ImageState, Visibility};
@@ -431,18 +431,7 @@ async fn download(
         ))
     })?;
     let len = f.metadata().await.map_err(io_error)?.len();
-    let stream = futures_util::stream::unfold(Some(f), |f| async move {
-        let mut f = f?;
-        let mut buf = vec![0u8; 256 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), Some(f)))
-            }
-            Err(e) => Some((Err::<Bytes, _>(e), None)),
-        }
-    });
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
     h.insert(
