@@ -43,7 +43,7 @@
 //!   once in the `api::Caller` extractor.
 //!
 //! Not here yet: tiering (the storage issue), a standby agent taking over a
-//! site (edge HA, the autonomy issue).
+//! site (edge HA, the autonomy issue; the plan is `docs/edge-ha.md`).
 
 pub mod agent;
 pub mod alarms;
