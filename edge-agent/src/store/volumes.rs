@@ -313,14 +313,12 @@ impl WriteCtx<'_> {
             )
             .into());
         }
-        let from = v.spec.size_gb;
         v.spec.size_gb = new_size;
         v.spec.validate().map_err(|e| FieldError {
             field: "os-extend.new_size".into(),
             ..e
         })?;
         v.status.state = VolumeState::Extending;
-        v.status.extending_from = Some(from);
         v.updated_at = self.now;
         self.save_volume(&v)?;
         Ok(v)
@@ -710,26 +708,12 @@ impl WriteCtx<'_> {
                         v.status.fault = None;
                     }
                     (_, Ok(())) => return Ok(()),
-                    // A resize that failed left the file as it was (qemu-img
-                    // changes it in place only on success): the volume keeps
-                    // its size and data and stays usable, with the reason
-                    // shown, rather than needing an admin's reset.
-                    (VolumeState::Extending, Err(e)) if v.status.extending_from.is_some() => {
-                        let from = v.status.extending_from.unwrap_or(v.spec.size_gb);
-                        v.status.fault = Some(fault(format!(
-                            "extending to {} GiB failed: {e}; the volume keeps its {from} GiB and its data",
-                            v.spec.size_gb
-                        )));
-                        v.spec.size_gb = from;
-                        v.status.state = VolumeState::Available;
-                    }
                     (_, Err(e)) => {
                         v.status.state = VolumeState::Error;
                         v.status.fault = Some(fault(e));
                     }
                 }
                 v.status.revert_to = None;
-                v.status.extending_from = None;
                 v.updated_at = self.now;
                 self.save_volume(&v)
             }
