@@ -19,7 +19,9 @@
 //! defaults follow Keystone's admin, member and reader roles: readers read,
 //! members change their project, admins do anything, and only admins
 //! manage flavors, hypervisors, users, projects and role assignments.
-//! `context_is_admin` decides who acts across every project.
+//! `context_is_admin` (default: an admin role) decides who acts across
+//! every project, and every admin-only default is `rule:context_is_admin`,
+//! so narrowing it narrows them all.
 //!
 //! Pure: parsing and evaluation take values and return values.
 
@@ -61,45 +63,54 @@ pub const SPECIAL: [(&str, &str); 36] = [
         "compute:servers:action:rebuild",
         "rule:compute:servers:action",
     ),
-    ("compute:flavors:create", "rule:admin"),
-    ("compute:flavors:update", "rule:admin"),
-    ("compute:flavors:delete", "rule:admin"),
-    ("compute:os-hypervisors:list", "rule:admin"),
-    ("compute:os-quota-sets:update", "rule:admin"),
-    ("compute:os-quota-sets:delete", "rule:admin"),
+    ("compute:flavors:create", "rule:context_is_admin"),
+    ("compute:flavors:update", "rule:context_is_admin"),
+    ("compute:flavors:delete", "rule:context_is_admin"),
+    ("compute:os-hypervisors:list", "rule:context_is_admin"),
+    ("compute:os-quota-sets:update", "rule:context_is_admin"),
+    ("compute:os-quota-sets:delete", "rule:context_is_admin"),
     // Listing every project's servers (`--all-projects`).
-    ("compute:servers:list-all-projects", "rule:admin"),
+    ("compute:servers:list-all-projects", "rule:context_is_admin"),
     // Listing every project's volumes (`--all-projects`).
-    ("volume:volumes:list-all-projects", "rule:admin"),
+    ("volume:volumes:list-all-projects", "rule:context_is_admin"),
     // Making an image public.
-    ("image:images:publicize", "rule:admin"),
+    ("image:images:publicize", "rule:context_is_admin"),
     // Provider attributes of a network (type, physical network, segment).
-    ("network:networks:provider", "rule:admin"),
+    ("network:networks:provider", "rule:context_is_admin"),
     // A network every project may use.
-    ("network:networks:shared", "rule:admin"),
+    ("network:networks:shared", "rule:context_is_admin"),
     // The site's conflict journal and alarms cover every project.
-    ("roost:conflicts:list", "rule:admin"),
-    ("roost:alarms:list", "rule:admin"),
+    ("roost:conflicts:list", "rule:context_is_admin"),
+    ("roost:alarms:list", "rule:context_is_admin"),
     // Revoking a token that is not the caller's own.
-    ("identity:auth:tokens:revoke-other", "rule:admin"),
+    ("identity:auth:tokens:revoke-other", "rule:context_is_admin"),
     // Any holder of a valid token may check and end it.
     ("identity:auth:tokens:list", "@"),
     ("identity:auth:tokens:delete", "@"),
-    ("identity:projects:list", "rule:admin"),
-    ("identity:projects:get", "rule:admin"),
-    ("identity:projects:create", "rule:admin"),
-    ("identity:projects:update", "rule:admin"),
-    ("identity:projects:delete", "rule:admin"),
-    ("identity:users:list", "rule:admin"),
-    ("identity:users:get", "rule:admin"),
-    ("identity:users:create", "rule:admin"),
-    ("identity:users:update", "rule:admin"),
-    ("identity:users:delete", "rule:admin"),
-    ("identity:projects:users:roles:list", "rule:admin"),
-    ("identity:projects:users:roles:get", "rule:admin"),
-    ("identity:projects:users:roles:update", "rule:admin"),
-    ("identity:projects:users:roles:delete", "rule:admin"),
-    ("identity:role_assignments:list", "rule:admin"),
+    ("identity:projects:list", "rule:context_is_admin"),
+    ("identity:projects:get", "rule:context_is_admin"),
+    ("identity:projects:create", "rule:context_is_admin"),
+    ("identity:projects:update", "rule:context_is_admin"),
+    ("identity:projects:delete", "rule:context_is_admin"),
+    ("identity:users:list", "rule:context_is_admin"),
+    ("identity:users:get", "rule:context_is_admin"),
+    ("identity:users:create", "rule:context_is_admin"),
+    ("identity:users:update", "rule:context_is_admin"),
+    ("identity:users:delete", "rule:context_is_admin"),
+    (
+        "identity:projects:users:roles:list",
+        "rule:context_is_admin",
+    ),
+    ("identity:projects:users:roles:get", "rule:context_is_admin"),
+    (
+        "identity:projects:users:roles:update",
+        "rule:context_is_admin",
+    ),
+    (
+        "identity:projects:users:roles:delete",
+        "rule:context_is_admin",
+    ),
+    ("identity:role_assignments:list", "rule:context_is_admin"),
 ];
 
 const SERVICES: [&str; 6] = ["compute", "network", "image", "volume", "identity", "roost"];

@@ -195,7 +195,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::CheckConfig { config } => match config::load::<SiteConfig>(&config) {
+        Command::CheckConfig { config } => match config::load::<SiteConfig>(&config)
+            .and_then(|c| config::load_policy(&config, &c.api).map(|_| c))
+        {
             Ok(c) => {
                 println!(
                     "{}: valid: site {}, {} hosts, {} flavors, {} images",

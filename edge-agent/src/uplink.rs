@@ -212,7 +212,6 @@ impl Uplink {
         let mut backoff = Backoff::new(Backoff::BASE, Backoff::CAP);
         loop {
             let mut greeted = false;
-            let started = Instant::now();
             let outcome = tokio::select! {
                 r = self.connect_and_sync(&endpoint, &mut greeted) => r,
                 _ = shutdown.changed() => break,
@@ -233,7 +232,7 @@ impl Uplink {
             // Waiting for one to live 30 s let repeated controller restarts
             // push a site toward the cap; one failing right after the hello
             // still backs off. The jitter spreads a fleet's retries.
-            if greeted && started.elapsed() >= Duration::from_secs(2) {
+            if greeted {
                 backoff.reset();
             }
             let delay = backoff.next(rand::random::<f64>());
@@ -288,8 +287,10 @@ impl Uplink {
         }
     }
 
-    /// One connection, until it ends; `greeted` turns true once the region
-    /// answered the site's hello and a sync message came back.
+    /// One connection, until it ends; `greeted` turns true when the region
+    /// answered the site's hello and the session then lasted 2 s with a
+    /// sync message from the region (the clock starts at the hello, so a
+    /// slow handshake does not count).
     async fn connect_and_sync(
         &self,
         endpoint: &quinn::Endpoint,
@@ -330,6 +331,7 @@ impl Uplink {
         // Linked once the region said hello back (a region refusing the
         // site does not reset the link-down clock).
         self.link_state.connected();
+        let session_started = Instant::now();
         tracing::info!(region = %region_hello.name, version = %region_hello.version, "region answered");
         // Image fetches run on bulk streams of their own beside the sync.
         let mut fetching = tokio::spawn(self.fetcher.clone().run(conn.clone()));
@@ -369,7 +371,7 @@ impl Uplink {
             fetching.abort();
         }
         let stats = session.stats();
-        *greeted = stats.frames_in > 0;
+        *greeted = stats.frames_in > 0 && session_started.elapsed() >= Duration::from_secs(2);
         METRICS
             .uplink_bytes
             .with_label_values(&["out"])

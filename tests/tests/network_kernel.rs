@@ -359,6 +359,18 @@ async fn a_flat_network_puts_guests_on_the_provider_wire() {
             .contains("Physical network plant is in use"),
         "{refused}"
     );
+    // Nor a VLAN network beside it (a flat guest could forge its tags).
+    let vlan = serde_json::from_value::<NetworkCreateBody>(json!({"network": {"name": "cells",
+        "provider:network_type": "vlan", "provider:physical_network": "plant", "provider:segmentation_id": 120}}))
+    .unwrap()
+    .network
+    .into_spec("p")
+    .unwrap();
+    let refused = store
+        .write(move |w| w.create_network(vlan))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("to itself"), "{refused}");
     let other = create_network(&store).await;
     create_subnet(&store, &floor.id, "10.61.0.0/24", false).await;
     create_subnet(&store, &other.id, "10.61.0.0/24", false).await;

@@ -426,10 +426,13 @@ async fn grant(
     Path((project, user, role)): Path<(String, String, String)>,
 ) -> Result<StatusCode, KsError> {
     not_the_bootstrap_admin(&s, &user)?;
-    // Whoever a policy lets grant roles gives only what they hold.
-    if !c.is_cloud_admin() && !c.0.roles.contains(&role) {
+    // Whoever a policy lets grant roles without being a cloud admin gives
+    // only roles they hold, only in their own project, and never admin.
+    if !c.is_cloud_admin()
+        && (!c.0.roles.contains(&role) || role == "admin" || project != c.0.project_id)
+    {
         return Err(ApiError::forbidden(format!(
-            "a role you do not hold ({role}) is not yours to give"
+            "a role you do not hold ({role}), admin, or one in another project is not yours to give"
         ))
         .into());
     }

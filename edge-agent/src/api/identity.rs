@@ -134,15 +134,20 @@ static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 pub(super) async fn hashing<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let _slot = tokio::time::timeout(std::time::Duration::from_secs(10), HASHING.acquire())
+    let slot = tokio::time::timeout(std::time::Duration::from_secs(10), HASHING.acquire())
         .await
         .map_err(|_| {
             ApiError::unavailable("too many password checks at once; retry in a few seconds")
         })?
         .map_err(|_| ApiError::internal("the password check pool is closed"))?;
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("password check failed: {e}")))
+    // The slot goes with the hash, not with the request: a client that
+    // hangs up does not free it while the hash still runs.
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        f()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("password check failed: {e}")))
 }
 
 /// A user of the site's store, scoped to the project asked for (else its

@@ -6,10 +6,11 @@
 //! one all-zero FDB entry per other host (head-end replication: no
 //! multicast needed on the underlay); for VLAN, a sub-interface `rvl-<id>`
 //! of the provider interface on the bridge; for flat, a passthru macvlan
-//! `rfl-<id>` of the provider interface on the bridge (the provider
-//! interface itself is never changed: the macvlan carries its untagged
-//! traffic, so one flat network per provider network). On the gateway
-//! host, the bridge holds each subnet's gateway address.
+//! `rfl-<id>` of the provider interface on the bridge (Roost never
+//! configures the provider interface, though the kernel makes it
+//! promiscuous; passthru allows one macvlan per interface). On the gateway
+//! host, the bridge holds each subnet's gateway address, except on flat
+//! networks, whose router is the wire's own.
 //!
 //! Every device Roost makes carries the alias `roost:<site>:<network>`:
 //! that alias, not the name alone, is what makes a device Roost's, so an
@@ -139,8 +140,9 @@ pub fn tap_name(port_id: &str) -> String {
 pub fn desired(h: &HostNet, networks: &[Network], subnets: &[Subnet]) -> (State, Vec<String>) {
     let mut s = State::default();
     let mut problems = Vec::new();
-    // Provider networks a flat network took (the store allows one each;
-    // the plan holds to it whatever the rows say).
+    // Provider interfaces a flat network took (passthru allows one
+    // macvlan per interface; the store allows one flat network per
+    // provider network, and two provider networks may name one interface).
     let mut flat: BTreeMap<String, String> = BTreeMap::new();
     for n in networks.iter().filter(|n| !n.spec.deleted) {
         let bridge = bridge_name(&n.id);
@@ -196,16 +198,17 @@ pub fn desired(h: &HostNet, networks: &[Network], subnets: &[Subnet]) -> (State,
             }
             (NetworkKind::Flat, _) => {
                 let physnet = n.spec.physical_network.clone().unwrap_or_default();
-                match (h.physnets.get(&physnet), flat.get(&physnet)) {
-                    (Some(_), Some(first)) => {
+                let link = h.physnets.get(&physnet);
+                match (link, link.and_then(|l| flat.get(l))) {
+                    (Some(link), Some(first)) => {
                         problems.push(format!(
-                            "network {}: provider network {physnet:?} already carries flat network {first}; its bridge stays local to this host",
+                            "network {}: provider interface {link} (network {physnet:?}) already carries flat network {first}; its bridge stays local to this host",
                             n.id
                         ));
                         None
                     }
                     (Some(link), None) => {
-                        flat.insert(physnet, n.id.clone());
+                        flat.insert(link.clone(), n.id.clone());
                         Some(Device {
                             name: format!("{FLAT_PREFIX}{}", short(&n.id)),
                             kind: Kind::Flat { link: link.clone() },
@@ -243,7 +246,10 @@ pub fn desired(h: &HostNet, networks: &[Network], subnets: &[Subnet]) -> (State,
                 alias: Some(d.alias),
             });
         }
-        if h.gateway {
+        // A flat network is a wire that already has its router (and its
+        // DHCP): the bridge holds no gateway address there, so Roost never
+        // answers for the plant's router and runs no DHCP server on it.
+        if h.gateway && n.spec.kind != NetworkKind::Flat {
             for sub in subnets.iter().filter(|x| x.spec.network_id == n.id) {
                 let Some(gw) = sub.spec.gateway_ip else {
                     continue;
@@ -632,6 +638,18 @@ mod tests {
         assert_eq!(flats[0].master.as_deref(), Some(bridge_name(N1).as_str()));
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("already carries flat network"));
+        // On the gateway host, a flat network's subnet gets no address: the
+        // plant's router is on the wire.
+        let (on_gateway, _) = desired(
+            &host("10.0.0.1", true),
+            &nets[..1],
+            &[subnet(N1, "10.61.0.0/24")],
+        );
+        assert!(
+            on_gateway.addresses.is_empty(),
+            "{:?}",
+            on_gateway.addresses
+        );
         assert!(problems[1].contains("\"nowhere\""));
         // Every network still has its bridge, and the provider interface
         // itself is not in the plan (it is not Roost's).

@@ -53,19 +53,24 @@ impl WriteCtx<'_> {
             let ids = stmt.query_map(params![spec.kind.as_str(), physnet], |r| r.get(0))?;
             ids.collect::<Result<_, _>>()?
         };
-        if spec.kind == NetworkKind::Flat {
-            // The whole provider interface is the network: one per physnet.
-            let taken: Option<String> = self
+        if matches!(spec.kind, NetworkKind::Flat | NetworkKind::Vlan) {
+            // A flat network is the provider interface's untagged traffic:
+            // one per physnet, and none beside VLAN networks there (a
+            // guest on it could send tagged frames into their VLANs, which
+            // the security groups do not see).
+            let clash: Option<(String, String)> = self
                 .tx
                 .query_row(
-                    "SELECT id FROM networks WHERE kind = 'flat' AND physnet = ?1",
-                    [&physnet],
-                    |r| r.get(0),
+                    "SELECT id, kind FROM networks WHERE physnet = ?1
+                     AND (kind = 'flat' OR ?2 = 'flat') AND kind IN ('flat', 'vlan') LIMIT 1",
+                    params![physnet, spec.kind.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            if let Some(other) = taken {
+            if let Some((other, kind)) = clash {
                 return Err(WriteError::Conflict(format!(
-                    "Unable to create the flat network. Physical network {physnet} is in use (by network {other})."
+                    "Unable to create the {} network. Physical network {physnet} is in use (by {kind} network {other}); a flat network has its physical network to itself.",
+                    spec.kind.as_str()
                 )));
             }
         }
