@@ -800,12 +800,7 @@ async fn upload_image(
     body: axum::body::Body,
 ) -> Result<StatusCode, OsError> {
     c.require_admin("upload_image")?;
-    let images = s.region.images.get().cloned().ok_or_else(|| {
-        os_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this controller keeps no images",
-        )
-    })?;
+    let images = held_images(&s)?;
     let spec = region_image(&s, &site, &id).await?;
     if spec.region.is_some() {
         return Err(os_error(
@@ -839,6 +834,16 @@ async fn upload_image(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Where this controller keeps the images it holds for sites.
+fn held_images(s: &ApiState) -> Result<std::sync::Arc<crate::images::RegionImages>, OsError> {
+    s.region.images.get().cloned().ok_or_else(|| {
+        os_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this controller keeps no images",
+        )
+    })
+}
+
 /// The spec of an image the region made for `site`.
 async fn region_image(s: &ApiState, site: &str, id: &str) -> Result<ImageSpec, OsError> {
     let region = s.region.clone();
@@ -864,12 +869,7 @@ async fn download_image(
     _c: OsCaller,
     Path((site, id)): Path<(String, String)>,
 ) -> Result<Response, OsError> {
-    let images = s.region.images.get().cloned().ok_or_else(|| {
-        os_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this controller keeps no images",
-        )
-    })?;
+    let images = held_images(&s)?;
     let spec = region_image(&s, &site, &id).await?;
     if spec.region.is_none() || !images.holds(&id) {
         return Ok(StatusCode::NO_CONTENT.into_response());

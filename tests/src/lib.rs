@@ -591,6 +591,15 @@ pub async fn auth(
         "identity": {"methods": ["password"], "password": {"user": {
             "name": "admin", "domain": {"name": "Default"}, "password": password}}},
         "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}});
+    auth_with(http, url, &body).await
+}
+
+/// `POST /identity/v3/auth/tokens` with `body`: status, body, token.
+pub async fn auth_with(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> (u16, Value, Option<String>) {
     let resp = http
         .post(format!("{url}/identity/v3/auth/tokens"))
         .json(&body)

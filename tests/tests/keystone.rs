@@ -22,19 +22,7 @@ async fn login(
     if let Some(p) = project {
         auth["scope"] = json!({"project": {"name": p, "domain": {"id": "default"}}});
     }
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/identity/v3/auth/tokens"))
-        .json(&json!({ "auth": auth }))
-        .send()
-        .await
-        .unwrap();
-    let code = resp.status().as_u16();
-    let token = resp
-        .headers()
-        .get("X-Subject-Token")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    (code, resp.json().await.unwrap_or(Value::Null), token)
+    roost_tests::auth_with(&reqwest::Client::new(), url, &json!({ "auth": auth })).await
 }
 
 /// A client logged in as a store user; panics if the login fails.
@@ -84,10 +72,7 @@ async fn users_projects_and_roles_decide_what_each_token_may_do() {
     ] {
         let (code, body) = admin.post("/identity/v3/projects", bad.clone()).await;
         assert!(code == 400 || code == 409, "{bad}: {code} {body}");
-        assert!(
-            body["error"]["message"].as_str().unwrap().contains(says),
-            "{bad}: {body}"
-        );
+        assert!(message(&body).contains(says), "{bad}: {body}");
     }
     let (_, listed) = admin.get("/identity/v3/projects").await;
     let names: Vec<&str> = listed["projects"]
@@ -123,10 +108,7 @@ async fn users_projects_and_roles_decide_what_each_token_may_do() {
     ] {
         let (code, body) = admin.post("/identity/v3/users", bad.clone()).await;
         assert!(code == 400 || code == 409, "{bad}: {code} {body}");
-        assert!(
-            body["error"]["message"].as_str().unwrap().contains(says),
-            "{bad}: {body}"
-        );
+        assert!(message(&body).contains(says), "{bad}: {body}");
     }
     let (_, carol) = admin.get("/identity/v3/users?name=carol").await;
     assert_eq!(carol["users"], json!([]), "a refused user was not made");
@@ -152,13 +134,7 @@ async fn users_projects_and_roles_decide_what_each_token_may_do() {
     // No role yet: no token.
     let (code, body, _) = login(&agent.url, "alice", "alice-secret-1", None).await;
     assert_eq!(code, 401, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no role"),
-        "{body}"
-    );
+    assert!(message(&body).contains("no role"), "{body}");
     for (user, role) in [(&alice_id, "member"), (&bob_id, "reader")] {
         let (code, body) = admin
             .call(
@@ -178,10 +154,7 @@ async fn users_projects_and_roles_decide_what_each_token_may_do() {
         .await;
     assert_eq!(code, 404);
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("admin, member and reader"),
+        message(&body).contains("admin, member and reader"),
         "{body}"
     );
     let (_, assigned) = admin
@@ -317,13 +290,7 @@ async fn users_projects_and_roles_decide_what_each_token_may_do() {
         .delete(&format!("/identity/v3/projects/{line2}"))
         .await;
     assert_eq!(code, 409, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("1 networks"),
-        "{body}"
-    );
+    assert!(message(&body).contains("1 networks"), "{body}");
 
     // Revocations outlive a restart.
     agent.terminate();
@@ -443,22 +410,13 @@ async fn a_policy_file_overrides_the_defaults_and_a_bad_one_stops_the_agent() {
         .call(Method::PUT, &grant(&crew, "admin"), None)
         .await;
     assert_eq!(code, 403, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not yours to give"),
-        "{body}"
-    );
+    assert!(message(&body).contains("not yours to give"), "{body}");
     let (code, body) = mechanic
         .call(Method::PUT, &grant(&admin.project, "member"), None)
         .await;
     assert_eq!(code, 403, "another project's roles: {body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("identity:projects:users:roles:update"),
+        message(&body).contains("identity:projects:users:roles:update"),
         "{body}"
     );
     let driver = as_user(&agent.url, "driver", "crew-secret-1").await;
