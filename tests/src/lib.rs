@@ -61,12 +61,41 @@ pub fn binary(name: &str) -> PathBuf {
     if let Err(e) = built {
         panic!("{e}");
     }
+    warn_if_disk_nearly_full();
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// Says so, once per test process, when the disk under the temporary
+/// directory (where tests keep their sites' data) is past the sites'
+/// default disk alarm line: every agent there raises
+/// `storage.disk_nearly_full`, and tests that count alarms or fill disks
+/// then fail for a reason of the machine's, not of Roost's.
+fn warn_if_disk_nearly_full() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        let Ok(st) = rustix::fs::statvfs(&tmp) else {
+            return;
+        };
+        // As `df` and the agent's alarm count it.
+        let taken = st.f_blocks.saturating_sub(st.f_bfree);
+        let Some(used) = (taken.saturating_mul(100)).checked_div(taken + st.f_bavail) else {
+            return;
+        };
+        if used >= 90 {
+            eprintln!(
+                "WARNING: the disk holding {} is {used}% full; sites under test will raise \
+                 storage.disk_nearly_full and tests may fail for want of space. Free space \
+                 (old target/ directories are the usual culprit) and run again.",
+                tmp.display()
+            );
+        }
+    });
 }
 
 /// A running `roost-agent` process.

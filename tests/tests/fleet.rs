@@ -55,6 +55,31 @@ fn entry<'a>(list: &'a [Value], site: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{site} not in the site list"))
 }
 
+/// Whether the region holds `site`'s offline alarm active, and whether the
+/// site list's per-site summary agrees with the region's alarm list. Only
+/// the region's own alarm is asserted on: a site may also report its own
+/// (a nearly full disk on a crowded test machine), which this test does not
+/// control.
+async fn offline_alarm(list: &[Value], controller: &ControllerProcess, site: &str) -> bool {
+    let (code, body) = controller
+        .call(Method::GET, &format!("/alarms?site={site}"), None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let active = body["alarms"].as_array().unwrap();
+    let critical = active
+        .iter()
+        .filter(|a| a["severity"] == "critical")
+        .count();
+    assert_eq!(
+        entry(list, site)["alarms"]["critical"].as_u64(),
+        Some(critical as u64),
+        "the site list's summary of {site} matches its alarms: {body}"
+    );
+    active
+        .iter()
+        .any(|a| a["code"] == "site.offline" && a["severity"] == "critical")
+}
+
 /// `(availability, sync status)` of every site, in id order.
 fn states(list: &[Value]) -> Vec<(String, String, String)> {
     list.iter()
@@ -127,7 +152,7 @@ async fn a_region_of_three_sites_through_a_cut_a_heal_and_a_dead_site() {
     let list = site_list(&region_cfg, &controller);
     let cap = &entry(&list, "edge-factory-01")["capacity"];
     assert!(cap["total"]["vcpus"].as_u64().unwrap() > 0, "{cap}");
-    assert_eq!(entry(&list, "vehicle-07")["alarms"]["critical"], 0);
+    assert!(!offline_alarm(&list, &controller, "vehicle-07").await);
 
     // Bad input at the fleet API names the field and changes nothing.
     let (code, body) = controller
@@ -209,9 +234,8 @@ async fn a_region_of_three_sites_through_a_cut_a_heal_and_a_dead_site() {
     )
     .await;
     let list = site_list(&region_cfg, &controller);
-    assert_eq!(
-        entry(&list, "vehicle-07")["alarms"]["critical"],
-        1,
+    assert!(
+        offline_alarm(&list, &controller, "vehicle-07").await,
         "{list:?}"
     );
 
@@ -237,9 +261,8 @@ async fn a_region_of_three_sites_through_a_cut_a_heal_and_a_dead_site() {
         "the region has the site's local server with its placement: {body}"
     );
     let list = site_list(&region_cfg, &controller);
-    assert_eq!(
-        entry(&list, "vehicle-07")["alarms"]["critical"],
-        0,
+    assert!(
+        !offline_alarm(&list, &controller, "vehicle-07").await,
         "returning clears the alarm"
     );
     assert_eq!(entry(&list, "vehicle-07")["quota"]["instances"], 3);
@@ -309,7 +332,7 @@ async fn a_region_of_three_sites_through_a_cut_a_heal_and_a_dead_site() {
         "offline after {noticed:?}, more than offline_after_secs"
     );
     let list = site_list(&region_cfg, &controller);
-    assert_eq!(entry(&list, "edge-factory-01")["alarms"]["critical"], 1);
+    assert!(offline_alarm(&list, &controller, "edge-factory-01").await);
     assert_eq!(entry(&list, "edge-factory-01")["sync"]["status"], "unknown");
 
     let metrics = reqwest::get(format!("{}/metrics", controller.api))
@@ -322,8 +345,17 @@ async fn a_region_of_three_sites_through_a_cut_a_heal_and_a_dead_site() {
         metrics.contains("roost_region_sites{availability=\"offline\"} 1"),
         "{metrics}"
     );
+    let (_, all) = controller.call(Method::GET, "/alarms", None).await;
+    let critical = all["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["severity"] == "critical")
+        .count();
     assert!(
-        metrics.contains("roost_region_alarms_active{severity=\"critical\"} 1"),
+        metrics.contains(&format!(
+            "roost_region_alarms_active{{severity=\"critical\"}} {critical}"
+        )),
         "{metrics}"
     );
 }
