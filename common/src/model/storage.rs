@@ -154,6 +154,10 @@ pub struct VolumeStatus {
     /// The snapshot a `reverting` volume is being reverted to.
     #[serde(default)]
     pub revert_to: Option<String>,
+    /// The size an `extending` volume had: what it keeps if the extend
+    /// fails and its file is found whole at that size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extending_from: Option<u64>,
     pub fault: Option<Fault>,
 }
 

@@ -78,6 +78,10 @@ impl Worker {
         let work = self.store.storage_work().await?;
         let any = !work.is_empty();
         for w in work {
+            let resized = match &w.op {
+                Ok(plan::Op::Resize { file, .. }) => Some(file.clone()),
+                _ => None,
+            };
             let result = match w.op {
                 Err(why) => Err(why),
                 Ok(op) => {
@@ -98,9 +102,19 @@ impl Worker {
                     r
                 }
             };
+            // A failed extend may have left the file as it was: look.
+            let whole_size_gb = match (resized, &result) {
+                (Some(file), Err(_)) => {
+                    tokio::task::spawn_blocking(move || qemu_img::whole_size_gb(&file))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                _ => None,
+            };
             let subject = w.subject.clone();
             self.store
-                .write(move |ctx| ctx.storage_done(&subject, result))
+                .write(move |ctx| ctx.storage_done(&subject, result, whole_size_gb))
                 .await?;
         }
         Ok(any)

@@ -186,6 +186,24 @@ pub fn run(op: &Op) -> Result<(), OpError> {
     }
 }
 
+/// The size in whole GiB of a qcow2 file that `qemu-img check` finds
+/// whole (leaked clusters waste space but lose nothing); `None` if it is
+/// missing, damaged, or not a whole number of GiB. The worker asks after an
+/// extend fails, to learn whether the volume is still as it was.
+pub fn whole_size_gb(file: &Path) -> Option<u64> {
+    let check = Command::new("qemu-img")
+        .args(["check", "-q", "-f", "qcow2"])
+        .arg(file)
+        .output()
+        .ok()?;
+    // 0: no errors; 3: leaked clusters only.
+    if !matches!(check.status.code(), Some(0 | 3)) {
+        return None;
+    }
+    let bytes = virtual_size(file).ok()?;
+    (bytes % (1 << 30) == 0).then_some(bytes >> 30)
+}
+
 /// The virtual size of a qcow2 file, in bytes.
 pub fn virtual_size(file: &Path) -> Result<u64, OpError> {
     let out = Command::new("qemu-img")

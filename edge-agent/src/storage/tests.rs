@@ -10,7 +10,7 @@ use roost_common::model::{
 };
 
 use super::plan::{plan, Files, Op, Source, Subject};
-use super::qemu_img::{run, virtual_size};
+use super::qemu_img::{run, virtual_size, whole_size_gb};
 
 const GIB: u64 = 1 << 30;
 
@@ -293,6 +293,27 @@ fn a_copy_that_cannot_be_made_leaves_nothing_behind() {
     .unwrap_err();
     assert!(e.contains("qemu-img could not copy"), "{e}");
     assert!(!file.exists() && !tmp.path().join("v.qcow2.part").exists());
+}
+
+/// After a failed extend the worker asks what the file is: its whole size
+/// if qemu-img finds it sound, nothing if it is damaged or gone.
+#[test]
+fn a_volume_file_is_found_whole_at_its_size_or_not_at_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("v.qcow2");
+    run(&Op::Make {
+        file: file.clone(),
+        size_gb: 2,
+        from: Source::Blank,
+    })
+    .unwrap();
+    assert_eq!(whole_size_gb(&file), Some(2));
+    assert_eq!(whole_size_gb(&tmp.path().join("gone.qcow2")), None);
+    // Its header overwritten: not a qcow2 file any more.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[..4].copy_from_slice(b"XXXX");
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(whole_size_gb(&file), None);
 }
 
 /// A full disk: a tmpfs of 1 MiB, filled. qemu-img fails with ENOSPC; the

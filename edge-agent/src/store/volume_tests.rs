@@ -75,7 +75,7 @@ async fn finish_work(store: &Store) -> Vec<(Subject, Op)> {
     for w in work {
         let subject = w.subject.clone();
         store
-            .write(move |c| c.storage_done(&subject, Ok(())))
+            .write(move |c| c.storage_done(&subject, Ok(()), None))
             .await
             .unwrap();
         done.push((w.subject, w.op.unwrap()));
@@ -155,6 +155,37 @@ async fn volumes_move_through_their_states_and_refuse_what_cinder_refuses() {
         finish_work(&store).await[0].1,
         Op::Resize { size_gb: 3, .. }
     ));
+    // An extend that fails with the file found whole at its old size (no
+    // room for the new tables, say) leaves the volume usable at that
+    // size, with the reason.
+    let failed_extend = |to: u64, whole: Option<u64>| {
+        let (store, id) = (store.clone(), v.id.clone());
+        async move {
+            let i = id.clone();
+            store
+                .write(move |w| w.extend_volume(&i, &None, to))
+                .await
+                .unwrap();
+            let subject = Subject::Volume(id.clone());
+            store
+                .write(move |c| {
+                    c.storage_done(&subject, Err("No space left on device".into()), whole)
+                })
+                .await
+                .unwrap();
+            store.volume(id, None).await.unwrap()
+        }
+    };
+    let kept = failed_extend(5, Some(3)).await;
+    assert_eq!(kept.status.state, VolumeState::Available);
+    assert_eq!(kept.spec.size_gb, 3);
+    assert_eq!(kept.status.extending_from, None);
+    let why = kept.status.fault.unwrap().message;
+    assert!(
+        why.contains("extending to 5 GiB failed: No space left on device"),
+        "{why}"
+    );
+    assert!(why.contains("keeps its 3 GiB"), "{why}");
     let (id, sid) = (v.id.clone(), s1_id(&store).await);
     let e = store
         .write(move |w| w.revert_volume(&id, &None, &sid))
@@ -217,12 +248,54 @@ async fn volumes_move_through_their_states_and_refuse_what_cinder_refuses() {
         .await
         .unwrap();
     store
-        .write(move |w| w.storage_done(&Subject::Volume(v.id.clone()), Err("disk full".into())))
+        .write(move |w| {
+            w.storage_done(
+                &Subject::Volume(v.id.clone()),
+                Err("disk full".into()),
+                None,
+            )
+        })
         .await
         .unwrap();
     let vs = store.volumes(None).await.unwrap();
     assert_eq!(vs[0].status.state, VolumeState::Error);
     assert_eq!(vs[0].status.fault.as_ref().unwrap().message, "disk full");
+}
+
+/// A failed extend whose file is found at the new size (the resize took,
+/// its sync did not), or not whole, or not at all, is the volume's error:
+/// the volume is never shown at a size its file may not have.
+#[tokio::test]
+async fn a_failed_extend_keeps_the_volume_only_if_its_file_is_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for (whole, want) in [
+        (Some(1), VolumeState::Available),
+        (Some(4), VolumeState::Error),
+        (Some(2), VolumeState::Error),
+        (None, VolumeState::Error),
+    ] {
+        let v = store
+            .write(|w| w.create_volume(spec(1, VolumeSource::Blank), &None, Path::new("/vols")))
+            .await
+            .unwrap();
+        finish_work(&store).await;
+        let id = v.id.clone();
+        store
+            .write(move |w| w.extend_volume(&id, &None, 4))
+            .await
+            .unwrap();
+        let subject = Subject::Volume(v.id.clone());
+        store
+            .write(move |c| c.storage_done(&subject, Err("cannot sync".into()), whole))
+            .await
+            .unwrap();
+        let after = store.volume(v.id.clone(), None).await.unwrap();
+        assert_eq!(after.status.state, want, "file found at {whole:?} GiB");
+        let size = if want == VolumeState::Available { 1 } else { 4 };
+        assert_eq!(after.spec.size_gb, size, "file found at {whole:?} GiB");
+        assert!(after.status.fault.unwrap().message.contains("cannot sync"));
+    }
 }
 
 async fn s1_id(store: &Store) -> String {

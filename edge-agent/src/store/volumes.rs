@@ -313,12 +313,14 @@ impl WriteCtx<'_> {
             )
             .into());
         }
+        let from = v.spec.size_gb;
         v.spec.size_gb = new_size;
         v.spec.validate().map_err(|e| FieldError {
             field: "os-extend.new_size".into(),
             ..e
         })?;
         v.status.state = VolumeState::Extending;
+        v.status.extending_from = Some(from);
         v.updated_at = self.now;
         self.save_volume(&v)?;
         Ok(v)
@@ -678,11 +680,14 @@ impl WriteCtx<'_> {
         Ok(())
     }
 
-    /// Records what the storage worker did for `subject`.
+    /// Records what the storage worker did for `subject`. After a failed
+    /// extend, `whole_size_gb` is the size the worker found the volume's
+    /// file at, if `qemu-img check` found it whole.
     pub fn storage_done(
         &mut self,
         subject: &Subject,
         result: Result<(), String>,
+        whole_size_gb: Option<u64>,
     ) -> Result<(), WriteError> {
         let fault = |message: String| Fault {
             code: 500,
@@ -708,12 +713,31 @@ impl WriteCtx<'_> {
                         v.status.fault = None;
                     }
                     (_, Ok(())) => return Ok(()),
+                    // A resize that failed with the file still whole at its
+                    // old size (qemu-img found no room for the new tables,
+                    // say): the volume keeps its size and data and stays
+                    // usable, with the reason shown, rather than needing an
+                    // admin's reset. Found at any other size, or not whole,
+                    // or not found, it is the volume's error.
+                    (VolumeState::Extending, Err(e))
+                        if v.status.extending_from.is_some()
+                            && v.status.extending_from == whole_size_gb =>
+                    {
+                        let from = v.status.extending_from.unwrap_or(v.spec.size_gb);
+                        v.status.fault = Some(fault(format!(
+                            "extending to {} GiB failed: {e}; the volume keeps its {from} GiB and its data",
+                            v.spec.size_gb
+                        )));
+                        v.spec.size_gb = from;
+                        v.status.state = VolumeState::Available;
+                    }
                     (_, Err(e)) => {
                         v.status.state = VolumeState::Error;
                         v.status.fault = Some(fault(e));
                     }
                 }
                 v.status.revert_to = None;
+                v.status.extending_from = None;
                 v.updated_at = self.now;
                 self.save_volume(&v)
             }
