@@ -11,7 +11,9 @@
 //! - Passwords arrive here hashed (the API hashes them off the writer).
 //! - Tokens are self-contained, so taking something away (a role, a
 //!   password, a user, an enabled flag) records a revocation event: every
-//!   token of that user or project issued before now is refused.
+//!   token of that user or project issued before now is refused. Issue
+//!   and revocation times come from one clock that only moves forward,
+//!   kept in `meta`, so a wall clock stepped back cannot reorder them.
 
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -199,20 +201,52 @@ fn check_role(role: &str) -> Result<(), WriteError> {
     }
 }
 
+/// The `meta` key of the token clock's last reading.
+const TOKEN_CLOCK: &str = "token_clock";
+
 impl WriteCtx<'_> {
+    /// The time of a token issue or a revocation: the writer's clock, but
+    /// always after the last such time, kept across restarts. Tokens are
+    /// ended by events at or after their issue, so the order of logins and
+    /// revocations must hold even if the wall clock steps back (an NTP
+    /// correction, a dead RTC battery at boot); otherwise a token issued
+    /// before the step could outlive a revocation after it.
+    fn token_clock(&mut self) -> Result<DateTime<Utc>, WriteError> {
+        let last: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [TOKEN_CLOCK],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let now = chrono::SubsecRound::trunc_subsecs(self.now, 6);
+        let at = match last {
+            Some(last) => now.max(parse_time(&last)? + Duration::microseconds(1)),
+            None => now,
+        };
+        self.tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![TOKEN_CLOCK, time(&at)],
+        )?;
+        Ok(at)
+    }
+
     /// Ends every token of `subject` (`user:<id>`, `project:<id>`) issued
     /// before now. Returns the time, for the authority's memory.
     fn revoke_subject(&mut self, subject: &str) -> Result<DateTime<Utc>, WriteError> {
+        let at = self.token_clock()?;
         self.tx.execute(
             "DELETE FROM revocation_events WHERE issued_before < ?1",
-            [time(&(self.now - KEEP_EVENTS))],
+            [time(&(at - KEEP_EVENTS))],
         )?;
         self.tx.execute(
             "INSERT INTO revocation_events (subject, issued_before) VALUES (?1, ?2)
              ON CONFLICT (subject) DO UPDATE SET issued_before = excluded.issued_before",
-            params![subject, time(&self.now)],
+            params![subject, time(&at)],
         )?;
-        Ok(self.now)
+        Ok(at)
     }
 
     fn project_or_404(&self, id: &str) -> Result<Project, WriteError> {
@@ -540,8 +574,8 @@ pub struct Login {
     pub user: User,
     pub project: Project,
     pub roles: Vec<String>,
-    /// The token's issue time: the writer's clock for this batch, so any
-    /// later revocation is at or after it.
+    /// The token's issue time, from the writer's token clock: any later
+    /// revocation is after it, whatever the wall clock did.
     pub at: DateTime<Utc>,
 }
 
@@ -581,11 +615,12 @@ impl WriteCtx<'_> {
         if roles.is_empty() {
             return Ok(Err(Refusal::NoRole));
         }
+        let at = self.token_clock()?;
         Ok(Ok(Login {
             user,
             project,
             roles,
-            at: self.now,
+            at,
         }))
     }
 }

@@ -998,3 +998,76 @@ async fn the_regions_token_keys_and_revocations_are_kept_and_published_images_fo
     assert_eq!(names, ["img", "fresh"], "{images}");
     assert_eq!(images[1]["status"], "queued");
 }
+
+/// Logins and revocations keep their order when the wall clock steps
+/// back, in one run and across a restart: a token issued before a
+/// revocation is ended by it, one issued after it is not.
+#[tokio::test]
+async fn token_times_keep_their_order_when_the_clock_steps_back() {
+    use super::accounts::{ProjectLookup, UserChange};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let user = store
+        .write(|w| {
+            let p = w.create_project("line-1", "", true)?;
+            let u = w.create_user(UserChange {
+                name: Some("alice".into()),
+                password_hash: Some("h".into()),
+                default_project_id: Some(Some(p.id.clone())),
+                ..Default::default()
+            })?;
+            w.grant(&p.id, &u.id, "member")?;
+            Ok(u.id)
+        })
+        .await
+        .unwrap();
+    // The clock as the writer reads it, stepped by `back`.
+    let login = |store: Store, user: String, back: chrono::Duration| async move {
+        store
+            .write(move |w| {
+                w.now -= back;
+                Ok(w.login(&user, "h", ProjectLookup::Default)?.unwrap().at)
+            })
+            .await
+            .unwrap()
+    };
+    let hour = chrono::Duration::hours(1);
+    let issued = login(store.clone(), user.clone(), chrono::Duration::zero()).await;
+    let u = user.clone();
+    let revoked = store
+        .write(move |w| {
+            w.now -= hour;
+            let project = w
+                .login(&u, "h", ProjectLookup::Default)?
+                .unwrap()
+                .project
+                .id;
+            w.ungrant(&project, &u, "member")?;
+            w.grant(&project, &u, "member")?;
+            w.ungrant(&project, &u, "member")
+        })
+        .await
+        .unwrap();
+    assert!(issued < revoked, "{issued} then {revoked}");
+    let u = user.clone();
+    store
+        .write(move |w| {
+            let project = w.login(&u, "h", ProjectLookup::Default)?.unwrap_err();
+            assert!(matches!(project, super::accounts::Refusal::NoRole));
+            let p = super::accounts::projects(w.tx, Some("line-1"))?
+                .pop()
+                .unwrap();
+            w.grant(&p.id, &u, "member")
+        })
+        .await
+        .unwrap();
+    let after = login(store.clone(), user.clone(), hour).await;
+    assert!(revoked < after, "{revoked} then {after}");
+    drop(store);
+    let store = open(dir.path());
+    let restarted = login(store.clone(), user.clone(), hour * 2).await;
+    assert!(
+        after < restarted,
+        "{after} then, after a restart, {restarted}"
+    );
+}
