@@ -77,10 +77,6 @@ impl Claims {
     pub fn region_viewer(&self) -> bool {
         self.from_region && !self.roles.iter().any(|r| r == "admin" || r == "member")
     }
-
-    pub fn is_admin(&self) -> bool {
-        self.roles.iter().any(|r| r == "admin")
-    }
 }
 
 /// Hashes a user's password (Argon2id, a PHC string with its salt).
@@ -314,7 +310,7 @@ mod tests {
         let now = Utc::now();
         let (t, claims) = a.issue_admin(now);
         assert_eq!(a.verify(&t, now).unwrap(), claims);
-        assert!(claims.is_admin());
+        assert_eq!(claims.roles, ["admin", "member", "reader"]);
         assert!(matches!(
             a.verify(&t, now + Duration::seconds(3601)),
             Err(AuthError::Expired(_))
