@@ -189,6 +189,14 @@ pub struct AlarmsSection {
     /// `storage.disk_nearly_full` is raised (cleared 2 points below).
     #[serde(default = "default_disk_nearly_full")]
     pub disk_nearly_full_percent: u8,
+    /// Seconds a peer host's agent may not answer before `host.down`
+    /// (only on a node that knows which host it is: `network.host`).
+    #[serde(default = "default_host_down_after")]
+    pub host_down_after_secs: u64,
+}
+
+fn default_host_down_after() -> u64 {
+    20
 }
 
 fn default_link_down_after() -> u64 {
@@ -204,6 +212,7 @@ impl Default for AlarmsSection {
         AlarmsSection {
             link_down_after_secs: default_link_down_after(),
             disk_nearly_full_percent: default_disk_nearly_full(),
+            host_down_after_secs: default_host_down_after(),
         }
     }
 }
@@ -221,6 +230,12 @@ impl AlarmsSection {
             self.disk_nearly_full_percent,
             3,
             99,
+        )?;
+        validate::range(
+            "alarms.host_down_after_secs",
+            self.host_down_after_secs,
+            4,
+            3_600,
         )
     }
 }
@@ -1217,6 +1232,10 @@ mod tests {
             (
                 "  max_parallel: 1\nalarms: {disk_nearly_full_percent: 100}\n",
                 "alarms.disk_nearly_full_percent: must be between 3 and 99 (got 100)",
+            ),
+            (
+                "  max_parallel: 1\nalarms: {host_down_after_secs: 1}\n",
+                "alarms.host_down_after_secs: must be between 4 and 3600 (got 1)",
             ),
             (
                 "  max_parallel: 1\nalarms: {link_down_after_secs: 0}\n",

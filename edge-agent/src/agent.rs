@@ -275,6 +275,8 @@ impl Agent {
             link: uplink
                 .as_ref()
                 .map(|u| (u.region.name.clone(), link_state.clone())),
+            peers: crate::alarms::peers(&config, addr.port()),
+            silent: Default::default(),
         };
         let reconciler = Reconciler {
             store,

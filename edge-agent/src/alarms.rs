@@ -7,11 +7,19 @@
 //! - `storage.disk_nearly_full` (major; from 98% a critical one replaces
 //!   it): the data directory's filesystem is used at or above
 //!   `alarms.disk_nearly_full_percent`; cleared 2 points below.
+//! - `host.down` (critical): another host of the site, one with an
+//!   `address`, has not answered on the agents' API port for
+//!   `alarms.host_down_after_secs`; cleared when it answers. Only a node
+//!   that knows which host it is (`network.host`) watches the others. The
+//!   scheduler places nothing new on a host that is down, and
+//!   `os-hypervisors` shows it `down`.
 //!
 //! [`evaluate`] is pure (facts in, changes out, tested with made-up
 //! facts); [`Monitor`] gathers the facts every [`PERIOD`] and hands the
 //! changes to the store (`store/alarms.rs`), which publishes them.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +36,9 @@ use crate::store::Store;
 pub const PERIOD: Duration = Duration::from_secs(2);
 pub const LINK_DOWN: &str = "site.link_down";
 pub const DISK_NEARLY_FULL: &str = "storage.disk_nearly_full";
+pub const HOST_DOWN: &str = "host.down";
+/// How long a peer has to accept a connection.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Points below the threshold at which a disk alarm clears (so a disk
 /// hovering at the line does not raise and clear it over and over).
 const DISK_HYSTERESIS: f64 = 2.0;
@@ -44,6 +55,15 @@ pub enum AlarmChange {
     },
 }
 
+impl AlarmChange {
+    pub fn code(&self) -> &str {
+        match self {
+            AlarmChange::Raise(a) => &a.code,
+            AlarmChange::Clear { code, .. } => code,
+        }
+    }
+}
+
 /// What the monitor saw.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Facts {
@@ -54,6 +74,8 @@ pub struct Facts {
     /// The data directory and its filesystem's used share in percent
     /// (`None` if it could not be read).
     pub disk: (String, Option<f64>),
+    /// The peer hosts watched and, while one does not answer, since when.
+    pub hosts: Vec<(String, Option<DateTime<Utc>>)>,
 }
 
 /// The alarms to raise and clear, given the active ones.
@@ -73,6 +95,11 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
         let current = match a.code.as_str() {
             LINK_DOWN => link_entity.as_deref(),
             DISK_NEARLY_FULL => Some(disk_entity.as_str()),
+            HOST_DOWN => f
+                .hosts
+                .iter()
+                .any(|(h, _)| a.entity == host_entity(h))
+                .then_some(a.entity.as_str()),
             _ => continue,
         };
         if current != Some(a.entity.as_str()) {
@@ -102,6 +129,31 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
             }
             None if is_active(LINK_DOWN, &entity) => out.push(AlarmChange::Clear {
                 code: LINK_DOWN.into(),
+                entity,
+                at: f.now,
+            }),
+            _ => {}
+        }
+    }
+    let after = chrono::Duration::seconds(cfg.host_down_after_secs as i64);
+    for (host, silent_since) in &f.hosts {
+        let entity = host_entity(host);
+        match silent_since {
+            Some(since) if f.now - *since >= after && !is_active(HOST_DOWN, &entity) => {
+                out.push(AlarmChange::Raise(AlarmStatus {
+                    code: HOST_DOWN.into(),
+                    entity,
+                    severity: Severity::Critical,
+                    reason: format!(
+                        "host {host} has not answered since {}; nothing new is placed there; check its power, its network and its agent",
+                        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                    raised_at: f.now,
+                    cleared_at: None,
+                }));
+            }
+            None if is_active(HOST_DOWN, &entity) => out.push(AlarmChange::Clear {
+                code: HOST_DOWN.into(),
                 entity,
                 at: f.now,
             }),
@@ -149,6 +201,28 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
         }
     }
     out
+}
+
+/// The hosts a node watches: the site's other hosts with an IP address,
+/// at this agent's API port (every node of a site serves its API on the
+/// same port). None unless `network.host` says which host this node is.
+pub fn peers(config: &roost_common::config::SiteConfig, port: u16) -> Vec<(String, SocketAddr)> {
+    let Some(me) = config.network.as_ref().map(|n| n.host.as_str()) else {
+        return Vec::new();
+    };
+    config
+        .hosts
+        .iter()
+        .filter(|h| h.name != me)
+        .filter_map(|h| {
+            let ip: std::net::IpAddr = h.address.as_deref()?.parse().ok()?;
+            Some((h.name.clone(), SocketAddr::new(ip, port)))
+        })
+        .collect()
+}
+
+fn host_entity(host: &str) -> String {
+    format!("host={host}")
 }
 
 /// The link's state as the uplink reports it: since when it is down
@@ -203,6 +277,10 @@ pub struct Monitor {
     pub data_dir: PathBuf,
     /// The region's name and its link, for a site with a region.
     pub link: Option<(String, Arc<LinkState>)>,
+    /// The peer hosts to watch: name and the address of their agent's API.
+    pub peers: Vec<(String, SocketAddr)>,
+    /// Since when each peer has not answered (absent while it answers).
+    pub silent: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 impl Monitor {
@@ -219,7 +297,39 @@ impl Monitor {
         }
     }
 
+    /// Tries every peer at once; records since when each is silent.
+    async fn probe_peers(&self) -> Vec<(String, Option<DateTime<Utc>>)> {
+        let mut probes = tokio::task::JoinSet::new();
+        for (name, addr) in self.peers.clone() {
+            probes.spawn(async move {
+                let answered =
+                    tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                        .await
+                        .is_ok_and(|c| c.is_ok());
+                (name, answered)
+            });
+        }
+        let mut results = Vec::with_capacity(self.peers.len());
+        while let Some(Ok(r)) = probes.join_next().await {
+            results.push(r);
+        }
+        let now = Utc::now();
+        let mut silent = self.silent.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, answered) in results {
+            if answered {
+                silent.remove(&name);
+            } else {
+                silent.entry(name).or_insert(now);
+            }
+        }
+        self.peers
+            .iter()
+            .map(|(name, _)| (name.clone(), silent.get(name).copied()))
+            .collect()
+    }
+
     async fn pass(&self) -> Result<(), crate::store::WriteError> {
+        let hosts = self.probe_peers().await;
         let facts = Facts {
             now: Utc::now(),
             link: self
@@ -230,6 +340,7 @@ impl Monitor {
                 self.data_dir.display().to_string(),
                 used_percent(&self.data_dir),
             ),
+            hosts,
         };
         let active = self.store.alarms(true).await?;
         let changes = evaluate(&facts, &self.config, &active);
@@ -253,6 +364,7 @@ mod tests {
             now: at(now),
             link: Some(("eu".into(), down_since.map(at))),
             disk: ("/var/lib/roost".into(), used),
+            hosts: Vec::new(),
         }
     }
 
@@ -323,6 +435,105 @@ mod tests {
             matches!(&ended[..], [AlarmChange::Clear { code, entity, .. }] if code == LINK_DOWN && entity == "region=eu"),
             "{ended:?}"
         );
+    }
+
+    #[test]
+    fn a_silent_host_is_down_after_its_wait_and_clears_when_it_answers() {
+        let cfg = AlarmsSection {
+            host_down_after_secs: 20,
+            ..Default::default()
+        };
+        let with_hosts = |now: i64, hosts: &[(&str, Option<i64>)]| Facts {
+            hosts: hosts
+                .iter()
+                .map(|(h, since)| (h.to_string(), since.map(at)))
+                .collect(),
+            ..facts(now, None, None)
+        };
+        let mut active = Vec::new();
+        let quiet = [("c1", Some(0)), ("c2", None)];
+        assert!(evaluate(&with_hosts(19, &quiet), &cfg, &active).is_empty());
+        let raised = evaluate(&with_hosts(20, &quiet), &cfg, &active);
+        let [AlarmChange::Raise(a)] = &raised[..] else {
+            panic!("{raised:?}")
+        };
+        assert_eq!((a.code.as_str(), a.entity.as_str()), (HOST_DOWN, "host=c1"));
+        assert_eq!(a.severity, Severity::Critical);
+        assert!(
+            a.reason.contains("host c1 has not answered since"),
+            "{}",
+            a.reason
+        );
+        applied(&mut active, raised);
+        assert!(evaluate(&with_hosts(500, &quiet), &cfg, &active).is_empty());
+        let back = evaluate(
+            &with_hosts(501, &[("c1", None), ("c2", None)]),
+            &cfg,
+            &active,
+        );
+        assert_eq!(
+            back,
+            vec![AlarmChange::Clear {
+                code: HOST_DOWN.into(),
+                entity: "host=c1".into(),
+                at: at(501)
+            }]
+        );
+        // A host no longer watched (taken out of the config) clears.
+        let mut left = Vec::new();
+        applied(&mut left, evaluate(&with_hosts(30, &quiet), &cfg, &[]));
+        let gone = evaluate(&with_hosts(31, &[("c2", None)]), &cfg, &left);
+        assert!(
+            matches!(&gone[..], [AlarmChange::Clear { code, entity, .. }] if code == HOST_DOWN && entity == "host=c1"),
+            "{gone:?}"
+        );
+    }
+
+    #[test]
+    fn a_node_watches_the_sites_other_hosts_at_its_own_api_port() {
+        let yaml = "site: {id: s1, name: S}\nhosts:\n  - {name: c0, roles: [compute], vcpus: 1, ram_mb: 1024, disk_gb: 1, address: 10.0.0.1}\n  - {name: c1, roles: [compute], vcpus: 1, ram_mb: 1024, disk_gb: 1, address: 10.0.0.2}\n  - {name: c2, roles: [compute], vcpus: 1, ram_mb: 1024, disk_gb: 1}\n";
+        let alone = roost_common::config::parse(std::path::Path::new("s.yaml"), yaml).unwrap();
+        assert!(peers(&alone, 8774).is_empty(), "which host am I? unknown");
+        let node = roost_common::config::parse(
+            std::path::Path::new("s.yaml"),
+            &format!("{yaml}network: {{host: c0}}\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            peers(&node, 8774),
+            vec![("c1".to_string(), "10.0.0.2:8774".parse().unwrap())]
+        );
+    }
+
+    /// The probe against real sockets: a listener answers, a closed port
+    /// does not; silence is dated from the first failed probe.
+    #[tokio::test]
+    async fn the_monitor_dates_a_peers_silence_from_its_first_failed_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "site: {id: s1, name: S}\nhosts:\n  - {name: c0, roles: [compute], vcpus: 1, ram_mb: 1024, disk_gb: 1}\n";
+        let cfg = roost_common::config::parse(std::path::Path::new("s.yaml"), yaml).unwrap();
+        let store = Store::open(dir.path(), "s1", &cfg).unwrap().0;
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let m = Monitor {
+            store,
+            config: AlarmsSection::default(),
+            data_dir: dir.path().to_path_buf(),
+            link: None,
+            peers: vec![
+                ("up".into(), up.local_addr().unwrap()),
+                ("closed".into(), closed),
+            ],
+            silent: Default::default(),
+        };
+        let first = m.probe_peers().await;
+        assert_eq!(first[0], ("up".to_string(), None));
+        let since = first[1].1.expect("the closed port is silent");
+        let again = m.probe_peers().await;
+        assert_eq!(again[1], ("closed".to_string(), Some(since)));
     }
 
     #[test]

@@ -126,7 +126,7 @@ pub fn hypervisor(h: &HypervisorView) -> Value {
         "hypervisor_hostname": spec.name,
         "hypervisor_type": "QEMU",
         "hypervisor_version": 0,
-        "state": "up",
+        "state": if h.host.down { "down" } else { "up" },
         "status": if spec.enabled { "enabled" } else { "disabled" },
         "host_ip": spec.address,
         "vcpus": spec.vcpus,

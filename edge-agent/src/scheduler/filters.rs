@@ -55,7 +55,7 @@ impl Filter {
     pub fn passes(self, h: &HostView, req: &Request) -> bool {
         let free = || h.free();
         match self {
-            Filter::Compute => h.spec.enabled && h.spec.is_compute(),
+            Filter::Compute => h.spec.enabled && !h.down && h.spec.is_compute(),
             Filter::AvailabilityZone => req
                 .availability_zone
                 .as_deref()
@@ -98,6 +98,9 @@ mod tests {
         let mut h = host("a", 4, 4096);
         assert!(Filter::Compute.passes(&h, &req(1, 1)));
         h.spec.enabled = false;
+        assert!(!Filter::Compute.passes(&h, &req(1, 1)));
+        let mut h = host("a", 4, 4096);
+        h.down = true;
         assert!(!Filter::Compute.passes(&h, &req(1, 1)));
         let mut h = host("a", 4, 4096);
         h.spec.roles = [HostRole::Controller].into();

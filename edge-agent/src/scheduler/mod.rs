@@ -29,6 +29,9 @@ pub struct HostView {
     /// Capacity after allocation ratios and reservations (cached).
     pub capacity: Usage,
     pub used: Usage,
+    /// Not answering its peers (`host.down` active): nothing new goes
+    /// there, as Nova skips a compute service that is down.
+    pub down: bool,
 }
 
 impl HostView {
@@ -37,6 +40,7 @@ impl HostView {
             capacity: spec.capacity(),
             spec,
             used,
+            down: false,
         }
     }
 

@@ -4,13 +4,16 @@
 //! ones), so the region shows them with the site's own times, also after a
 //! long cut.
 
+use std::collections::HashSet;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use roost_common::model::{AlarmStatus, Severity};
 
 use super::rows::{parse_time, time};
 use super::{StoreError, WriteError};
-use crate::alarms::AlarmChange;
+use crate::alarms::{AlarmChange, HOST_DOWN};
+use crate::scheduler::HostView;
 
 /// The status entry the alarms are published under (kind `site`).
 pub const PUBLISHED: &str = "alarms";
@@ -58,6 +61,29 @@ pub fn list(conn: &Connection, active: bool, limit: usize) -> Result<Vec<AlarmSt
     Ok(out)
 }
 
+/// Names of the hosts with `host.down` active.
+pub(super) fn hosts_down(conn: &Connection) -> Result<HashSet<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT entity FROM alarms WHERE code = ?1 AND cleared_at IS NULL")?;
+    let entities = stmt.query_map([HOST_DOWN], |r| r.get::<_, String>(0))?;
+    let mut down = HashSet::new();
+    for e in entities {
+        if let Some(name) = e?.strip_prefix("host=") {
+            down.insert(name.to_string());
+        }
+    }
+    Ok(down)
+}
+
+/// Sets the scheduler's view of which hosts are down from the alarms.
+pub(super) fn mark_down(conn: &Connection, hosts: &mut [HostView]) -> Result<(), StoreError> {
+    let down = hosts_down(conn)?;
+    for h in hosts {
+        h.down = down.contains(&h.spec.name);
+    }
+    Ok(())
+}
+
 impl super::WriteCtx<'_> {
     /// Records what the monitor decided and publishes the result.
     pub fn apply_alarms(&mut self, changes: &[AlarmChange]) -> Result<(), WriteError> {
@@ -92,6 +118,11 @@ impl super::WriteCtx<'_> {
             }
         }
         self.publish_alarms()?;
+        if changes.iter().any(|c| c.code() == HOST_DOWN) {
+            // Like a claim: a rollback reloads it.
+            self.touched = true;
+            mark_down(self.tx, self.hosts)?;
+        }
         Ok(())
     }
 

@@ -210,6 +210,7 @@ pub(super) fn load_host_views(conn: &Connection) -> Result<Vec<HostView>, StoreE
             HostView::new(h.spec, u)
         })
         .collect();
+    super::alarms::mark_down(conn, &mut views)?;
     views.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     Ok(views)
 }

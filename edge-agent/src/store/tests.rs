@@ -1071,3 +1071,60 @@ async fn token_times_keep_their_order_when_the_clock_steps_back() {
         "{after} then, after a restart, {restarted}"
     );
 }
+
+/// A host with `host.down` active takes nothing new, across a restart,
+/// and takes servers again once the alarm clears.
+#[tokio::test]
+async fn nothing_new_is_placed_on_a_host_that_is_down() {
+    use crate::alarms::{AlarmChange, HOST_DOWN};
+    use roost_common::model::{AlarmStatus, Severity};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let down = AlarmChange::Raise(AlarmStatus {
+        code: HOST_DOWN.into(),
+        entity: "host=c0".into(),
+        severity: Severity::Critical,
+        reason: "host c0 has not answered".into(),
+        raised_at: chrono::Utc::now(),
+        cleared_at: None,
+    });
+    store.write(move |w| w.apply_alarms(&[down])).await.unwrap();
+    let placed_on = |store: Store, name: &'static str| async move {
+        let id = create(&store, name, "2").await.unwrap();
+        store
+            .server(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .host
+            .unwrap()
+    };
+    let states = |store: Store| async move {
+        store
+            .hypervisors()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.host.spec.name, h.host.down))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(placed_on(store.clone(), "a").await, "c1");
+    assert_eq!(
+        states(store.clone()).await,
+        [("c0".to_string(), true), ("c1".to_string(), false)]
+    );
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(placed_on(store.clone(), "b").await, "c1", "after a restart");
+    let e = create(&store, "c", "2").await.unwrap_err().to_string();
+    assert!(e.contains("ComputeFilter"), "c0 is down, c1 full: {e}");
+    let up = AlarmChange::Clear {
+        code: HOST_DOWN.into(),
+        entity: "host=c0".into(),
+        at: chrono::Utc::now(),
+    };
+    store.write(move |w| w.apply_alarms(&[up])).await.unwrap();
+    assert_eq!(placed_on(store.clone(), "c").await, "c0");
+    assert!(states(store).await.iter().all(|(_, down)| !down));
+}

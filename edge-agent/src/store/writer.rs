@@ -32,10 +32,10 @@ pub struct WriteCtx<'a> {
     pub tx: &'a rusqlite::Transaction<'a>,
     pub now: DateTime<Utc>,
     pub weights: &'a SchedulerSection,
-    hosts: &'a mut Vec<HostView>,
+    pub(super) hosts: &'a mut Vec<HostView>,
     index: &'a HashMap<String, usize>,
     /// Set when the job changed host usage, so a rollback reloads it.
-    touched: bool,
+    pub(super) touched: bool,
     /// Document edits, applied only if the job succeeds.
     pub(super) ops: Vec<DocOp>,
     /// False while the region's intent is being applied to the tables.
@@ -266,5 +266,5 @@ fn reload_usage(conn: &Connection, hosts: &mut [HostView]) -> Result<(), StoreEr
     for h in hosts.iter_mut() {
         h.used = used.get(&h.spec.name).copied().unwrap_or_default();
     }
-    Ok(())
+    super::alarms::mark_down(conn, hosts)
 }
