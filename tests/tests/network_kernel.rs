@@ -84,6 +84,26 @@ fn pass(ns: &str, store: &Store, host: &HostNet) -> roost_edge_agent::network::P
 /// Plugs a guest into `bridge` on host `host_ns`, with the port's MAC and
 /// address, as libvirt plugs a tap.
 fn plug(guests: &mut Namespaces, host_ns: &str, guest: &str, bridge: &str, port: &Port) {
+    let addr = format!("{}/24", port.status.fixed_ips[0].ip_address);
+    plug_mac(
+        guests,
+        host_ns,
+        guest,
+        bridge,
+        &port.status.mac_address,
+        Some(&addr),
+    );
+}
+
+/// As [`plug`], with a MAC and, if given, an address set by hand.
+fn plug_mac(
+    guests: &mut Namespaces,
+    host_ns: &str,
+    guest: &str,
+    bridge: &str,
+    mac: &str,
+    addr: Option<&str>,
+) {
     let g = guests.add(guest);
     let host_end = format!("t{}", &guest[guest.len() - 6..]);
     ip(&[
@@ -93,18 +113,10 @@ fn plug(guests: &mut Namespaces, host_ns: &str, guest: &str, bridge: &str, port:
     ip(&[
         "-n", host_ns, "link", "set", &host_end, "master", bridge, "up",
     ]);
-    ip(&[
-        "-n",
-        &g,
-        "link",
-        "set",
-        "eth0",
-        "address",
-        &port.status.mac_address,
-        "up",
-    ]);
-    let addr = format!("{}/24", port.status.fixed_ips[0].ip_address);
-    ip(&["-n", &g, "addr", "add", &addr, "dev", "eth0"]);
+    ip(&["-n", &g, "link", "set", "eth0", "address", mac, "up"]);
+    if let Some(addr) = addr {
+        ip(&["-n", &g, "addr", "add", addr, "dev", "eth0"]);
+    }
 }
 
 /// A UDP echo in `ns` on `at`, answering up to `n` datagrams.
@@ -477,7 +489,8 @@ async fn the_agent_builds_what_its_api_records_and_repairs_it() {
              hosts:\n\
              - {{name: h1, roles: [controller, compute], vcpus: 4, ram_mb: 8192, disk_gb: 100, address: {}}}\n\
              - {{name: h2, roles: [compute], vcpus: 4, ram_mb: 8192, disk_gb: 100, address: {peer}}}\n\
-             network: {{host: h1, underlay: {}, period_secs: 1}}\n",
+             network: {{host: h1, underlay: {}, period_secs: 1}}\n\
+             alarms: {{host_down_after_secs: 4}}\n",
             net.site_ip, net.interface
         ),
     )
@@ -546,6 +559,79 @@ async fn the_agent_builds_what_its_api_records_and_repairs_it() {
         links(&net.name).contains(&bridge)
     })
     .await;
+
+    // IPv6 with the site as the router: dnsmasq advertises the prefix and
+    // the guest's own kernel takes its port's address (the EUI-64 the
+    // site's IPAM recorded) and a default route through the bridge.
+    let (code, s6) = api
+        .post(
+            "/network/v2.0/subnets",
+            json!({"subnet": {"network_id": id, "cidr": "fd00:77::/64", "ip_version": 6,
+                    "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{s6}");
+    assert_eq!(s6["subnet"]["ipv6_address_mode"], "slaac");
+    let (code, p) = api
+        .post("/network/v2.0/ports", json!({"port": {"network_id": id}}))
+        .await;
+    assert_eq!(code, 201, "{p}");
+    let v6: std::net::IpAddr = p["port"]["fixed_ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["ip_address"].as_str()?.parse().ok())
+        .find(|ip: &std::net::IpAddr| ip.is_ipv6())
+        .expect("a port on the network gets an IPv6 address");
+    let mac = p["port"]["mac_address"].as_str().unwrap().to_string();
+    let mut guests = Namespaces(Vec::new());
+    plug_mac(&mut guests, &net.name, "rk-slaac", &bridge, &mac, None);
+    let guest6 = |what: &[&str]| {
+        let mut args = vec!["-n", "rk-slaac", "-6"];
+        args.extend_from_slice(what);
+        let out = Command::new("ip").args(&args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    roost_tests::wait_for(
+        "the guest configures its SLAAC address",
+        Duration::from_secs(30),
+        async || {
+            guest6(&["addr", "show", "dev", "eth0"]).contains(&format!("{v6}/64"))
+                && guest6(&["route", "show", "default"]).contains("via fe80::")
+        },
+    )
+    .await;
+    drop(guests);
+    let port_id = p["port"]["id"].as_str().unwrap();
+    assert_eq!(
+        api.delete(&format!("/network/v2.0/ports/{port_id}"))
+            .await
+            .0,
+        204
+    );
+
+    // The other host (nothing answers at its address) is down: alarmed,
+    // shown down, and given nothing new.
+    roost_tests::wait_for("host.down for h2", Duration::from_secs(30), async || {
+        api.get("/roost/v1/alarms").await.1["alarms"]
+            .as_array()
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|a| a["code"] == "host.down" && a["entity"] == "host=h2")
+            })
+    })
+    .await;
+    let (_, hv) = api.get("/compute/v2.1/os-hypervisors/detail").await;
+    let state = |name: &str| {
+        hv["hypervisors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["hypervisor_hostname"] == name)
+            .map(|h| h["state"].clone())
+    };
+    assert_eq!(state("h2"), Some(json!("down")), "{hv}");
+    assert_eq!(state("h1"), Some(json!("up")), "{hv}");
 
     // Deleted through the API: gone from the kernel; the hand-made bridge stays.
     assert_eq!(

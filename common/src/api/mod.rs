@@ -1004,6 +1004,13 @@ impl SubnetCreate {
         );
         spec.dns_nameservers = self.dns_nameservers;
         spec.enable_dhcp = self.enable_dhcp;
+        let mode = |field: &str, m: Option<String>| {
+            m.map(|m| crate::model::Ipv6Mode::parse(field, &m))
+                .transpose()
+                .map_err(at)
+        };
+        spec.ipv6_ra_mode = mode("ipv6_ra_mode", self.ipv6_ra_mode)?;
+        spec.ipv6_address_mode = mode("ipv6_address_mode", self.ipv6_address_mode)?;
         spec.validate().map_err(at)?;
         Ok(spec)
     }

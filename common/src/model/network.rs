@@ -248,7 +248,83 @@ pub struct SubnetSpec {
     pub allocation_pools: Vec<AllocationPool>,
     pub dns_nameservers: Vec<IpAddr>,
     pub enable_dhcp: bool,
+    /// IPv6 only: who sends router advertisements (the site, in this
+    /// mode, or, when absent, a router outside Roost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_ra_mode: Option<Ipv6Mode>,
+    /// IPv6 only: how ports get their addresses. `slaac` and
+    /// `dhcpv6-stateless`: from the prefix and the port's MAC (EUI-64),
+    /// which is also what the site's IPAM records; `dhcpv6-stateful` or
+    /// absent: from the pools, handed out by DHCPv6 when the site runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address_mode: Option<Ipv6Mode>,
     pub deleted: bool,
+}
+
+/// Neutron's IPv6 address and router advertisement modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ipv6Mode {
+    Slaac,
+    #[serde(rename = "dhcpv6-stateful")]
+    Dhcpv6Stateful,
+    #[serde(rename = "dhcpv6-stateless")]
+    Dhcpv6Stateless,
+}
+
+impl Ipv6Mode {
+    pub const NAMES: &'static str = "slaac, dhcpv6-stateful or dhcpv6-stateless";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ipv6Mode::Slaac => "slaac",
+            Ipv6Mode::Dhcpv6Stateful => "dhcpv6-stateful",
+            Ipv6Mode::Dhcpv6Stateless => "dhcpv6-stateless",
+        }
+    }
+
+    pub fn parse(field: &str, s: &str) -> Result<Ipv6Mode, FieldError> {
+        match s {
+            "slaac" => Ok(Ipv6Mode::Slaac),
+            "dhcpv6-stateful" => Ok(Ipv6Mode::Dhcpv6Stateful),
+            "dhcpv6-stateless" => Ok(Ipv6Mode::Dhcpv6Stateless),
+            _ => Err(FieldError::new(
+                field,
+                s,
+                format!("must be {}", Ipv6Mode::NAMES),
+            )),
+        }
+    }
+}
+
+/// The EUI-64 address of `mac` in a /64 `prefix` (RFC 4291, appendix A):
+/// what a guest's kernel configures from a router advertisement.
+pub fn eui64(prefix: IpAddr, mac: &str) -> Option<IpAddr> {
+    let IpAddr::V6(p) = prefix else {
+        return None;
+    };
+    let b: Vec<u8> = mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [a, b1, c, d, e, f] = b[..] else {
+        return None;
+    };
+    let iid = [a ^ 0x02, b1, c, 0xff, 0xfe, d, e, f];
+    let mut o = p.octets();
+    o[8..].copy_from_slice(&iid);
+    Some(IpAddr::V6(o.into()))
+}
+
+impl SubnetSpec {
+    /// Whether ports' addresses here come from their MACs.
+    pub fn autoconfigured(&self) -> bool {
+        matches!(
+            self.ipv6_address_mode,
+            Some(Ipv6Mode::Slaac | Ipv6Mode::Dhcpv6Stateless)
+        )
+    }
 }
 
 impl SubnetSpec {
@@ -306,6 +382,8 @@ impl SubnetSpec {
             allocation_pools,
             dns_nameservers: Vec::new(),
             enable_dhcp: true,
+            ipv6_ra_mode: None,
+            ipv6_address_mode: None,
             deleted: false,
         }
     }
@@ -370,6 +448,7 @@ impl SubnetSpec {
             }
             pools.push((a, b));
         }
+        self.validate_ipv6_modes()?;
         for (i, d) in self.dns_nameservers.iter().enumerate() {
             if d.is_ipv4() != self.cidr.is_ipv4() && self.cidr.is_ipv4() {
                 return Err(FieldError::new(
@@ -378,6 +457,59 @@ impl SubnetSpec {
                     "must be an IPv4 address on an IPv4 subnet",
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl SubnetSpec {
+    /// Neutron's rules for the IPv6 modes.
+    fn validate_ipv6_modes(&self) -> Result<(), FieldError> {
+        let (ra, addr) = (self.ipv6_ra_mode, self.ipv6_address_mode);
+        if self.cidr.is_ipv4() {
+            for (field, m) in [("ipv6_ra_mode", ra), ("ipv6_address_mode", addr)] {
+                if let Some(m) = m {
+                    return Err(FieldError::new(
+                        field,
+                        m.as_str(),
+                        "is for IPv6 subnets only",
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if let (Some(r), Some(a)) = (ra, addr) {
+            if r != a {
+                return Err(FieldError::new(
+                    "ipv6_ra_mode",
+                    r.as_str(),
+                    format!(
+                        "must be the same as ipv6_address_mode ({}) when both are set",
+                        a.as_str()
+                    ),
+                ));
+            }
+        }
+        if ra.is_some() && addr.is_none() {
+            return Err(FieldError::new(
+                "ipv6_address_mode",
+                "null",
+                "must be set when ipv6_ra_mode is (to the same mode)",
+            ));
+        }
+        if self.autoconfigured() && self.cidr.prefix != 64 {
+            return Err(FieldError::new(
+                "cidr",
+                String::from(self.cidr),
+                "must be a /64: SLAAC addresses are a /64 prefix and the port's EUI-64",
+            ));
+        }
+        if ra.is_some() && self.gateway_ip.is_none() {
+            return Err(FieldError::new(
+                "gateway_ip",
+                "null",
+                "must be set when ipv6_ra_mode is: the site advertises itself as the router",
+            ));
         }
         Ok(())
     }

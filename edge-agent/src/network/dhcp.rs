@@ -2,6 +2,14 @@
 //! the network's bridge, handing each port its own address (static
 //! leases only: a MAC the site did not make gets nothing).
 //!
+//! IPv6 subnets follow Neutron's modes. With `ipv6_ra_mode` set the site
+//! is the router: dnsmasq advertises the prefix, so guests' kernels
+//! configure their ports' EUI-64 addresses (`slaac`), also asking DHCPv6
+//! for options (`dhcpv6-stateless`), or take their address from DHCPv6
+//! (`dhcpv6-stateful`, by MAC from the same hosts file as IPv4). Without
+//! it a router outside Roost advertises; the site serves stateful DHCPv6
+//! only (the mode Neutron takes when none is given).
+//!
 //! [`desired`] and [`config_text`] are pure; [`Servers`] keeps the
 //! processes: it writes each network's files, starts dnsmasq as the
 //! agent's child, restarts it when its files change or it died, and stops
@@ -12,7 +20,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use roost_common::model::{Network, Port, Subnet};
+use roost_common::model::{Ipv6Mode, Network, Port, Subnet};
 
 use super::plan::{bridge_name, HostNet, State};
 
@@ -23,13 +31,50 @@ pub struct Dhcp {
     pub bridge: String,
     /// (network address, netmask, gateway, DNS servers) per IPv4 subnet.
     pub ranges: Vec<(IpAddr, String, IpAddr, Vec<IpAddr>)>,
-    /// (MAC, address) of every port on the network.
-    pub hosts: Vec<(String, IpAddr)>,
+    /// The IPv6 subnets served.
+    pub v6: Vec<V6Range>,
+    /// (MAC, addresses) of every port on the network: its IPv4 addresses
+    /// and those of stateful DHCPv6 subnets.
+    pub hosts: Vec<(String, Vec<IpAddr>)>,
+}
+
+/// One IPv6 subnet as dnsmasq serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V6Range {
+    pub prefix: IpAddr,
+    pub len: u8,
+    /// Router advertisements from the site, in this mode.
+    pub ra: Option<Ipv6Mode>,
+    /// DHCPv6: `Some(true)` stateful (addresses), `Some(false)` stateless
+    /// (options only), `None` none.
+    pub dhcp: Option<bool>,
+    pub dns: Vec<IpAddr>,
+}
+
+/// How the site serves an IPv6 subnet, if at all.
+fn v6_range(s: &Subnet) -> Option<V6Range> {
+    let ra = s.spec.ipv6_ra_mode;
+    let dhcp = match (s.spec.enable_dhcp, s.spec.ipv6_address_mode) {
+        (false, _) | (true, Some(Ipv6Mode::Slaac)) => None,
+        (true, Some(Ipv6Mode::Dhcpv6Stateless)) => Some(false),
+        (true, Some(Ipv6Mode::Dhcpv6Stateful) | None) => Some(true),
+    };
+    // Stateless DHCPv6 without the site's advertisements: dnsmasq serves
+    // DHCPv6 options only beside its own RA, so the router outside does.
+    let dhcp = dhcp.filter(|stateful| *stateful || ra.is_some());
+    (ra.is_some() || dhcp.is_some()).then(|| V6Range {
+        prefix: s.spec.cidr.addr,
+        len: s.spec.cidr.prefix,
+        ra,
+        dhcp,
+        dns: s.spec.dns_nameservers.clone(),
+    })
 }
 
 /// The DHCP servers this host should run: on the gateway host, for each
-/// network with an IPv4 subnet that has DHCP on and whose gateway the
-/// bridge holds (dnsmasq answers from that address).
+/// network with an IPv4 subnet that has DHCP on, or an IPv6 subnet the
+/// site serves (see the module's doc), whose gateway the bridge holds
+/// (dnsmasq answers from that address).
 pub fn desired(
     h: &HostNet,
     want: &State,
@@ -43,6 +88,24 @@ pub fn desired(
     let mut out = Vec::new();
     for n in networks.iter().filter(|n| !n.spec.deleted) {
         let bridge = bridge_name(&n.id);
+        // dnsmasq answers from the gateway address the bridge holds.
+        let held = |s: &&Subnet| {
+            s.spec.gateway_ip.is_some_and(|gw| {
+                want.addresses
+                    .contains(&(bridge.clone(), gw, s.spec.cidr.prefix))
+            })
+        };
+        let v6: Vec<(String, V6Range)> = subnets
+            .iter()
+            .filter(|s| s.spec.network_id == n.id && !s.spec.cidr.is_ipv4())
+            .filter(held)
+            .filter_map(|s| Some((s.id.clone(), v6_range(s)?)))
+            .collect();
+        let stateful: Vec<&str> = v6
+            .iter()
+            .filter(|(_, r)| r.dhcp == Some(true))
+            .map(|(id, _)| id.as_str())
+            .collect();
         let ranges: Vec<_> = subnets
             .iter()
             .filter(|s| s.spec.network_id == n.id && s.spec.enable_dhcp && s.spec.cidr.is_ipv4())
@@ -63,24 +126,29 @@ pub fn desired(
                     })
             })
             .collect();
-        if ranges.is_empty() {
+        if ranges.is_empty() && v6.is_empty() {
             continue;
         }
         let hosts = ports
             .iter()
             .filter(|p| p.spec.network_id == n.id)
-            .flat_map(|p| {
-                p.status
+            .map(|p| {
+                let ips: Vec<IpAddr> = p
+                    .status
                     .fixed_ips
                     .iter()
-                    .filter(|f| f.ip_address.is_ipv4())
-                    .map(|f| (p.status.mac_address.clone(), f.ip_address))
+                    .filter(|f| f.ip_address.is_ipv4() || stateful.contains(&f.subnet_id.as_str()))
+                    .map(|f| f.ip_address)
+                    .collect();
+                (p.status.mac_address.clone(), ips)
             })
+            .filter(|(_, ips)| !ips.is_empty())
             .collect();
         out.push(Dhcp {
             network_id: n.id.clone(),
             bridge,
             ranges,
+            v6: v6.into_iter().map(|(_, r)| r).collect(),
             hosts,
         });
     }
@@ -111,13 +179,42 @@ pub fn config_text(d: &Dhcp, dir: &Path) -> String {
             );
         }
     }
+    if d.v6.iter().any(|r| r.ra.is_some()) {
+        c += "enable-ra\n";
+    }
+    for (i, r) in d.v6.iter().enumerate() {
+        let how = match (r.ra, r.dhcp) {
+            (_, Some(true)) => "static",
+            (Some(_), Some(false)) => "ra-stateless",
+            _ => "ra-only",
+        };
+        c += &format!("dhcp-range=set:v{i},{},{how},{},12h\n", r.prefix, r.len);
+        if !r.dns.is_empty() {
+            let list: Vec<String> = r.dns.iter().map(|a| format!("[{a}]")).collect();
+            c += &format!(
+                "dhcp-option=tag:v{i},option6:dns-server,{}\n",
+                list.join(",")
+            );
+        }
+    }
     c
 }
 
+/// The static leases: `MAC,IPv4,[IPv6]` per port, as dnsmasq's
+/// `dhcp-host` reads them.
 pub fn hosts_text(d: &Dhcp) -> String {
     d.hosts
         .iter()
-        .map(|(mac, ip)| format!("{mac},{ip}\n"))
+        .map(|(mac, ips)| {
+            let ips: Vec<String> = ips
+                .iter()
+                .map(|ip| match ip {
+                    IpAddr::V4(a) => a.to_string(),
+                    IpAddr::V6(a) => format!("[{a}]"),
+                })
+                .collect();
+            format!("{mac},{}\n", ips.join(","))
+        })
         .collect()
 }
 
@@ -345,5 +442,127 @@ mod tests {
         let mut off = sub;
         off.spec.enable_dhcp = false;
         assert!(desired(&host, &want, &[n], &[off], &[]).is_empty());
+    }
+
+    /// Each IPv6 mode becomes its dnsmasq range; stateful addresses join
+    /// the port's IPv4 one in its static lease.
+    #[test]
+    fn ipv6_subnets_are_served_as_their_modes_say() {
+        use roost_common::model::{eui64, Ipv6Mode as M};
+        let now = chrono::Utc::now();
+        let net: Network = Resource::new(
+            NetworkSpec {
+                name: "n".into(),
+                project_id: "p".into(),
+                kind: NetworkKind::Vxlan,
+                segmentation_id: Some(1000),
+                physical_network: None,
+                mtu: 1450,
+                shared: false,
+                admin_state_up: true,
+                deleted: false,
+            },
+            now,
+        );
+        let subnet = |cidr: &str, ra: Option<M>, addr: Option<M>| {
+            let mut spec = SubnetSpec::with_defaults(
+                "s".into(),
+                "p".into(),
+                net.id.clone(),
+                Cidr::parse("cidr", cidr).unwrap(),
+                None,
+                None,
+            );
+            spec.ipv6_ra_mode = ra;
+            spec.ipv6_address_mode = addr;
+            spec.validate().unwrap();
+            Resource::new(spec, now)
+        };
+        let host = HostNet {
+            site_id: "s".into(),
+            vtep: None,
+            underlay: None,
+            peers: vec![],
+            physnets: Default::default(),
+            gateway: true,
+        };
+        let serve = |subs: Vec<Subnet>, ports: &[Port]| {
+            let nets = vec![net.clone()];
+            let (want, _) = super::super::plan::desired(&host, &nets, &subs);
+            let d = desired(&host, &want, &nets, &subs, ports);
+            d.first()
+                .map(|d| (config_text(d, Path::new("/d")), hosts_text(d)))
+        };
+        let (conf, _) = serve(
+            vec![subnet("fd00:1::/64", Some(M::Slaac), Some(M::Slaac))],
+            &[],
+        )
+        .unwrap();
+        assert!(conf.contains("enable-ra\n"), "{conf}");
+        assert!(
+            conf.contains("dhcp-range=set:v0,fd00:1::,ra-only,64,12h\n"),
+            "{conf}"
+        );
+        let (conf, _) = serve(
+            vec![subnet(
+                "fd00:1::/64",
+                Some(M::Dhcpv6Stateless),
+                Some(M::Dhcpv6Stateless),
+            )],
+            &[],
+        )
+        .unwrap();
+        assert!(
+            conf.contains("dhcp-range=set:v0,fd00:1::,ra-stateless,64,12h\n"),
+            "{conf}"
+        );
+        // Neutron's default (no modes): stateful DHCPv6, advertisements
+        // left to the router outside.
+        let v4 = subnet("10.8.0.0/24", None, None);
+        let v6 = subnet("fd00:2::/64", None, None);
+        let mut port: Port = Resource::new(
+            serde_json::from_value(serde_json::json!({
+                "name": "", "project_id": "p", "network_id": net.id, "fixed_ips": [],
+                "device_id": null, "device_owner": null, "security_groups": null, "deleted": false}))
+            .unwrap(),
+            now,
+        );
+        port.status.mac_address = "fa:16:3e:00:00:01".into();
+        port.status.fixed_ips = vec![
+            FixedIp {
+                subnet_id: v4.id.clone(),
+                ip_address: "10.8.0.2".parse().unwrap(),
+            },
+            FixedIp {
+                subnet_id: v6.id.clone(),
+                ip_address: "fd00:2::2".parse().unwrap(),
+            },
+        ];
+        let (conf, hosts) = serve(vec![v4, v6], &[port.clone()]).unwrap();
+        assert!(!conf.contains("enable-ra"), "{conf}");
+        assert!(
+            conf.contains("dhcp-range=set:v0,fd00:2::,static,64,12h\n"),
+            "{conf}"
+        );
+        assert_eq!(hosts, "fa:16:3e:00:00:01,10.8.0.2,[fd00:2::2]\n");
+        // A SLAAC address is the guest's own doing: not in the lease.
+        let slaac = subnet("fd00:3::/64", Some(M::Slaac), Some(M::Slaac));
+        let mine = eui64(slaac.spec.cidr.addr, "fa:16:3e:00:00:01").unwrap();
+        assert_eq!(mine.to_string(), "fd00:3::f816:3eff:fe00:1");
+        port.status.fixed_ips = vec![FixedIp {
+            subnet_id: slaac.id.clone(),
+            ip_address: mine,
+        }];
+        let (_, hosts) = serve(vec![slaac], &[port]).unwrap();
+        assert_eq!(hosts, "");
+        // Stateless DHCPv6 with a router outside, or DHCP off: nothing.
+        assert!(serve(
+            vec![subnet("fd00:4::/64", None, Some(M::Dhcpv6Stateless))],
+            &[]
+        )
+        .is_none());
+        let mut off = subnet("fd00:5::/64", None, None);
+        off.spec.enable_dhcp = false;
+        assert!(serve(vec![off], &[]).is_none());
     }
 }

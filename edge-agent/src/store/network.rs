@@ -248,7 +248,7 @@ impl WriteCtx<'_> {
                 if seen.insert(s.spec.cidr.ip_version()) {
                     fixed.push(FixedIp {
                         subnet_id: s.id.clone(),
-                        ip_address: allocate(self.tx, s, &n.id, &fixed)?,
+                        ip_address: address_for(self.tx, s, &n.id, &fixed, &mac)?,
                     });
                 }
             }
@@ -292,6 +292,18 @@ impl WriteCtx<'_> {
                     }
                 };
                 let ip = match want.ip_address {
+                    Some(ip) if subnet.spec.autoconfigured() => {
+                        return Err(FieldError::new(
+                            format!("{field}.ip_address"),
+                            ip,
+                            format!(
+                                "must be absent on subnet {}: its addresses come from the port's MAC (ipv6_address_mode {})",
+                                subnet.id,
+                                subnet.spec.ipv6_address_mode.map(|m| m.as_str()).unwrap_or_default()
+                            ),
+                        )
+                        .into());
+                    }
                     Some(ip) => {
                         let (first, last) = subnet.spec.cidr.bounds();
                         if subnet.spec.cidr.is_ipv4()
@@ -319,7 +331,7 @@ impl WriteCtx<'_> {
                         }
                         ip
                     }
-                    None => allocate(self.tx, subnet, &n.id, &fixed)?,
+                    None => address_for(self.tx, subnet, &n.id, &fixed, &mac)?,
                 };
                 fixed.push(FixedIp {
                     subnet_id: subnet.id.clone(),
@@ -753,6 +765,28 @@ fn address_taken(c: &Connection, subnet_id: &str, ip: IpAddr) -> Result<bool, St
     .is_some())
 }
 
+/// A new port's address on `s`: its MAC's EUI-64 on a subnet whose
+/// guests configure themselves (SLAAC), else the lowest free one.
+fn address_for(
+    c: &Connection,
+    s: &Subnet,
+    network_id: &str,
+    chosen: &[FixedIp],
+    mac: &str,
+) -> Result<IpAddr, WriteError> {
+    if !s.spec.autoconfigured() {
+        return allocate(c, s, network_id, chosen);
+    }
+    let ip = roost_common::model::eui64(s.spec.cidr.addr, mac)
+        .ok_or_else(|| StoreError::Corrupt(format!("port MAC {mac:?} is not a MAC")))?;
+    if address_taken(c, &s.id, ip)? {
+        return Err(WriteError::Conflict(format!(
+            "Unable to complete operation for network {network_id}. The IP address {ip} is in use."
+        )));
+    }
+    Ok(ip)
+}
+
 /// The lowest free address of the subnet's pools (never the gateway, nor
 /// one `chosen` already for the same port).
 fn allocate(
@@ -1014,6 +1048,74 @@ mod tests {
             .unwrap();
         let p = port(&store, &n.id, serde_json::json!({})).await.unwrap();
         assert_eq!(p.status.fixed_ips[0].ip_address, freed);
+    }
+
+    /// IPv6 modes: Neutron's rules on the way in; on a SLAAC subnet a
+    /// port's address is its MAC's EUI-64, recorded like any other, and
+    /// never one asked for.
+    #[tokio::test]
+    async fn slaac_ports_get_their_eui64_and_bad_modes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let n = network(&store, serde_json::json!({"name": "cells"}))
+            .await
+            .unwrap();
+        let slaac = serde_json::json!({"ip_version": 6, "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"});
+        for (cidr, extra, want) in [
+            ("fd00:7::/64", serde_json::json!({"ipv6_ra_mode": "slaac", "ipv6_address_mode": "dhcpv6-stateful"}),
+             "subnet.ipv6_ra_mode: must be the same as ipv6_address_mode (dhcpv6-stateful) when both are set (got slaac)"),
+            ("fd00:7::/64", serde_json::json!({"ipv6_ra_mode": "slaac"}),
+             "subnet.ipv6_address_mode: must be set when ipv6_ra_mode is (to the same mode) (got null)"),
+            ("fd00:7::/64", serde_json::json!({"ipv6_address_mode": "eui64"}),
+             "subnet.ipv6_address_mode: must be slaac, dhcpv6-stateful or dhcpv6-stateless (got eui64)"),
+            ("fd00:7::/80", slaac.clone(),
+             "subnet.cidr: must be a /64: SLAAC addresses are a /64 prefix and the port's EUI-64 (got fd00:7::/80)"),
+            ("10.7.0.0/24", serde_json::json!({"ipv6_address_mode": "slaac"}),
+             "subnet.ipv6_address_mode: is for IPv6 subnets only (got slaac)"),
+            ("fd00:7::/64", serde_json::json!({"ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac", "gateway_ip": null}),
+             "subnet.gateway_ip: must be set when ipv6_ra_mode is: the site advertises itself as the router (got null)"),
+        ] {
+            let e = subnet(&store, &n.id, cidr, extra).await.unwrap_err();
+            assert_eq!(e.to_string(), want);
+        }
+        assert!(store
+            .read(|c| read::subnets(c, &ADMIN, None))
+            .await
+            .unwrap()
+            .is_empty());
+        let s = subnet(&store, &n.id, "fd00:7::/64", slaac).await.unwrap();
+        let p = port(&store, &n.id, serde_json::json!({})).await.unwrap();
+        let want = roost_common::model::eui64(s.spec.cidr.addr, &p.status.mac_address).unwrap();
+        assert_eq!(p.status.fixed_ips[0].ip_address, want);
+        let p2 = port(
+            &store,
+            &n.id,
+            serde_json::json!({"fixed_ips": [{"subnet_id": s.id}]}),
+        )
+        .await
+        .unwrap();
+        assert_ne!(p2.status.fixed_ips[0].ip_address, want, "its own MAC's");
+        let e = port(
+            &store,
+            &n.id,
+            serde_json::json!({"fixed_ips": [{"ip_address": "fd00:7::9"}]}),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("must be absent on subnet")
+                && e.to_string().contains("ipv6_address_mode slaac"),
+            "{e}"
+        );
+        // A MAC asked for: its EUI-64, and a second port with it conflicts.
+        let e = port(
+            &store,
+            &n.id,
+            serde_json::json!({"mac_address": p.status.mac_address}),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, WriteError::Conflict(_)), "{e}");
     }
 
     #[tokio::test]
