@@ -181,14 +181,63 @@ impl WriteCtx<'_> {
                 time(&self.now)
             ],
         )?;
+        if s.spec.autoconfigured() {
+            // As Neutron: the ports already on the network get their
+            // address here too (their guests take it from the prefix).
+            for mut p in self.live_ports(&n.id)? {
+                let ip = address_for(
+                    self.tx,
+                    &s,
+                    &n.id,
+                    &p.status.fixed_ips,
+                    &p.status.mac_address,
+                )?;
+                self.tx.execute(
+                    "INSERT INTO ip_allocations (subnet_id, ip, port_id) VALUES (?1, ?2, ?3)",
+                    params![s.id, ip.to_string(), p.id],
+                )?;
+                p.status.fixed_ips.push(FixedIp {
+                    subnet_id: s.id.clone(),
+                    ip_address: ip,
+                });
+                self.save_port_status(&p)?;
+            }
+        }
         Ok(s)
     }
 
-    /// Deletes a subnet; refused while a port holds an address from it.
+    /// The network's ports, but those being deleted.
+    fn live_ports(&self, network_id: &str) -> Result<Vec<Port>, StoreError> {
+        let ports: Vec<Port> = rows::list(self.tx, "ports", "network_id = ?1", [network_id])?;
+        Ok(ports.into_iter().filter(|p| !p.spec.deleted).collect())
+    }
+
+    fn save_port_status(&self, p: &Port) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE ports SET status = ?2, updated_at = ?3 WHERE id = ?1",
+            params![p.id, json(&p.status)?, time(&self.now)],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a subnet; refused while a port holds an address from it
+    /// (but on a SLAAC subnet, whose addresses are the ports' own, they
+    /// go with it, as in Neutron).
     pub fn delete_subnet(&mut self, id: &str, scope: &Scope) -> Result<(), WriteError> {
         let s: Subnet = rows::get(self.tx, "subnets", id)?
             .filter(|s: &Subnet| visible(scope, &s.spec.project_id, false))
             .ok_or_else(|| WriteError::NotFound(format!("Subnet {id} could not be found.")))?;
+        if s.spec.autoconfigured() {
+            for mut p in self.live_ports(&s.spec.network_id)? {
+                let before = p.status.fixed_ips.len();
+                p.status.fixed_ips.retain(|f| f.subnet_id != s.id);
+                if p.status.fixed_ips.len() != before {
+                    self.save_port_status(&p)?;
+                }
+            }
+            self.tx
+                .execute("DELETE FROM ip_allocations WHERE subnet_id = ?1", [id])?;
+        }
         let held: i64 = self.tx.query_row(
             "SELECT COUNT(*) FROM ip_allocations WHERE subnet_id = ?1",
             [id],
@@ -1116,6 +1165,63 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(e, WriteError::Conflict(_)), "{e}");
+
+        // Ports made before a SLAAC subnet get their address when it comes,
+        // and lose it when it goes (as in Neutron).
+        let m = network(&store, serde_json::json!({"name": "later"}))
+            .await
+            .unwrap();
+        subnet(&store, &m.id, "10.8.0.0/24", serde_json::json!({}))
+            .await
+            .unwrap();
+        let early = port(&store, &m.id, serde_json::json!({})).await.unwrap();
+        let s2 = subnet(
+            &store,
+            &m.id,
+            "fd00:8::/64",
+            serde_json::json!({"ip_version": 6, "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}),
+        )
+        .await
+        .unwrap();
+        let ips = |id: String| {
+            let store = store.clone();
+            async move {
+                let p = store
+                    .read(move |c| read::port(c, &id, &ADMIN))
+                    .await
+                    .unwrap();
+                p.status
+                    .fixed_ips
+                    .iter()
+                    .map(|f| f.ip_address)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let eui = roost_common::model::eui64(s2.spec.cidr.addr, &early.status.mac_address).unwrap();
+        assert_eq!(
+            ips(early.id.clone()).await,
+            vec![early.status.fixed_ips[0].ip_address, eui]
+        );
+        let sid = s2.id.clone();
+        store
+            .write(move |w| w.delete_subnet(&sid, &ADMIN))
+            .await
+            .unwrap();
+        assert_eq!(
+            ips(early.id.clone()).await,
+            vec![early.status.fixed_ips[0].ip_address]
+        );
+        let held: i64 = store
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM ip_allocations WHERE subnet_id = ?1",
+                    [&s2.id],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(held, 0);
     }
 
     #[tokio::test]
