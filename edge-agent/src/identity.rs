@@ -212,6 +212,19 @@ impl Authority {
 
     /// A token for a user scoped to a project with its roles there.
     pub fn issue(&self, who: Subject, now: DateTime<Utc>) -> (String, Claims) {
+        self.issue_ordered(who, now, now)
+    }
+
+    /// As [`Self::issue`], issued at `issued_at` (the store's token clock,
+    /// which orders it among revocations) but expiring a TTL after the
+    /// wall clock's `now`, so a token clock left ahead by a wall clock
+    /// that once jumped forward never lengthens a token's life.
+    pub fn issue_ordered(
+        &self,
+        who: Subject,
+        issued_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> (String, Claims) {
         let mut audit = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut audit);
         let claims = Claims {
@@ -220,7 +233,7 @@ impl Authority {
             project_id: who.project_id,
             project_name: who.project_name,
             roles: who.roles,
-            issued_at: now,
+            issued_at,
             expires_at: now + self.ttl,
             audit_id: B64.encode(audit),
             from_region: false,
@@ -311,6 +324,29 @@ mod tests {
         let (t, claims) = a.issue_admin(now);
         assert_eq!(a.verify(&t, now).unwrap(), claims);
         assert_eq!(claims.roles, ["admin", "member", "reader"]);
+        assert!(matches!(
+            a.verify(&t, now + Duration::seconds(3601)),
+            Err(AuthError::Expired(_))
+        ));
+    }
+
+    /// A token clock ahead of the wall clock orders the token, but its
+    /// life is still a TTL from the wall clock.
+    #[test]
+    fn an_ordered_token_expires_a_ttl_after_the_wall_clock() {
+        let a = authority(b"k");
+        let now = Utc::now();
+        let ahead = now + Duration::days(3);
+        let alice = Subject {
+            user_id: "alice".into(),
+            user_name: "alice".into(),
+            project_id: "dev".into(),
+            project_name: "dev".into(),
+            roles: vec!["member".into()],
+        };
+        let (t, claims) = a.issue_ordered(alice, ahead, now);
+        assert_eq!(claims.issued_at, ahead);
+        assert_eq!(claims.expires_at, now + Duration::seconds(3600));
         assert!(matches!(
             a.verify(&t, now + Duration::seconds(3601)),
             Err(AuthError::Expired(_))

@@ -200,7 +200,7 @@ async fn user_token(
     };
     let (id, hash) = (u.id.clone(), u.password_hash.clone());
     match s.store.write(move |w| w.login(&id, &hash, scope)).await? {
-        Ok(login) => Ok(s.auth.issue(
+        Ok(login) => Ok(s.auth.issue_ordered(
             Subject {
                 user_id: login.user.id,
                 user_name: login.user.name,
@@ -209,6 +209,7 @@ async fn user_token(
                 roles: login.roles,
             },
             login.at,
+            chrono::Utc::now(),
         )),
         Err(accounts::Refusal::NoRole) => Err(ApiError::unauthorized(
             "The request you have made requires authentication: the user has no role on the requested project.",

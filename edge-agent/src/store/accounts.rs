@@ -225,6 +225,9 @@ impl WriteCtx<'_> {
             Some(last) => now.max(parse_time(&last)? + Duration::microseconds(1)),
             None => now,
         };
+        if at - now > Duration::minutes(1) {
+            tracing::warn!(ahead_secs = (at - now).num_seconds(), "the token clock is ahead of the wall clock (it once ran ahead and never goes back); token issue and revocation stay ordered by it, expiry follows the wall clock");
+        }
         self.tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
