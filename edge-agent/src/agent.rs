@@ -275,7 +275,7 @@ impl Agent {
             link: uplink
                 .as_ref()
                 .map(|u| (u.region.name.clone(), link_state.clone())),
-            peers: crate::alarms::peers(&config, addr.port()),
+            peers: crate::alarms::peers(&config, addr),
             silent: Default::default(),
         };
         let reconciler = Reconciler {

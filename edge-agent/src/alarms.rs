@@ -205,11 +205,24 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
 
 /// The hosts a node watches: the site's other hosts with an IP address,
 /// at this agent's API port (every node of a site serves its API on the
-/// same port). None unless `network.host` says which host this node is.
-pub fn peers(config: &roost_common::config::SiteConfig, port: u16) -> Vec<(String, SocketAddr)> {
+/// same port). None unless `network.host` says which host this node is,
+/// and none while this agent's API is on a loopback address (then so are
+/// its peers', out of each other's reach: watching would call them all
+/// down).
+pub fn peers(
+    config: &roost_common::config::SiteConfig,
+    api: SocketAddr,
+) -> Vec<(String, SocketAddr)> {
     let Some(me) = config.network.as_ref().map(|n| n.host.as_str()) else {
         return Vec::new();
     };
+    if api.ip().is_loopback() {
+        if config.hosts.len() > 1 {
+            tracing::info!(%api, "the API listens on a loopback address, so the site's other hosts are not watched (no host.down); set api.listen to the management address to watch them");
+        }
+        return Vec::new();
+    }
+    let port = api.port();
     config
         .hosts
         .iter()
@@ -493,15 +506,21 @@ mod tests {
     fn a_node_watches_the_sites_other_hosts_at_its_own_api_port() {
         let yaml = "site: {id: s1, name: S}\nhosts:\n  - {name: c0, roles: [compute], vcpus: 1, ram_mb: 1024, disk_gb: 1, address: 10.0.0.1}\n  - {name: c1, roles: [compute], vcpus: 1, ram_mb: 1024, disk_gb: 1, address: 10.0.0.2}\n  - {name: c2, roles: [compute], vcpus: 1, ram_mb: 1024, disk_gb: 1}\n";
         let alone = roost_common::config::parse(std::path::Path::new("s.yaml"), yaml).unwrap();
-        assert!(peers(&alone, 8774).is_empty(), "which host am I? unknown");
+        let api: SocketAddr = "10.0.0.1:8774".parse().unwrap();
+        assert!(peers(&alone, api).is_empty(), "which host am I? unknown");
         let node = roost_common::config::parse(
             std::path::Path::new("s.yaml"),
             &format!("{yaml}network: {{host: c0}}\n"),
         )
         .unwrap();
         assert_eq!(
-            peers(&node, 8774),
+            peers(&node, api),
             vec![("c1".to_string(), "10.0.0.2:8774".parse().unwrap())]
+        );
+        let local: SocketAddr = "127.0.0.1:8774".parse().unwrap();
+        assert!(
+            peers(&node, local).is_empty(),
+            "peers out of reach: none watched"
         );
     }
 

@@ -42,7 +42,9 @@ pub struct HostSpec {
     pub availability_zone: String,
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Management address of the host, for display.
+    /// Management address of the host: shown, and on a node that knows
+    /// its own host (`network.host`) its VXLAN endpoint and where other
+    /// nodes look for its agent.
     #[serde(default)]
     pub address: Option<String>,
 }

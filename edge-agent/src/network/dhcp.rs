@@ -59,8 +59,9 @@ fn v6_range(s: &Subnet) -> Option<V6Range> {
         (true, Some(Ipv6Mode::Dhcpv6Stateless)) => Some(false),
         (true, Some(Ipv6Mode::Dhcpv6Stateful) | None) => Some(true),
     };
-    // Stateless DHCPv6 without the site's advertisements: dnsmasq serves
-    // DHCPv6 options only beside its own RA, so the router outside does.
+    // Stateless DHCPv6 beside a router outside Roost is not served here
+    // (not built): the guest gets its address from that router's
+    // advertisements, its options from whatever else that wire offers.
     let dhcp = dhcp.filter(|stateful| *stateful || ra.is_some());
     (ra.is_some() || dhcp.is_some()).then(|| V6Range {
         prefix: s.spec.cidr.addr,
@@ -179,7 +180,11 @@ pub fn config_text(d: &Dhcp, dir: &Path) -> String {
             );
         }
     }
-    if d.v6.iter().any(|r| r.ra.is_some()) {
+    // `ra-only` and `ra-stateless` advertise their own range; a `static`
+    // one is advertised only with `enable-ra`, which covers every range,
+    // so it is written when the stateful ones want advertising (the store
+    // keeps a network's stateful ranges all advertised or none).
+    if d.v6.iter().any(|r| r.ra.is_some() && r.dhcp == Some(true)) {
         c += "enable-ra\n";
     }
     for (i, r) in d.v6.iter().enumerate() {
@@ -498,9 +503,27 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert!(conf.contains("enable-ra\n"), "{conf}");
+        assert!(
+            !conf.contains("enable-ra"),
+            "ra-only advertises itself: {conf}"
+        );
         assert!(
             conf.contains("dhcp-range=set:v0,fd00:1::,ra-only,64,12h\n"),
+            "{conf}"
+        );
+        // Stateful with the site advertising: enable-ra, for its M flag.
+        let (conf, _) = serve(
+            vec![subnet(
+                "fd00:6::/64",
+                Some(M::Dhcpv6Stateful),
+                Some(M::Dhcpv6Stateful),
+            )],
+            &[],
+        )
+        .unwrap();
+        assert!(conf.contains("enable-ra\n"), "{conf}");
+        assert!(
+            conf.contains("dhcp-range=set:v0,fd00:6::,static,64,12h\n"),
             "{conf}"
         );
         let (conf, _) = serve(

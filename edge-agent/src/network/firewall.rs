@@ -196,11 +196,12 @@ pub fn ruleset(
                 .collect()
         };
         let (v4, v6) = (own(false), own(true));
-        // No guest serves DHCP or advertises routes; a DHCP discover comes
-        // from 0.0.0.0; anything else must come from the port's own
-        // addresses (or, for IPv6, a link-local one) before any rule.
+        // No guest serves DHCP or DHCPv6 or advertises routes; a DHCP
+        // discover comes from 0.0.0.0; anything else must come from the
+        // port's own addresses (or, for IPv6, a link-local one) before any
+        // rule.
         let mut out = format!(
-            "  chain out-{n} {{\n    # port {}\n    meta l4proto udp udp sport 67 drop\n    icmpv6 type nd-router-advert drop\n    ip saddr 0.0.0.0 udp sport 68 udp dport 67 return\n",
+            "  chain out-{n} {{\n    # port {}\n    meta l4proto udp udp sport {{ 67, 547 }} drop\n    icmpv6 type nd-router-advert drop\n    ip saddr 0.0.0.0 udp sport 68 udp dport 67 return\n",
             p.id
         );
         out += &if v4.is_empty() {
@@ -211,9 +212,9 @@ pub fn ruleset(
         let mut v6_own: Vec<String> = v6.iter().map(|a| a.to_string()).collect();
         v6_own.push("fe80::/10".into());
         out += &format!("    ip6 saddr != {} drop\n", set(&v6_own));
-        out += "    meta nfproto ipv4 udp sport 68 udp dport 67 return\n    icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } return\n";
+        out += "    meta nfproto ipv4 udp sport 68 udp dport 67 return\n    meta nfproto ipv6 udp sport 546 udp dport 547 return\n    icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } return\n";
         let mut inn = format!(
-            "  chain in-{n} {{\n    meta nfproto ipv4 udp sport 67 udp dport 68 accept\n    icmpv6 type {{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept\n"
+            "  chain in-{n} {{\n    meta nfproto ipv4 udp sport 67 udp dport 68 accept\n    meta nfproto ipv6 udp sport 547 udp dport 546 accept\n    icmpv6 type {{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept\n"
         );
         for g in &p.status.security_groups {
             for r in rules.get(g.as_str()).copied().unwrap_or_default() {
@@ -425,12 +426,17 @@ mod tests {
             last_out < first_in,
             "senders' egress before receivers' ingress: {forward}"
         );
-        assert!(text.contains("udp sport 67 drop") && text.contains("nd-router-advert drop"));
+        assert!(
+            text.contains("udp sport { 67, 547 } drop") && text.contains("nd-router-advert drop"),
+            "no guest serves DHCP or DHCPv6 or advertises routes: {text}"
+        );
+        assert!(text.contains("meta nfproto ipv6 udp sport 546 udp dport 547 return"));
+        assert!(text.contains("meta nfproto ipv6 udp sport 547 udp dport 546 accept"));
         let out0 = &text[text.find("chain out-0").unwrap()..];
         assert!(
             out0.find("ip saddr != { 10.50.0.11 } drop").unwrap()
                 < out0
-                    .find("udp sport 68 udp dport 67 return\n    icmpv6")
+                    .find("udp sport 68 udp dport 67 return\n    meta nfproto ipv6")
                     .unwrap(),
             "the spoofing check comes before what passes: {out0}"
         );

@@ -11,9 +11,11 @@
 //! - Passwords arrive here hashed (the API hashes them off the writer).
 //! - Tokens are self-contained, so taking something away (a role, a
 //!   password, a user, an enabled flag) records a revocation event: every
-//!   token of that user or project issued before now is refused. Issue
-//!   and revocation times come from one clock that only moves forward,
-//!   kept in `meta`, so a wall clock stepped back cannot reorder them.
+//!   token of that user or project issued before now is refused. Store
+//!   users' issue times and all revocation times come from one clock that
+//!   only moves forward, kept in `meta`, so a wall clock stepped back
+//!   cannot reorder them (the bootstrap admin's tokens use the wall clock:
+//!   nothing revokes them). Expiry follows the wall clock.
 
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{params, Connection, OptionalExtension};

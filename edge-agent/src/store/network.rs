@@ -153,7 +153,31 @@ impl WriteCtx<'_> {
                 n.id
             )));
         }
+        // dnsmasq advertises all of a network's stateful DHCPv6 ranges or
+        // none of them (`enable-ra` is per server).
+        let stateful_v6 = |s: &SubnetSpec| {
+            !s.cidr.is_ipv4()
+                && s.enable_dhcp
+                && matches!(
+                    s.ipv6_address_mode,
+                    None | Some(roost_common::model::Ipv6Mode::Dhcpv6Stateful)
+                )
+        };
         for other in subnets_of(self.tx, &n.id)? {
+            if stateful_v6(&spec)
+                && stateful_v6(&other.spec)
+                && spec.ipv6_ra_mode.is_some() != other.spec.ipv6_ra_mode.is_some()
+            {
+                return Err(FieldError::new(
+                    "subnet.ipv6_ra_mode",
+                    spec.ipv6_ra_mode.map(|m| m.as_str()).unwrap_or("null"),
+                    format!(
+                        "must be set or not as on subnet {}: a network's stateful DHCPv6 subnets are all advertised by the site or none",
+                        other.id
+                    ),
+                )
+                .into());
+            }
             if other.spec.cidr.overlaps(&spec.cidr) {
                 return Err(FieldError::new(
                     "subnet.cidr",
@@ -291,9 +315,10 @@ impl WriteCtx<'_> {
         let subnets = subnets_of(self.tx, &n.id)?;
         let mut fixed: Vec<FixedIp> = Vec::new();
         if spec.fixed_ips.is_empty() {
-            // One address per IP version, from the first subnet of each.
+            // One address per IP version, from the first subnet of each
+            // that hands addresses out (SLAAC ones come below).
             let mut seen = BTreeSet::new();
-            for s in &subnets {
+            for s in subnets.iter().filter(|s| !s.spec.autoconfigured()) {
                 if seen.insert(s.spec.cidr.ip_version()) {
                     fixed.push(FixedIp {
                         subnet_id: s.id.clone(),
@@ -385,6 +410,16 @@ impl WriteCtx<'_> {
                 fixed.push(FixedIp {
                     subnet_id: subnet.id.clone(),
                     ip_address: ip,
+                });
+            }
+        }
+        // As Neutron: a port holds its EUI-64 on every SLAAC subnet of its
+        // network, asked for or not (its guest configures it anyway).
+        for s in subnets.iter().filter(|s| s.spec.autoconfigured()) {
+            if !fixed.iter().any(|f| f.subnet_id == s.id) {
+                fixed.push(FixedIp {
+                    subnet_id: s.id.clone(),
+                    ip_address: address_for(self.tx, s, &n.id, &fixed, &mac)?,
                 });
             }
         }
@@ -828,6 +863,14 @@ fn address_for(
     }
     let ip = roost_common::model::eui64(s.spec.cidr.addr, mac)
         .ok_or_else(|| StoreError::Corrupt(format!("port MAC {mac:?} is not a MAC")))?;
+    if chosen.iter().any(|f| f.subnet_id == s.id) {
+        return Err(FieldError::new(
+            "port.fixed_ips",
+            &s.id,
+            "must name a SLAAC subnet once: a port has one address there, its MAC's",
+        )
+        .into());
+    }
     if address_taken(c, &s.id, ip)? {
         return Err(WriteError::Conflict(format!(
             "Unable to complete operation for network {network_id}. The IP address {ip} is in use."
@@ -1133,6 +1176,27 @@ mod tests {
             .unwrap()
             .is_empty());
         let s = subnet(&store, &n.id, "fd00:7::/64", slaac).await.unwrap();
+        // Stateful DHCPv6 subnets of one network: all advertised or none.
+        let k = network(&store, serde_json::json!({"name": "stateful"}))
+            .await
+            .unwrap();
+        subnet(
+            &store,
+            &k.id,
+            "fd00:9::/64",
+            serde_json::json!({"ip_version": 6}),
+        )
+        .await
+        .unwrap();
+        let mixed = serde_json::json!({"ipv6_ra_mode": "dhcpv6-stateful", "ipv6_address_mode": "dhcpv6-stateful"});
+        let e = subnet(&store, &k.id, "fd00:a::/64", mixed)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("subnet.ipv6_ra_mode: must be set or not as on subnet"),
+            "{e}"
+        );
         let p = port(&store, &n.id, serde_json::json!({})).await.unwrap();
         let want = roost_common::model::eui64(s.spec.cidr.addr, &p.status.mac_address).unwrap();
         assert_eq!(p.status.fixed_ips[0].ip_address, want);
@@ -1143,7 +1207,17 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_ne!(p2.status.fixed_ips[0].ip_address, want, "its own MAC's");
+        assert_eq!(
+            p2.status.fixed_ips[0].ip_address,
+            roost_common::model::eui64(s.spec.cidr.addr, &p2.status.mac_address).unwrap(),
+            "its own MAC's"
+        );
+        let twice = serde_json::json!({"fixed_ips": [{"subnet_id": s.id}, {"subnet_id": s.id}]});
+        let e = port(&store, &n.id, twice).await.unwrap_err();
+        assert!(
+            e.to_string().contains("must name a SLAAC subnet once"),
+            "{e}"
+        );
         let e = port(
             &store,
             &n.id,
@@ -1156,7 +1230,7 @@ mod tests {
                 && e.to_string().contains("ipv6_address_mode slaac"),
             "{e}"
         );
-        // A MAC asked for: its EUI-64, and a second port with it conflicts.
+        // A MAC in use is refused before any address is derived from it.
         let e = port(
             &store,
             &n.id,
@@ -1201,6 +1275,21 @@ mod tests {
         assert_eq!(
             ips(early.id.clone()).await,
             vec![early.status.fixed_ips[0].ip_address, eui]
+        );
+        // A new port there gets both, asked for by address or not: its
+        // IPv4 one and, always, its EUI-64.
+        let late = port(
+            &store,
+            &m.id,
+            serde_json::json!({"fixed_ips": [{"ip_address": "10.8.0.9"}]}),
+        )
+        .await
+        .unwrap();
+        let late_eui =
+            roost_common::model::eui64(s2.spec.cidr.addr, &late.status.mac_address).unwrap();
+        assert_eq!(
+            ips(late.id.clone()).await,
+            vec!["10.8.0.9".parse().unwrap(), late_eui]
         );
         let sid = s2.id.clone();
         store

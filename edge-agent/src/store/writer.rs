@@ -254,7 +254,10 @@ fn capacity(conn: &Connection, hosts: &[HostView]) -> Result<SiteCapacity, Store
     for h in hosts {
         c.total.add(&h.capacity);
         c.used.add(&h.used);
-        c.host_free.push(h.free());
+        // A host that is down takes nothing new: its room is not offered.
+        if !h.down {
+            c.host_free.push(h.free());
+        }
     }
     let instances: i64 = conn.query_row("SELECT COUNT(*) FROM allocations", [], |r| r.get(0))?;
     c.instances = instances.max(0) as u64;
