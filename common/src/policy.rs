@@ -43,7 +43,7 @@ pub const BASE: [(&str, &str); 4] = [
 
 /// Actions whose default is not the verb's (`rule:reader` to read,
 /// `rule:member` to change), and the checks handlers make by name.
-pub const SPECIAL: [(&str, &str); 36] = [
+pub const SPECIAL: [(&str, &str); 37] = [
     // A server action, then each action by its body's key: each defaults
     // to whatever `compute:servers:action` allows.
     ("compute:servers:action", "rule:member"),
@@ -73,6 +73,12 @@ pub const SPECIAL: [(&str, &str); 36] = [
     ("compute:servers:list-all-projects", "rule:context_is_admin"),
     // Listing every project's volumes (`--all-projects`).
     ("volume:volumes:list-all-projects", "rule:context_is_admin"),
+    // Setting a volume's state by hand (`volume set --state`), as
+    // Cinder's admin action.
+    (
+        "volume:volumes:action:os-reset_status",
+        "rule:context_is_admin",
+    ),
     // Making an image public.
     ("image:images:publicize", "rule:context_is_admin"),
     // Provider attributes of a network (type, physical network, segment).

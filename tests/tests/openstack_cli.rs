@@ -460,6 +460,31 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
     cli.wait_volume(&["volume"], "plc-data", "available");
     let shown = cli.json(&["volume", "show", "plc-data"]);
     assert_eq!(shown["size"], 2, "{shown}");
+    // An extend that fails (the file gone from under it) leaves the volume
+    // in error; an admin's `volume set --state available` is refused while
+    // the file is missing and, once it is back, makes the volume available
+    // at the file's own size.
+    let restore = cli.json(&["volume", "show", "plc-restore"]);
+    let restore_file = dir.path().join(format!(
+        "data/volumes/{}.qcow2",
+        restore["id"].as_str().unwrap()
+    ));
+    let aside = restore_file.with_extension("aside");
+    std::fs::rename(&restore_file, &aside).unwrap();
+    cli.ok(&["volume", "set", "--size", "3", "plc-restore"]);
+    cli.wait_volume(&["volume"], "plc-restore", "error");
+    let said = cli.fails(&["volume", "set", "--state", "available", "plc-restore"]);
+    assert!(said.contains("missing or damaged"), "{said}");
+    let said = cli.fails(&["volume", "set", "--state", "creating", "plc-restore"]);
+    assert!(said.contains("os-reset_status.status"), "{said}");
+    std::fs::rename(&aside, &restore_file).unwrap();
+    cli.ok(&["volume", "set", "--state", "available", "plc-restore"]);
+    cli.wait_volume(&["volume"], "plc-restore", "available");
+    let shown = cli.json(&["volume", "show", "plc-restore"]);
+    assert_eq!(
+        shown["size"], 1,
+        "the file's size, not the failed extend's: {shown}"
+    );
 
     // Quotas: the region set none, so nothing limits this site; the usage
     // counts the server and the volumes.

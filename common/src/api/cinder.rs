@@ -140,6 +140,15 @@ pub enum VolumeAction {
     Extend { new_size: u64 },
     #[serde(rename = "revert")]
     Revert { snapshot_id: String },
+    /// An admin's recovery: `openstack volume set --state`.
+    #[serde(rename = "os-reset_status")]
+    ResetStatus {
+        status: String,
+        #[serde(default)]
+        attach_status: Option<String>,
+        #[serde(default)]
+        migration_status: Option<serde_json::Value>,
+    },
 }
 
 /// A boolean Cinder also takes as text (`"true"`, `"False"`).

@@ -18,7 +18,8 @@ use roost_common::api::cinder::{
     self, AttachBody, SnapshotCreateBody, VolumeAction, VolumeCreateBody, VolumeUpdateBody,
     MAX_VOLUME_MICROVERSION,
 };
-use roost_common::model::{disk_target, Server, Volume};
+use roost_common::model::{disk_target, Server, Volume, VolumeState};
+use roost_common::FieldError;
 
 use super::servers::flag;
 use super::{parse_body, ApiError, AppState, Caller};
@@ -265,7 +266,7 @@ async fn action(
     check_project(&c, &project)?;
     let act: VolumeAction = parse_body(&body).map_err(|e| {
         ApiError::bad_request(format!(
-            "{}; the actions this site takes are os-extend and revert",
+            "{}; the actions this site takes are os-extend, revert and os-reset_status",
             e.message
         ))
     })?;
@@ -279,6 +280,47 @@ async fn action(
         VolumeAction::Revert { snapshot_id } => {
             s.store
                 .write(move |w| w.revert_volume(&id, &scope, &snapshot_id))
+                .await?
+        }
+        VolumeAction::ResetStatus {
+            status,
+            attach_status,
+            migration_status: _,
+        } => {
+            c.allow("volume:volumes:action:os-reset_status")?;
+            let want = match status.as_str() {
+                "available" => VolumeState::Available,
+                "error" => VolumeState::Error,
+                _ => {
+                    return Err(FieldError::new(
+                        "os-reset_status.status",
+                        &status,
+                        "must be available or error (the states this site lets an admin set)",
+                    )
+                    .into())
+                }
+            };
+            if let Some(a) = attach_status.filter(|a| a != "detached") {
+                return Err(FieldError::new(
+                    "os-reset_status.attach_status",
+                    a,
+                    "must be detached: attachments follow their servers here",
+                )
+                .into());
+            }
+            // What the file is, so "available" is never a size it lacks.
+            let file = s.store.volume(id.clone(), scope.clone()).await?.status.file;
+            let whole_size_gb = match (want, file) {
+                (VolumeState::Available, Some(f)) => {
+                    tokio::task::spawn_blocking(move || crate::storage::qemu_img::whole_size_gb(&f))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                _ => None,
+            };
+            s.store
+                .write(move |w| w.reset_volume(&id, &scope, want, whole_size_gb))
                 .await?
         }
     };

@@ -515,3 +515,60 @@ async fn a_stopped_servers_volume_is_snapshotted_and_the_server_waits_for_the_co
     finish_work(&store).await;
     change(ServerIntent::Start).await.unwrap();
 }
+
+/// An admin's reset: `available` only for a detached volume whose file is
+/// whole, at the file's size; `error` always; never while it is deleted.
+#[tokio::test]
+async fn an_admin_resets_a_volume_to_what_its_file_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let v = store
+        .write(|w| w.create_volume(spec(1, VolumeSource::Blank), &None, Path::new("/vols")))
+        .await
+        .unwrap();
+    finish_work(&store).await;
+    let id = v.id.clone();
+    store
+        .write(move |w| w.extend_volume(&id, &None, 4))
+        .await
+        .unwrap();
+    let subject = Subject::Volume(v.id.clone());
+    store
+        .write(move |c| c.storage_done(&subject, Err("cannot open".into()), None))
+        .await
+        .unwrap();
+    let reset = |want: VolumeState, whole: Option<u64>| {
+        let (store, id) = (store.clone(), v.id.clone());
+        async move {
+            store
+                .write(move |w| w.reset_volume(&id, &None, want, whole))
+                .await
+        }
+    };
+    let e = reset(VolumeState::Available, None).await.unwrap_err();
+    assert!(
+        matches!(&e, WriteError::Conflict(m) if m.contains("missing or damaged")),
+        "{e}"
+    );
+    let still = store.volume(v.id.clone(), None).await.unwrap();
+    assert_eq!(
+        (still.status.state, still.spec.size_gb),
+        (VolumeState::Error, 4)
+    );
+    let back = reset(VolumeState::Available, Some(1)).await.unwrap();
+    assert_eq!(
+        (back.status.state, back.spec.size_gb),
+        (VolumeState::Available, 1)
+    );
+    assert!(back.status.fault.is_none());
+    let broken = reset(VolumeState::Error, None).await.unwrap();
+    assert_eq!(broken.status.state, VolumeState::Error);
+    assert_eq!(broken.spec.size_gb, 1);
+    let id = v.id.clone();
+    store
+        .write(move |w| w.delete_volume(&id, &None))
+        .await
+        .unwrap();
+    let e = reset(VolumeState::Available, Some(1)).await.unwrap_err();
+    assert!(e.to_string().contains("being deleted"), "{e}");
+}

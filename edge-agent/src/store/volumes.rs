@@ -326,6 +326,60 @@ impl WriteCtx<'_> {
         Ok(v)
     }
 
+    /// An admin sets a volume's state by hand (Cinder's `os-reset_status`),
+    /// to recover one left in `error` or stuck. `available` only for a
+    /// detached volume whose file the API found whole
+    /// (`whole_size_gb`), which also becomes its size; `error` always,
+    /// except while the worker removes it.
+    pub fn reset_volume(
+        &mut self,
+        id: &str,
+        scope: &Scope,
+        want: VolumeState,
+        whole_size_gb: Option<u64>,
+    ) -> Result<Volume, WriteError> {
+        let mut v = volume_in(self.tx, id, scope)?;
+        if v.status.state == VolumeState::Deleting {
+            return Err(state_rule(
+                "status",
+                v.status.state.as_str(),
+                "the volume is being deleted: its state can no longer be set",
+            ));
+        }
+        match want {
+            VolumeState::Available => {
+                if let Some(server) = &v.status.attached_to {
+                    return Err(state_rule(
+                        "os-reset_status.status",
+                        "available",
+                        &format!("the volume is attached to server {server}: detach it first"),
+                    ));
+                }
+                let Some(size) = whole_size_gb else {
+                    return Err(WriteError::Conflict(format!(
+                        "Volume {id}'s file {} is missing or damaged (qemu-img check): it cannot be made available; delete the volume",
+                        v.status.file.as_deref().map(|f| f.display().to_string()).unwrap_or_else(|| "(none)".into())
+                    )));
+                };
+                v.spec.size_gb = size;
+                v.status.fault = None;
+            }
+            _ => {
+                v.status.fault = Some(Fault {
+                    code: 500,
+                    message: "set to error by an admin".into(),
+                    at: self.now,
+                });
+            }
+        }
+        v.status.state = want;
+        v.status.revert_to = None;
+        v.status.extending_from = None;
+        v.updated_at = self.now;
+        self.save_volume(&v)?;
+        Ok(v)
+    }
+
     /// Reverts an available volume to its latest snapshot (Cinder's rule:
     /// only the latest).
     pub fn revert_volume(
