@@ -214,7 +214,7 @@ pub fn ruleset(
         out += &format!("    ip6 saddr != {} drop\n", set(&v6_own));
         out += "    meta nfproto ipv4 udp sport 68 udp dport 67 return\n    meta nfproto ipv6 udp sport 546 udp dport 547 return\n    icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } return\n";
         let mut inn = format!(
-            "  chain in-{n} {{\n    meta nfproto ipv4 udp sport 67 udp dport 68 accept\n    meta nfproto ipv6 udp sport 547 udp dport 546 accept\n    icmpv6 type {{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept\n"
+            "  chain in-{n} {{\n    meta nfproto ipv4 udp sport 67 udp dport 68 accept\n    ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept\n    icmpv6 type {{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept\n"
         );
         for g in &p.status.security_groups {
             for r in rules.get(g.as_str()).copied().unwrap_or_default() {
@@ -431,7 +431,7 @@ mod tests {
             "no guest serves DHCP or DHCPv6 or advertises routes: {text}"
         );
         assert!(text.contains("meta nfproto ipv6 udp sport 546 udp dport 547 return"));
-        assert!(text.contains("meta nfproto ipv6 udp sport 547 udp dport 546 accept"));
+        assert!(text.contains("ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept"));
         let out0 = &text[text.find("chain out-0").unwrap()..];
         assert!(
             out0.find("ip saddr != { 10.50.0.11 } drop").unwrap()

@@ -55,7 +55,7 @@ impl Filter {
     pub fn passes(self, h: &HostView, req: &Request) -> bool {
         let free = || h.free();
         match self {
-            Filter::Compute => h.spec.enabled && !h.down && h.spec.is_compute(),
+            Filter::Compute => h.takes_new(),
             Filter::AvailabilityZone => req
                 .availability_zone
                 .as_deref()

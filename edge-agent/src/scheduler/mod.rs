@@ -44,6 +44,13 @@ impl HostView {
         }
     }
 
+    /// Whether new servers may go here at all: a compute host, enabled,
+    /// not down (Nova's ComputeFilter). Its room is offered to the region
+    /// only then.
+    pub fn takes_new(&self) -> bool {
+        self.spec.enabled && !self.down && self.spec.is_compute()
+    }
+
     pub fn free(&self) -> Usage {
         let mut f = self.capacity;
         f.sub(&self.used);

@@ -1114,6 +1114,19 @@ async fn nothing_new_is_placed_on_a_host_that_is_down() {
         states(store.clone()).await,
         [("c0".to_string(), true), ("c1".to_string(), false)]
     );
+    // Only c1's room is offered to the region.
+    let cap: roost_common::model::SiteCapacity = serde_json::from_value(
+        store
+            .docs()
+            .lock()
+            .unwrap()
+            .status
+            .get("site", "capacity")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cap.host_free.len(), 1);
     drop(store);
     let store = open(dir.path());
     assert_eq!(placed_on(store.clone(), "b").await, "c1", "after a restart");

@@ -532,11 +532,6 @@ async fn an_admin_resets_a_volume_to_what_its_file_allows() {
         .write(move |w| w.extend_volume(&id, &None, 4))
         .await
         .unwrap();
-    let subject = Subject::Volume(v.id.clone());
-    store
-        .write(move |c| c.storage_done(&subject, Err("cannot open".into()), None))
-        .await
-        .unwrap();
     let reset = |want: VolumeState, whole: Option<u64>| {
         let (store, id) = (store.clone(), v.id.clone());
         async move {
@@ -545,6 +540,14 @@ async fn an_admin_resets_a_volume_to_what_its_file_allows() {
                 .await
         }
     };
+    // Not while the storage worker is on it.
+    let e = reset(VolumeState::Error, None).await.unwrap_err();
+    assert!(e.to_string().contains("storage worker is still on"), "{e}");
+    let subject = Subject::Volume(v.id.clone());
+    store
+        .write(move |c| c.storage_done(&subject, Err("cannot open".into()), None))
+        .await
+        .unwrap();
     let e = reset(VolumeState::Available, None).await.unwrap_err();
     assert!(
         matches!(&e, WriteError::Conflict(m) if m.contains("missing or damaged")),
@@ -570,5 +573,5 @@ async fn an_admin_resets_a_volume_to_what_its_file_allows() {
         .await
         .unwrap();
     let e = reset(VolumeState::Available, Some(1)).await.unwrap_err();
-    assert!(e.to_string().contains("being deleted"), "{e}");
+    assert!(e.to_string().contains("storage worker is still on"), "{e}");
 }

@@ -327,10 +327,9 @@ impl WriteCtx<'_> {
     }
 
     /// An admin sets a volume's state by hand (Cinder's `os-reset_status`),
-    /// to recover one left in `error` or stuck. `available` only for a
-    /// detached volume whose file the API found whole
-    /// (`whole_size_gb`), which also becomes its size; `error` always,
-    /// except while the worker removes it.
+    /// to recover one left in `error`. Only for a detached volume the
+    /// storage worker is not on; `available` only if the API found its file
+    /// whole (`whole_size_gb`), which also becomes its size.
     pub fn reset_volume(
         &mut self,
         id: &str,
@@ -339,22 +338,34 @@ impl WriteCtx<'_> {
         whole_size_gb: Option<u64>,
     ) -> Result<Volume, WriteError> {
         let mut v = volume_in(self.tx, id, scope)?;
-        if v.status.state == VolumeState::Deleting {
+        // The storage worker owns a volume in these states until it
+        // records the outcome (it never leaves one there: it finishes or
+        // fails); a state set under it would be overwritten, or leave a
+        // file behind.
+        if matches!(
+            v.status.state,
+            VolumeState::Creating
+                | VolumeState::Extending
+                | VolumeState::Reverting
+                | VolumeState::Deleting
+        ) {
             return Err(state_rule(
                 "status",
                 v.status.state.as_str(),
-                "the volume is being deleted: its state can no longer be set",
+                "the storage worker is still on the volume: wait for it to finish or fail",
+            ));
+        }
+        if let Some(server) = &v.status.attached_to {
+            return Err(state_rule(
+                "os-reset_status.status",
+                want.as_str(),
+                &format!(
+                    "the volume is attached to server {server}, which holds its state: detach it first"
+                ),
             ));
         }
         match want {
             VolumeState::Available => {
-                if let Some(server) = &v.status.attached_to {
-                    return Err(state_rule(
-                        "os-reset_status.status",
-                        "available",
-                        &format!("the volume is attached to server {server}: detach it first"),
-                    ));
-                }
                 let Some(size) = whole_size_gb else {
                     return Err(WriteError::Conflict(format!(
                         "Volume {id}'s file {} is missing or damaged (qemu-img check): it cannot be made available; delete the volume",

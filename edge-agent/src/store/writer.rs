@@ -254,8 +254,8 @@ fn capacity(conn: &Connection, hosts: &[HostView]) -> Result<SiteCapacity, Store
     for h in hosts {
         c.total.add(&h.capacity);
         c.used.add(&h.used);
-        // A host that is down takes nothing new: its room is not offered.
-        if !h.down {
+        // Room where nothing new may go is not offered.
+        if h.takes_new() {
             c.host_free.push(h.free());
         }
     }
