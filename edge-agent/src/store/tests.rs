@@ -770,16 +770,7 @@ async fn the_regions_quota_and_flavors_hold_at_the_site_and_capacity_is_publishe
     create(&store, "after-lift", "2").await.unwrap();
     // The capacity the site publishes follows the claims: 2 + 3 + 2 cores
     // on two 4-core hosts, 3 instances placed (r1 holds nothing).
-    let docs = store.docs();
-    let cap: roost_common::model::SiteCapacity = serde_json::from_value(
-        docs.lock()
-            .unwrap()
-            .status
-            .get("site", "capacity")
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let cap = published_capacity(&store);
     assert_eq!(cap.instances, 3);
     assert_eq!(cap.used.vcpus, 7);
     assert_eq!(cap.total.vcpus, 8);
@@ -795,6 +786,19 @@ async fn the_regions_quota_and_flavors_hold_at_the_site_and_capacity_is_publishe
     region_writes(&store, |r| r.delete("flavors", "big", 5).unwrap());
     store.apply_intent().await.unwrap();
     assert!(store.flavor("big".into()).await.unwrap().is_none());
+}
+
+/// The capacity the site last published in its status document.
+fn published_capacity(store: &Store) -> roost_common::model::SiteCapacity {
+    let docs = store.docs();
+    let value = docs
+        .lock()
+        .unwrap()
+        .status
+        .get("site", "capacity")
+        .unwrap()
+        .unwrap();
+    serde_json::from_value(value).unwrap()
 }
 
 fn image_spec(name: &str) -> roost_common::model::ImageSpec {
@@ -1115,18 +1119,7 @@ async fn nothing_new_is_placed_on_a_host_that_is_down() {
         [("c0".to_string(), true), ("c1".to_string(), false)]
     );
     // Only c1's room is offered to the region.
-    let cap: roost_common::model::SiteCapacity = serde_json::from_value(
-        store
-            .docs()
-            .lock()
-            .unwrap()
-            .status
-            .get("site", "capacity")
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(cap.host_free.len(), 1);
+    assert_eq!(published_capacity(&store).host_free.len(), 1);
     drop(store);
     let store = open(dir.path());
     assert_eq!(placed_on(store.clone(), "b").await, "c1", "after a restart");

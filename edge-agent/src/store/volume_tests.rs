@@ -275,27 +275,34 @@ async fn a_failed_extend_keeps_the_volume_only_if_its_file_is_as_it_was() {
         (Some(2), VolumeState::Error),
         (None, VolumeState::Error),
     ] {
-        let v = store
-            .write(|w| w.create_volume(spec(1, VolumeSource::Blank), &None, Path::new("/vols")))
-            .await
-            .unwrap();
-        finish_work(&store).await;
-        let id = v.id.clone();
-        store
-            .write(move |w| w.extend_volume(&id, &None, 4))
-            .await
-            .unwrap();
-        let subject = Subject::Volume(v.id.clone());
+        let id = extending_to_4(&store).await;
+        let subject = Subject::Volume(id.clone());
         store
             .write(move |c| c.storage_done(&subject, Err("cannot sync".into()), whole))
             .await
             .unwrap();
-        let after = store.volume(v.id.clone(), None).await.unwrap();
+        let after = store.volume(id, None).await.unwrap();
         assert_eq!(after.status.state, want, "file found at {whole:?} GiB");
         let size = if want == VolumeState::Available { 1 } else { 4 };
         assert_eq!(after.spec.size_gb, size, "file found at {whole:?} GiB");
         assert!(after.status.fault.unwrap().message.contains("cannot sync"));
     }
+}
+
+/// A blank 1 GiB volume, made, then asked to grow to 4 GiB (the worker
+/// has not run the resize yet).
+async fn extending_to_4(store: &Store) -> String {
+    let v = store
+        .write(|w| w.create_volume(spec(1, VolumeSource::Blank), &None, Path::new("/vols")))
+        .await
+        .unwrap();
+    finish_work(store).await;
+    let id = v.id.clone();
+    store
+        .write(move |w| w.extend_volume(&id, &None, 4))
+        .await
+        .unwrap();
+    v.id
 }
 
 async fn s1_id(store: &Store) -> String {
@@ -522,18 +529,9 @@ async fn a_stopped_servers_volume_is_snapshotted_and_the_server_waits_for_the_co
 async fn an_admin_resets_a_volume_to_what_its_file_allows() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let v = store
-        .write(|w| w.create_volume(spec(1, VolumeSource::Blank), &None, Path::new("/vols")))
-        .await
-        .unwrap();
-    finish_work(&store).await;
-    let id = v.id.clone();
-    store
-        .write(move |w| w.extend_volume(&id, &None, 4))
-        .await
-        .unwrap();
+    let vid = extending_to_4(&store).await;
     let reset = |want: VolumeState, whole: Option<u64>| {
-        let (store, id) = (store.clone(), v.id.clone());
+        let (store, id) = (store.clone(), vid.clone());
         async move {
             store
                 .write(move |w| w.reset_volume(&id, &None, want, whole))
@@ -543,7 +541,7 @@ async fn an_admin_resets_a_volume_to_what_its_file_allows() {
     // Not while the storage worker is on it.
     let e = reset(VolumeState::Error, None).await.unwrap_err();
     assert!(e.to_string().contains("storage worker is still on"), "{e}");
-    let subject = Subject::Volume(v.id.clone());
+    let subject = Subject::Volume(vid.clone());
     store
         .write(move |c| c.storage_done(&subject, Err("cannot open".into()), None))
         .await
@@ -553,7 +551,7 @@ async fn an_admin_resets_a_volume_to_what_its_file_allows() {
         matches!(&e, WriteError::Conflict(m) if m.contains("missing or damaged")),
         "{e}"
     );
-    let still = store.volume(v.id.clone(), None).await.unwrap();
+    let still = store.volume(vid.clone(), None).await.unwrap();
     assert_eq!(
         (still.status.state, still.spec.size_gb),
         (VolumeState::Error, 4)
@@ -567,7 +565,7 @@ async fn an_admin_resets_a_volume_to_what_its_file_allows() {
     let broken = reset(VolumeState::Error, None).await.unwrap();
     assert_eq!(broken.status.state, VolumeState::Error);
     assert_eq!(broken.spec.size_gb, 1);
-    let id = v.id.clone();
+    let id = vid.clone();
     store
         .write(move |w| w.delete_volume(&id, &None))
         .await
