@@ -498,47 +498,22 @@ mod tests {
             d.first()
                 .map(|d| (config_text(d, Path::new("/d")), hosts_text(d)))
         };
-        let (conf, _) = serve(
-            vec![subnet("fd00:1::/64", Some(M::Slaac), Some(M::Slaac))],
-            &[],
-        )
-        .unwrap();
-        assert!(
-            !conf.contains("enable-ra"),
-            "ra-only advertises itself: {conf}"
-        );
-        assert!(
-            conf.contains("dhcp-range=set:v0,fd00:1::,ra-only,64,12h\n"),
-            "{conf}"
-        );
-        // Stateful with the site advertising: enable-ra, for its M flag.
-        let (conf, _) = serve(
-            vec![subnet(
-                "fd00:6::/64",
-                Some(M::Dhcpv6Stateful),
-                Some(M::Dhcpv6Stateful),
-            )],
-            &[],
-        )
-        .unwrap();
-        assert!(conf.contains("enable-ra\n"), "{conf}");
-        assert!(
-            conf.contains("dhcp-range=set:v0,fd00:6::,static,64,12h\n"),
-            "{conf}"
-        );
-        let (conf, _) = serve(
-            vec![subnet(
-                "fd00:1::/64",
-                Some(M::Dhcpv6Stateless),
-                Some(M::Dhcpv6Stateless),
-            )],
-            &[],
-        )
-        .unwrap();
-        assert!(
-            conf.contains("dhcp-range=set:v0,fd00:1::,ra-stateless,64,12h\n"),
-            "{conf}"
-        );
+        // Each mode the site advertises: its range, and enable-ra only for
+        // the stateful one (ra-only and ra-stateless advertise themselves;
+        // enable-ra gives a static range its M flag).
+        for (mode, range, enable_ra) in [
+            (M::Slaac, "ra-only", false),
+            (M::Dhcpv6Stateless, "ra-stateless", false),
+            (M::Dhcpv6Stateful, "static", true),
+        ] {
+            let (conf, _) =
+                serve(vec![subnet("fd00:1::/64", Some(mode), Some(mode))], &[]).unwrap();
+            assert_eq!(conf.contains("enable-ra\n"), enable_ra, "{conf}");
+            assert!(
+                conf.contains(&format!("dhcp-range=set:v0,fd00:1::,{range},64,12h\n")),
+                "{conf}"
+            );
+        }
         // Neutron's default (no modes): stateful DHCPv6, advertisements
         // left to the router outside.
         let v4 = subnet("10.8.0.0/24", None, None);
