@@ -332,6 +332,51 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
         port["fixed_ips"].to_string().contains("10.77.0.2"),
         "{port}"
     );
+    // IPv6 with the site as the router: the client's mode flags are kept,
+    // a port's address is its MAC's EUI-64, and a bad mode is named.
+    cli.json(&["network", "create", "cells-v6"]);
+    let v6 = cli.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "cells-v6",
+        "--ip-version",
+        "6",
+        "--subnet-range",
+        "fd00:77::/64",
+        "--ipv6-ra-mode",
+        "slaac",
+        "--ipv6-address-mode",
+        "slaac",
+        "cells-v6",
+    ]);
+    assert_eq!(v6["ipv6_address_mode"], "slaac", "{v6}");
+    assert_eq!(v6["ipv6_ra_mode"], "slaac", "{v6}");
+    let p6 = cli.json(&["port", "create", "--network", "cells-v6", "cam-6"]);
+    let mac = p6["mac_address"].as_str().unwrap();
+    let eui = roost_common::model::eui64("fd00:77::".parse().unwrap(), mac).unwrap();
+    assert!(
+        p6["fixed_ips"].to_string().contains(&eui.to_string()),
+        "{p6}"
+    );
+    let said = cli.fails(&[
+        "subnet",
+        "create",
+        "--network",
+        "cells-v6",
+        "--ip-version",
+        "6",
+        "--subnet-range",
+        "fd00:78::/80",
+        "--ipv6-ra-mode",
+        "slaac",
+        "--ipv6-address-mode",
+        "slaac",
+        "too-long",
+    ]);
+    assert!(said.contains("must be a /64"), "{said}");
+    cli.ok(&["port", "delete", "cam-6"]);
+    cli.ok(&["network", "delete", "cells-v6"]);
     cli.json(&["security", "group", "create", "ssh-in"]);
     let rule = cli.json(&[
         "security",
