@@ -7,10 +7,11 @@
 //! - `storage.disk_nearly_full` (major; from 98% a critical one replaces
 //!   it): the data directory's filesystem is used at or above
 //!   `alarms.disk_nearly_full_percent`; cleared 2 points below.
-//! - `host.down` (critical): another host of the site, one with an
+//! - `host.down` (critical): another host of the site, one with an IP
 //!   `address`, has not answered on the agents' API port for
 //!   `alarms.host_down_after_secs`; cleared when it answers. Only a node
-//!   that knows which host it is (`network.host`) watches the others. The
+//!   that knows which host it is (`network.host`) watches the others, and
+//!   not while its own API listens on loopback. The
 //!   scheduler places nothing new on a host that is down, and
 //!   `os-hypervisors` shows it `down`.
 //!

@@ -21,10 +21,13 @@
 //!
 //! - tenant networking on the host's kernel: [`network`] (plan pure, netlink
 //!   driver thin; security groups as nftables rules in `network/firewall.rs`,
-//!   ruleset pure, `nft` driver thin); networks, subnets, ports and IPAM in
+//!   ruleset pure, `nft` driver thin; DHCP and IPv6 router advertisements
+//!   by dnsmasq in `network/dhcp.rs`, following Neutron's IPv6 modes);
+//!   networks, subnets, ports and IPAM (SLAAC ports' EUI-64 included) in
 //!   `store/network.rs`, Neutron's API in `api/network.rs`.
 //!
-//! - the site's own alarms (link down, disk nearly full): [`alarms`]
+//! - the site's own alarms (link down, disk nearly full, a peer host down,
+//!   which the scheduler then skips): [`alarms`]
 //!   (evaluation pure, a monitor around it), kept and published in
 //!   `store/alarms.rs`.
 //!

@@ -1,6 +1,8 @@
 //! DHCP for guests: one dnsmasq per network on the gateway host, bound to
 //! the network's bridge, handing each port its own address (static
-//! leases only: a MAC the site did not make gets nothing).
+//! leases only: a MAC the site did not make gets no DHCPv4 or stateful
+//! DHCPv6 address; advertisements and stateless DHCPv6 answer anyone on
+//! the bridge).
 //!
 //! IPv6 subnets follow Neutron's modes. With `ipv6_ra_mode` set the site
 //! is the router: dnsmasq advertises the prefix, so guests' kernels

@@ -13,14 +13,16 @@
 //! neighbour discovery), every sender's egress before any receiver's
 //! ingress:
 //!
-//! - egress (frames from its MAC, forwarded or to this host): DHCP offers
-//!   and router advertisements are dropped (no rogue servers); a source
-//!   address that is not the port's is dropped (no spoofing; a DHCP
-//!   discover from 0.0.0.0 passes); DHCP requests and IPv6 neighbour
-//!   discovery pass; then the groups' egress rules; the rest is dropped;
-//! - ingress (frames forwarded to its MAC): DHCP replies and neighbour
-//!   discovery pass; then the groups' ingress rules (a remote group means
-//!   the addresses of the ports in it); the rest is dropped.
+//! - egress (frames from its MAC, forwarded or to this host): DHCP and
+//!   DHCPv6 answers and router advertisements are dropped (no rogue
+//!   servers); a source address that is not the port's is dropped (no
+//!   spoofing; a DHCP discover from 0.0.0.0 passes); DHCP and DHCPv6
+//!   requests and IPv6 neighbour discovery pass; then the groups' egress
+//!   rules; the rest is dropped;
+//! - ingress (frames forwarded to its MAC): DHCP replies, DHCPv6 replies
+//!   from link-local addresses and neighbour discovery pass; then the
+//!   groups' ingress rules (a remote group means the addresses of the
+//!   ports in it); the rest is dropped.
 //!
 //! Not filtered: traffic this host sends to a port (DHCP from the site's
 //! dnsmasq, the gateway's replies), broadcast and multicast frames on

@@ -11,7 +11,9 @@
 //!   every [`PERIOD`]; it reads the work from the store, runs it one
 //!   operation at a time on a blocking thread and records each result.
 //!   Everything it does is derived from the store, so an agent stopped
-//!   mid-operation finishes (or redoes) it after its next start.
+//!   mid-operation finishes (or redoes) it after its next start. After a
+//!   failed extend it asks [`qemu_img::whole_size_gb`] whether the file is
+//!   still whole, and at what size.
 //!
 //! [`fetch`] brings the region's images, only the chunks the site lacks,
 //! while the link is up.

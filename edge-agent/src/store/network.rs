@@ -4,7 +4,9 @@
 //! (primary key: subnet and address) written in the same transaction as
 //! its port, by the one writer, so two ports can never hold one address,
 //! and deleting a port releases its addresses with it (`ON DELETE
-//! CASCADE`). These resources are the site's own for now: they are not in
+//! CASCADE`). On `slaac` and `dhcpv6-stateless` subnets a port's address
+//! is its MAC's EUI-64; creating or deleting such a subnet adds or removes
+//! it for the ports already on the network. These resources are the site's own for now: they are not in
 //! the documents the site syncs with its region.
 
 use std::collections::BTreeSet;

@@ -8,6 +8,11 @@
 //! the server's `spec.volumes` and marks it `attaching`; when the compute
 //! reconciler writes a server status whose `volumes` gained or lost one,
 //! the volume turns `in-use` or `available` in the same transaction.
+//!
+//! A failed extend leaves the volume `available` at its old size (with the
+//! reason as its fault) when the worker finds its file whole at that size,
+//! otherwise `error`. [`super::WriteCtx::reset_volume`] is an admin's
+//! `os-reset_status`, the way out of `error`.
 
 use std::collections::HashMap;
 use std::path::Path;
