@@ -119,6 +119,19 @@ fn plug_mac(
     }
 }
 
+/// Deletes a port, then its network, at the site.
+async fn delete_port_and_network(store: &Store, port: &str, network: &str) {
+    let (port, network) = (port.to_string(), network.to_string());
+    store
+        .write(move |w| w.delete_port(&port, &None))
+        .await
+        .unwrap();
+    store
+        .write(move |w| w.delete_network(&network, &None))
+        .await
+        .unwrap();
+}
+
 /// A UDP echo in `ns` on `at`, answering up to `n` datagrams.
 fn echo(ns: &str, at: SocketAddr) -> std::thread::JoinHandle<()> {
     let path = format!("/run/netns/{ns}");
@@ -297,15 +310,7 @@ async fn two_hosts_one_network_across_vxlan_another_network_apart() {
     assert!(reaches(&ga1, port(&a2)), "after the repair");
 
     // A network deleted at the site: its devices go from both hosts.
-    let (bid, b1id) = (b.id.clone(), b1.id.clone());
-    store
-        .write(move |w| w.delete_port(&b1id, &None))
-        .await
-        .unwrap();
-    store
-        .write(move |w| w.delete_network(&bid, &None))
-        .await
-        .unwrap();
+    delete_port_and_network(&store, &b1.id, &b.id).await;
     pass(&h1, &store, &host1);
     pass(&h2, &store, &host2);
     for h in [&h1, &h2] {
@@ -432,15 +437,7 @@ async fn a_flat_network_puts_guests_on_the_provider_wire() {
 
     // Deleted: the macvlan goes, the provider interface stays, up, with
     // no master.
-    let (fid, pid) = (floor.id.clone(), on_floor.id.clone());
-    store
-        .write(move |w| w.delete_port(&pid, &None))
-        .await
-        .unwrap();
-    store
-        .write(move |w| w.delete_network(&fid, &None))
-        .await
-        .unwrap();
+    delete_port_and_network(&store, &on_floor.id, &floor.id).await;
     pass(&h, &store, &host);
     let l = links(&h);
     assert!(!l.contains("rfl-"), "{l}");

@@ -83,6 +83,16 @@ impl Cli {
         out.stdout
     }
 
+    /// `image save` of `name` to `to`, which must hold what `original` does.
+    fn save_image(&self, name: &str, to: &Path, original: &Path) {
+        self.ok(&["image", "save", "--file", to.to_str().unwrap(), name]);
+        assert_eq!(
+            std::fs::read(to).unwrap(),
+            std::fs::read(original).unwrap(),
+            "image {name} saved whole"
+        );
+    }
+
     /// Runs a command that must fail; returns what it said.
     fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -283,18 +293,7 @@ fn the_openstack_client_runs_a_site_whose_region_is_unreachable() {
         std::fs::read(&stored).unwrap(),
         std::fs::read(&qcow2).unwrap()
     );
-    let back = dir.path().join("back.qcow2");
-    cli.ok(&[
-        "image",
-        "save",
-        "--file",
-        back.to_str().unwrap(),
-        "plc-image",
-    ]);
-    assert_eq!(
-        std::fs::read(&back).unwrap(),
-        std::fs::read(&qcow2).unwrap()
-    );
+    cli.save_image("plc-image", &dir.path().join("back.qcow2"), &qcow2);
     // A qcow2 file called raw is refused, and the client removes the
     // record it made: the image list is as before.
     let said = cli.fails(&[
@@ -890,18 +889,7 @@ fn the_openstack_client_at_the_controller_sees_each_site_as_a_region() {
         std::fs::read(&qcow).unwrap()
     );
     // The region's copy comes back whole through the client.
-    let saved = dir.path().join("line-os.saved");
-    cli.ok(&[
-        "image",
-        "save",
-        "--file",
-        saved.to_str().unwrap(),
-        "line-os",
-    ]);
-    assert_eq!(
-        std::fs::read(&saved).unwrap(),
-        std::fs::read(&qcow).unwrap()
-    );
+    cli.save_image("line-os", &dir.path().join("line-os.saved"), &qcow);
 
     // Online: the request becomes a server the site runs, and the region
     // shows what the site reported.

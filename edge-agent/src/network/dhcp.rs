@@ -377,10 +377,8 @@ mod tests {
         Cidr, FixedIp, NetworkKind, NetworkSpec, PortSpec, Resource, SubnetSpec,
     };
 
-    #[test]
-    fn one_server_per_network_with_a_held_gateway_and_its_ports_as_leases() {
-        let now = chrono::Utc::now();
-        let mut n: Network = Resource::new(
+    fn vxlan_network(now: chrono::DateTime<chrono::Utc>) -> Network {
+        Resource::new(
             NetworkSpec {
                 name: "n".into(),
                 project_id: "p".into(),
@@ -393,7 +391,25 @@ mod tests {
                 deleted: false,
             },
             now,
-        );
+        )
+    }
+
+    /// A host holding the site's gateways, with nothing else.
+    fn gateway_host() -> HostNet {
+        HostNet {
+            site_id: "s".into(),
+            vtep: None,
+            underlay: None,
+            peers: vec![],
+            physnets: Default::default(),
+            gateway: true,
+        }
+    }
+
+    #[test]
+    fn one_server_per_network_with_a_held_gateway_and_its_ports_as_leases() {
+        let now = chrono::Utc::now();
+        let mut n = vxlan_network(now);
         n.id = "11111111-aaaa-4bbb-8ccc-000000000001".into();
         let sub: Subnet = Resource::new(
             SubnetSpec::with_defaults(
@@ -416,14 +432,7 @@ mod tests {
             subnet_id: sub.id.clone(),
             ip_address: "10.8.0.2".parse().unwrap(),
         }];
-        let host = HostNet {
-            site_id: "s".into(),
-            vtep: None,
-            underlay: None,
-            peers: vec![],
-            physnets: Default::default(),
-            gateway: true,
-        };
+        let host = gateway_host();
         let (nets, subs) = (vec![n.clone()], vec![sub.clone()]);
         let (want, _) = super::super::plan::desired(&host, &nets, &subs);
         let d = desired(&host, &want, &nets, &subs, &[port]);
@@ -457,20 +466,7 @@ mod tests {
     fn ipv6_subnets_are_served_as_their_modes_say() {
         use roost_common::model::{eui64, Ipv6Mode as M};
         let now = chrono::Utc::now();
-        let net: Network = Resource::new(
-            NetworkSpec {
-                name: "n".into(),
-                project_id: "p".into(),
-                kind: NetworkKind::Vxlan,
-                segmentation_id: Some(1000),
-                physical_network: None,
-                mtu: 1450,
-                shared: false,
-                admin_state_up: true,
-                deleted: false,
-            },
-            now,
-        );
+        let net = vxlan_network(now);
         let subnet = |cidr: &str, ra: Option<M>, addr: Option<M>| {
             let mut spec = SubnetSpec::with_defaults(
                 "s".into(),
@@ -485,14 +481,7 @@ mod tests {
             spec.validate().unwrap();
             Resource::new(spec, now)
         };
-        let host = HostNet {
-            site_id: "s".into(),
-            vtep: None,
-            underlay: None,
-            peers: vec![],
-            physnets: Default::default(),
-            gateway: true,
-        };
+        let host = gateway_host();
         let serve = |subs: Vec<Subnet>, ports: &[Port]| {
             let nets = vec![net.clone()];
             let (want, _) = super::super::plan::desired(&host, &nets, &subs);

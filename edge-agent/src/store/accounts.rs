@@ -214,14 +214,7 @@ impl WriteCtx<'_> {
     /// correction, a dead RTC battery at boot); otherwise a token issued
     /// before the step could outlive a revocation after it.
     fn token_clock(&mut self) -> Result<DateTime<Utc>, WriteError> {
-        let last: Option<String> = self
-            .tx
-            .query_row(
-                "SELECT value FROM meta WHERE key = ?1",
-                [TOKEN_CLOCK],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let last = super::inventory::meta(self.tx, TOKEN_CLOCK)?;
         let now = chrono::SubsecRound::trunc_subsecs(self.now, 6);
         let at = match last {
             Some(last) => now.max(parse_time(&last)? + Duration::microseconds(1)),
@@ -230,11 +223,7 @@ impl WriteCtx<'_> {
         if at - now > Duration::minutes(1) {
             tracing::warn!(ahead_secs = (at - now).num_seconds(), "the token clock is ahead of the wall clock (it once ran ahead and never goes back); token issue and revocation stay ordered by it, expiry follows the wall clock");
         }
-        self.tx.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![TOKEN_CLOCK, time(&at)],
-        )?;
+        super::inventory::set_meta(self.tx, TOKEN_CLOCK, &time(&at))?;
         Ok(at)
     }
 

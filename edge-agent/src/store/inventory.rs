@@ -44,10 +44,20 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-fn meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+pub(super) fn meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()?)
+}
+
+/// Sets a `meta` value, made or replaced.
+pub(super) fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )?;
+    Ok(())
 }
 
 fn meta_or_init(

@@ -666,11 +666,7 @@ impl super::WriteCtx<'_> {
                 }
             }
         };
-        self.tx.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![TRUST_KEY, rows::json(&trust)?],
-        )?;
+        super::inventory::set_meta(self.tx, TRUST_KEY, &rows::json(&trust)?)?;
         tracing::info!(
             keys = trust.keys.len(),
             revoked = trust.revoked.len(),

@@ -6,7 +6,7 @@
 //! Usage counts claims: servers placed on a host (a server in ERROR that
 //! never found a host holds nothing), as the scheduler's usage does.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::OptionalExtension;
 
 pub use roost_common::model::SiteQuota as Quota;
 use roost_common::model::Usage;
@@ -57,11 +57,7 @@ impl WriteCtx<'_> {
             Some(q) => {
                 let text = serde_json::to_string(q)
                     .map_err(|e| StoreError::Corrupt(format!("quota: {e}")))?;
-                self.tx.execute(
-                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    params![KEY, text],
-                )?;
+                super::inventory::set_meta(self.tx, KEY, &text)?;
             }
             None => {
                 self.tx.execute("DELETE FROM meta WHERE key = ?1", [KEY])?;
