@@ -14,7 +14,9 @@ set -euo pipefail
 #   qemu-utils:      qemu-img, which makes the servers' qcow2 disks
 #   dnsmasq-base:    the DHCP server that gives guests their ports' addresses
 #   nftables:        nft, which loads the security groups' rules on the host
-PACKAGES=(build-essential pkg-config curl libvirt-dev libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils dnsmasq-base nftables)
+#   libclang-dev:    bindgen's libclang, for SQLite's session extension (the
+#                    edge HA replication log), whose bindings are made at build
+PACKAGES=(build-essential pkg-config curl libvirt-dev libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils dnsmasq-base nftables libclang-dev)
 # test.sh adds what only the tests need:
 #   chromium, chromium-driver: headless Chromium driven over WebDriver
 #   cpio:            packs the test guest's initramfs (scripts/guest-image.sh)

@@ -175,6 +175,85 @@ pub struct SiteConfig {
     pub storage: StorageSection,
     #[serde(default)]
     pub alarms: AlarmsSection,
+    /// Two controller nodes for this site: one active, one standby that
+    /// holds a copy of the store and takes over when the active goes
+    /// silent. Without it the node runs the site alone.
+    #[serde(default)]
+    pub ha: Option<HaSection>,
+}
+
+/// Edge high availability: this node and its one peer (see
+/// `docs/edge-ha.md`). Both nodes hold the site's region credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaSection {
+    /// This node's name; the two nodes' names differ.
+    pub node: String,
+    /// The peer node's name.
+    pub peer_name: String,
+    /// Where this node's end of the peer link listens (UDP, QUIC).
+    pub listen: SocketAddr,
+    /// The peer's end of the peer link.
+    pub peer: SocketAddr,
+    /// Milliseconds without word from the active before the standby takes
+    /// over (and a lone node waits at start for an active peer).
+    #[serde(default = "default_takeover_after_ms")]
+    pub takeover_after_ms: u64,
+    /// Most milliseconds a write waits for the standby's copy before it is
+    /// acknowledged alone (and the standby counted as lagging).
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+}
+
+fn default_takeover_after_ms() -> u64 {
+    3_000
+}
+
+fn default_ack_timeout_ms() -> u64 {
+    1_000
+}
+
+impl HaSection {
+    fn validate(&self, region: bool) -> Result<(), FieldError> {
+        crate::ids::check_dns_label("ha.node", &self.node)?;
+        crate::ids::check_dns_label("ha.peer_name", &self.peer_name)?;
+        if self.node == self.peer_name {
+            return Err(FieldError::new(
+                "ha.peer_name",
+                &self.peer_name,
+                "must differ from ha.node",
+            ));
+        }
+        if self.peer.ip().is_unspecified() || self.peer.port() == 0 {
+            return Err(FieldError::new(
+                "ha.peer",
+                self.peer,
+                "must be the peer's own address and port",
+            ));
+        }
+        validate::range(
+            "ha.takeover_after_ms",
+            self.takeover_after_ms,
+            1_000,
+            60_000,
+        )?;
+        validate::range("ha.ack_timeout_ms", self.ack_timeout_ms, 50, 10_000)?;
+        if self.ack_timeout_ms >= self.takeover_after_ms {
+            return Err(FieldError::new(
+                "ha.ack_timeout_ms",
+                self.ack_timeout_ms,
+                "must be below ha.takeover_after_ms",
+            ));
+        }
+        if !region {
+            return Err(FieldError::new(
+                "ha",
+                &self.node,
+                "needs a region section: the peer link uses the site's region credential",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// When the site raises its own alarms (kept and synced like status, so
@@ -729,6 +808,9 @@ impl Validate for SiteConfig {
         }
         self.storage.validate()?;
         self.alarms.validate()?;
+        if let Some(ha) = &self.ha {
+            ha.validate(self.region.is_some())?;
+        }
         if self.hosts.is_empty() {
             return Err(FieldError::new(
                 "hosts",
@@ -1173,6 +1255,53 @@ mod tests {
             msg,
             "f.yaml: hosts[0].vcpus: must be between 1 and 4096 (got 0)"
         );
+    }
+
+    #[test]
+    fn ha_section_is_checked_field_by_field() {
+        let region = "region: {name: eu, address: \"10.0.0.1:7444\"}\n";
+        let ha = |body: &str, region: &str| {
+            parse::<SiteConfig>(
+                Path::new("f"),
+                &format!("{}{region}ha: {{{body}}}\n", site_yaml(HOST)),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let good = "node: c0, peer_name: c1, listen: \"0.0.0.0:7445\", peer: \"10.0.0.2:7445\"";
+        let c = ha(good, region).unwrap();
+        let h = c.ha.unwrap();
+        assert_eq!((h.takeover_after_ms, h.ack_timeout_ms), (3000, 1000));
+        for (body, region, want) in [
+            (good, "", "f: ha: needs a region section"),
+            (
+                &good.replace("peer_name: c1", "peer_name: c0") as &str,
+                region,
+                "f: ha.peer_name: must differ from ha.node (got c0)",
+            ),
+            (
+                &good.replace("node: c0", "node: C0"),
+                region,
+                "f: ha.node: must be 1 to 63 lowercase",
+            ),
+            (
+                &good.replace("10.0.0.2:7445", "0.0.0.0:7445"),
+                region,
+                "f: ha.peer: must be the peer's own address and port",
+            ),
+            (
+                &format!("{good}, takeover_after_ms: 500"),
+                region,
+                "f: ha.takeover_after_ms: must be between 1000 and 60000 (got 500)",
+            ),
+            (
+                &format!("{good}, takeover_after_ms: 2000, ack_timeout_ms: 2000"),
+                region,
+                "f: ha.ack_timeout_ms: must be below ha.takeover_after_ms (got 2000)",
+            ),
+        ] {
+            let err = ha(body, region).unwrap_err();
+            assert!(err.starts_with(want), "{body}: {err}");
+        }
     }
 
     #[test]

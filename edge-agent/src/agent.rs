@@ -59,6 +59,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("compute: {0}")]
     Compute(#[from] LibvirtError),
+    #[error("edge HA: {0}")]
+    Ha(#[from] crate::ha::HaError),
 }
 
 impl StartError {
@@ -126,12 +128,15 @@ impl Agent {
         let policy = Arc::new(config::load_policy(&opts.config, &config.api)?);
         // Bind first: a busy port must fail before anything is written.
         let listen = opts.api_listen.unwrap_or(config.api.listen);
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: listen,
-                source,
-            })?;
+        let bind = || async move {
+            TcpListener::bind(listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: listen,
+                    source,
+                })
+        };
+        let listener = bind().await?;
         let data_dir = opts
             .data_dir
             .clone()
@@ -143,12 +148,38 @@ impl Agent {
         })?;
         let (admin_password, password_source) = admin_password(&config, &data_dir)?;
 
+        // A node of a two-node site serves only once it is active: until
+        // then it is its peer's standby, and the API port stays free.
+        let (listener, ha) = match &config.ha {
+            None => (listener, None),
+            Some(h) => {
+                drop(listener);
+                let dir = credentials_dir(config.region.as_ref(), &data_dir);
+                let cred = Credential::read_pem(&dir).map_err(|e| {
+                    StartError::Invalid(format!(
+                        "ha: the site's region credential is not in {} ({e}); enroll the site on one node first, then copy that directory to the other",
+                        dir.display()
+                    ))
+                })?;
+                let node = crate::ha::Node::start(h, &config.site.id, &cred, &data_dir)?;
+                let term = node.until_active().await?;
+                (bind().await?, Some((node, term)))
+            }
+        };
+        let store_ha = ha.as_ref().map(|(node, term)| crate::store::StoreHa {
+            node: node.name().to_string(),
+            term: *term,
+            replication: node.replication(),
+        });
         let (store, identity) = {
             let (dir, cfg) = (data_dir.clone(), config.clone());
-            tokio::task::spawn_blocking(move || Store::open(&dir, &cfg.site.id, &cfg))
+            tokio::task::spawn_blocking(move || Store::open_ha(&dir, &cfg.site.id, &cfg, store_ha))
                 .await
                 .map_err(|e| StoreError::Sqlite(format!("store open task failed: {e}")))??
         };
+        if let Some((node, _)) = &ha {
+            node.activate();
+        }
         // What image uploads cut by the last stop left on disk.
         if let Err(e) = crate::api::sweep_images(&data_dir, &store).await {
             tracing::warn!(error = %e.message, "could not clean up after interrupted image uploads");
@@ -225,10 +256,7 @@ impl Agent {
         let (region, uplink) = match &config.region {
             None => (RegionLink::None, None),
             Some(r) => {
-                let dir = r
-                    .credentials
-                    .clone()
-                    .unwrap_or_else(|| data_dir.join("pki"));
+                let dir = credentials_dir(Some(r), &data_dir);
                 let credential = Credential::read_pem(&dir);
                 let link = match (&credential, &r.join_token) {
                     (Ok(_), _) => RegionLink::Syncing {
@@ -414,6 +442,13 @@ pub(crate) fn admin_password(
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Where the site's region credential is kept.
+fn credentials_dir(region: Option<&config::UplinkSection>, data_dir: &Path) -> PathBuf {
+    region
+        .and_then(|r| r.credentials.clone())
+        .unwrap_or_else(|| data_dir.join("pki"))
 }
 
 /// Creates the data dir if needed and makes it the agent user's alone: it

@@ -52,6 +52,7 @@ pub mod agent;
 pub mod alarms;
 pub mod api;
 pub mod compute;
+pub mod ha;
 pub mod identity;
 pub mod install;
 pub mod metrics;

@@ -28,6 +28,12 @@ pub struct Metrics {
     /// Image bytes brought from the region, by how (fetched over the link,
     /// copied from chunks the site held, kept from a cut attempt).
     pub image_bytes: IntCounterVec,
+    /// Edge HA: 1 while a caught-up standby holds every write before it is
+    /// acknowledged.
+    pub ha_standby_attached: IntGauge,
+    /// Edge HA: writes acknowledged alone because the standby did not
+    /// confirm them in time.
+    pub ha_ack_timeouts: IntCounter,
 }
 
 /// Latency buckets from 50 µs to 2.5 s.
@@ -132,6 +138,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["source"],
         )
         .expect("valid metric"),
+        ha_standby_attached: IntGauge::new(
+            "roost_agent_ha_standby_attached",
+            "1 while a caught-up standby confirms every write before it is acknowledged",
+        )
+        .expect("valid metric"),
+        ha_ack_timeouts: IntCounter::new(
+            "roost_agent_ha_ack_timeouts_total",
+            "Writes acknowledged without the standby's copy because it did not confirm in time",
+        )
+        .expect("valid metric"),
         registry,
     };
     for c in [
@@ -148,6 +164,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.uplink_bytes.clone()),
         Box::new(m.conflicts.clone()),
         Box::new(m.image_bytes.clone()),
+        Box::new(m.ha_standby_attached.clone()),
+        Box::new(m.ha_ack_timeouts.clone()),
     ] {
         m.registry.register(c).expect("metric registered once");
     }

@@ -49,6 +49,22 @@ pub fn site_status_actor(site_id: &str) -> Vec<u8> {
     format!("status:{site_id}").into_bytes()
 }
 
+/// The status actor of one term of a site with two controller nodes:
+/// each node that becomes active writes with a fresh one, so two nodes
+/// never reuse an actor's sequence numbers (see `docs/edge-ha.md`).
+pub fn site_status_actor_of_term(site_id: &str, node: &str, term: u64) -> Vec<u8> {
+    format!("status:{site_id}#{node}.{term}").into_bytes()
+}
+
+/// Whether `actor` writes status for the site whose plain status actor is
+/// `site_actor`: that actor, or one of its terms.
+pub fn is_site_status_actor(site_actor: &[u8], actor: &[u8]) -> bool {
+    actor == site_actor
+        || actor
+            .strip_prefix(site_actor)
+            .is_some_and(|rest| rest.first() == Some(&b'#'))
+}
+
 /// The author name a site writes intent as.
 pub fn site_author(site_id: &str) -> String {
     format!("site:{site_id}")
@@ -597,6 +613,19 @@ impl StatusDoc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_site_status_actor_is_the_site_or_one_of_its_terms() {
+        let site = site_status_actor("f-01");
+        assert!(is_site_status_actor(&site, &site));
+        let term = site_status_actor_of_term("f-01", "c1", 4);
+        assert_eq!(term, b"status:f-01#c1.4");
+        assert!(is_site_status_actor(&site, &term));
+        // Another site whose id starts the same, and a bare suffix, are not.
+        assert!(!is_site_status_actor(&site, b"status:f-011"));
+        assert!(!is_site_status_actor(&site, b"status:f-01x#c1.4"));
+        assert!(!is_site_status_actor(&site, b"status:f-0"));
+    }
     use serde_json::json;
 
     fn pair() -> (IntentDoc, IntentDoc) {

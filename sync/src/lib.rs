@@ -40,6 +40,7 @@ pub mod token;
 pub mod transport;
 
 pub use doc::{
-    site_author, site_status_actor, Conflict, DocError, IntentDoc, IntentView, Stamped, StatusDoc,
+    is_site_status_actor, site_author, site_status_actor, site_status_actor_of_term, Conflict,
+    DocError, IntentDoc, IntentView, Stamped, StatusDoc,
 };
 pub use session::{Docs, Persisted, Received, Role, Session, SessionConfig, SessionError};

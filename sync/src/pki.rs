@@ -324,6 +324,12 @@ pub mod join_token {
     }
 }
 
+/// The DNS name a site's certificate carries: what one controller node of
+/// a site expects in its peer's certificate.
+pub fn site_server_name(site_id: &str) -> String {
+    format!("{site_id}{SITE_SUFFIX}")
+}
+
 /// The name a site expects in the region's certificate.
 pub fn region_server_name(region: &str) -> String {
     format!("{region}{REGION_SUFFIX}")

@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use automerge::sync::{Message, State, SyncDoc};
-use automerge::{ActorId, ChangeHash};
+use automerge::ChangeHash;
 
 use crate::doc::{IntentDoc, StatusDoc};
 use crate::frame::{self, DocId, Frame, FrameError, HEADER};
@@ -444,11 +444,11 @@ impl Session {
                 am.sync()
                     .receive_sync_message(&mut trial_state, message)
                     .map_err(|e| bad(e.to_string()))?;
-                let site = ActorId::from(docs.site_status_actor.as_slice());
+                let site = docs.site_status_actor.as_slice();
                 if let Some(c) = am
                     .get_changes(&before)
                     .iter()
-                    .find(|c| *c.actor_id() != site)
+                    .find(|c| !crate::doc::is_site_status_actor(site, c.actor_id().to_bytes()))
                 {
                     return Err(SessionError::Refused(format!(
                         "status change by actor {} is not the site's",

@@ -120,6 +120,51 @@ pub fn region_endpoint(
 
 /// The region's side: requires a client certificate from the CA.
 pub fn server_config(cred: &Credential) -> Result<quinn::ServerConfig, TransportError> {
+    server_config_for(cred, ALPN, transport(false))
+}
+
+/// The site's side: trusts only the region's CA and presents the site's
+/// certificate.
+pub fn client_config(cred: &Credential) -> Result<quinn::ClientConfig, TransportError> {
+    client_config_for(cred, ALPN, transport(true))
+}
+
+/// ALPN of the link between a site's two controller nodes.
+pub const PEER_ALPN: &[u8] = b"roost-ha/1";
+
+/// The active node's end of the peer link: both nodes present the site's
+/// own credential, and the caller checks that the peer names the same site
+/// ([`peer_site_id`]). Keep-alives every `keep_alive`, idle after `idle`.
+pub fn peer_server_config(
+    cred: &Credential,
+    keep_alive: Duration,
+    idle: Duration,
+) -> Result<quinn::ServerConfig, TransportError> {
+    server_config_for(cred, PEER_ALPN, peer_transport(keep_alive, idle))
+}
+
+/// The standby's end of the peer link; connect with the server name
+/// [`pki::site_server_name`] of the site.
+pub fn peer_client_config(
+    cred: &Credential,
+    keep_alive: Duration,
+    idle: Duration,
+) -> Result<quinn::ClientConfig, TransportError> {
+    client_config_for(cred, PEER_ALPN, peer_transport(keep_alive, idle))
+}
+
+fn peer_transport(keep_alive: Duration, idle: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(keep_alive));
+    t.max_idle_timeout(idle.try_into().ok());
+    Arc::new(t)
+}
+
+fn server_config_for(
+    cred: &Credential,
+    alpn: &[u8],
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, TransportError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(&cred.ca)?, provider())
         .build()
         .map_err(|e| TransportError::Verifier(e.to_string()))?;
@@ -130,17 +175,19 @@ pub fn server_config(cred: &Credential) -> Result<quinn::ServerConfig, Transport
             cred.chain.clone(),
             PrivateKeyDer::Pkcs8(cred.key.clone_key()),
         )?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport(false));
+    config.transport_config(transport);
     Ok(config)
 }
 
-/// The site's side: trusts only the region's CA and presents the site's
-/// certificate.
-pub fn client_config(cred: &Credential) -> Result<quinn::ClientConfig, TransportError> {
+fn client_config_for(
+    cred: &Credential,
+    alpn: &[u8],
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TransportError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(&cred.ca)?)
@@ -148,11 +195,11 @@ pub fn client_config(cred: &Credential) -> Result<quinn::ClientConfig, Transport
             cred.chain.clone(),
             PrivateKeyDer::Pkcs8(cred.key.clone_key()),
         )?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(true));
+    config.transport_config(transport);
     Ok(config)
 }
 

@@ -610,6 +610,7 @@ pub fn desired_config(
         network: None,
         storage: Default::default(),
         alarms: Default::default(),
+        ha: None,
     });
     c.site.id = i.site_id.clone();
     c.site.name = i.site_name.clone();

@@ -44,7 +44,7 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-pub(super) fn meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()?)
@@ -77,16 +77,36 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Starts term `term` of an edge HA site on this node: new actors for both
+/// documents, so nothing this node writes can reuse a sequence number
+/// another node of the site already wrote with (see `docs/edge-ha.md`).
+/// Runs before [`bootstrap`], which then reads them back.
+pub(super) fn take_term(
+    tx: &Connection,
+    site_id: &str,
+    node: &str,
+    term: u64,
+) -> Result<(), StoreError> {
+    set_meta(tx, "ha_term", &term.to_string())?;
+    set_meta(
+        tx,
+        "intent_actor",
+        &format!("site:{site_id}:{}", uuid::Uuid::new_v4().simple()),
+    )?;
+    let status = roost_sync::site_status_actor_of_term(site_id, node, term);
+    set_meta(tx, "status_actor", &String::from_utf8_lossy(&status))?;
+    Ok(())
+}
+
 /// Checks the store belongs to `site_id`, makes the identity on first start
 /// and brings hosts, flavors and images in line with the config, all in one
 /// transaction.
 pub(super) fn bootstrap(
-    conn: &mut Connection,
+    tx: &Connection,
     site_id: &str,
     config: &SiteConfig,
 ) -> Result<Identity, StoreError> {
-    let tx = conn.transaction()?;
-    let stored_site = meta_or_init(&tx, "site_id", || site_id.to_string())?;
+    let stored_site = meta_or_init(tx, "site_id", || site_id.to_string())?;
     if stored_site != site_id {
         return Err(StoreError::Inventory(format!(
             "this data dir holds site {stored_site:?}, not {site_id:?}; point --data-dir at the right site's directory"
@@ -95,24 +115,24 @@ pub(super) fn bootstrap(
     let new_hex_id = || uuid::Uuid::new_v4().simple().to_string();
     let identity = Identity {
         site_id: site_id.to_string(),
-        admin_user_id: meta_or_init(&tx, "admin_user_id", new_hex_id)?,
-        admin_project_id: meta_or_init(&tx, "admin_project_id", new_hex_id)?,
+        admin_user_id: meta_or_init(tx, "admin_user_id", new_hex_id)?,
+        admin_project_id: meta_or_init(tx, "admin_project_id", new_hex_id)?,
         token_key: {
-            let key = meta_or_init(&tx, "token_key", || {
+            let key = meta_or_init(tx, "token_key", || {
                 let mut k = [0u8; 32];
                 rand::rng().fill_bytes(&mut k);
                 hex(&k)
             })?;
             key.into_bytes()
         },
-        intent_actor: meta_or_init(&tx, "intent_actor", || {
+        intent_actor: meta_or_init(tx, "intent_actor", || {
             format!("site:{site_id}:{}", uuid::Uuid::new_v4().simple())
         })?
         .into_bytes(),
     };
-    sync_hosts(&tx, &config.hosts)?;
+    sync_hosts(tx, &config.hosts)?;
     let now = Utc::now();
-    super::accounts::bootstrap_project(&tx, &identity.admin_project_id, &now)?;
+    super::accounts::bootstrap_project(tx, &identity.admin_project_id, &now)?;
     for spec in &config.flavors {
         let exists: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM flavors WHERE name = ?1)",
@@ -124,7 +144,7 @@ pub(super) fn bootstrap(
             if let Some(id) = &spec.id {
                 f.id = id.clone();
             }
-            rows::insert(&tx, "flavors", &f, Some(&spec.name))?;
+            rows::insert(tx, "flavors", &f, Some(&spec.name))?;
         }
     }
     for spec in &config.images {
@@ -142,17 +162,16 @@ pub(super) fn bootstrap(
             if let Some(id) = &spec.id {
                 i.id = id.clone();
             }
-            rows::insert(&tx, "images", &i, Some(&spec.name))?;
+            rows::insert(tx, "images", &i, Some(&spec.name))?;
         }
     }
-    let interrupted = super::images::reset_interrupted_uploads(&tx)?;
+    let interrupted = super::images::reset_interrupted_uploads(tx)?;
     if interrupted > 0 {
         tracing::warn!(
             images = interrupted,
             "image uploads were cut by a stop; those images are queued again: upload their data again"
         );
     }
-    tx.commit()?;
     Ok(identity)
 }
 

@@ -252,7 +252,10 @@ fn load(conn: &Connection, site_id: &str, actor: &[u8]) -> Result<(Docs, usize),
         }
     }
     let corrupt = |e: roost_sync::DocError| StoreError::Corrupt(format!("site document: {e}"));
-    let status_actor = site_status_actor(site_id);
+    // A node of an edge HA site writes status with its term's own actor.
+    let status_actor = super::inventory::meta(conn, "status_actor")?
+        .map(String::into_bytes)
+        .unwrap_or_else(|| site_status_actor(site_id));
     let intent = IntentDoc::from_chunks(
         chunks[0].iter().map(Vec::as_slice),
         actor,

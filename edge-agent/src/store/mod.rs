@@ -15,7 +15,7 @@
 pub mod accounts;
 pub mod alarms;
 mod images;
-mod inventory;
+pub(crate) mod inventory;
 mod journal;
 pub mod network;
 mod quota;
@@ -67,6 +67,24 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Sqlite(e.to_string())
     }
+}
+
+impl From<crate::ha::log::LogError> for StoreError {
+    fn from(e: crate::ha::log::LogError) -> Self {
+        StoreError::Sqlite(format!("replication log: {e}"))
+    }
+}
+
+/// How a store opens on the active node of a site with two controller
+/// nodes (`crate::ha`).
+#[derive(Debug, Clone)]
+pub struct StoreHa {
+    /// This node's name.
+    pub node: String,
+    /// The term it is active in: the store takes fresh actors for it.
+    pub term: u64,
+    /// What each committed batch waits on before it is acknowledged.
+    pub replication: Arc<crate::ha::Replication>,
 }
 
 /// Why a write was refused. Every variant but `Store` means nothing changed
@@ -129,17 +147,55 @@ impl Store {
         site_id: &str,
         config: &roost_common::config::SiteConfig,
     ) -> Result<(Store, Identity), StoreError> {
+        Self::open_ha(data_dir, site_id, config, None)
+    }
+
+    /// As [`Store::open`]; with `ha`, every batch (the start's own changes
+    /// included) goes to the replication log and waits for the standby,
+    /// and the store writes with fresh actors for `ha.term`.
+    pub fn open_ha(
+        data_dir: &Path,
+        site_id: &str,
+        config: &roost_common::config::SiteConfig,
+        ha: Option<StoreHa>,
+    ) -> Result<(Store, Identity), StoreError> {
         let path = data_dir.join(DB_FILE);
-        create_private(&path)?;
-        let mut conn = open_conn(&path, false)?;
-        schema::migrate(&mut conn)?;
-        let identity = inventory::bootstrap(&mut conn, site_id, config)?;
+        let mut conn = open_migrated(&path)?;
+        let (identity, seq) = {
+            let tx = conn.transaction()?;
+            let mut recording = match &ha {
+                Some(h) => {
+                    let session = crate::ha::log::record(&tx)?;
+                    inventory::take_term(&tx, site_id, &h.node, h.term)?;
+                    Some(session)
+                }
+                None => None,
+            };
+            let identity = inventory::bootstrap(&tx, site_id, config)?;
+            let seq = match (recording.as_mut(), &ha) {
+                (Some(r), Some(h)) => crate::ha::log::append(&tx, r, h.term)?,
+                _ => None,
+            };
+            drop(recording);
+            tx.commit()?;
+            (identity, seq)
+        };
+        if let (Some(seq), Some(h)) = (seq, &ha) {
+            h.replication.committed(seq);
+        }
         let hosts = inventory::load_host_views(&conn)?;
         let journal = journal::Journal::open(&conn, site_id, identity.intent_actor.clone())?;
         let docs = journal.docs.clone();
         let doc_changes = journal.changed.clone();
         let (tx, rx) = mpsc::channel(1024);
-        writer::spawn(conn, hosts, config.scheduler.clone(), journal, rx)?;
+        writer::spawn(
+            conn,
+            hosts,
+            config.scheduler.clone(),
+            journal,
+            rx,
+            ha.map(|h| (h.term, h.replication)),
+        )?;
         let readers = Arc::new(ReaderPool {
             path,
             idle: Mutex::new(Vec::new()),
@@ -492,6 +548,19 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
             path.display()
         ))),
     }
+}
+
+/// The store at `path` for writing, created and migrated as needed.
+pub(crate) fn open_migrated(path: &Path) -> Result<Connection, StoreError> {
+    create_private(path)?;
+    let mut conn = open_conn(path, false)?;
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// A read-only connection to the store at `path`.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    open_conn(path, true)
 }
 
 fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {

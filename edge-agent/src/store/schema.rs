@@ -148,6 +148,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE revocation_events (
         subject TEXT PRIMARY KEY, issued_before TEXT NOT NULL) STRICT;
     "#,
+    // Edge HA: each committed batch's row changes (an SQLite session
+    // changeset), in order, for the standby node to apply.
+    r#"
+    CREATE TABLE replication_log (
+        seq INTEGER PRIMARY KEY, term INTEGER NOT NULL, changeset BLOB NOT NULL) STRICT;
+    "#,
 ];
 
 /// Brings the schema up to date. Returns the version reached.

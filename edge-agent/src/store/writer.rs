@@ -22,6 +22,10 @@ pub(super) type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// what to call after commit.
 pub(super) type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Reply) + Send>;
 
+/// The active's replication: the term its log entries carry, and what a
+/// committed batch waits on (see `crate::ha`).
+pub(super) type Ha = Option<(u64, std::sync::Arc<crate::ha::Replication>)>;
+
 /// Most jobs one transaction holds.
 const MAX_BATCH: usize = 128;
 
@@ -77,10 +81,11 @@ pub(super) fn spawn(
     weights: SchedulerSection,
     journal: Journal,
     jobs: mpsc::Receiver<Job>,
+    ha: Ha,
 ) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name("roost-store-writer".into())
-        .spawn(move || run(conn, hosts, weights, journal, jobs))
+        .spawn(move || run(conn, hosts, weights, journal, jobs, ha))
         .map(|_| ())
         .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))
 }
@@ -91,6 +96,7 @@ fn run(
     weights: SchedulerSection,
     mut journal: Journal,
     mut jobs: mpsc::Receiver<Job>,
+    ha: Ha,
 ) {
     let index: HashMap<String, usize> = hosts
         .iter()
@@ -115,6 +121,7 @@ fn run(
             &weights,
             &mut journal,
             &mut batch,
+            &ha,
         );
         METRICS
             .store_commit_seconds
@@ -148,6 +155,7 @@ fn run_batch(
     weights: &SchedulerSection,
     journal: &mut Journal,
     batch: &mut Vec<Job>,
+    ha: &Ha,
 ) -> (Replies, bool) {
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
     let mut stale = false;
@@ -156,6 +164,12 @@ fn run_batch(
     let mut new_capacity = None;
     let result = (|| -> Result<(), StoreError> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Row changes of the whole batch, net of rolled-back jobs (the
+        // changeset is read from the tables as they are at the end).
+        let mut recording = match ha {
+            Some(_) => Some(crate::ha::log::record(&tx)?),
+            None => None,
+        };
         let mut ops = Vec::new();
         let mut usage_changed = false;
         for job in batch.drain(..) {
@@ -222,7 +236,17 @@ fn run_batch(
         }
         Journal::apply(&mut docs, ops, Utc::now().timestamp_millis())?;
         let heads = journal.persist(&tx, &mut docs)?;
+        let seq = match (recording.as_mut(), ha) {
+            (Some(r), Some((term, _))) => crate::ha::log::append(&tx, r, *term)?,
+            _ => None,
+        };
+        drop(recording);
         tx.commit()?;
+        // Before anyone hears of the batch (the region's link, the
+        // callers): the standby holds it, or the wait timed out.
+        if let (Some(seq), Some((_, replication))) = (seq, ha) {
+            replication.committed(seq);
+        }
         journal.committed(heads);
         if new_capacity.is_some() {
             journal.capacity = new_capacity;
