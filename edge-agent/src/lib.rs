@@ -34,6 +34,9 @@
 //! - images (Glance): records and upload states in `store/images.rs`, the
 //!   API and the bytes on disk in `api/images.rs`.
 //!
+//! - two controller nodes for one site (edge HA): [`ha`]; the writer's
+//!   side (log append, waiting for the standby) in `store/writer.rs`.
+//!
 //! - volumes and snapshots (Cinder): records, states and attachments in
 //!   `store/volumes.rs`, the qcow2 files in [`storage`] (plan pure,
 //!   `qemu-img` driver thin), the API in `api/volumes.rs`; attaching is a

@@ -56,6 +56,14 @@ pub fn site_status_actor_of_term(site_id: &str, node: &str, term: u64) -> Vec<u8
     format!("status:{site_id}#{node}.{term}").into_bytes()
 }
 
+/// The plain status actor of a site, from it or one of its terms' actors.
+pub fn plain_site_status_actor(actor: &[u8]) -> &[u8] {
+    match actor.iter().position(|&b| b == b'#') {
+        Some(i) => &actor[..i],
+        None => actor,
+    }
+}
+
 /// Whether `actor` writes status for the site whose plain status actor is
 /// `site_actor`: that actor, or one of its terms.
 pub fn is_site_status_actor(site_actor: &[u8], actor: &[u8]) -> bool {
@@ -625,6 +633,8 @@ mod tests {
         assert!(!is_site_status_actor(&site, b"status:f-011"));
         assert!(!is_site_status_actor(&site, b"status:f-01x#c1.4"));
         assert!(!is_site_status_actor(&site, b"status:f-0"));
+        assert_eq!(plain_site_status_actor(&term), site.as_slice());
+        assert_eq!(plain_site_status_actor(&site), site.as_slice());
     }
     use serde_json::json;
 

@@ -246,6 +246,11 @@ impl Session {
     /// Whether the peer has said which heads it has, for both documents,
     /// in this session. Until it has, [`Session::peer_heads`] is only what
     /// it had at the end of the last session: it may have changed since.
+    /// Which end of the link this session is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     pub fn heard_peer(&self) -> bool {
         self.states.iter().all(|s| s.their_heads.is_some())
     }
@@ -430,13 +435,10 @@ impl Session {
                 })
             }
             DocId::Status => {
-                if self.role == Role::Site && !message.changes.is_empty() {
-                    return Err(SessionError::Refused(
-                        "the region sent status changes; only the site writes status".into(),
-                    ));
-                }
                 // Try on a copy; keep it only if every new change is the
-                // site's own.
+                // site's own. A site takes status back only from itself:
+                // changes another of its nodes wrote (edge HA) that reached
+                // the region before this node held them.
                 let mut trial = docs.status.clone();
                 let mut trial_state = state.clone();
                 let am = trial.automerge();
@@ -444,7 +446,7 @@ impl Session {
                 am.sync()
                     .receive_sync_message(&mut trial_state, message)
                     .map_err(|e| bad(e.to_string()))?;
-                let site = docs.site_status_actor.as_slice();
+                let site = crate::doc::plain_site_status_actor(&docs.site_status_actor);
                 if let Some(c) = am
                     .get_changes(&before)
                     .iter()

@@ -74,6 +74,9 @@ fn link<E: std::fmt::Display>(e: E) -> HaError {
 #[derive(Debug)]
 pub struct Replication {
     state: Mutex<Shared>,
+    /// Which standby link the state belongs to: an old link that ends
+    /// late must not detach a newer one.
+    link: std::sync::atomic::AtomicU64,
     confirmed: Condvar,
     tip: watch::Sender<u64>,
     ack_timeout: Duration,
@@ -92,10 +95,17 @@ impl Replication {
     pub fn new(ack_timeout: Duration) -> Replication {
         Replication {
             state: Mutex::new(Shared::default()),
+            link: std::sync::atomic::AtomicU64::new(0),
             confirmed: Condvar::new(),
             tip: watch::Sender::new(0),
             ack_timeout,
         }
+    }
+
+    /// The log's tip when the store opens, so a standby counts as caught
+    /// up only once it holds that.
+    pub fn seed(&self, tip: u64) {
+        self.tip.send_replace(tip);
     }
 
     /// Called by the writer after entry `seq` committed, before anyone
@@ -139,8 +149,28 @@ impl Replication {
         self.confirmed.notify_all();
     }
 
-    /// The standby's link ended: writes stop waiting for it.
+    /// A new standby link replaces any other; returns its number.
+    fn begin_link(&self) -> u64 {
+        let link = self.link.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.reset();
+        link
+    }
+
+    /// Standby link `link` ended: if it is the current one, writes stop
+    /// waiting for it.
+    fn end_link(&self, link: u64) {
+        if self.link.load(std::sync::atomic::Ordering::SeqCst) == link {
+            self.reset();
+        }
+    }
+
+    /// No standby: writes stop waiting.
     pub fn detach(&self) {
+        self.link.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.reset();
+    }
+
+    fn reset(&self) {
         if let Ok(mut s) = self.state.lock() {
             *s = Shared::default();
         }
@@ -170,6 +200,9 @@ struct Inner {
     client: quinn::ClientConfig,
     election: Mutex<Election>,
     replication: Arc<Replication>,
+    /// Set once the store is open as active: only then is the log
+    /// streamed (the store's first batch of the term is in it).
+    serving: watch::Sender<bool>,
 }
 
 impl Node {
@@ -201,6 +234,7 @@ impl Node {
                 client,
                 election: Mutex::new(election),
                 replication: Arc::new(Replication::new(Duration::from_millis(cfg.ack_timeout_ms))),
+                serving: watch::Sender::new(false),
             }),
         };
         tokio::spawn(node.clone().answer());
@@ -240,16 +274,32 @@ impl Node {
     /// last entry applied.
     pub async fn until_active(&self) -> Result<u64, HaError> {
         let mut store = open_store(&self.inner.db)?;
+        // Set when an entry did not apply: the next hello claims nothing,
+        // so the active sends a whole copy instead of the same entry again.
+        let mut need_copy = false;
         loop {
             if self.decide(|e| e.on_tick(Instant::now())) == Verdict::TakeOver {
                 break;
             }
-            match self.dial(log::tip(&store)?).await {
+            let held = log::tip(&store)?;
+            self.decide(|e| {
+                e.set_tip(held.term, held.seq);
+                Verdict::Stay
+            });
+            let tip = if need_copy { Tip::default() } else { held };
+            match self.dial(tip).await {
                 Ok((send, recv, peer)) => match self.decide(|e| e.on_peer(Instant::now(), &peer)) {
                     Verdict::Follow => {
                         tracing::info!(active = %peer.node, term = peer.term, "edge HA: standby of the active peer");
-                        if let Err(e) = self.follow(&mut store, send, recv).await {
-                            tracing::warn!(error = %e, "edge HA: the link to the active ended");
+                        match self.follow(&mut store, send, recv, &mut need_copy).await {
+                            Err(HaError::Log(e)) => {
+                                tracing::warn!(error = %e, "edge HA: this copy differs from the active's; asking for a whole copy");
+                                need_copy = true;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "edge HA: the link to the active ended")
+                            }
+                            Ok(()) => {}
                         }
                     }
                     Verdict::TakeOver => break,
@@ -272,6 +322,7 @@ impl Node {
 
     /// Once the store is open as active: look out for another active.
     pub fn activate(&self) {
+        self.inner.serving.send_replace(true);
         tokio::spawn(self.clone().probe());
     }
 
@@ -357,6 +408,7 @@ impl Node {
         store: &mut Connection,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
+        need_copy: &mut bool,
     ) -> Result<(), HaError> {
         let silence = takeover_after(&self.inner.cfg);
         let incoming = self.inner.data_dir.join(INCOMING);
@@ -412,8 +464,12 @@ impl Node {
                     }
                     let placeholder = Connection::open_in_memory().map_err(log::LogError::from)?;
                     drop(std::mem::replace(store, placeholder));
-                    log::install_snapshot(&self.inner.db, &incoming)?;
+                    let installed = log::install_snapshot(&self.inner.db, &incoming);
+                    // The store file is whole either way: the old one, or
+                    // the copy.
                     *store = open_store(&self.inner.db)?;
+                    installed?;
+                    *need_copy = false;
                     tracing::info!(
                         bytes = len,
                         seq = tip.seq,
@@ -454,10 +510,17 @@ impl Node {
         };
         let from = *from;
         let peer = peer_state(hello)?;
-        let me = self.state();
-        let tip = match me.role {
-            Role::Active => read_tip(&self.inner.db)?,
-            _ => Tip::default(),
+        let mut me = self.state();
+        if me.role == Role::Active {
+            // Taking over: answer once the store is open as active.
+            let mut serving = self.inner.serving.subscribe();
+            let _ = serving.wait_for(|s| *s).await;
+            me = self.state();
+        }
+        let tip = if self.inner.db.exists() {
+            read_tip(&self.inner.db)?
+        } else {
+            Tip::default()
         };
         send.write_all(&self.hello(tip).frame())
             .await
@@ -485,13 +548,13 @@ impl Node {
     ) -> Result<(), HaError> {
         let repl = self.inner.replication.clone();
         // One standby at a time: a new link replaces the old.
-        repl.detach();
-        let _detach = Detach(repl.clone());
+        let _link = Link(repl.clone(), repl.begin_link());
         let reader = crate::store::open_reader(&self.inner.db)?;
+        let term = self.state().term;
         let mut pos = if log::holds(&reader, from)? {
             from.seq
         } else {
-            self.send_snapshot(&mut send).await?
+            self.send_snapshot(&mut send, term).await?
         };
         let acks = {
             let repl = repl.clone();
@@ -503,7 +566,6 @@ impl Node {
         };
         let mut tip = repl.tip.subscribe();
         let mut beat = tokio::time::interval(HEARTBEAT);
-        let term = self.state().term;
         loop {
             if acks.is_finished() {
                 return Err(HaError::Link("the standby left".into()));
@@ -525,36 +587,48 @@ impl Node {
         }
     }
 
-    /// Sends a whole copy of the store; returns the tip it holds.
-    async fn send_snapshot(&self, send: &mut quinn::SendStream) -> Result<u64, HaError> {
-        let (db, out) = (self.inner.db.clone(), self.inner.data_dir.join(OUTGOING));
-        let path = out.clone();
-        let tip = tokio::task::spawn_blocking(move || {
+    /// Sends a whole copy of the store, with heartbeats while it is made
+    /// so the standby does not take the wait for silence; returns the tip
+    /// the copy holds.
+    async fn send_snapshot(&self, send: &mut quinn::SendStream, term: u64) -> Result<u64, HaError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = self.inner.data_dir.join(format!("{OUTGOING}.{n}"));
+        let _gone = Remove(out.clone());
+        let (db, path) = (self.inner.db.clone(), out.clone());
+        let mut making = tokio::task::spawn_blocking(move || {
             let reader = crate::store::open_reader(&db)?;
             Ok::<_, HaError>(log::snapshot(&reader, &path)?)
-        })
-        .await
-        .map_err(link)??;
-        let bytes = tokio::fs::read(&out).await.map_err(link)?;
-        let _ = tokio::fs::remove_file(&out).await;
-        for part in bytes.chunks(wire::SNAPSHOT_PART) {
-            send.write_all(&Msg::SnapshotPart(part.to_vec()).frame())
+        });
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        let tip = loop {
+            tokio::select! {
+                made = &mut making => break made.map_err(link)??,
+                _ = beat.tick() => {
+                    send.write_all(&Msg::Heartbeat { term }.frame()).await.map_err(link)?;
+                }
+            }
+        };
+        let mut file = tokio::fs::File::open(&out).await.map_err(link)?;
+        let (mut hash, mut len) = (sha2::Sha256::new(), 0u64);
+        let mut part = vec![0u8; wire::SNAPSHOT_PART];
+        loop {
+            let n = read_full(&mut file, &mut part).await.map_err(link)?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&part[..n]);
+            len += n as u64;
+            send.write_all(&Msg::SnapshotPart(part[..n].to_vec()).frame())
                 .await
                 .map_err(link)?;
         }
-        let sha256: [u8; 32] = sha2::Sha256::digest(&bytes).into();
-        send.write_all(
-            &Msg::SnapshotEnd {
-                tip,
-                len: bytes.len() as u64,
-                sha256,
-            }
-            .frame(),
-        )
-        .await
-        .map_err(link)?;
+        let sha256: [u8; 32] = hash.finalize().into();
+        send.write_all(&Msg::SnapshotEnd { tip, len, sha256 }.frame())
+            .await
+            .map_err(link)?;
         tracing::info!(
-            bytes = bytes.len(),
+            bytes = len,
             seq = tip.seq,
             "edge HA: sent the standby a whole copy of the store"
         );
@@ -562,11 +636,35 @@ impl Node {
     }
 }
 
-struct Detach(Arc<Replication>);
+/// Fills `buf` from `file` as far as it goes; 0 at the end.
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut n = 0;
+    while n < buf.len() {
+        let got = file.read(&mut buf[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    Ok(n)
+}
 
-impl Drop for Detach {
+/// Removes a temporary file when dropped.
+struct Remove(PathBuf);
+
+impl Drop for Remove {
     fn drop(&mut self) {
-        self.0.detach();
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// One standby link; ends it when dropped.
+struct Link(Arc<Replication>, u64);
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.0.end_link(self.1);
     }
 }
 
@@ -582,8 +680,16 @@ fn idle(cfg: &HaSection) -> Duration {
 fn peer_state(hello: Msg) -> Result<PeerState, HaError> {
     match hello {
         Msg::Hello {
-            node, role, term, ..
-        } => Ok(PeerState { node, role, term }),
+            node,
+            role,
+            term,
+            tip,
+        } => Ok(PeerState {
+            node,
+            role,
+            term,
+            tip: (tip.term, tip.seq),
+        }),
         _ => Err(HaError::Link("the peer did not start with a hello".into())),
     }
 }

@@ -26,6 +26,8 @@ pub struct PeerState {
     pub node: String,
     pub role: Role,
     pub term: u64,
+    /// The last entry its store holds: (term, sequence number).
+    pub tip: (u64, u64),
 }
 
 /// What the node should do now.
@@ -47,6 +49,8 @@ pub struct Election {
     role: Role,
     /// The highest term this node knows of.
     term: u64,
+    /// The last entry this node's store holds: (term, sequence number).
+    tip: (u64, u64),
     /// When an active was last heard (or the node started).
     heard: Instant,
     takeover_after: Duration,
@@ -59,6 +63,7 @@ impl Election {
             node: node.to_string(),
             role: Role::Waiting,
             term,
+            tip: (0, 0),
             heard: now,
             takeover_after,
         }
@@ -72,12 +77,18 @@ impl Election {
         self.term
     }
 
+    /// The store now holds up to this entry.
+    pub fn set_tip(&mut self, term: u64, seq: u64) {
+        self.tip = (term, seq);
+    }
+
     /// What this node says of itself to its peer.
     pub fn state(&self) -> PeerState {
         PeerState {
             node: self.node.clone(),
             role: self.role,
             term: self.term,
+            tip: self.tip,
         }
     }
 
@@ -90,7 +101,18 @@ impl Election {
                 self.role = Role::Standby;
                 Verdict::Follow
             }
-            (Role::Waiting, Role::Waiting) if self.node < peer.node => Verdict::TakeOver,
+            // Two nodes starting: the one whose store is further along,
+            // then the lower name, so no node with less replaces more.
+            (Role::Waiting, Role::Waiting) => {
+                self.term = self.term.max(peer.term);
+                if (self.tip, std::cmp::Reverse(&self.node))
+                    > (peer.tip, std::cmp::Reverse(&peer.node))
+                {
+                    Verdict::TakeOver
+                } else {
+                    Verdict::Stay
+                }
+            }
             // The loser keeps its own term: it must not then look like
             // the winner to the peer while it stops.
             (Role::Active, Role::Active) if wins(peer, &self.state()) => Verdict::StepDown,
@@ -139,6 +161,7 @@ mod tests {
             node: node.into(),
             role,
             term,
+            tip: (term, 10),
         }
     }
 
@@ -181,6 +204,16 @@ mod tests {
         assert_eq!(c0.on_peer(t0, &c1.state()), Verdict::TakeOver);
         assert_eq!(c0.take_over(), 1);
         assert_eq!(c1.on_peer(t0, &c0.state()), Verdict::Follow);
+        // The node whose store is further along wins over the lower name,
+        // and takes a term above both.
+        let mut c0 = Election::new("c0", 2, t0, WAIT);
+        let mut c1 = Election::new("c1", 5, t0, WAIT);
+        c0.set_tip(2, 40);
+        c1.set_tip(2, 41);
+        assert_eq!(c0.on_peer(t0, &c1.state()), Verdict::Stay);
+        assert_eq!(c1.on_peer(t0, &c0.state()), Verdict::TakeOver);
+        assert_eq!(c0.on_tick(t0 + WAIT), Verdict::TakeOver);
+        assert_eq!(c0.take_over(), 6, "above the peer's term, not only its own");
         // A standby does not take over from a peer that is not active.
         let mut lone = Election::new("c1", 0, t0, WAIT);
         assert_eq!(

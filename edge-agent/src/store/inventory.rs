@@ -93,8 +93,15 @@ pub(super) fn take_term(
         "intent_actor",
         &format!("site:{site_id}:{}", uuid::Uuid::new_v4().simple()),
     )?;
+    // With a nonce: two nodes that each took the same term while cut from
+    // each other still write with different actors.
     let status = roost_sync::site_status_actor_of_term(site_id, node, term);
-    set_meta(tx, "status_actor", &String::from_utf8_lossy(&status))?;
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    set_meta(
+        tx,
+        "status_actor",
+        &format!("{}.{}", String::from_utf8_lossy(&status), &nonce[..12]),
+    )?;
     Ok(())
 }
 

@@ -161,7 +161,7 @@ impl Store {
     ) -> Result<(Store, Identity), StoreError> {
         let path = data_dir.join(DB_FILE);
         let mut conn = open_migrated(&path)?;
-        let (identity, seq) = {
+        let (identity, journal, seq) = {
             let tx = conn.transaction()?;
             let mut recording = match &ha {
                 Some(h) => {
@@ -172,19 +172,24 @@ impl Store {
                 None => None,
             };
             let identity = inventory::bootstrap(&tx, site_id, config)?;
+            // In the transaction: a new store's documents, built from its
+            // rows, are logged with the rest.
+            let journal = journal::Journal::open(&tx, site_id, identity.intent_actor.clone())?;
             let seq = match (recording.as_mut(), &ha) {
                 (Some(r), Some(h)) => crate::ha::log::append(&tx, r, h.term)?,
                 _ => None,
             };
             drop(recording);
+            if let Some(h) = &ha {
+                h.replication.seed(crate::ha::log::tip(&tx)?.seq);
+            }
             tx.commit()?;
-            (identity, seq)
+            (identity, journal, seq)
         };
         if let (Some(seq), Some(h)) = (seq, &ha) {
             h.replication.committed(seq);
         }
         let hosts = inventory::load_host_views(&conn)?;
-        let journal = journal::Journal::open(&conn, site_id, identity.intent_actor.clone())?;
         let docs = journal.docs.clone();
         let doc_changes = journal.changed.clone();
         let (tx, rx) = mpsc::channel(1024);

@@ -162,7 +162,7 @@ fn run_batch(
     let docs = journal.docs.clone();
     let mut docs = docs.lock().expect("docs lock");
     let mut new_capacity = None;
-    let result = (|| -> Result<(), StoreError> {
+    let result = (|| {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // Row changes of the whole batch, net of rolled-back jobs (the
         // changeset is read from the tables as they are at the end).
@@ -242,8 +242,14 @@ fn run_batch(
         };
         drop(recording);
         tx.commit()?;
-        // Before anyone hears of the batch (the region's link, the
-        // callers): the standby holds it, or the wait timed out.
+        Ok::<_, StoreError>((seq, heads))
+    })();
+    // The documents are free before the wait below: the region's link
+    // locks them from async tasks, which must not stall on the standby.
+    drop(docs);
+    let result = result.map(|(seq, heads)| {
+        // Before the callers and the region's link hear of the batch: the
+        // standby holds it, or the wait timed out.
         if let (Some(seq), Some((_, replication))) = (seq, ha) {
             replication.committed(seq);
         }
@@ -252,9 +258,7 @@ fn run_batch(
             journal.capacity = new_capacity;
         }
         journal.images_published = true;
-        Ok(())
-    })();
-    drop(docs);
+    });
     if let Err(e) = &result {
         tracing::error!(error = %e, jobs = replies.len(), "store commit failed; every job in the batch is refused");
         stale = true;
