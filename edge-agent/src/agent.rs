@@ -305,6 +305,10 @@ impl Agent {
                 .map(|u| (u.region.name.clone(), link_state.clone())),
             peers: crate::alarms::peers(&config, addr),
             silent: Default::default(),
+            standby: ha
+                .as_ref()
+                .zip(config.ha.as_ref())
+                .map(|((node, _), h)| (h.peer_name.clone(), node.replication())),
         };
         let reconciler = Reconciler {
             store,

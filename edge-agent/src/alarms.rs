@@ -38,6 +38,7 @@ pub const PERIOD: Duration = Duration::from_secs(2);
 pub const LINK_DOWN: &str = "site.link_down";
 pub const DISK_NEARLY_FULL: &str = "storage.disk_nearly_full";
 pub const HOST_DOWN: &str = "host.down";
+pub const STANDBY_MISSING: &str = "ha.standby_missing";
 /// How long a peer has to accept a connection.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Points below the threshold at which a disk alarm clears (so a disk
@@ -77,6 +78,9 @@ pub struct Facts {
     pub disk: (String, Option<f64>),
     /// The peer hosts watched and, while one does not answer, since when.
     pub hosts: Vec<(String, Option<DateTime<Utc>>)>,
+    /// On the active node of a two-node site: the standby's name and,
+    /// while it does not hold every write, since when.
+    pub standby: Option<(String, Option<DateTime<Utc>>)>,
 }
 
 /// The alarms to raise and clear, given the active ones.
@@ -92,6 +96,7 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
     // or removed, a data directory moved) end now.
     let link_entity = f.link.as_ref().map(|(r, _)| format!("region={r}"));
     let disk_entity = format!("path={}", f.disk.0);
+    let standby_entity = f.standby.as_ref().map(|(n, _)| format!("node={n}"));
     for a in active.iter().filter(|a| a.cleared_at.is_none()) {
         let current = match a.code.as_str() {
             LINK_DOWN => link_entity.as_deref(),
@@ -101,6 +106,7 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
                 .iter()
                 .any(|(h, _)| a.entity == host_entity(h))
                 .then_some(a.entity.as_str()),
+            STANDBY_MISSING => standby_entity.as_deref(),
             _ => continue,
         };
         if current != Some(a.entity.as_str()) {
@@ -155,6 +161,30 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
             }
             None if is_active(HOST_DOWN, &entity) => out.push(AlarmChange::Clear {
                 code: HOST_DOWN.into(),
+                entity,
+                at: f.now,
+            }),
+            _ => {}
+        }
+    }
+    if let Some((node, since)) = &f.standby {
+        let entity = format!("node={node}");
+        match since {
+            Some(since) if f.now - *since >= after && !is_active(STANDBY_MISSING, &entity) => {
+                out.push(AlarmChange::Raise(AlarmStatus {
+                    code: STANDBY_MISSING.into(),
+                    entity,
+                    severity: Severity::Major,
+                    reason: format!(
+                        "standby node {node} has not held this site's writes since {}; if this node fails now, the site's API is gone until one is back; check node {node} and the peer link",
+                        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                    raised_at: f.now,
+                    cleared_at: None,
+                }));
+            }
+            None if is_active(STANDBY_MISSING, &entity) => out.push(AlarmChange::Clear {
+                code: STANDBY_MISSING.into(),
                 entity,
                 at: f.now,
             }),
@@ -295,6 +325,9 @@ pub struct Monitor {
     pub peers: Vec<(String, SocketAddr)>,
     /// Since when each peer has not answered (absent while it answers).
     pub silent: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// On an active node of a two-node site: the standby's name and what
+    /// says whether it holds every write.
+    pub standby: Option<(String, Arc<crate::ha::Replication>)>,
 }
 
 impl Monitor {
@@ -355,6 +388,10 @@ impl Monitor {
                 used_percent(&self.data_dir),
             ),
             hosts,
+            standby: self
+                .standby
+                .as_ref()
+                .map(|(node, r)| (node.clone(), r.unprotected_since())),
         };
         let active = self.store.alarms(true).await?;
         let changes = evaluate(&facts, &self.config, &active);
@@ -379,7 +416,33 @@ mod tests {
             link: Some(("eu".into(), down_since.map(at))),
             disk: ("/var/lib/roost".into(), used),
             hosts: Vec::new(),
+            standby: None,
         }
+    }
+
+    #[test]
+    fn a_missing_standby_is_raised_after_the_wait_and_cleared_when_it_holds_every_write() {
+        let cfg = AlarmsSection::default();
+        let mut active = Vec::new();
+        let with = |now: i64, since: Option<i64>| Facts {
+            standby: Some(("controller-1".into(), since.map(at))),
+            ..facts(now, None, None)
+        };
+        assert!(evaluate(&with(19, Some(0)), &cfg, &active).is_empty());
+        let raised = evaluate(&with(20, Some(0)), &cfg, &active);
+        assert!(matches!(&raised[..], [AlarmChange::Raise(a)]
+            if a.code == STANDBY_MISSING && a.entity == "node=controller-1" && a.severity == Severity::Major));
+        applied(&mut active, raised);
+        assert!(
+            evaluate(&with(30, Some(0)), &cfg, &active).is_empty(),
+            "raised once"
+        );
+        let cleared = evaluate(&with(31, None), &cfg, &active);
+        assert!(
+            matches!(&cleared[..], [AlarmChange::Clear { code, .. }] if code == STANDBY_MISSING)
+        );
+        // A node no longer configured for HA clears it too.
+        assert_eq!(evaluate(&facts(32, None, None), &cfg, &active).len(), 1);
     }
 
     fn applied(active: &mut Vec<AlarmStatus>, changes: Vec<AlarmChange>) {
@@ -548,6 +611,7 @@ mod tests {
                 ("closed".into(), closed),
             ],
             silent: Default::default(),
+            standby: None,
         };
         let first = m.probe_peers().await;
         assert_eq!(first[0], ("up".to_string(), None));

@@ -27,7 +27,8 @@
 //!   `store/network.rs`, Neutron's API in `api/network.rs`.
 //!
 //! - the site's own alarms (link down, disk nearly full, a peer host down,
-//!   which the scheduler then skips): [`alarms`]
+//!   which the scheduler then skips, an HA active without its standby):
+//!   [`alarms`]
 //!   (evaluation pure, a monitor around it), kept and published in
 //!   `store/alarms.rs`.
 //!

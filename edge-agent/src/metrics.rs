@@ -34,6 +34,9 @@ pub struct Metrics {
     /// Edge HA: writes acknowledged alone because the standby did not
     /// confirm them in time.
     pub ha_ack_timeouts: IntCounter,
+    /// Edge HA: bytes this node sent over the peer link (entries, copies
+    /// and heartbeats from an active; acks from a standby).
+    pub ha_sent_bytes: IntCounter,
 }
 
 /// Latency buckets from 50 µs to 2.5 s.
@@ -148,6 +151,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Writes acknowledged without the standby's copy because it did not confirm in time",
         )
         .expect("valid metric"),
+        ha_sent_bytes: IntCounter::new(
+            "roost_agent_ha_sent_bytes_total",
+            "Bytes this node sent over the peer link: entries, whole copies and heartbeats as active, acks as standby",
+        )
+        .expect("valid metric"),
         registry,
     };
     for c in [
@@ -166,6 +174,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.image_bytes.clone()),
         Box::new(m.ha_standby_attached.clone()),
         Box::new(m.ha_ack_timeouts.clone()),
+        Box::new(m.ha_sent_bytes.clone()),
     ] {
         m.registry.register(c).expect("metric registered once");
     }

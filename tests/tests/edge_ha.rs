@@ -35,6 +35,7 @@ fn node_config(net: &SiteNet, ctl: &ControllerProcess, join: Option<&str>, ha: &
         "site: {{id: {SITE}, name: HA pair}}\n\
          api: {{listen: \"0.0.0.0:{API_PORT}\"}}\n\
          compute: {{driver: record-only}}\n\
+         alarms: {{host_down_after_secs: 4}}\n\
          hosts:\n\
          \x20 - {{name: controller-0, roles: [controller, compute], vcpus: 8, ram_mb: 16384, disk_gb: 100}}\n\
          \x20 - {{name: controller-1, roles: [controller, compute], vcpus: 8, ram_mb: 16384, disk_gb: 100}}\n\
@@ -166,6 +167,19 @@ async fn state(api: &Api) -> Vec<Vec<String>> {
 /// An agent's banner URL as the test, outside its namespace, reaches it.
 fn reachable(url: &str, net: &SiteNet) -> String {
     url.replace("127.0.0.1", &net.site_ip.to_string())
+}
+
+/// Whether the node at `api` has an open `ha.standby_missing` alarm.
+async fn standby_missing(api: &Api) -> bool {
+    api.get("/roost/v1/alarms").await.1["alarms"]
+        .as_array()
+        .is_some_and(|a| {
+            a.iter().any(|a| {
+                a["code"] == "ha.standby_missing"
+                    && a["entity"] == "node=controller-0"
+                    && a["cleared_at"].is_null()
+            })
+        })
 }
 
 async fn metric(url: &str, name: &str) -> Option<String> {
@@ -322,6 +336,10 @@ async fn the_standby_serves_the_same_site_within_5_s_of_the_actives_kill() {
         "b is at most one background batch behind: {tip_b} vs {tip_a}"
     );
 
+    let sent = metric(&url_a, "roost_agent_ha_sent_bytes_total")
+        .await
+        .unwrap_or_default();
+
     // SIGKILL the active; the standby serves the same site within 5 s.
     let killed = Instant::now();
     a.kill9();
@@ -338,13 +356,19 @@ async fn the_standby_serves_the_same_site_within_5_s_of_the_actives_kill() {
     )
     .await;
     let took = killed.elapsed();
-    println!("edge HA: the standby served {took:.2?} after the active's SIGKILL (goal: 5 s)");
-    assert!(took < Duration::from_secs(5), "took over in {took:?}");
-    assert_eq!(
-        state(&on_b).await,
-        before,
-        "same servers, networks, volumes, users"
+    let after = state(&on_b).await;
+    let lost = before
+        .iter()
+        .zip(&after)
+        .map(|(was, now)| was.iter().filter(|n| !now.contains(n)).count())
+        .sum::<usize>();
+    println!(
+        "edge HA: the standby served {took:.2?} after the active's SIGKILL (goal: 5 s); \
+         the active had sent it {sent} bytes; acknowledged writes lost: {lost}"
     );
+    assert!(took < Duration::from_secs(5), "took over in {took:?}");
+    assert_eq!(lost, 0);
+    assert_eq!(after, before, "same servers, networks, volumes, users");
 
     // The region sees one site, in sync, from the new active.
     wait_for(
@@ -360,6 +384,14 @@ async fn the_standby_serves_the_same_site_within_5_s_of_the_actives_kill() {
     assert_eq!(code, 200, "{sites}");
     assert_eq!(sites["sites"].as_array().map(Vec::len), Some(1), "{sites}");
 
+    // b runs without a standby: raised as an alarm after the wait.
+    wait_for(
+        "b to raise ha.standby_missing",
+        Duration::from_secs(30),
+        async || standby_missing(&on_b).await,
+    )
+    .await;
+
     // b writes on; a comes back as b's standby and catches up.
     let (code, body) = on_b.create_server("plc-after", "1", IMAGE).await;
     assert_eq!(code, 202, "{body}");
@@ -373,6 +405,12 @@ async fn the_standby_serves_the_same_site_within_5_s_of_the_actives_kill() {
                 .as_deref()
                 == Some("1")
         },
+    )
+    .await;
+    wait_for(
+        "b to clear ha.standby_missing",
+        Duration::from_secs(30),
+        async || !standby_missing(&on_b).await,
     )
     .await;
     let (_, servers) = a.held();

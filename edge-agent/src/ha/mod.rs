@@ -82,19 +82,21 @@ pub struct Replication {
     ack_timeout: Duration,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     acked: u64,
     /// A standby is connected and has confirmed the tip once.
     attached: bool,
     /// It missed an ack deadline; writes go on alone until it catches up.
     lagging: bool,
+    /// Since when no standby holds every write (`None` while one does).
+    unprotected_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Replication {
     pub fn new(ack_timeout: Duration) -> Replication {
         Replication {
-            state: Mutex::new(Shared::default()),
+            state: Mutex::new(Shared::unprotected(None)),
             link: std::sync::atomic::AtomicU64::new(0),
             confirmed: Condvar::new(),
             tip: watch::Sender::new(0),
@@ -122,6 +124,7 @@ impl Replication {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 s.lagging = true;
+                s.unprotected_since = Some(chrono::Utc::now());
                 METRICS.ha_ack_timeouts.inc();
                 tracing::warn!(seq, acked = s.acked, timeout_ms = self.ack_timeout.as_millis() as u64,
                     "the standby did not confirm a write in time; writes are acknowledged alone until it catches up");
@@ -143,6 +146,7 @@ impl Replication {
                 tracing::info!(seq, "the standby holds every write");
                 s.attached = true;
                 s.lagging = false;
+                s.unprotected_since = None;
                 METRICS.ha_standby_attached.set(1);
             }
         }
@@ -172,15 +176,42 @@ impl Replication {
 
     fn reset(&self) {
         if let Ok(mut s) = self.state.lock() {
-            *s = Shared::default();
+            *s = Shared::unprotected(s.unprotected_since);
         }
         METRICS.ha_standby_attached.set(0);
         self.confirmed.notify_all();
     }
 
+    /// This node just became active: it has had no standby since now.
+    fn unprotected_from_now(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = Shared::unprotected(None);
+        }
+    }
+
+    /// Since when no standby holds every write; `None` while one does.
+    pub fn unprotected_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.state
+            .lock()
+            .map(|s| s.unprotected_since)
+            .unwrap_or_else(|_| Some(chrono::Utc::now()))
+    }
+
     /// Whether a caught-up standby confirms each write.
     pub fn attached(&self) -> bool {
         self.state.lock().is_ok_and(|s| s.attached && !s.lagging)
+    }
+}
+
+impl Shared {
+    /// No standby attached, unprotected since `since` (or now).
+    fn unprotected(since: Option<chrono::DateTime<chrono::Utc>>) -> Shared {
+        Shared {
+            acked: 0,
+            attached: false,
+            lagging: false,
+            unprotected_since: since.or_else(|| Some(chrono::Utc::now())),
+        }
     }
 }
 
@@ -316,6 +347,7 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take_over();
+        self.inner.replication.unprotected_from_now();
         tracing::info!(node = %self.inner.cfg.node, term, "edge HA: this node is now active");
         Ok(term)
     }
@@ -371,9 +403,7 @@ impl Node {
             .map_err(link)?;
         self.check_site(&conn)?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(link)?;
-        send.write_all(&self.hello(tip).frame())
-            .await
-            .map_err(link)?;
+        send_msg(&mut send, &self.hello(tip)).await?;
         let peer = tokio::time::timeout(within, read(&mut recv))
             .await
             .map_err(|_| HaError::Link("no hello".into()))??;
@@ -430,9 +460,7 @@ impl Node {
                         Verdict::Stay
                     });
                     log::apply(store, &entry)?;
-                    send.write_all(&Msg::Ack { seq: entry.seq }.frame())
-                        .await
-                        .map_err(link)?;
+                    send_msg(&mut send, &Msg::Ack { seq: entry.seq }).await?;
                     Verdict::Stay
                 }
                 Msg::SnapshotPart(bytes) => {
@@ -476,9 +504,7 @@ impl Node {
                         term = tip.term,
                         "edge HA: took a whole copy of the active's store"
                     );
-                    send.write_all(&Msg::Ack { seq: tip.seq }.frame())
-                        .await
-                        .map_err(link)?;
+                    send_msg(&mut send, &Msg::Ack { seq: tip.seq }).await?;
                     Verdict::Stay
                 }
                 Msg::Hello { .. } | Msg::Ack { .. } => {
@@ -522,9 +548,7 @@ impl Node {
         } else {
             Tip::default()
         };
-        send.write_all(&self.hello(tip).frame())
-            .await
-            .map_err(link)?;
+        send_msg(&mut send, &self.hello(tip)).await?;
         match (me.role, peer.role) {
             (Role::Active, Role::Active) => {
                 self.settle(&peer);
@@ -575,14 +599,24 @@ impl Node {
                 tokio::select! {
                     _ = tip.changed() => {}
                     _ = beat.tick() => {
-                        send.write_all(&Msg::Heartbeat { term }.frame()).await.map_err(link)?;
+                        send_msg(&mut send, &Msg::Heartbeat { term }).await?;
                     }
                 }
                 continue;
             }
             for e in entries {
+                if e.changeset.len() + 17 > wire::MAX_FRAME {
+                    // Too big for a frame: a whole copy carries it instead.
+                    tracing::warn!(
+                        seq = e.seq,
+                        bytes = e.changeset.len(),
+                        "edge HA: a batch too big for one frame; sending the standby a whole copy"
+                    );
+                    pos = self.send_snapshot(&mut send, term).await?;
+                    break;
+                }
                 pos = e.seq;
-                send.write_all(&Msg::Entry(e).frame()).await.map_err(link)?;
+                send_msg(&mut send, &Msg::Entry(e)).await?;
             }
         }
     }
@@ -605,7 +639,7 @@ impl Node {
             tokio::select! {
                 made = &mut making => break made.map_err(link)??,
                 _ = beat.tick() => {
-                    send.write_all(&Msg::Heartbeat { term }.frame()).await.map_err(link)?;
+                    send_msg(send, &Msg::Heartbeat { term }).await?;
                 }
             }
         };
@@ -619,14 +653,10 @@ impl Node {
             }
             hash.update(&part[..n]);
             len += n as u64;
-            send.write_all(&Msg::SnapshotPart(part[..n].to_vec()).frame())
-                .await
-                .map_err(link)?;
+            send_msg(send, &Msg::SnapshotPart(part[..n].to_vec())).await?;
         }
         let sha256: [u8; 32] = hash.finalize().into();
-        send.write_all(&Msg::SnapshotEnd { tip, len, sha256 }.frame())
-            .await
-            .map_err(link)?;
+        send_msg(send, &Msg::SnapshotEnd { tip, len, sha256 }).await?;
         tracing::info!(
             bytes = len,
             seq = tip.seq,
@@ -692,6 +722,14 @@ fn peer_state(hello: Msg) -> Result<PeerState, HaError> {
         }),
         _ => Err(HaError::Link("the peer did not start with a hello".into())),
     }
+}
+
+/// Writes one message as a frame, counting its bytes.
+async fn send_msg(send: &mut quinn::SendStream, msg: &Msg) -> Result<(), HaError> {
+    let frame = msg.frame();
+    send.write_all(&frame).await.map_err(link)?;
+    METRICS.ha_sent_bytes.inc_by(frame.len() as u64);
+    Ok(())
 }
 
 async fn read(recv: &mut quinn::RecvStream) -> Result<Msg, HaError> {

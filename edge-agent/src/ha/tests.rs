@@ -12,16 +12,7 @@ use super::log::{self, LogError, Tip};
 use super::Replication;
 use crate::store::{open_reader, NewServer, Store, StoreHa, WriteError, DB_FILE};
 
-const SITE: &str = "
-site: {id: ha-test, name: HA test}
-hosts:
-  - {name: c0, roles: [compute], vcpus: 4, ram_mb: 8192, disk_gb: 100, cpu_allocation_ratio: 1.0}
-  - {name: c1, roles: [compute], vcpus: 4, ram_mb: 8192, disk_gb: 100, cpu_allocation_ratio: 1.0}
-flavors:
-  - {name: two, id: '2', vcpus: 2, ram_mb: 1024, disk_gb: 10}
-images:
-  - {name: img, id: 11111111-2222-4333-8444-555555555555, disk_format: qcow2}
-";
+use crate::store::tests::SITE;
 
 fn open_active(dir: &Path, term: u64) -> Store {
     let cfg: SiteConfig = config::parse(Path::new("site.yaml"), SITE).unwrap();
@@ -30,7 +21,7 @@ fn open_active(dir: &Path, term: u64) -> Store {
         term,
         replication: Arc::new(Replication::new(Duration::from_secs(1))),
     };
-    Store::open_ha(dir, "ha-test", &cfg, Some(ha)).unwrap().0
+    Store::open_ha(dir, "store-test", &cfg, Some(ha)).unwrap().0
 }
 
 async fn create(store: &Store, name: &str, flavor: &str) -> Result<String, WriteError> {
@@ -210,12 +201,20 @@ async fn each_term_writes_with_fresh_actors() {
     };
     drop(open_active(dir.path(), 1));
     let first = actors(dir.path());
-    assert!(first.1.starts_with("status:ha-test#c0.1."), "{}", first.1);
+    assert!(
+        first.1.starts_with("status:store-test#c0.1."),
+        "{}",
+        first.1
+    );
     assert_eq!(first.2, "1");
     drop(open_active(dir.path(), 2));
     let second = actors(dir.path());
     assert_ne!(first.0, second.0, "a new intent actor");
-    assert!(second.1.starts_with("status:ha-test#c0.2."), "{}", second.1);
+    assert!(
+        second.1.starts_with("status:store-test#c0.2."),
+        "{}",
+        second.1
+    );
 }
 
 #[test]

@@ -615,6 +615,6 @@ impl ReaderPool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod volume_tests;

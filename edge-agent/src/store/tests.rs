@@ -7,7 +7,8 @@ use roost_common::model::{PowerIntent, ServerSpec};
 
 use super::{NewServer, ServerIntent, ServerQuery, Store, WriteError};
 
-const SITE: &str = "
+/// A two-host site that stores in tests open (also `crate::ha`'s).
+pub(crate) const SITE: &str = "
 site: {id: store-test, name: Store test}
 hosts:
   - {name: c0, roles: [compute], vcpus: 4, ram_mb: 8192, disk_gb: 100, cpu_allocation_ratio: 1.0}
