@@ -107,3 +107,25 @@ impl Drop for SiteNet {
             .output();
     }
 }
+
+/// Kills, when dropped, every dnsmasq whose command line names a path
+/// under this directory: an agent killed part way through a test leaves
+/// its DHCP servers running in a namespace that is then removed.
+#[derive(Debug)]
+pub struct DhcpGuard<'a>(pub &'a std::path::Path);
+
+impl Drop for DhcpGuard<'_> {
+    fn drop(&mut self) {
+        let needle = self.0.to_string_lossy().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.contains("dnsmasq") && cmd.contains(&needle) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}

@@ -4,7 +4,6 @@
 //! from the agent's dnsmasq, and reaches its gateway on the network's
 //! bridge. Its tap is on that bridge; deleting it frees its port.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
@@ -12,28 +11,6 @@ use serde_json::json;
 use roost_tests::guest::{self, GuestImage, IMAGE_ID};
 use roost_tests::netns::SiteNet;
 use roost_tests::{binary, wait_for, AgentProcess, Api};
-
-/// Kills DHCP servers started under `dir` if the test fails before the
-/// agent could stop them.
-struct DhcpGuard<'a>(&'a Path);
-
-impl Drop for DhcpGuard<'_> {
-    fn drop(&mut self) {
-        let needle = self.0.to_string_lossy().to_string();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.contains("dnsmasq") && cmd.contains(&needle) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_gets_its_ports_address_by_dhcp_and_reaches_its_gateway() {
@@ -47,7 +24,7 @@ async fn a_guest_gets_its_ports_address_by_dhcp_and_reaches_its_gateway() {
         .unwrap();
     let root = tmp.path().join("lv");
     let _guests = guest::QemuGuard(root.clone());
-    let _dhcp = DhcpGuard(tmp.path());
+    let _dhcp = roost_tests::netns::DhcpGuard(tmp.path());
     let data = tmp.path().join("data");
     let config = tmp.path().join("site.yaml");
     std::fs::write(

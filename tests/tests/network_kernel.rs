@@ -472,6 +472,8 @@ fn links(ns: &str) -> String {
 async fn the_agent_builds_what_its_api_records_and_repairs_it() {
     let net = roost_tests::netns::SiteNet::new();
     let dir = tempfile::tempdir().unwrap();
+    // Should the test fail part way, its DHCP servers go with it.
+    let _dhcp = roost_tests::netns::DhcpGuard(dir.path());
     let config = dir.path().join("site.yaml");
     let peer = Ipv4Addr::new(
         net.site_ip.octets()[0],
