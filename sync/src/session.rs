@@ -8,9 +8,10 @@
 //!
 //! It runs Automerge's sync protocol once per document (intent and status)
 //! and adds what Roost needs around it:
-//! - **Only the site writes status.** A site refuses any status change it
-//!   receives; a region refuses status changes not made by the site's own
-//!   status actor. A refused message changes nothing.
+//! - **Only the site writes status.** Both ends refuse status changes not
+//!   made by one of the site's own status actors (`status:<site>`, or one
+//!   of its edge HA terms'): a site takes back only its own changes that
+//!   another of its nodes sent. A refused message changes nothing.
 //! - **Bounded frames.** No frame exceeds [`SessionConfig::max_frame`]; a
 //!   larger sync message travels as fragments and is reassembled (up to
 //!   [`SessionConfig::max_message`]) before it is applied.
@@ -243,14 +244,14 @@ impl Session {
         })
     }
 
-    /// Whether the peer has said which heads it has, for both documents,
-    /// in this session. Until it has, [`Session::peer_heads`] is only what
-    /// it had at the end of the last session: it may have changed since.
     /// Which end of the link this session is.
     pub fn role(&self) -> Role {
         self.role
     }
 
+    /// Whether the peer has said which heads it has, for both documents,
+    /// in this session. Until it has, [`Session::peer_heads`] is only what
+    /// it had at the end of the last session: it may have changed since.
     pub fn heard_peer(&self) -> bool {
         self.states.iter().all(|s| s.their_heads.is_some())
     }

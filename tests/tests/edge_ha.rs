@@ -420,4 +420,40 @@ async fn the_standby_serves_the_same_site_within_5_s_of_the_actives_kill() {
         a.url.try_recv().is_err(),
         "a serves nothing while b is active"
     );
+
+    // The standby dies and comes back while nothing is written: it holds
+    // b's tip already, and counts as attached again without a write.
+    let mut a = a;
+    a.kill9();
+    wait_for(
+        "b to see its standby gone",
+        Duration::from_secs(30),
+        async || {
+            metric(&url_b, "roost_agent_ha_standby_attached")
+                .await
+                .as_deref()
+                == Some("0")
+        },
+    )
+    .await;
+    let tip = b.held().0;
+    let a = Node::spawn(&net_a, &cfg_a, &data_a);
+    wait_for(
+        "a to attach again, caught up",
+        Duration::from_secs(30),
+        async || {
+            metric(&url_b, "roost_agent_ha_standby_attached")
+                .await
+                .as_deref()
+                == Some("1")
+        },
+    )
+    .await;
+    assert_eq!(b.held().0, tip, "attached without a new write");
+    assert_eq!(a.held().0, tip);
+    assert_eq!(
+        on_b.get("/compute/v2.1/servers").await.0,
+        200,
+        "b serves on"
+    );
 }

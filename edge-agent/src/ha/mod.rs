@@ -74,9 +74,6 @@ fn link<E: std::fmt::Display>(e: E) -> HaError {
 #[derive(Debug)]
 pub struct Replication {
     state: Mutex<Shared>,
-    /// Which standby link the state belongs to: an old link that ends
-    /// late must not detach a newer one.
-    link: std::sync::atomic::AtomicU64,
     confirmed: Condvar,
     tip: watch::Sender<u64>,
     ack_timeout: Duration,
@@ -91,13 +88,15 @@ struct Shared {
     lagging: bool,
     /// Since when no standby holds every write (`None` while one does).
     unprotected_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Which standby link the state belongs to: an old link that ends or
+    /// acks late must not touch a newer one's.
+    link: u64,
 }
 
 impl Replication {
     pub fn new(ack_timeout: Duration) -> Replication {
         Replication {
             state: Mutex::new(Shared::unprotected(None)),
-            link: std::sync::atomic::AtomicU64::new(0),
             confirmed: Condvar::new(),
             tip: watch::Sender::new(0),
             ack_timeout,
@@ -137,10 +136,13 @@ impl Replication {
         }
     }
 
-    /// The standby holds everything up to `seq`.
-    pub fn ack(&self, seq: u64) {
+    /// The standby on link `link` holds everything up to `seq`.
+    pub fn ack(&self, link: u64, seq: u64) {
         let tip = *self.tip.borrow();
         if let Ok(mut s) = self.state.lock() {
+            if s.link != link {
+                return;
+            }
             s.acked = s.acked.max(seq);
             if s.acked >= tip && (!s.attached || s.lagging) {
                 tracing::info!(seq, "the standby holds every write");
@@ -154,38 +156,40 @@ impl Replication {
     }
 
     /// A new standby link replaces any other; returns its number.
-    fn begin_link(&self) -> u64 {
-        let link = self.link.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        self.reset();
-        link
+    pub fn begin_link(&self) -> u64 {
+        self.reset(None)
     }
 
     /// Standby link `link` ended: if it is the current one, writes stop
     /// waiting for it.
-    fn end_link(&self, link: u64) {
-        if self.link.load(std::sync::atomic::Ordering::SeqCst) == link {
-            self.reset();
-        }
+    pub fn end_link(&self, link: u64) {
+        self.reset(Some(link));
     }
 
-    /// No standby: writes stop waiting.
-    pub fn detach(&self) {
-        self.link.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.reset();
-    }
-
-    fn reset(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            *s = Shared::unprotected(s.unprotected_since);
+    /// Starts a new link (`only: None`) or ends link `only`, under the
+    /// lock; returns the current link's number.
+    fn reset(&self, only: Option<u64>) -> u64 {
+        let Ok(mut s) = self.state.lock() else {
+            return 0;
+        };
+        if only.is_some_and(|l| l != s.link) {
+            return s.link;
         }
+        let link = s.link + u64::from(only.is_none());
+        *s = Shared::unprotected(s.unprotected_since);
+        s.link = link;
+        drop(s);
         METRICS.ha_standby_attached.set(0);
         self.confirmed.notify_all();
+        link
     }
 
     /// This node just became active: it has had no standby since now.
     fn unprotected_from_now(&self) {
         if let Ok(mut s) = self.state.lock() {
+            let link = s.link;
             *s = Shared::unprotected(None);
+            s.link = link;
         }
     }
 
@@ -211,6 +215,7 @@ impl Shared {
             attached: false,
             lagging: false,
             unprotected_since: since.or_else(|| Some(chrono::Utc::now())),
+            link: 0,
         }
     }
 }
@@ -247,6 +252,12 @@ impl Node {
     ) -> Result<Node, HaError> {
         let db = data_dir.join(crate::store::DB_FILE);
         let term = read_term(&db)?;
+        // Copies a stop cut short.
+        for e in std::fs::read_dir(data_dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(OUTGOING) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let server = transport::peer_server_config(cred, HEARTBEAT, idle(cfg))?;
         let client = transport::peer_client_config(cred, HEARTBEAT, idle(cfg))?;
         let endpoint =
@@ -536,13 +547,7 @@ impl Node {
         };
         let from = *from;
         let peer = peer_state(hello)?;
-        let mut me = self.state();
-        if me.role == Role::Active {
-            // Taking over: answer once the store is open as active.
-            let mut serving = self.inner.serving.subscribe();
-            let _ = serving.wait_for(|s| *s).await;
-            me = self.state();
-        }
+        let me = self.state();
         let tip = if self.inner.db.exists() {
             read_tip(&self.inner.db)?
         } else {
@@ -570,28 +575,41 @@ impl Node {
         mut recv: quinn::RecvStream,
         from: Tip,
     ) -> Result<(), HaError> {
+        let term = self.state().term;
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        // Taking over: stream once the store is open as active (its first
+        // batch of the term is then in the log), speaking meanwhile so the
+        // standby does not take the wait for silence.
+        let mut serving = self.inner.serving.subscribe();
+        while !*serving.borrow_and_update() {
+            tokio::select! {
+                _ = serving.changed() => {}
+                _ = beat.tick() => send_msg(&mut send, &Msg::Heartbeat { term }).await?,
+            }
+        }
         let repl = self.inner.replication.clone();
         // One standby at a time: a new link replaces the old.
-        let _link = Link(repl.clone(), repl.begin_link());
+        let link = repl.begin_link();
+        let _link = Link(repl.clone(), link);
         let reader = crate::store::open_reader(&self.inner.db)?;
-        let term = self.state().term;
         let mut pos = if log::holds(&reader, from)? {
+            // It holds that entry already: caught up to there.
+            repl.ack(link, from.seq);
             from.seq
         } else {
             self.send_snapshot(&mut send, term).await?
         };
-        let acks = {
+        let acks = Abort(tokio::spawn({
             let repl = repl.clone();
-            tokio::spawn(async move {
+            async move {
                 while let Ok(Msg::Ack { seq }) = read(&mut recv).await {
-                    repl.ack(seq);
+                    repl.ack(link, seq);
                 }
-            })
-        };
+            }
+        }));
         let mut tip = repl.tip.subscribe();
-        let mut beat = tokio::time::interval(HEARTBEAT);
         loop {
-            if acks.is_finished() {
+            if acks.0.is_finished() {
                 return Err(HaError::Link("the standby left".into()));
             }
             let entries = log::entries_after(&reader, pos, 64)?;
@@ -639,7 +657,12 @@ impl Node {
             tokio::select! {
                 made = &mut making => break made.map_err(link)??,
                 _ = beat.tick() => {
-                    send_msg(send, &Msg::Heartbeat { term }).await?;
+                    if let Err(e) = send_msg(send, &Msg::Heartbeat { term }).await {
+                        // The copy is still being written: let it finish,
+                        // so the file is removed after it, not before.
+                        let _ = making.await;
+                        return Err(e);
+                    }
                 }
             }
         };
@@ -686,6 +709,15 @@ struct Remove(PathBuf);
 impl Drop for Remove {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Aborts a task when dropped.
+struct Abort(tokio::task::JoinHandle<()>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

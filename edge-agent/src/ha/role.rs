@@ -3,8 +3,8 @@
 //! the talking.
 //!
 //! - A node starts `Waiting`. It follows a peer that says it is active.
-//! - Two waiting nodes: the lower name takes over at once, the other waits
-//!   to hear it.
+//! - Two waiting nodes: the one whose store holds the later entry (then
+//!   the lower name) takes over at once; the other waits to hear it.
 //! - A waiting node or a standby that hears no active for `takeover_after`
 //!   takes over, one term above the highest it knows.
 //! - Two actives that meet (after a cut between them): the higher term
@@ -105,6 +105,8 @@ impl Election {
             // then the lower name, so no node with less replaces more.
             (Role::Waiting, Role::Waiting) => {
                 self.term = self.term.max(peer.term);
+                // The loser gives the winner a full wait to take over.
+                self.heard = now;
                 if (self.tip, std::cmp::Reverse(&self.node))
                     > (peer.tip, std::cmp::Reverse(&peer.node))
                 {

@@ -225,15 +225,18 @@ fn a_write_waits_for_the_standby_then_goes_on_alone_when_it_lags() {
     repl.committed(1);
     assert!(t.elapsed() < Duration::from_millis(300));
     assert!(!repl.attached());
+    assert!(repl.unprotected_since().is_some());
     // The standby confirms the tip: attached.
-    repl.ack(1);
+    let link = repl.begin_link();
+    repl.ack(link, 1);
     assert!(repl.attached());
+    assert!(repl.unprotected_since().is_none());
     // Entry 2 waits for its ack.
     let acker = {
         let repl = repl.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
-            repl.ack(2);
+            repl.ack(link, 2);
         })
     };
     let t = Instant::now();
@@ -250,12 +253,23 @@ fn a_write_waits_for_the_standby_then_goes_on_alone_when_it_lags() {
     repl.committed(3);
     assert!(t.elapsed() >= Duration::from_millis(300));
     assert!(!repl.attached());
+    assert!(repl.unprotected_since().is_some());
     let t = Instant::now();
     repl.committed(4);
     assert!(t.elapsed() < Duration::from_millis(300));
     // Caught up again: attached.
-    repl.ack(4);
+    repl.ack(link, 4);
     assert!(repl.attached());
-    repl.detach();
+    // A new link replaces it; the old one's late acks and end change
+    // nothing of the new one's.
+    let newer = repl.begin_link();
+    assert!(!repl.attached());
+    repl.ack(link, 4);
+    assert!(!repl.attached(), "an old link's ack");
+    repl.ack(newer, 4);
+    assert!(repl.attached());
+    repl.end_link(link);
+    assert!(repl.attached(), "an old link's end");
+    repl.end_link(newer);
     assert!(!repl.attached());
 }
