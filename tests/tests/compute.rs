@@ -36,6 +36,44 @@ async fn wait_booted(data: &Path, id: &str, image: &GuestImage, after: &str) -> 
 
 /// Asks for `action` and returns every (status, task_state, power_state)
 /// seen until the server settles in `want`.
+/// A new 1 GiB volume, once available.
+async fn new_volume(api: &Api, name: &str) -> String {
+    let (code, body) = api
+        .post(
+            &api.volume_path("/volumes"),
+            json!({"volume": {"size": 1, "name": name}}),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["volume"]["id"].as_str().unwrap().to_string();
+    api.wait_volume(&id, "available", Duration::from_secs(30))
+        .await;
+    id
+}
+
+/// Attaches `volume` to server `id`; the device the API names.
+async fn attach(api: &Api, id: &str, volume: &str) -> String {
+    let (code, body) = api
+        .post(
+            &format!("/compute/v2.1/servers/{id}/os-volume_attachments"),
+            json!({"volumeAttachment": {"volumeId": volume}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    body["volumeAttachment"]["device"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The target disk of `file` in a domain's XML.
+fn target_of(xml: &str, file: &Path) -> Option<String> {
+    let at = xml.find(&format!("<source file='{}'", file.display()))?;
+    let rest = &xml[at..];
+    let t = rest.find("<target dev='")? + "<target dev='".len();
+    Some(rest[t..].split('\'').next()?.to_string())
+}
+
 async fn act(api: &Api, id: &str, action: Value, want: &str) -> Vec<(String, String, u64)> {
     let (code, body) = api
         .post(
@@ -162,6 +200,11 @@ async fn a_real_guest_through_its_whole_life() {
         "{seen:?}"
     );
     assert_eq!(guest::qemu_pid(&root, &id), None, "QEMU gone when stopped");
+    // A second volume, attached while stopped, is vdc.
+    let second = new_volume(&api, "plc-log").await;
+    assert_eq!(attach(&api, &id, &second).await, "/dev/vdc");
+    api.wait_volume(&second, "in-use", Duration::from_secs(30))
+        .await;
     // Detached while stopped: out of the domain's config, free again.
     let (code, body) = api
         .delete(&format!(
@@ -177,6 +220,53 @@ async fn a_real_guest_through_its_whole_life() {
         !config_xml.contains(&disk),
         "volume still in:\n{config_xml}"
     );
+    // Each attachment keeps its disk: the second stays vdc, and a third
+    // takes the freed vdb, in the API and in the domain alike.
+    let third = new_volume(&api, "plc-spare").await;
+    assert_eq!(attach(&api, &id, &third).await, "/dev/vdb");
+    api.wait_volume(&third, "in-use", Duration::from_secs(30))
+        .await;
+    let (_, listed) = api
+        .get(&format!("/compute/v2.1/servers/{id}/os-volume_attachments"))
+        .await;
+    let devices: Vec<(String, String)> = listed["volumeAttachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["volumeId"].as_str().unwrap().into(),
+                a["device"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        devices,
+        vec![
+            (second.clone(), "/dev/vdc".into()),
+            (third.clone(), "/dev/vdb".into())
+        ]
+    );
+    let config_xml =
+        std::fs::read_to_string(root.join(format!("etc/qemu/roost-{id}.xml"))).unwrap();
+    for (v, dev) in [(&second, "vdc"), (&third, "vdb")] {
+        let file = data.join("volumes").join(format!("{v}.qcow2"));
+        assert_eq!(
+            target_of(&config_xml, &file).as_deref(),
+            Some(dev),
+            "{v} in:\n{config_xml}"
+        );
+    }
+    for v in [&second, &third] {
+        let (code, body) = api
+            .delete(&format!(
+                "/compute/v2.1/servers/{id}/os-volume_attachments/{v}"
+            ))
+            .await;
+        assert_eq!(code, 202, "{body}");
+        api.wait_volume(v, "available", Duration::from_secs(30))
+            .await;
+    }
     let (code, body) = api
         .delete(&api.volume_path(&format!("/volumes/{vol}")))
         .await;

@@ -353,7 +353,8 @@ pub struct ServerSpec {
     #[serde(default)]
     pub networks: Vec<NicRequest>,
     /// Volumes attached to the server (Nova's volume attachments), in the
-    /// order they were attached: vdb, vdc, ...
+    /// order they were attached; each keeps the disk it got at attach
+    /// (`VolumeStatus::device`).
     #[serde(default)]
     pub volumes: Vec<String>,
 }

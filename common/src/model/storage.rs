@@ -151,6 +151,11 @@ pub struct VolumeStatus {
     pub file: Option<PathBuf>,
     /// The server it is attached (or attaching, or detaching) to.
     pub attached_to: Option<String>,
+    /// The disk it is (or is being) attached as, e.g. `vdb`: chosen at
+    /// attach and kept for the attachment's life, so detaching another
+    /// volume renames nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// The snapshot a `reverting` volume is being reverted to.
     #[serde(default)]
     pub revert_to: Option<String>,

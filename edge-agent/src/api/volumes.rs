@@ -18,7 +18,7 @@ use roost_common::api::cinder::{
     self, AttachBody, SnapshotCreateBody, VolumeAction, VolumeCreateBody, VolumeUpdateBody,
     MAX_VOLUME_MICROVERSION,
 };
-use roost_common::model::{disk_target, Server, Volume, VolumeState};
+use roost_common::model::{Server, Volume, VolumeState};
 use roost_common::FieldError;
 
 use super::servers::flag;
@@ -123,11 +123,23 @@ fn check_project(c: &Caller, project: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The disk name of each volume attached to `server`.
-fn device_of(server: Option<&Server>, volume_id: &str) -> Option<String> {
-    let s = server?;
-    let i = s.spec.volumes.iter().position(|v| v == volume_id)?;
-    Some(disk_target(i + 1))
+/// The disk `v` is attached to `server` as, if it is.
+fn device_of(server: Option<&Server>, v: &Volume) -> Option<String> {
+    let i = server?.spec.volumes.iter().position(|id| *id == v.id)?;
+    Some(crate::store::volume_device(Some(v), i))
+}
+
+/// The disk volume `volume_id` is attached to `server` as, if it is.
+async fn device_in(
+    s: &AppState,
+    server: &Server,
+    volume_id: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(i) = server.spec.volumes.iter().position(|v| v == volume_id) else {
+        return Ok(None);
+    };
+    let v = s.store.volume(volume_id.to_string(), None).await.ok();
+    Ok(Some(crate::store::volume_device(v.as_ref(), i)))
 }
 
 async fn view(s: &AppState, v: &Volume) -> Result<Value, ApiError> {
@@ -137,7 +149,7 @@ async fn view(s: &AppState, v: &Volume) -> Result<Value, ApiError> {
     };
     Ok(cinder::cinder_volume(
         v,
-        device_of(server.as_ref(), &v.id).as_deref(),
+        device_of(server.as_ref(), v).as_deref(),
     ))
 }
 
@@ -494,13 +506,11 @@ async fn list_attachments(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let server = server_in(&s, &c, &id).await?;
-    let out: Vec<Value> = server
-        .spec
-        .volumes
-        .iter()
-        .enumerate()
-        .map(|(i, v)| cinder::nova_attachment(v, &id, &disk_target(i + 1)))
-        .collect();
+    let mut out = Vec::with_capacity(server.spec.volumes.len());
+    for v in &server.spec.volumes {
+        let dev = device_in(&s, &server, v).await?.unwrap_or_default();
+        out.push(cinder::nova_attachment(v, &id, &dev));
+    }
     Ok(Json(json!({ "volumeAttachments": out })))
 }
 
@@ -510,7 +520,7 @@ async fn show_attachment(
     Path((id, volume)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let server = server_in(&s, &c, &id).await?;
-    let dev = device_of(Some(&server), &volume).ok_or_else(|| {
+    let dev = device_in(&s, &server, &volume).await?.ok_or_else(|| {
         ApiError::not_found(format!(
             "volume_id {volume} not found as an attachment of instance {id}"
         ))
@@ -534,7 +544,7 @@ async fn attach(
         .await?;
     s.queue.push(&id);
     let server = server_in(&s, &c, &id).await?;
-    let dev = device_of(Some(&server), &volume).unwrap_or_default();
+    let dev = device_in(&s, &server, &volume).await?.unwrap_or_default();
     tracing::info!(server_id = %id, volume = %volume, device = %dev, "volume attach asked");
     Ok(Json(
         json!({ "volumeAttachment": cinder::nova_attachment(&volume, &id, &dev) }),

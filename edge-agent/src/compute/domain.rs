@@ -69,8 +69,8 @@ pub struct DomainSpec {
     pub memory_mib: u64,
     /// The qcow2 overlay the server boots from (vda).
     pub root_disk: PathBuf,
-    /// Attached volumes, in order (vdb, vdc, ...).
-    pub volumes: Vec<PathBuf>,
+    /// Attached volumes: each one's disk (`vdb`, ...) and file.
+    pub volumes: Vec<(String, PathBuf)>,
     pub nics: Vec<Nic>,
     /// The serial console is written to this file.
     pub console_log: PathBuf,
@@ -206,9 +206,9 @@ pub fn render(d: &DomainSpec) -> String {
         }
     }
     x.push_str("  <clock offset='utc'/>\n  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n  <devices>\n");
-    let disks = std::iter::once(&d.root_disk).chain(&d.volumes);
-    for (i, disk) in disks.enumerate() {
-        let _ = writeln!(x, "{}", disk_xml(disk, &disk_target(i)));
+    let _ = writeln!(x, "{}", disk_xml(&d.root_disk, &disk_target(0)));
+    for (target, file) in &d.volumes {
+        let _ = writeln!(x, "{}", disk_xml(file, target));
     }
     for nic in &d.nics {
         let _ = writeln!(
@@ -272,7 +272,10 @@ mod tests {
             cpuset: Some("2-3".into()),
             memory_mib: 256,
             root_disk: "/var/lib/roost/instances/x/disk".into(),
-            volumes: vec!["/v/a.qcow2".into(), "/v/b.qcow2".into()],
+            volumes: vec![
+                ("vdb".into(), "/v/a.qcow2".into()),
+                ("vdc".into(), "/v/b.qcow2".into()),
+            ],
             nics: vec![Nic {
                 bridge: "rbr-net1".into(),
                 tap: "rtap-1234".into(),

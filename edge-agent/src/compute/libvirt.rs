@@ -376,28 +376,35 @@ impl Libvirt {
         };
         let flags = sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG;
         let had = live(&dom)?;
-        for (target, file) in had.iter().filter(|(_, f)| !guest.volumes.contains(f)) {
+        let wanted = |f: &PathBuf| guest.volumes.iter().any(|(_, w)| w == f);
+        for (target, file) in had.iter().filter(|(_, f)| !wanted(f)) {
             dom.detach_device_flags(&domain::disk_xml(file, target), flags)
                 .map_err(lv)?;
         }
         let mut used: Vec<String> = std::iter::once("vda".to_string())
             .chain(live(&dom)?.into_iter().map(|(t, _)| t))
             .collect();
-        for file in &guest.volumes {
+        for (device, file) in &guest.volumes {
             if had.iter().any(|(_, f)| f == file) {
                 continue;
             }
-            let target = (1..)
-                .map(domain::disk_target)
-                .find(|t| !used.contains(t))
-                .unwrap_or_default();
+            // The attachment's own disk; should it be taken (a domain
+            // older than kept devices), the lowest free one.
+            let target = if used.contains(device) {
+                (1..)
+                    .map(domain::disk_target)
+                    .find(|t| !used.contains(t))
+                    .unwrap_or_default()
+            } else {
+                device.clone()
+            };
             dom.attach_device_flags(&domain::disk_xml(file, &target), flags)
                 .map_err(lv)?;
             used.push(target);
         }
         let stuck: Vec<String> = live(&dom)?
             .into_iter()
-            .filter(|(_, f)| !guest.volumes.contains(f))
+            .filter(|(_, f)| !wanted(f))
             .map(|(_, f)| f.display().to_string())
             .collect();
         if !stuck.is_empty() {

@@ -38,9 +38,10 @@ pub struct Guest {
     pub image: Option<Image>,
     /// The server's ports, in the order it asked for them (its NICs).
     pub ports: Vec<roost_common::model::Port>,
-    /// The files of the volumes the domain should have: the ones the spec
-    /// asks for on [`DriverAction::SyncVolumes`], else the ones it has.
-    pub volumes: Vec<std::path::PathBuf>,
+    /// The volumes the domain should have, each as its disk (`vdb`, ...)
+    /// and file: the ones the spec asks for on
+    /// [`DriverAction::SyncVolumes`], else the ones it has.
+    pub volumes: Vec<(String, std::path::PathBuf)>,
 }
 
 /// A domain a driver found that Roost made for this site.

@@ -41,6 +41,7 @@ pub use inventory::{HypervisorView, Identity};
 pub use journal::Applied;
 pub use quota::Quota;
 pub use servers::{shown_status, NewServer, ServerIntent, ServerQuery};
+pub use volumes::device as volume_device;
 pub use writer::WriteCtx;
 
 /// The file name of the SQLite database inside the data dir.
@@ -512,7 +513,7 @@ impl Store {
     pub async fn volume_files(
         &self,
         ids: Vec<String>,
-    ) -> Result<Vec<std::path::PathBuf>, WriteError> {
+    ) -> Result<Vec<(String, std::path::PathBuf)>, WriteError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }

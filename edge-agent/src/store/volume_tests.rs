@@ -433,6 +433,43 @@ async fn attachments_follow_the_servers_domain() {
         .volumes
         .is_empty());
 
+    // Each attachment keeps its disk: with the first of two detached, the
+    // second stays vdc and a new one takes the freed vdb (as libvirt's
+    // hot-plug does), not a name by position.
+    let (b, c) = (
+        made(&store, spec(1, VolumeSource::Blank)).await,
+        made(&store, spec(1, VolumeSource::Blank)).await,
+    );
+    let dev = |vid: String| {
+        let store = store.clone();
+        async move { store.volume(vid, None).await.unwrap().status.device }
+    };
+    attach(v.id.clone()).await.unwrap();
+    set(vec![v.id.clone()]).await;
+    attach(b.id.clone()).await.unwrap();
+    set(vec![v.id.clone(), b.id.clone()]).await;
+    assert_eq!(dev(v.id.clone()).await.as_deref(), Some("vdb"));
+    assert_eq!(dev(b.id.clone()).await.as_deref(), Some("vdc"));
+    detach(v.id.clone()).await.unwrap();
+    set(vec![b.id.clone()]).await;
+    assert_eq!(
+        dev(v.id.clone()).await,
+        None,
+        "a detached volume has no disk"
+    );
+    attach(c.id.clone()).await.unwrap();
+    set(vec![b.id.clone(), c.id.clone()]).await;
+    assert_eq!(dev(b.id.clone()).await.as_deref(), Some("vdc"));
+    assert_eq!(dev(c.id.clone()).await.as_deref(), Some("vdb"));
+    let sv = store.server(sid.clone()).await.unwrap().unwrap();
+    let files = store.volume_files(sv.spec.volumes.clone()).await.unwrap();
+    let disks: Vec<&str> = files.iter().map(|(d, _)| d.as_str()).collect();
+    assert_eq!(disks, vec!["vdc", "vdb"], "the domain gets the kept disks");
+    for id in [b.id.clone(), c.id.clone()] {
+        detach(id).await.unwrap();
+    }
+    set(vec![]).await;
+
     // A server removed frees what it held.
     attach(v.id.clone()).await.unwrap();
     set(vec![v.id.clone()]).await;

@@ -74,18 +74,52 @@ pub(super) fn list<S: serde::de::DeserializeOwned, T: serde::de::DeserializeOwne
 pub(super) fn files(
     conn: &Connection,
     ids: &[String],
-) -> Result<Vec<std::path::PathBuf>, StoreError> {
+) -> Result<Vec<(String, std::path::PathBuf)>, StoreError> {
     let mut out = Vec::new();
-    for id in ids {
+    for (i, id) in ids.iter().enumerate() {
         let v: Option<Volume> = rows::get(conn, "volumes", id)?;
+        let device = device(v.as_ref(), i);
         match v.and_then(|v| v.status.file) {
-            Some(f) => out.push(f),
+            Some(f) => out.push((device, f)),
             None => {
                 tracing::warn!(volume = %id, "an attached volume has no file; left out of the domain")
             }
         }
     }
     Ok(out)
+}
+
+/// The disk of the volume at `position` in its server's `spec.volumes`:
+/// the one kept at attach, or (for an attachment older than kept devices)
+/// the one its position gave.
+pub fn device(v: Option<&Volume>, position: usize) -> String {
+    v.and_then(|v| v.status.device.clone())
+        .unwrap_or_else(|| roost_common::model::disk_target(position + 1))
+}
+
+/// The lowest disk after `vda` that no volume attached (or attaching, or
+/// detaching) to `server` holds.
+fn free_device(conn: &Connection, server: &Server) -> Result<String, StoreError> {
+    let held: Vec<Volume> = rows::list(
+        conn,
+        "volumes",
+        "json_extract(status, '$.attached_to') = ?1",
+        [&server.id],
+    )?;
+    let used: Vec<String> = held
+        .iter()
+        .filter_map(|v| {
+            let at = server.spec.volumes.iter().position(|id| *id == v.id);
+            v.status
+                .device
+                .clone()
+                .or_else(|| at.map(|i| device(None, i)))
+        })
+        .collect();
+    Ok((1..)
+        .map(roost_common::model::disk_target)
+        .find(|t| !used.contains(t))
+        .unwrap_or_default())
 }
 
 /// What the storage worker has to do now.
@@ -636,9 +670,11 @@ impl WriteCtx<'_> {
                 shown.nova_status()
             )));
         }
+        let device = free_device(self.tx, &server)?;
         self.change_server_volumes(&server, |vols| vols.push(volume_id.to_string()))?;
         v.status.state = VolumeState::Attaching;
         v.status.attached_to = Some(server_id.to_string());
+        v.status.device = Some(device);
         v.updated_at = self.now;
         self.save_volume(&v)?;
         Ok(v)
@@ -694,6 +730,7 @@ impl WriteCtx<'_> {
             // Never reached the domain: it is free at once.
             v.status.state = VolumeState::Available;
             v.status.attached_to = None;
+            v.status.device = None;
             v.updated_at = self.now;
             self.save_volume(&v)?;
             return Ok(v);
@@ -726,6 +763,7 @@ impl WriteCtx<'_> {
             v.status.state = state;
             if state == VolumeState::Available {
                 v.status.attached_to = None;
+                v.status.device = None;
             }
             v.updated_at = self.now;
             self.save_volume(&v)?;
@@ -744,6 +782,7 @@ impl WriteCtx<'_> {
         for mut v in held {
             v.status.state = VolumeState::Available;
             v.status.attached_to = None;
+            v.status.device = None;
             v.updated_at = self.now;
             self.save_volume(&v)?;
         }
