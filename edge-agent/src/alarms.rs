@@ -120,76 +120,55 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
     if let Some((region, down_since)) = &f.link {
         let entity = format!("region={region}");
         let after = chrono::Duration::seconds(cfg.link_down_after_secs as i64);
-        match down_since {
-            Some(since) if f.now - *since >= after && !is_active(LINK_DOWN, &entity) => {
-                out.push(AlarmChange::Raise(AlarmStatus {
-                    code: LINK_DOWN.into(),
-                    entity,
-                    severity: Severity::Major,
-                    reason: format!(
-                        "no connection to region {region} since {}; the site keeps working and its changes wait for the link",
-                        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    ),
-                    raised_at: f.now,
-                    cleared_at: None,
-                }));
-            }
-            None if is_active(LINK_DOWN, &entity) => out.push(AlarmChange::Clear {
-                code: LINK_DOWN.into(),
-                entity,
-                at: f.now,
-            }),
-            _ => {}
-        }
+        let active = is_active(LINK_DOWN, &entity);
+        timed(
+            &mut out,
+            f.now,
+            (LINK_DOWN, entity, Severity::Major),
+            *down_since,
+            after,
+            active,
+            |since| {
+                format!(
+                "no connection to region {region} since {since}; the site keeps working and its changes wait for the link"
+            )
+            },
+        );
     }
     let after = chrono::Duration::seconds(cfg.host_down_after_secs as i64);
     for (host, silent_since) in &f.hosts {
         let entity = host_entity(host);
-        match silent_since {
-            Some(since) if f.now - *since >= after && !is_active(HOST_DOWN, &entity) => {
-                out.push(AlarmChange::Raise(AlarmStatus {
-                    code: HOST_DOWN.into(),
-                    entity,
-                    severity: Severity::Critical,
-                    reason: format!(
-                        "host {host} has not answered since {}; nothing new is placed there; check its power, its network and its agent",
-                        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    ),
-                    raised_at: f.now,
-                    cleared_at: None,
-                }));
-            }
-            None if is_active(HOST_DOWN, &entity) => out.push(AlarmChange::Clear {
-                code: HOST_DOWN.into(),
-                entity,
-                at: f.now,
-            }),
-            _ => {}
-        }
+        let active = is_active(HOST_DOWN, &entity);
+        timed(
+            &mut out,
+            f.now,
+            (HOST_DOWN, entity, Severity::Critical),
+            *silent_since,
+            after,
+            active,
+            |since| {
+                format!(
+                "host {host} has not answered since {since}; nothing new is placed there; check its power, its network and its agent"
+            )
+            },
+        );
     }
     if let Some((node, since)) = &f.standby {
         let entity = format!("node={node}");
-        match since {
-            Some(since) if f.now - *since >= after && !is_active(STANDBY_MISSING, &entity) => {
-                out.push(AlarmChange::Raise(AlarmStatus {
-                    code: STANDBY_MISSING.into(),
-                    entity,
-                    severity: Severity::Major,
-                    reason: format!(
-                        "standby node {node} has not held this site's writes since {}; if this node fails now, the site's API is gone until one is back; check node {node} and the peer link",
-                        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    ),
-                    raised_at: f.now,
-                    cleared_at: None,
-                }));
-            }
-            None if is_active(STANDBY_MISSING, &entity) => out.push(AlarmChange::Clear {
-                code: STANDBY_MISSING.into(),
-                entity,
-                at: f.now,
-            }),
-            _ => {}
-        }
+        let active = is_active(STANDBY_MISSING, &entity);
+        timed(
+            &mut out,
+            f.now,
+            (STANDBY_MISSING, entity, Severity::Major),
+            *since,
+            after,
+            active,
+            |since| {
+                format!(
+                "standby node {node} has not held this site's writes since {since}; if this node fails now, the site's API is gone until one is back; check node {node} and the peer link"
+            )
+            },
+        );
     }
     let (dir, used) = &f.disk;
     if let Some(used) = *used {
@@ -232,6 +211,38 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
         }
     }
     out
+}
+
+/// An alarm raised once a condition has held for `after` (`since` says
+/// since when, `None` while it does not hold) and cleared when it ends;
+/// `reason` gets the start as RFC 3339.
+fn timed(
+    out: &mut Vec<AlarmChange>,
+    now: DateTime<Utc>,
+    (code, entity, severity): (&str, String, Severity),
+    since: Option<DateTime<Utc>>,
+    after: chrono::Duration,
+    active: bool,
+    reason: impl FnOnce(String) -> String,
+) {
+    match since {
+        Some(since) if now - since >= after && !active => {
+            out.push(AlarmChange::Raise(AlarmStatus {
+                code: code.into(),
+                entity,
+                severity,
+                reason: reason(since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                raised_at: now,
+                cleared_at: None,
+            }))
+        }
+        None if active => out.push(AlarmChange::Clear {
+            code: code.into(),
+            entity,
+            at: now,
+        }),
+        _ => {}
+    }
 }
 
 /// The hosts a node watches: the site's other hosts with an IP address,

@@ -182,6 +182,17 @@ async fn standby_missing(api: &Api) -> bool {
         })
 }
 
+/// Waits until the active at `url` says whether a standby is attached.
+async fn attached(url: &str, want: &str, what: &str) {
+    wait_for(what, Duration::from_secs(30), async || {
+        metric(url, "roost_agent_ha_standby_attached")
+            .await
+            .as_deref()
+            == Some(want)
+    })
+    .await;
+}
+
 async fn metric(url: &str, name: &str) -> Option<String> {
     let text = reqwest::get(format!("{url}/metrics"))
         .await
@@ -284,17 +295,7 @@ async fn the_standby_serves_the_same_site_within_5_s_of_the_actives_kill() {
         .expect("a serves");
     let url_a = reachable(&url_a, &net_a);
     let b = Node::spawn(&net_b, &cfg_b, &data_b);
-    wait_for(
-        "b to hold a's store as its standby",
-        Duration::from_secs(30),
-        async || {
-            metric(&url_a, "roost_agent_ha_standby_attached")
-                .await
-                .as_deref()
-                == Some("1")
-        },
-    )
-    .await;
+    attached(&url_a, "1", "b to hold a's store as its standby").await;
     assert!(b.url.try_recv().is_err(), "a standby does not serve");
 
     // Writes of every kind on a, each acknowledged.
@@ -396,17 +397,7 @@ async fn the_standby_serves_the_same_site_within_5_s_of_the_actives_kill() {
     let (code, body) = on_b.create_server("plc-after", "1", IMAGE).await;
     assert_eq!(code, 202, "{body}");
     let a = Node::spawn(&net_a, &cfg_a, &data_a);
-    wait_for(
-        "a to catch up as b's standby",
-        Duration::from_secs(30),
-        async || {
-            metric(&url_b, "roost_agent_ha_standby_attached")
-                .await
-                .as_deref()
-                == Some("1")
-        },
-    )
-    .await;
+    attached(&url_b, "1", "a to catch up as b's standby").await;
     wait_for(
         "b to clear ha.standby_missing",
         Duration::from_secs(30),
@@ -425,30 +416,10 @@ async fn the_standby_serves_the_same_site_within_5_s_of_the_actives_kill() {
     // b's tip already, and counts as attached again without a write.
     let mut a = a;
     a.kill9();
-    wait_for(
-        "b to see its standby gone",
-        Duration::from_secs(30),
-        async || {
-            metric(&url_b, "roost_agent_ha_standby_attached")
-                .await
-                .as_deref()
-                == Some("0")
-        },
-    )
-    .await;
+    attached(&url_b, "0", "b to see its standby gone").await;
     let tip = b.held().0;
     let a = Node::spawn(&net_a, &cfg_a, &data_a);
-    wait_for(
-        "a to attach again, caught up",
-        Duration::from_secs(30),
-        async || {
-            metric(&url_b, "roost_agent_ha_standby_attached")
-                .await
-                .as_deref()
-                == Some("1")
-        },
-    )
-    .await;
+    attached(&url_b, "1", "a to attach again, caught up").await;
     assert_eq!(b.held().0, tip, "attached without a new write");
     assert_eq!(a.held().0, tip);
     assert_eq!(
