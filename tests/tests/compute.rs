@@ -34,8 +34,6 @@ async fn wait_booted(data: &Path, id: &str, image: &GuestImage, after: &str) -> 
     t.elapsed()
 }
 
-/// Asks for `action` and returns every (status, task_state, power_state)
-/// seen until the server settles in `want`.
 /// A new 1 GiB volume, once available.
 async fn new_volume(api: &Api, name: &str) -> String {
     let (code, body) = api
@@ -74,6 +72,8 @@ fn target_of(xml: &str, file: &Path) -> Option<String> {
     Some(rest[t..].split('\'').next()?.to_string())
 }
 
+/// Asks for `action` and returns every (status, task_state, power_state)
+/// seen until the server settles in `want`.
 async fn act(api: &Api, id: &str, action: Value, want: &str) -> Vec<(String, String, u64)> {
     let (code, body) = api
         .post(

@@ -123,8 +123,12 @@ fn check_project(c: &Caller, project: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The disk `v` is attached to `server` as, if it is.
+/// The disk `v` is attached to `server` as, if it is (also while it is
+/// being detached).
 fn device_of(server: Option<&Server>, v: &Volume) -> Option<String> {
+    if v.status.device.is_some() {
+        return v.status.device.clone();
+    }
     let i = server?.spec.volumes.iter().position(|id| *id == v.id)?;
     Some(crate::store::volume_device(Some(v), i))
 }

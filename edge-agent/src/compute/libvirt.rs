@@ -391,10 +391,13 @@ impl Libvirt {
             // The attachment's own disk; should it be taken (a domain
             // older than kept devices), the lowest free one.
             let target = if used.contains(device) {
-                (1..)
+                let free = (1..)
                     .map(domain::disk_target)
                     .find(|t| !used.contains(t))
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                tracing::warn!(server_id = %guest.server.id, file = %file.display(), kept = %device, used = %free,
+                    "the volume's disk is taken in the domain; attached at the lowest free one, so the API names another disk until the next redefine");
+                free
             } else {
                 device.clone()
             };

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: the foundation's tables.
     r#"
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -153,6 +153,18 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE replication_log (
         seq INTEGER PRIMARY KEY, term INTEGER NOT NULL, changeset BLOB NOT NULL) STRICT;
+    "#,
+    // Each attached volume keeps its disk (`status.device`). Attachments
+    // made before get the disk their position gave (vdb for the first),
+    // which is what the API said and a redefined domain used.
+    r#"
+    UPDATE volumes SET status = json_set(status, '$.device', (
+        SELECT 'vd' || char(98 + j.key)
+        FROM servers s, json_each(s.spec, '$.volumes') j
+        WHERE s.id = json_extract(volumes.status, '$.attached_to')
+          AND j.value = volumes.id AND j.key < 25))
+    WHERE json_extract(status, '$.attached_to') IS NOT NULL
+      AND json_extract(status, '$.device') IS NULL;
     "#,
 ];
 

@@ -610,3 +610,63 @@ async fn an_admin_resets_a_volume_to_what_its_file_allows() {
     let e = reset(VolumeState::Available, Some(1)).await.unwrap_err();
     assert!(e.to_string().contains("storage worker is still on"), "{e}");
 }
+
+#[tokio::test]
+async fn attachments_made_before_kept_disks_get_the_disk_their_position_gave() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let sv = server(&store).await;
+    let (a, b) = (
+        made(&store, spec(1, VolumeSource::Blank)).await,
+        made(&store, spec(1, VolumeSource::Blank)).await,
+    );
+    let sid = sv.id.clone();
+    let active = |volumes: Vec<String>| ServerStatus {
+        vm_state: VmState::Active,
+        power_state: PowerState::Running,
+        task_state: None,
+        volumes,
+        ..sv.status.clone()
+    };
+    let set = |st: ServerStatus| {
+        let (store, sid) = (store.clone(), sid.clone());
+        async move {
+            store
+                .write(move |w| w.set_server_status(&sid, &st))
+                .await
+                .unwrap()
+        }
+    };
+    set(active(vec![])).await;
+    for (v, now) in [
+        (&a, vec![a.id.clone()]),
+        (&b, vec![a.id.clone(), b.id.clone()]),
+    ] {
+        let (sid, vid) = (sid.clone(), v.id.clone());
+        store
+            .write(move |w| w.attach_volume(&sid, &vid, &None))
+            .await
+            .unwrap();
+        set(active(now)).await;
+    }
+    drop(store);
+    // As an older agent left them: attached, with no disk kept.
+    let conn = rusqlite::Connection::open(dir.path().join(super::DB_FILE)).unwrap();
+    conn.execute(
+        "UPDATE volumes SET status = json_remove(status, '$.device')",
+        [],
+    )
+    .unwrap();
+    conn.execute_batch(super::schema::MIGRATIONS.last().unwrap())
+        .unwrap();
+    drop(conn);
+    let store = open(dir.path());
+    let dev = |id: String| {
+        let store = store.clone();
+        async move { store.volume(id, None).await.unwrap().status.device }
+    };
+    assert_eq!(dev(a.id.clone()).await.as_deref(), Some("vdb"));
+    assert_eq!(dev(b.id.clone()).await.as_deref(), Some("vdc"));
+    let unattached = made(&store, spec(1, VolumeSource::Blank)).await;
+    assert_eq!(dev(unattached.id.clone()).await, None);
+}
