@@ -293,21 +293,22 @@ impl Node {
         &self.inner.cfg.node
     }
 
-    fn state(&self) -> PeerState {
+    /// The election; never hold it across an `.await`.
+    fn election(&self) -> std::sync::MutexGuard<'_, Election> {
         self.inner
             .election
             .lock()
-            .map(|e| e.state())
-            .unwrap_or_else(|e| e.into_inner().state())
+            .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn decide(&self, f: impl FnOnce(&mut Election) -> Verdict) -> Verdict {
-        let mut e = self
-            .inner
-            .election
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        f(&mut e)
+    fn state(&self) -> PeerState {
+        self.election().state()
+    }
+
+    /// What to do now that the peer said what it is (the lock is let go
+    /// before the caller acts).
+    fn verdict_on(&self, peer: &PeerState) -> Verdict {
+        self.election().on_peer(Instant::now(), peer)
     }
 
     /// Follows an active peer as its standby, applying its log to the
@@ -320,17 +321,14 @@ impl Node {
         // so the active sends a whole copy instead of the same entry again.
         let mut need_copy = false;
         loop {
-            if self.decide(|e| e.on_tick(Instant::now())) == Verdict::TakeOver {
+            if self.election().on_tick(Instant::now()) == Verdict::TakeOver {
                 break;
             }
             let held = log::tip(&store)?;
-            self.decide(|e| {
-                e.set_tip(held.term, held.seq);
-                Verdict::Stay
-            });
+            self.election().set_tip(held.term, held.seq);
             let tip = if need_copy { Tip::default() } else { held };
             match self.dial(tip).await {
-                Ok((send, recv, peer)) => match self.decide(|e| e.on_peer(Instant::now(), &peer)) {
+                Ok((send, recv, peer)) => match self.verdict_on(&peer) {
                     Verdict::Follow => {
                         tracing::info!(active = %peer.node, term = peer.term, "edge HA: standby of the active peer");
                         match self.follow(&mut store, send, recv, &mut need_copy).await {
@@ -352,12 +350,7 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         drop(store);
-        let term = self
-            .inner
-            .election
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take_over();
+        let term = self.election().take_over();
         self.inner.replication.unprotected_from_now();
         tracing::info!(node = %self.inner.cfg.node, term, "edge HA: this node is now active");
         Ok(term)
@@ -386,7 +379,7 @@ impl Node {
     /// acknowledged from its store, which it keeps aside when it comes
     /// back as the winner's standby and takes a copy.
     fn settle(&self, peer: &PeerState) {
-        if self.decide(|e| e.on_peer(Instant::now(), peer)) == Verdict::StepDown {
+        if self.verdict_on(peer) == Verdict::StepDown {
             tracing::error!(peer = %peer.node, peer_term = peer.term, term = self.state().term,
                 "edge HA: another active node wins (higher term, or same term and lower name); stepping down, to come back as its standby");
             std::process::exit(EXIT_STEPPED_DOWN);
@@ -461,24 +454,14 @@ impl Node {
             };
             let now = Instant::now();
             match msg {
-                Msg::Heartbeat { term } => self.decide(|e| {
-                    e.on_heard(now, term);
-                    Verdict::Stay
-                }),
+                Msg::Heartbeat { term } => self.election().on_heard(now, term),
                 Msg::Entry(entry) => {
-                    self.decide(|e| {
-                        e.on_heard(now, entry.term);
-                        Verdict::Stay
-                    });
+                    self.election().on_heard(now, entry.term);
                     log::apply(store, &entry)?;
                     send_msg(&mut send, &Msg::Ack { seq: entry.seq }).await?;
-                    Verdict::Stay
                 }
                 Msg::SnapshotPart(bytes) => {
-                    self.decide(|e| {
-                        e.on_heard(now, 0);
-                        Verdict::Stay
-                    });
+                    self.election().on_heard(now, 0);
                     if snapshot.is_none() {
                         let f = tokio::fs::File::create(&incoming).await.map_err(link)?;
                         snapshot = Some((f, sha2::Sha256::new(), 0));
@@ -488,7 +471,6 @@ impl Node {
                         h.update(&bytes);
                         *n += bytes.len() as u64;
                     }
-                    Verdict::Stay
                 }
                 Msg::SnapshotEnd { tip, len, sha256 } => {
                     let Some((f, h, n)) = snapshot.take() else {
@@ -516,12 +498,11 @@ impl Node {
                         "edge HA: took a whole copy of the active's store"
                     );
                     send_msg(&mut send, &Msg::Ack { seq: tip.seq }).await?;
-                    Verdict::Stay
                 }
                 Msg::Hello { .. } | Msg::Ack { .. } => {
                     return Err(HaError::Link("unexpected message from the active".into()))
                 }
-            };
+            }
         }
     }
 

@@ -68,6 +68,15 @@ async fn server(store: &Store) -> roost_common::model::Server {
         .unwrap()
 }
 
+/// Records what the reconciler found the server to be.
+async fn set_status(store: &Store, server_id: &str, st: ServerStatus) {
+    let sid = server_id.to_string();
+    store
+        .write(move |w| w.set_server_status(&sid, &st))
+        .await
+        .unwrap()
+}
+
 /// Records success for all the work due; returns what it was.
 async fn finish_work(store: &Store) -> Vec<(Subject, Op)> {
     let work = store.storage_work().await.unwrap();
@@ -323,20 +332,11 @@ async fn attachments_follow_the_servers_domain() {
         ..server.status.clone()
     };
     let set = |volumes: Vec<String>| {
-        let (sid, st) = (
-            sid.clone(),
-            ServerStatus {
-                volumes,
-                ..active.clone()
-            },
-        );
-        let store = store.clone();
-        async move {
-            store
-                .write(move |w| w.set_server_status(&sid, &st))
-                .await
-                .unwrap()
-        }
+        let st = ServerStatus {
+            volumes,
+            ..active.clone()
+        };
+        set_status(&store, &sid, st)
     };
     let attach = |vid: String| {
         let (sid, store) = (sid.clone(), store.clone());
@@ -402,11 +402,7 @@ async fn attachments_follow_the_servers_domain() {
         task_state: Some(roost_common::model::TaskState::UpdatingVolumes),
         ..active.clone()
     };
-    let (s, b) = (sid.clone(), busy);
-    store
-        .write(move |w| w.set_server_status(&s, &b))
-        .await
-        .unwrap();
+    set_status(&store, &sid, busy).await;
     assert!(matches!(
         detach(v.id.clone()).await,
         Err(WriteError::Conflict(_))
@@ -494,15 +490,7 @@ async fn a_stopped_servers_volume_is_snapshotted_and_the_server_waits_for_the_co
         volumes,
         ..server.status.clone()
     };
-    let set = |st: ServerStatus| {
-        let (store, sid) = (store.clone(), sid.clone());
-        async move {
-            store
-                .write(move |w| w.set_server_status(&sid, &st))
-                .await
-                .unwrap()
-        }
-    };
+    let set = |st: ServerStatus| set_status(&store, &sid, st);
     let change = |intent: ServerIntent| {
         let (store, sid) = (store.clone(), sid.clone());
         async move {
@@ -628,15 +616,7 @@ async fn attachments_made_before_kept_disks_get_the_disk_their_position_gave() {
         volumes,
         ..sv.status.clone()
     };
-    let set = |st: ServerStatus| {
-        let (store, sid) = (store.clone(), sid.clone());
-        async move {
-            store
-                .write(move |w| w.set_server_status(&sid, &st))
-                .await
-                .unwrap()
-        }
-    };
+    let set = |st: ServerStatus| set_status(&store, &sid, st);
     set(active(vec![])).await;
     for (v, now) in [
         (&a, vec![a.id.clone()]),
