@@ -254,8 +254,16 @@ pub trait FleetStore: std::fmt::Debug + Send + Sync {
         address: Option<&str>,
         at: DateTime<Utc>,
     ) -> Result<(), FleetError>;
-    /// Raises `site.offline` unless it is active; whether it did.
-    fn raise_offline(&self, site: &str, at: DateTime<Utc>) -> Result<bool, FleetError>;
+    /// Raises `site.offline` for a site whose availability has not been
+    /// recorded since `since` (the controller's start), unless it is
+    /// active; whether it did. The check and the raise are one transaction,
+    /// so a site that connects meanwhile is never marked offline after it.
+    fn raise_offline(
+        &self,
+        site: &str,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, FleetError>;
     /// Alarms, active ones only unless `history`; newest first.
     fn alarms(&self, site: Option<&str>, history: bool) -> Result<Vec<AlarmRow>, FleetError>;
     /// Marks an alarm acknowledged; false if there is no such alarm.
@@ -723,16 +731,32 @@ impl FleetStore for SqliteFleet {
 
     /// Raises `site.offline` for an enrolled site that has not connected
     /// since the controller started (its last state is unknown).
-    fn raise_offline(&self, site: &str, at: DateTime<Utc>) -> Result<bool, FleetError> {
-        let conn = self.conn();
-        raise_alarm(
-            &conn,
+    fn raise_offline(
+        &self,
+        site: &str,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, FleetError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let heard: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM availability_log WHERE site = ?1 AND at >= ?2)",
+            params![site, time(since)],
+            |r| r.get(0),
+        )?;
+        if heard {
+            return Ok(false);
+        }
+        let raised = raise_alarm(
+            &tx,
             site,
             OFFLINE_ALARM,
             "critical",
             "the site has not connected since the controller started",
             at,
-        )
+        )?;
+        tx.commit()?;
+        Ok(raised)
     }
 
     /// Alarms, active ones only unless `history`; newest first.
@@ -1188,6 +1212,26 @@ mod tests {
     }
 
     #[test]
+    fn the_start_audit_marks_only_sites_not_heard_since_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = store(dir.path());
+        let t = |secs: i64| DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
+        let started = t(0);
+        // Heard before the start only: its state is unknown, so raise.
+        s.record_availability("vehicle-07", true, Some("10.0.0.7:4433"), t(-60))
+            .unwrap();
+        assert!(s.raise_offline("vehicle-07", started, t(10)).unwrap());
+        // It connects (clearing the alarm) just before the audit's raise
+        // lands: the audit must not raise a new one behind it.
+        s.record_availability("vehicle-07", true, Some("10.0.0.7:4433"), t(10))
+            .unwrap();
+        assert!(!s.raise_offline("vehicle-07", started, t(10)).unwrap());
+        let all = s.alarms(Some("vehicle-07"), true).unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(all[0].cleared_at.is_some());
+    }
+
+    #[test]
     fn going_offline_raises_one_critical_alarm_and_returning_clears_it() {
         let dir = tempfile::tempdir().unwrap();
         let (s, _) = store(dir.path());
@@ -1197,8 +1241,10 @@ mod tests {
         assert!(s.alarms(None, false).unwrap().is_empty());
         s.record_availability("vehicle-07", false, None, t0)
             .unwrap();
-        // Noticing it again (or at start) does not raise a second alarm.
-        assert!(!s.raise_offline("vehicle-07", t0).unwrap());
+        // Noticing it again does not raise a second alarm.
+        assert!(!s
+            .raise_offline("vehicle-07", t0 - chrono::Duration::hours(1), t0)
+            .unwrap());
         s.record_availability("vehicle-07", false, None, t0)
             .unwrap();
         let active = s.alarms(Some("vehicle-07"), false).unwrap();

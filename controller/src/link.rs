@@ -231,6 +231,8 @@ pub struct Region {
     /// connect before its `site.offline` alarm is raised.
     pub offline_after: Duration,
     started: Instant,
+    /// The same start, on the wall clock the store's times use.
+    started_at: DateTime<Utc>,
     actor: Vec<u8>,
     sites: Mutex<HashMap<String, Arc<SiteLink>>>,
     /// Sync bytes per minute, for the last hour's total.
@@ -306,6 +308,7 @@ impl Region {
             session: SessionConfig::default(),
             offline_after,
             started: Instant::now(),
+            started_at: Utc::now(),
             sites: Mutex::new(HashMap::new()),
             traffic: Mutex::new(Traffic::default()),
             views_cache: Mutex::new(None),
@@ -438,7 +441,10 @@ impl Region {
                 let online = lock(&region.sites)
                     .get(&s.id)
                     .is_some_and(|l| l.is_online());
-                if s.enrolled_at.is_some() && !online && region.store.raise_offline(&s.id, now)? {
+                if s.enrolled_at.is_some()
+                    && !online
+                    && region.store.raise_offline(&s.id, region.started_at, now)?
+                {
                     raised += 1;
                 }
             }
