@@ -327,8 +327,9 @@ pub struct StorageSection {
     /// `<data dir>/volumes`.
     #[serde(default)]
     pub volumes_dir: Option<PathBuf>,
-    /// Most kbit/s the site fetches the region's images at; none: as fast
-    /// as the link goes (below document sync, which always comes first).
+    /// Most kbit/s of the site's bulk transfer, image fetches and volume
+    /// backups together; none: as fast as the link goes (below document
+    /// sync, which always comes first).
     #[serde(default)]
     pub fetch_rate_kbit: Option<u64>,
 }

@@ -18,6 +18,10 @@
 //! - `PUT /quotas` `{"quota" (null lifts it), "sites" | "labels"}`
 //! - `POST /placements` `{"server", "count", "labels"}`
 //! - `GET /alarms[?history=true]`
+//! - `GET /sites/{id}/backups[?volume=ID]`: the volume backups kept for
+//!   the site, newest first; `GET /sites/{id}/backups/{backup}/file`
+//!   (admin token only): one backup's qcow2 file, streamed, to restore
+//!   from.
 //!
 //! Errors are `{"error": {"code", "message"}}`; bad input names the field
 //! and the rule and changes nothing.
@@ -88,6 +92,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/sites/{id}/revoke", post(revoke))
         .route("/sites/{id}/servers", get(site_servers).post(create_server))
         .route("/sites/{id}/servers/{server}", delete(delete_server))
+        .route("/sites/{id}/backups", get(site_backups))
+        .route("/sites/{id}/backups/{backup}/file", get(backup_file))
         .route("/flavors", post(publish_flavor))
         .route("/quotas", put(set_quota))
         .route("/placements", post(place))
@@ -592,6 +598,137 @@ async fn revoke(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     })
     .await;
     respond(StatusCode::OK, r)
+}
+
+fn backups_of(region: &Region) -> Result<std::sync::Arc<crate::backups::RegionBackups>, ApiError> {
+    region.backups.get().cloned().ok_or_else(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this controller keeps no backups",
+        )
+    })
+}
+
+fn known_site(region: &Region, id: &str) -> Result<(), ApiError> {
+    region
+        .store
+        .site(id)
+        .map_err(internal)?
+        .map(|_| ())
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no site {id:?} in this region"),
+            )
+        })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupQuery {
+    volume: Option<String>,
+}
+
+async fn site_backups(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<BackupQuery>,
+) -> Response {
+    let region = s.region.clone();
+    let r = blocking(move || {
+        known_site(&region, &id)?;
+        let rows = backups_of(&region)?
+            .list(&id, q.volume.as_deref())
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok(json!({ "backups": rows }))
+    })
+    .await;
+    respond(StatusCode::OK, r)
+}
+
+/// Streams a backup's file chunk by chunk (each checked against its name
+/// as it is read): a restore holds one chunk in memory, not the volume.
+async fn backup_file(
+    State(s): State<ApiState>,
+    axum::Extension(role): axum::Extension<Role>,
+    Path((id, backup)): Path<(String, String)>,
+) -> Response {
+    if role != Role::Admin {
+        return error(
+            StatusCode::FORBIDDEN,
+            "a backup's data needs the admin token, not the viewer's",
+        )
+        .into_response();
+    }
+    let Ok(number) = backup.parse::<i64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("backup: {backup:?} is not a backup id (a number from the site's backup list)"),
+        )
+        .into_response();
+    };
+    let region = s.region.clone();
+    let found = blocking(move || {
+        known_site(&region, &id)?;
+        let store = backups_of(&region)?;
+        let row = store
+            .list(&id, None)
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .into_iter()
+            .find(|b| b.id == number)
+            .ok_or_else(|| {
+                error(
+                    StatusCode::NOT_FOUND,
+                    format!("site {id} has no backup {number}"),
+                )
+            })?;
+        let chunks = store
+            .manifest(row.id)
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok((store, row, chunks))
+    })
+    .await;
+    let (store, row, chunks) = match found {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        for c in chunks {
+            let item = store
+                .chunk(&c.hash)
+                .map(axum::body::Bytes::from)
+                .map_err(std::io::Error::other);
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(stream_of(rx));
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, row.size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}.qcow2\"", row.volume),
+            ),
+            (
+                header::HeaderName::from_static("x-roost-sha256"),
+                row.sha256,
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A receiver as a stream (without another dependency).
+fn stream_of<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }
 
 async fn site_servers(State(s): State<ApiState>, Path(id): Path<String>) -> Response {

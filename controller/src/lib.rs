@@ -23,12 +23,16 @@
 //!   copy of the site's documents.
 //! - [`images`]: the images the region holds for its sites (files and
 //!   chunk manifests), served on each site's bulk streams.
+//! - [`backups`]: the volume backups sites send (`central-replicated`
+//!   volumes), content-addressed chunks in `backups.db`, received on the
+//!   same bulk streams.
 //! - [`metrics`]: every Prometheus metric, declared in one place.
 //!
 //! Not here yet: PostgreSQL, several controller replicas, users, projects
 //! and roles beyond the two tokens (admin, viewer).
 
 pub mod api;
+pub mod backups;
 pub mod fleet;
 pub mod images;
 pub mod intent;

@@ -254,6 +254,9 @@ pub struct Region {
     /// The images the region holds for its sites, served on each site's
     /// bulk streams (none until the controller sets them).
     pub images: std::sync::OnceLock<Arc<crate::images::RegionImages>>,
+    /// Where the sites' volume backups are kept, received on the same
+    /// bulk streams (none until the controller sets it).
+    pub backups: std::sync::OnceLock<Arc<crate::backups::RegionBackups>>,
 }
 
 /// Why a write of the region's intent failed.
@@ -317,6 +320,7 @@ impl Region {
             trust: Mutex::new(None),
             trust_publish: Mutex::new(()),
             images: std::sync::OnceLock::new(),
+            backups: std::sync::OnceLock::new(),
         }
     }
 
@@ -590,23 +594,36 @@ impl Region {
             site.clone(),
             self.offline_after,
         ));
-        // Streams the site opens after the sync stream carry image chunks.
-        let bulk = self.images.get().cloned().map(|images| {
+        // Streams the site opens after the sync stream carry image chunks
+        // and volume backups.
+        let stores = self.images.get().cloned().zip(self.backups.get().cloned());
+        let bulk = stores.map(|(images, backups)| {
             let (conn, site) = (conn.clone(), site.clone());
             let source: Arc<dyn roost_sync::bulk::ChunkSource> = Arc::new(SiteImages {
                 images,
                 link: link.clone(),
             });
+            let sink: Arc<dyn roost_sync::bulk::BackupSink> = backups;
+            // A site's bulk streams are served a few at a time: what one
+            // stream may hold in memory is bounded, so is a site's share.
+            let streams = Arc::new(tokio::sync::Semaphore::new(BULK_STREAMS_PER_SITE));
             tokio::spawn(async move {
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    let (source, site) = (source.clone(), site.clone());
+                    let Ok(slot) = streams.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (source, sink, site) = (source.clone(), sink.clone(), site.clone());
                     tokio::spawn(async move {
-                        match roost_sync::bulk::serve(site.clone(), send, recv, source).await {
-                            Ok(bytes) => {
-                                METRICS.bulk_bytes.inc_by(bytes);
-                                tracing::info!(site = %site, bytes, "bulk stream ended");
-                            }
-                            Err(e) => tracing::info!(site = %site, error = %e, "bulk stream cut"),
+                        let (served, ended) =
+                            roost_sync::bulk::serve(site.clone(), send, recv, source, sink).await;
+                        drop(slot);
+                        METRICS.bulk_bytes.inc_by(served.sent);
+                        METRICS.backup_bytes.inc_by(served.received);
+                        match ended {
+                            Ok(()) => tracing::info!(site = %site, sent = served.sent,
+                                received = served.received, "bulk stream ended"),
+                            Err(e) => tracing::info!(site = %site, sent = served.sent,
+                                received = served.received, error = %e, "bulk stream cut"),
                         }
                     });
                 }
@@ -690,6 +707,10 @@ impl Region {
         }
     }
 }
+
+/// Bulk streams of one site served at once (its image fetcher and its
+/// backup worker each keep one open).
+const BULK_STREAMS_PER_SITE: usize = 4;
 
 /// How often a connection's silence is checked.
 const SILENCE_CHECK: Duration = Duration::from_millis(500);

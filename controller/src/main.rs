@@ -303,6 +303,13 @@ fn serve(
             .set(Arc::new(roost_controller::images::RegionImages::new(
                 dir.join("images"),
             )));
+        let backups = roost_controller::backups::RegionBackups::open(&dir).with_context(|| {
+            format!(
+                "cannot open the backup store {}",
+                dir.join("backups.db").display()
+            )
+        })?;
+        let _ = region.backups.set(Arc::new(backups));
         *region.trust.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(roost_sync::token::Trust {
                 keys: vec![signer.public_key()],

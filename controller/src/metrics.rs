@@ -26,6 +26,7 @@ pub struct Metrics {
     pub intent_writes: IntCounterVec,
     pub connections: IntCounterVec,
     pub bulk_bytes: prometheus::IntCounter,
+    pub backup_bytes: prometheus::IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -90,6 +91,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Image chunk bytes sent to sites on their bulk streams",
         )
         .expect("valid metric"),
+        backup_bytes: prometheus::IntCounter::new(
+            "roost_region_backup_chunk_bytes_total",
+            "Volume backup chunk bytes received from sites on their bulk streams",
+        )
+        .expect("valid metric"),
     };
     for c in [
         Box::new(m.sites.clone()) as Box<dyn prometheus::core::Collector>,
@@ -102,6 +108,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.intent_writes.clone()),
         Box::new(m.connections.clone()),
         Box::new(m.bulk_bytes.clone()),
+        Box::new(m.backup_bytes.clone()),
     ] {
         m.registry.register(c).expect("metric registered once");
     }

@@ -244,6 +244,7 @@ impl Agent {
             volumes_dir: config.storage.volumes_dir(&data_dir),
             storage_wake: Arc::new(Notify::new()),
             policy,
+            has_region: config.region.is_some(),
         };
         let network = crate::network::Reconciler::for_config(
             &config,
@@ -252,6 +253,11 @@ impl Agent {
             &data_dir,
         );
         let images_changed = Arc::new(Notify::new());
+        let volumes_changed = Arc::new(Notify::new());
+        // One pacer for the site's bulk bytes, both ways.
+        let pacer: crate::storage::fetch::SharedPacer = Arc::new(std::sync::Mutex::new(
+            roost_sync::bulk::Pacer::new(config.storage.fetch_rate_kbit.map(|k| k * 1000)),
+        ));
         let link_state = crate::alarms::LinkState::new();
         let (region, uplink) = match &config.region {
             None => (RegionLink::None, None),
@@ -286,8 +292,13 @@ impl Agent {
                     fetcher: crate::storage::fetch::Fetcher {
                         store: store.clone(),
                         images_dir: data_dir.join("images"),
-                        rate_bps: config.storage.fetch_rate_kbit.map(|k| k * 1000),
+                        pacer: pacer.clone(),
                         wake: images_changed.clone(),
+                    },
+                    backuper: crate::storage::backup::Backuper {
+                        store: store.clone(),
+                        pacer: pacer.clone(),
+                        wake: volumes_changed.clone(),
                     },
                     link_state: link_state.clone(),
                 });
@@ -368,6 +379,11 @@ impl Agent {
             self.data_dir.join("images"),
             stop_rx.clone(),
         ));
+        let volumes_changed = self
+            .uplink
+            .as_ref()
+            .map(|u| u.backuper.wake.clone())
+            .unwrap_or_default();
         let link = self.uplink.map(|u| tokio::spawn(u.run(stop_rx.clone())));
         // Awaited at the stop: it stops the DHCP servers it started.
         let network = self
@@ -381,6 +397,7 @@ impl Agent {
         let storage = crate::storage::Worker {
             store: self.reconciler.store.clone(),
             wake: self.state.storage_wake.clone(),
+            done: volumes_changed,
         };
         tokio::spawn(storage.run(stop_rx.clone()));
         tokio::spawn(self.alarms.run(stop_rx.clone()));

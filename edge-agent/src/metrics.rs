@@ -28,6 +28,10 @@ pub struct Metrics {
     /// Image bytes brought from the region, by how (fetched over the link,
     /// copied from chunks the site held, kept from a cut attempt).
     pub image_bytes: IntCounterVec,
+    /// Volume backups sent to the region, by outcome (kept, failed).
+    pub backups: IntCounterVec,
+    /// Chunk bytes of volume backups sent to the region.
+    pub backup_bytes: IntCounter,
     /// Edge HA: 1 while a caught-up standby holds every write before it is
     /// acknowledged.
     pub ha_standby_attached: IntGauge,
@@ -141,6 +145,19 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["source"],
         )
         .expect("valid metric"),
+        backups: IntCounterVec::new(
+            Opts::new(
+                "roost_agent_volume_backups_total",
+                "Volume backups sent to the region, by outcome (kept, failed)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric"),
+        backup_bytes: IntCounter::new(
+            "roost_agent_volume_backup_bytes_total",
+            "Chunk bytes of volume backups sent to the region (only what it lacked)",
+        )
+        .expect("valid metric"),
         ha_standby_attached: IntGauge::new(
             "roost_agent_ha_standby_attached",
             "1 while a caught-up standby confirms every write before it is acknowledged",
@@ -172,6 +189,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.uplink_bytes.clone()),
         Box::new(m.conflicts.clone()),
         Box::new(m.image_bytes.clone()),
+        Box::new(m.backups.clone()),
+        Box::new(m.backup_bytes.clone()),
         Box::new(m.ha_standby_attached.clone()),
         Box::new(m.ha_ack_timeouts.clone()),
         Box::new(m.ha_sent_bytes.clone()),

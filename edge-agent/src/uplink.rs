@@ -187,6 +187,8 @@ pub struct Uplink {
     pub intent_arrived: Arc<Notify>,
     /// Fetches the region's images while connected.
     pub fetcher: crate::storage::fetch::Fetcher,
+    /// Backs `central-replicated` volumes up to the region while connected.
+    pub backuper: crate::storage::backup::Backuper,
     /// Whether the link is up, and since when not (for `site.link_down`).
     pub link_state: Arc<crate::alarms::LinkState>,
 }
@@ -333,8 +335,6 @@ impl Uplink {
         self.link_state.connected();
         let session_started = Instant::now();
         tracing::info!(region = %region_hello.name, version = %region_hello.version, "region answered");
-        // Image fetches run on bulk streams of their own beside the sync.
-        let mut fetching = tokio::spawn(self.fetcher.clone().run(conn.clone()));
         let persisted = self.store.sync_state(PEER.into()).await?;
         let mut session = Session::new(
             Role::Site,
@@ -342,6 +342,10 @@ impl Uplink {
             persisted.as_ref(),
             Instant::now(),
         )?;
+        // Image fetches and volume backups run on bulk streams of their
+        // own beside the sync.
+        let mut fetching = tokio::spawn(self.fetcher.clone().run(conn.clone()));
+        let mut backing_up = tokio::spawn(self.backuper.clone().run(conn.clone()));
         let docs = self.store.docs();
         let local = self.store.doc_changes();
         let arrived = self.intent_arrived.clone();
@@ -364,11 +368,15 @@ impl Uplink {
         // what they fetched and putting the image back to queued); one
         // that does not within 5 s is stopped, and the next run resets it.
         conn.close(0u32.into(), b"done");
-        if tokio::time::timeout(Duration::from_secs(5), &mut fetching)
-            .await
-            .is_err()
-        {
-            fetching.abort();
+        // A cut backup ends on its own too (counted as failed; the next
+        // connection resumes it).
+        for task in [&mut fetching, &mut backing_up] {
+            if tokio::time::timeout(Duration::from_secs(5), &mut *task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
         let stats = session.stats();
         *greeted = stats.frames_in > 0 && session_started.elapsed() >= Duration::from_secs(2);

@@ -1,18 +1,25 @@
-//! Bulk transfer: image chunks from the region to a site, on QUIC streams
-//! of their own at [`PRIORITY_BULK`], below document sync, so a sync frame
-//! never waits behind an image.
+//! Bulk transfer on QUIC streams of their own at [`PRIORITY_BULK`], below
+//! document sync, so a sync frame never waits behind an image: image
+//! chunks from the region to a site, and volume backups from a site to
+//! the region.
 //!
-//! The site asks, the region answers, on one bidirectional stream per
-//! image: first the image's [`Manifest`], then batches of chunks by name.
-//! The site asks only for chunks it has nowhere on disk, and checks every
-//! chunk against its name, so a transfer cut anywhere resumes by asking
-//! for what is still missing. [`Pacer`] spaces the site's requests so the
-//! bytes it asks for stay under its configured rate.
+//! The site opens every stream. To fetch an image it asks for the image's
+//! [`Manifest`], then for batches of chunks by name: only chunks it has
+//! nowhere on disk, each checked against its name, so a transfer cut
+//! anywhere resumes by asking for what is still missing. To back a volume
+//! up it offers the file's manifest, the region answers with the chunks it
+//! lacks, the site sends those and commits; the region keeps every chunk
+//! it received, checked, even from a stream that was cut, so the next
+//! offer resumes where the cut left it. [`Pacer`] spaces what the site
+//! asks for or sends so it stays under the site's configured rate.
 //!
 //! Frames: a 4-byte big-endian length, then a type byte and its body.
 //! Requests: `0x01` manifest (image id), `0x02` chunks (image id, count,
-//! hashes). Replies: `0x81` manifest, `0x82` chunk (hash, bytes), `0x8f`
-//! error (text). Anything else, or over the limits, ends the stream.
+//! hashes), `0x03` offer (u16 key length, key, manifest), `0x04` put (hash,
+//! bytes), `0x05` commit (key). Replies: `0x81` manifest, `0x82` chunk
+//! (hash, bytes), `0x83` missing (count, hashes), `0x84` stored (u64 chunk
+//! bytes received for the offer), `0x8f` error (text). Anything else, or
+//! over the limits, ends the stream.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +31,9 @@ use crate::transport::{TransportError, PRIORITY_BULK};
 
 /// Most chunks one request names.
 pub const MAX_BATCH: usize = 1024;
+/// Most chunks a backup offer lists (about 16 GiB of average chunks): what
+/// one offer may cost the region in memory stays bounded.
+pub const MAX_OFFER_CHUNKS: usize = 2 << 20;
 /// Largest frame: the largest manifest.
 pub const MAX_FRAME: usize = 40 + 36 * crate::chunks::MAX_CHUNKS;
 const MAX_ID: usize = 128;
@@ -31,14 +41,43 @@ const MAX_ERROR: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Manifest { image: String },
-    Chunks { image: String, hashes: Vec<Hash> },
+    Manifest {
+        image: String,
+    },
+    Chunks {
+        image: String,
+        hashes: Vec<Hash>,
+    },
+    /// A backup of `key` (a volume id) with this manifest: which chunks
+    /// does the region lack?
+    Offer {
+        key: String,
+        manifest: Manifest,
+    },
+    /// One of the chunks the region said it lacks.
+    Put {
+        hash: Hash,
+        data: Vec<u8>,
+    },
+    /// Every lacking chunk was sent: keep the offered backup.
+    Commit {
+        key: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Manifest(Manifest),
-    Chunk { hash: Hash, data: Vec<u8> },
+    Chunk {
+        hash: Hash,
+        data: Vec<u8>,
+    },
+    /// The chunks of an offer the region lacks, in the manifest's order.
+    Missing(Vec<Hash>),
+    /// The backup is kept; `bytes` of chunks arrived for it on this stream.
+    Stored {
+        bytes: u64,
+    },
     Error(String),
 }
 
@@ -47,10 +86,66 @@ fn bad(m: impl Into<String>) -> TransportError {
 }
 
 fn image_id(bytes: &[u8]) -> Result<String, TransportError> {
+    id("image id", bytes)
+}
+
+fn id(what: &str, bytes: &[u8]) -> Result<String, TransportError> {
     if bytes.is_empty() || bytes.len() > MAX_ID {
-        return Err(bad("an image id of 1 to 128 bytes"));
+        return Err(bad(format!("the {what} must be 1 to {MAX_ID} bytes")));
     }
-    String::from_utf8(bytes.to_vec()).map_err(|_| bad("an image id that is not UTF-8"))
+    String::from_utf8(bytes.to_vec()).map_err(|_| bad(format!("the {what} is not UTF-8")))
+}
+
+/// A chunk's hash and bytes, as a put or a chunk reply carries them.
+fn chunk_body(rest: &[u8]) -> Result<(Hash, Vec<u8>), TransportError> {
+    if rest.len() <= 32 || rest.len() > 32 + MAX_CHUNK {
+        return Err(bad("a chunk of 1 to 32 KiB after its hash"));
+    }
+    Ok((
+        rest[..32].try_into().map_err(|_| bad("short hash"))?,
+        rest[32..].to_vec(),
+    ))
+}
+
+fn hashes_body(out: &mut Vec<u8>, hashes: &[Hash]) {
+    out.extend_from_slice(&(hashes.len() as u32).to_be_bytes());
+    for h in hashes {
+        out.extend_from_slice(h);
+    }
+}
+
+/// A u32 count, then that many hashes, filling `rest` exactly.
+fn read_hashes(rest: &[u8], max: usize) -> Result<Vec<Hash>, TransportError> {
+    let count = u32::from_be_bytes(
+        rest.get(..4)
+            .ok_or_else(|| bad("no chunk count"))?
+            .try_into()
+            .map_err(|_| bad("no chunk count"))?,
+    ) as usize;
+    if count > max {
+        return Err(bad(format!("names {count} chunks (at most {max})")));
+    }
+    let body = &rest[4..];
+    if body.len() != count * 32 {
+        return Err(bad("chunk count and hashes disagree"));
+    }
+    body.chunks_exact(32)
+        .map(|h| h.try_into().map_err(|_| bad("short hash")))
+        .collect()
+}
+
+/// A u16 length and that many bytes of id; the rest after it.
+fn read_key<'a>(what: &str, rest: &'a [u8]) -> Result<(String, &'a [u8]), TransportError> {
+    let n = u16::from_be_bytes(
+        rest.get(..2)
+            .ok_or_else(|| bad(format!("no {what} length")))?
+            .try_into()
+            .map_err(|_| bad(format!("no {what} length")))?,
+    ) as usize;
+    let key = rest
+        .get(2..2 + n)
+        .ok_or_else(|| bad(format!("short {what}")))?;
+    Ok((id(what, key)?, &rest[2 + n..]))
 }
 
 impl Request {
@@ -61,12 +156,18 @@ impl Request {
                 let mut out = vec![0x02];
                 out.extend_from_slice(&(image.len() as u16).to_be_bytes());
                 out.extend_from_slice(image.as_bytes());
-                out.extend_from_slice(&(hashes.len() as u32).to_be_bytes());
-                for h in hashes {
-                    out.extend_from_slice(h);
-                }
+                hashes_body(&mut out, hashes);
                 out
             }
+            Request::Offer { key, manifest } => {
+                let mut out = vec![0x03];
+                out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(&manifest.encode());
+                out
+            }
+            Request::Put { hash, data } => [&[0x04][..], hash, data].concat(),
+            Request::Commit { key } => [&[0x05], key.as_bytes()].concat(),
         }
     }
 
@@ -76,36 +177,31 @@ impl Request {
                 image: image_id(id)?,
             }),
             Some((0x02, rest)) => {
-                let n = u16::from_be_bytes(
-                    rest.get(..2)
-                        .ok_or_else(|| bad("short chunks request"))?
-                        .try_into()
-                        .map_err(|_| bad("short chunks request"))?,
-                ) as usize;
-                let id = rest.get(2..2 + n).ok_or_else(|| bad("short image id"))?;
-                let rest = &rest[2 + n..];
-                let count = u32::from_be_bytes(
-                    rest.get(..4)
-                        .ok_or_else(|| bad("no chunk count"))?
-                        .try_into()
-                        .map_err(|_| bad("no chunk count"))?,
-                ) as usize;
-                if count == 0 || count > MAX_BATCH {
-                    return Err(bad(format!("asks for {count} chunks (1 to {MAX_BATCH})")));
+                let (image, rest) = read_key("image id", rest)?;
+                let hashes = read_hashes(rest, MAX_BATCH)?;
+                if hashes.is_empty() {
+                    return Err(bad(format!("asks for 0 chunks (1 to {MAX_BATCH})")));
                 }
-                let body = &rest[4..];
-                if body.len() != count * 32 {
-                    return Err(bad("chunk count and hashes disagree"));
-                }
-                let hashes = body
-                    .chunks_exact(32)
-                    .map(|h| h.try_into().map_err(|_| bad("short hash")))
-                    .collect::<Result<_, _>>()?;
-                Ok(Request::Chunks {
-                    image: image_id(id)?,
-                    hashes,
-                })
+                Ok(Request::Chunks { image, hashes })
             }
+            Some((0x03, rest)) => {
+                let (key, rest) = read_key("backup key", rest)?;
+                let manifest = Manifest::decode(rest).map_err(|e| bad(e.to_string()))?;
+                if manifest.chunks.len() > MAX_OFFER_CHUNKS {
+                    return Err(bad(format!(
+                        "a backup of {} chunks, more than {MAX_OFFER_CHUNKS}",
+                        manifest.chunks.len()
+                    )));
+                }
+                Ok(Request::Offer { key, manifest })
+            }
+            Some((0x04, rest)) => {
+                let (hash, data) = chunk_body(rest)?;
+                Ok(Request::Put { hash, data })
+            }
+            Some((0x05, key)) => Ok(Request::Commit {
+                key: id("backup key", key)?,
+            }),
             _ => Err(bad("unknown request type")),
         }
     }
@@ -116,6 +212,12 @@ impl Reply {
         match self {
             Reply::Manifest(m) => [&[0x81][..], &m.encode()].concat(),
             Reply::Chunk { hash, data } => [&[0x82][..], hash, data].concat(),
+            Reply::Missing(hashes) => {
+                let mut out = vec![0x83];
+                hashes_body(&mut out, hashes);
+                out
+            }
+            Reply::Stored { bytes } => [&[0x84][..], &bytes.to_be_bytes()].concat(),
             Reply::Error(e) => {
                 let e = &e.as_bytes()[..e.len().min(MAX_ERROR)];
                 [&[0x8f][..], e].concat()
@@ -128,13 +230,20 @@ impl Reply {
             Some((0x81, m)) => Manifest::decode(m)
                 .map(Reply::Manifest)
                 .map_err(|e| bad(e.to_string())),
-            Some((0x82, rest)) if rest.len() > 32 && rest.len() <= 32 + MAX_CHUNK => {
-                Ok(Reply::Chunk {
-                    hash: rest[..32].try_into().map_err(|_| bad("short hash"))?,
-                    data: rest[32..].to_vec(),
-                })
+            Some((0x82, rest)) => {
+                let (hash, data) = chunk_body(rest)?;
+                Ok(Reply::Chunk { hash, data })
             }
-            Some((0x82, _)) => Err(bad("a chunk of 1 to 32 KiB after its hash")),
+            Some((0x83, rest)) => Ok(Reply::Missing(read_hashes(
+                rest,
+                crate::chunks::MAX_CHUNKS,
+            )?)),
+            Some((0x84, rest)) => Ok(Reply::Stored {
+                bytes: u64::from_be_bytes(
+                    rest.try_into()
+                        .map_err(|_| bad("a stored reply of 8 bytes"))?,
+                ),
+            }),
             Some((0x8f, e)) if e.len() <= MAX_ERROR => {
                 Ok(Reply::Error(String::from_utf8_lossy(e).into_owned()))
             }
@@ -149,8 +258,12 @@ async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), Tr
     Ok(())
 }
 
-/// Largest request: a chunks request of [`MAX_BATCH`] names.
-const MAX_REQUEST: usize = 1 + 2 + MAX_ID + 4 + 32 * MAX_BATCH;
+/// Largest request: an offer of the largest backup manifest.
+const MAX_REQUEST: usize = 1 + 2 + MAX_ID + 40 + 36 * MAX_OFFER_CHUNKS;
+
+/// What a frame's buffer grows by as its bytes arrive: a length that
+/// claims more than the peer sends costs no memory.
+const READ_STEP: usize = 1 << 20;
 
 /// The next frame of at most `max` bytes, or `None` when the peer
 /// finished the stream.
@@ -168,8 +281,14 @@ async fn read_frame(
     if n > max {
         return Err(TransportError::Oversized(n, max));
     }
-    let mut buf = vec![0u8; n];
-    recv.read_exact(&mut buf).await?;
+    let mut buf = Vec::new();
+    while buf.len() < n {
+        let at = buf.len();
+        let to = n.min(at + READ_STEP);
+        buf.reserve_exact(to - at);
+        buf.resize(to, 0);
+        recv.read_exact(&mut buf[at..]).await?;
+    }
     Ok(Some(buf))
 }
 
@@ -182,54 +301,181 @@ pub trait ChunkSource: Send + Sync + 'static {
     fn chunk(&self, site: &str, image: &str, hash: &Hash) -> Result<Vec<u8>, String>;
 }
 
+/// Where the region keeps the backups sites send. Blocking; called on
+/// blocking threads.
+pub trait BackupSink: Send + Sync + 'static {
+    /// The chunks of `manifest` the region does not hold, each once, in
+    /// the manifest's order.
+    fn missing(&self, site: &str, key: &str, manifest: &Manifest) -> Result<Vec<Hash>, String>;
+    /// Keeps chunks (already checked against their names).
+    fn put(&self, site: &str, chunks: &[(Hash, Vec<u8>)]) -> Result<(), String>;
+    /// Keeps the backup, once every chunk of `manifest` is held.
+    fn commit(&self, site: &str, key: &str, manifest: &Manifest) -> Result<(), String>;
+}
+
+/// Received chunks held before they are handed to the sink together.
+const PUT_BATCH_BYTES: usize = 1 << 20;
+
+/// The offer a stream is sending chunks for.
+struct Offered {
+    key: String,
+    manifest: Arc<Manifest>,
+    /// The chunks still lacking, with the length the manifest gives each.
+    wanted: std::collections::HashMap<Hash, u32>,
+    received: u64,
+}
+
+/// What one bulk stream moved, for the region's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Image chunk bytes sent to the site.
+    pub sent: u64,
+    /// Backup chunk bytes received from the site.
+    pub received: u64,
+}
+
 /// The region's side of one bulk stream: answers requests until the site
-/// finishes the stream. Returns the chunk bytes sent.
+/// finishes the stream. Backup chunks that arrived are kept even when the
+/// stream is cut. Returns what moved, and how the stream ended.
 pub async fn serve(
     site: String,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     source: Arc<dyn ChunkSource>,
-) -> Result<u64, TransportError> {
+    sink: Arc<dyn BackupSink>,
+) -> (Served, Result<(), TransportError>) {
     send.set_priority(PRIORITY_BULK).ok();
-    let mut sent = 0u64;
-    while let Some(frame) = read_frame(&mut recv, MAX_REQUEST).await? {
-        let (image, asked) = match Request::decode(&frame)? {
-            Request::Manifest { image } => (image, None),
-            Request::Chunks { image, hashes } => (image, Some(hashes)),
-        };
-        // One reply at a time, read and written before the next: what is
-        // held in memory is one chunk (or the manifest), whatever is asked.
-        let Some(hashes) = asked else {
-            let (src, s) = (source.clone(), site.clone());
-            let reply = tokio::task::spawn_blocking(move || match src.manifest(&s, &image) {
-                Ok(m) => Reply::Manifest(m),
-                Err(e) => Reply::Error(e),
-            })
-            .await
-            .map_err(|e| bad(e.to_string()))?;
+    let mut served = Served::default();
+    let mut offered: Option<Offered> = None;
+    let mut pending: Vec<(Hash, Vec<u8>)> = Vec::new();
+    let result = async {
+        while let Some(frame) = read_frame(&mut recv, MAX_REQUEST).await? {
+            let request = match Request::decode(&frame) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Said before the stream ends, so the site can log why.
+                    let _ = write_frame(&mut send, &Reply::Error(e.to_string()).encode()).await;
+                    return Err(e);
+                }
+            };
+            let reply = match request {
+                Request::Manifest { image } => {
+                    let (src, s) = (source.clone(), site.clone());
+                    blocking(move || match src.manifest(&s, &image) {
+                        Ok(m) => Reply::Manifest(m),
+                        Err(e) => Reply::Error(e),
+                    })
+                    .await?
+                }
+                Request::Chunks { image, hashes } => {
+                    // One reply at a time, read and written before the
+                    // next: what is held is one chunk, whatever is asked.
+                    for h in hashes {
+                        let (src, s, img) = (source.clone(), site.clone(), image.clone());
+                        let reply = blocking(move || match src.chunk(&s, &img, &h) {
+                            Ok(data) => Reply::Chunk { hash: h, data },
+                            Err(e) => Reply::Error(e),
+                        })
+                        .await?;
+                        if let Reply::Chunk { data, .. } = &reply {
+                            served.sent += data.len() as u64;
+                        }
+                        write_frame(&mut send, &reply.encode()).await?;
+                        if matches!(reply, Reply::Error(_)) {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                Request::Offer { key, manifest } => {
+                    flush(&site, &sink, &mut pending).await?;
+                    offered = None;
+                    let manifest = Arc::new(manifest);
+                    let (k, s, m, sk) = (key.clone(), site.clone(), manifest.clone(), sink.clone());
+                    match blocking(move || sk.missing(&s, &k, &m)).await? {
+                        Ok(missing) => {
+                            let lens: std::collections::HashMap<Hash, u32> =
+                                manifest.chunks.iter().map(|c| (c.hash, c.len)).collect();
+                            offered = Some(Offered {
+                                key,
+                                wanted: missing
+                                    .iter()
+                                    .filter_map(|h| lens.get(h).map(|l| (*h, *l)))
+                                    .collect(),
+                                manifest,
+                                received: 0,
+                            });
+                            Reply::Missing(missing)
+                        }
+                        Err(e) => Reply::Error(e),
+                    }
+                }
+                Request::Put { hash, data } => {
+                    let Some(o) = offered.as_mut() else {
+                        return Err(bad("a chunk before any offer"));
+                    };
+                    if o.wanted.get(&hash) != Some(&(data.len() as u32)) {
+                        return Err(bad("a chunk the offer did not lack, or not of its length"));
+                    }
+                    if <[u8; 32]>::from(Sha256::digest(&data)) != hash {
+                        return Err(bad("a chunk that does not match its name"));
+                    }
+                    o.wanted.remove(&hash);
+                    o.received += data.len() as u64;
+                    served.received += data.len() as u64;
+                    pending.push((hash, data));
+                    if pending.iter().map(|(_, d)| d.len()).sum::<usize>() >= PUT_BATCH_BYTES {
+                        flush(&site, &sink, &mut pending).await?;
+                    }
+                    continue;
+                }
+                Request::Commit { key } => {
+                    flush(&site, &sink, &mut pending).await?;
+                    match offered.take().filter(|o| o.key == key) {
+                        None => {
+                            Reply::Error(format!("backup {key} was not offered on this stream"))
+                        }
+                        Some(o) => {
+                            let (s, sk, m) = (site.clone(), sink.clone(), o.manifest);
+                            match blocking(move || sk.commit(&s, &key, &m)).await? {
+                                Ok(()) => Reply::Stored { bytes: o.received },
+                                Err(e) => Reply::Error(e),
+                            }
+                        }
+                    }
+                }
+            };
             write_frame(&mut send, &reply.encode()).await?;
-            continue;
-        };
-        for h in hashes {
-            let (src, s, img) = (source.clone(), site.clone(), image.clone());
-            let reply = tokio::task::spawn_blocking(move || match src.chunk(&s, &img, &h) {
-                Ok(data) => Reply::Chunk { hash: h, data },
-                Err(e) => Reply::Error(e),
-            })
-            .await
-            .map_err(|e| bad(e.to_string()))?;
-            let failed = matches!(reply, Reply::Error(_));
-            if let Reply::Chunk { data, .. } = &reply {
-                sent += data.len() as u64;
-            }
-            write_frame(&mut send, &reply.encode()).await?;
-            if failed {
-                break;
-            }
         }
+        Ok(())
     }
+    .await;
+    // What arrived whole is kept, cut or not: the next offer resumes.
+    let kept = flush(&site, &sink, &mut pending).await;
     send.finish().ok();
-    Ok(sent)
+    (served, result.and(kept))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TransportError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| bad(e.to_string()))
+}
+
+async fn flush(
+    site: &str,
+    sink: &Arc<dyn BackupSink>,
+    pending: &mut Vec<(Hash, Vec<u8>)>,
+) -> Result<(), TransportError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let (s, sk, batch) = (site.to_string(), sink.clone(), std::mem::take(pending));
+    blocking(move || sk.put(&s, &batch))
+        .await?
+        .map_err(|e| bad(format!("cannot keep backup chunks: {e}")))
 }
 
 /// Why a fetch failed.
@@ -250,6 +496,8 @@ pub struct BulkClient {
     recv: quinn::RecvStream,
     /// Chunk bytes received on this stream.
     pub received: u64,
+    /// Chunk bytes sent on this stream.
+    pub sent: u64,
 }
 
 impl BulkClient {
@@ -261,7 +509,19 @@ impl BulkClient {
             send,
             recv,
             received: 0,
+            sent: 0,
         })
+    }
+
+    /// What a reply is, for a refusal's words.
+    fn kind(r: &Reply) -> &'static str {
+        match r {
+            Reply::Manifest(_) => "a manifest",
+            Reply::Chunk { .. } => "a chunk",
+            Reply::Missing(_) => "a missing-chunks list",
+            Reply::Stored { .. } => "a stored reply",
+            Reply::Error(_) => "an error",
+        }
     }
 
     async fn reply(&mut self) -> Result<Reply, FetchError> {
@@ -281,9 +541,10 @@ impl BulkClient {
         write_frame(&mut self.send, &req.encode()).await?;
         match self.reply().await? {
             Reply::Manifest(m) => Ok(m),
-            _ => Err(FetchError::Unexpected(
-                "a chunk where a manifest was due".into(),
-            )),
+            r => Err(FetchError::Unexpected(format!(
+                "{} where a manifest was due",
+                Self::kind(&r)
+            ))),
         }
     }
 
@@ -318,14 +579,53 @@ impl BulkClient {
                     self.received += data.len() as u64;
                     each(&hash, &data).map_err(FetchError::Refused)?;
                 }
-                _ => {
-                    return Err(FetchError::Unexpected(
-                        "a manifest where a chunk was due".into(),
-                    ))
+                r => {
+                    return Err(FetchError::Unexpected(format!(
+                        "{} where a chunk was due",
+                        Self::kind(&r)
+                    )))
                 }
             }
         }
         Ok(())
+    }
+
+    /// Offers a backup of `key`; the chunks the region lacks.
+    pub async fn offer(&mut self, key: &str, manifest: &Manifest) -> Result<Vec<Hash>, FetchError> {
+        let req = Request::Offer {
+            key: key.into(),
+            manifest: manifest.clone(),
+        };
+        write_frame(&mut self.send, &req.encode()).await?;
+        match self.reply().await? {
+            Reply::Missing(m) => Ok(m),
+            r => Err(FetchError::Unexpected(format!(
+                "{} where the missing chunks were due",
+                Self::kind(&r)
+            ))),
+        }
+    }
+
+    /// Sends one chunk of the offer (no reply: they stream).
+    pub async fn put(&mut self, hash: Hash, data: Vec<u8>) -> Result<(), FetchError> {
+        let n = data.len() as u64;
+        write_frame(&mut self.send, &Request::Put { hash, data }.encode()).await?;
+        self.sent += n;
+        Ok(())
+    }
+
+    /// Asks the region to keep the offered backup; the chunk bytes it
+    /// received for it.
+    pub async fn commit(&mut self, key: &str) -> Result<u64, FetchError> {
+        let req = Request::Commit { key: key.into() };
+        write_frame(&mut self.send, &req.encode()).await?;
+        match self.reply().await? {
+            Reply::Stored { bytes } => Ok(bytes),
+            r => Err(FetchError::Unexpected(format!(
+                "{} where the commit's answer was due",
+                Self::kind(&r)
+            ))),
+        }
     }
 
     /// Ends the stream.
@@ -377,15 +677,29 @@ mod tests {
                 image: "img-1".into(),
                 hashes: vec![[1; 32], [2; 32]],
             },
+            Request::Offer {
+                key: "vol-1".into(),
+                manifest: m.clone(),
+            },
+            Request::Put {
+                hash: [4; 32],
+                data: vec![5; 300],
+            },
+            Request::Commit {
+                key: "vol-1".into(),
+            },
         ] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
         for r in [
-            Reply::Manifest(m),
+            Reply::Manifest(m.clone()),
             Reply::Chunk {
                 hash: [3; 32],
                 data: vec![9; 100],
             },
+            Reply::Missing(vec![[6; 32], [7; 32]]),
+            Reply::Missing(vec![]),
+            Reply::Stored { bytes: 1 << 40 },
             Reply::Error("no such image".into()),
         ] {
             assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
@@ -408,9 +722,29 @@ mod tests {
         ] {
             assert!(Request::decode(&bad).is_err(), "{bad:?}");
         }
+        let offer = Request::Offer {
+            key: "vol-1".into(),
+            manifest: m.clone(),
+        }
+        .encode();
+        let mut big_put = vec![0x04];
+        big_put.extend(vec![0u8; 32 + MAX_CHUNK + 1]);
+        for (bad, says) in [
+            (offer[..offer.len() - 1].to_vec(), "manifest"),
+            (vec![0x03, 0, 0], "backup key"),
+            (vec![0x04; 20], "chunk of 1 to 32 KiB"),
+            (big_put, "chunk of 1 to 32 KiB"),
+            (vec![0x05], "backup key"),
+        ] {
+            let e = Request::decode(&bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
         let mut big = vec![0x82];
         big.extend(vec![0u8; 32 + MAX_CHUNK + 1]);
-        for bad in [vec![0x82; 10], big, vec![0x80]] {
+        let mut lying = vec![0x83];
+        lying.extend_from_slice(&3u32.to_be_bytes());
+        lying.extend_from_slice(&[0; 64]);
+        for bad in [vec![0x82; 10], big, vec![0x80], lying, vec![0x84, 0, 0, 0]] {
             assert!(Reply::decode(&bad).is_err());
         }
     }

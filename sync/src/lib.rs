@@ -15,9 +15,9 @@
 //!   offline with the region's public keys and revocation list.
 //! - [`chunks`]: content-defined chunking and chunk manifests (what an
 //!   image is made of, by sha256), so a site fetches only chunks it lacks.
-//! - [`bulk`]: image chunks from region to site on QUIC streams of their
-//!   own below sync's priority, and the [`bulk::Pacer`] that caps a site's
-//!   rate.
+//! - [`bulk`]: image chunks from region to site, and volume backups from
+//!   site to region, on QUIC streams of their own below sync's priority,
+//!   and the [`bulk::Pacer`] that caps a site's rate.
 //! - [`transport`]: quinn with mutual TLS (keep-alive 3 s, idle timeout
 //!   10 s) and [`transport::drive`], the loop that runs a session over one
 //!   QUIC stream.

@@ -141,6 +141,42 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             Reply::Error("no".into()).encode(),
         ),
         (
+            "bulk_request",
+            "valid-offer".into(),
+            Request::Offer {
+                key: "vol-1".into(),
+                manifest: manifest.clone(),
+            }
+            .encode(),
+        ),
+        (
+            "bulk_request",
+            "valid-put".into(),
+            Request::Put {
+                hash: manifest.chunks[0].hash,
+                data: data[..manifest.chunks[0].len as usize].to_vec(),
+            }
+            .encode(),
+        ),
+        (
+            "bulk_request",
+            "valid-commit".into(),
+            Request::Commit {
+                key: "vol-1".into(),
+            }
+            .encode(),
+        ),
+        (
+            "bulk_reply",
+            "valid-missing".into(),
+            Reply::Missing(manifest.chunks.iter().map(|c| c.hash).take(3).collect()).encode(),
+        ),
+        (
+            "bulk_reply",
+            "valid-stored".into(),
+            Reply::Stored { bytes: 12345 }.encode(),
+        ),
+        (
             "token",
             "valid-signed".into(),
             signer.sign(&claims).into_bytes(),

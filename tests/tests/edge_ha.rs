@@ -15,7 +15,7 @@ use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use roost_tests::netns::{ip, SiteNet};
-use roost_tests::{binary, wait_for, AgentProcess, Api, ControllerProcess, ADMIN_PASSWORD};
+use roost_tests::{binary, metric, wait_for, AgentProcess, Api, ControllerProcess, ADMIN_PASSWORD};
 
 const SITE: &str = "edge-ha-01";
 const IMAGE: &str = "11111111-2222-4333-8444-555555555555";
@@ -191,17 +191,6 @@ async fn attached(url: &str, want: &str, what: &str) {
             == Some(want)
     })
     .await;
-}
-
-async fn metric(url: &str, name: &str) -> Option<String> {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -83,16 +83,8 @@ async fn in_sync(controller: &ControllerProcess, site: &str) -> bool {
 
 /// Whether the agent says it is connected to the region (its metric).
 async fn uplink_connected(site: &SiteProcess) -> Option<bool> {
-    let text = reqwest::get(format!("{}/metrics", site.agent.url))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("roost_agent_uplink_connected "))?;
-    Some(line.ends_with(" 1"))
+    let value = roost_tests::metric(&site.agent.url, "roost_agent_uplink_connected").await?;
+    Some(value.trim() == "1")
 }
 
 /// A server the site acknowledged, and when the test heard so.

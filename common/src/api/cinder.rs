@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::model::{
     openstack_time, Snapshot, SnapshotSpec, Volume, VolumeSource, VolumeSpec, VolumeState,
-    VOLUME_TYPES,
+    CENTRAL_REPLICATED, VOLUME_TYPES,
 };
 use crate::validate::FieldError;
 
@@ -274,7 +274,7 @@ pub fn cinder_volume(v: &Volume, device: Option<&str>) -> Value {
         "source_volid": null,
         "consistencygroup_id": null,
         "group_id": null,
-        "replication_status": "disabled",
+        "replication_status": if v.spec.volume_type == CENTRAL_REPLICATED { "enabled" } else { "disabled" },
         "migration_status": null,
         "links": [],
     });
@@ -283,6 +283,11 @@ pub fn cinder_volume(v: &Volume, device: Option<&str>) -> Value {
     }
     if let Some(f) = &v.status.fault {
         body["roost:fault"] = json!(f.message);
+    }
+    if let Some(b) = &v.status.backup {
+        body["roost:backup_at"] = json!(b.at);
+        body["roost:backup_sha256"] = json!(b.sha256);
+        body["roost:backup_sent_bytes"] = json!(b.sent_bytes);
     }
     body
 }
@@ -314,7 +319,12 @@ pub fn cinder_types() -> Vec<Value> {
     VOLUME_TYPES
         .iter()
         .map(|t| {
-            json!({"id": t, "name": t, "description": "qcow2 files on the site's own disk", "is_public": true, "extra_specs": {}, "qos_specs_id": null, "os-volume-type-access:is_public": true})
+            let description = if *t == CENTRAL_REPLICATED {
+                "qcow2 files on the site's own disk, backed up to the region"
+            } else {
+                "qcow2 files on the site's own disk"
+            };
+            json!({"id": t, "name": t, "description": description, "is_public": true, "extra_specs": {}, "qos_specs_id": null, "os-volume-type-access:is_public": true})
         })
         .collect()
 }

@@ -17,13 +17,20 @@ use serde::{Deserialize, Serialize};
 use super::{Fault, Resource};
 use crate::validate::{self, FieldError};
 
-/// The volume types a site offers. (`central-replicated`, backed up to
-/// the region asynchronously, is planned; until its backup exists it is
-/// refused by name rather than taken and not replicated.)
-pub const VOLUME_TYPES: [&str; 1] = ["edge-local"];
+/// The volume types a site offers: `edge-local` (a qcow2 file on the
+/// site's disk) and `central-replicated` (the same, also backed up to the
+/// region whenever it changed and no running guest holds it).
+pub const VOLUME_TYPES: [&str; 2] = ["edge-local", CENTRAL_REPLICATED];
+
+/// The volume type whose volumes are backed up to the region.
+pub const CENTRAL_REPLICATED: &str = "central-replicated";
 
 /// Largest volume, in GiB.
 pub const MAX_VOLUME_GB: u64 = 64 * 1024;
+
+/// Largest `central-replicated` volume, in GiB: its file's chunk list
+/// must fit one backup offer (`roost_sync::bulk::MAX_OFFER_CHUNKS`).
+pub const MAX_REPLICATED_GB: u64 = 8;
 
 /// A virtio disk's name by position: `vda`, `vdb`, ... `vdz`, `vdaa`, ...
 /// (the root disk is 0, a server's attached volumes 1, 2, ... in order).
@@ -93,18 +100,18 @@ impl VolumeSpec {
             validate::text("volume.description", d)?;
         }
         validate::range("volume.size", self.size_gb, 1, MAX_VOLUME_GB)?;
-        if self.volume_type == "central-replicated" {
-            return Err(FieldError::new(
-                "volume.volume_type",
-                &self.volume_type,
-                "backing volumes up to the region is not built yet: use edge-local",
-            ));
-        }
         if !VOLUME_TYPES.contains(&self.volume_type.as_str()) {
             return Err(FieldError::new(
                 "volume.volume_type",
                 &self.volume_type,
-                "must be edge-local",
+                "must be edge-local or central-replicated",
+            ));
+        }
+        if self.volume_type == CENTRAL_REPLICATED && self.size_gb > MAX_REPLICATED_GB {
+            return Err(FieldError::new(
+                "volume.size",
+                self.size_gb,
+                format!("central-replicated volumes are at most {MAX_REPLICATED_GB} GiB (backups of larger ones are not built): use edge-local"),
             ));
         }
         metadata("volume.metadata", &self.metadata)
@@ -164,6 +171,26 @@ pub struct VolumeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extending_from: Option<u64>,
     pub fault: Option<Fault>,
+    /// The last backup the region confirmed keeping
+    /// (`central-replicated` volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<VolumeBackup>,
+}
+
+/// A backup of a volume's file the region keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeBackup {
+    /// When the region confirmed it (RFC 3339).
+    pub at: String,
+    /// The sha256 of the file backed up, lower-case hex.
+    pub sha256: String,
+    /// The file's bytes.
+    pub size: u64,
+    /// Chunk bytes that crossed the link for it (what the region lacked).
+    pub sent_bytes: u64,
+    /// The file's modification time (ns) and length when it was read: a
+    /// file still so is not read again.
+    pub stamp: String,
 }
 
 pub type Volume = Resource<VolumeSpec, VolumeStatus>;
@@ -262,13 +289,21 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(e.field, "volume.volume_type");
-        let e = VolumeSpec {
+        assert!(VolumeSpec {
             volume_type: "central-replicated".into(),
             ..spec()
         }
         .validate()
+        .is_ok());
+        let e = VolumeSpec {
+            volume_type: "central-replicated".into(),
+            size_gb: MAX_REPLICATED_GB + 1,
+            ..spec()
+        }
+        .validate()
         .unwrap_err();
-        assert!(e.rule.contains("not built yet"), "{e}");
+        assert_eq!(e.field, "volume.size");
+        assert!(e.rule.contains("at most 8 GiB"), "{e}");
         let e = VolumeSpec {
             name: "a\nb".into(),
             ..spec()

@@ -64,6 +64,9 @@ pub struct AppState {
     pub storage_wake: Arc<tokio::sync::Notify>,
     /// Who may do what (`api.policy_file` over the defaults).
     pub policy: Arc<Policy>,
+    /// Whether the site has a region to back `central-replicated`
+    /// volumes up to.
+    pub has_region: bool,
 }
 
 /// Builds the router.

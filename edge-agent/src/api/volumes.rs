@@ -215,6 +215,14 @@ async fn create(
     check_project(&c, &project)?;
     let body: VolumeCreateBody = parse_body(&body)?;
     let spec = body.volume.into_spec(&c.0.project_id, &c.0.user_id)?;
+    if spec.volume_type == roost_common::model::CENTRAL_REPLICATED && !s.has_region {
+        return Err(roost_common::FieldError::new(
+            "volume.volume_type",
+            &spec.volume_type,
+            "this site has no region to back the volume up to (no region section in its config): use edge-local",
+        )
+        .into());
+    }
     if let roost_common::model::VolumeSource::Image(id) = &spec.source {
         super::images::check_bootable_by(&s, &c, id, "volume.imageRef").await?;
     }

@@ -52,13 +52,26 @@ impl From<String> for Stop {
     }
 }
 
+/// The site's one pacer for bulk bytes (fetches and backups together
+/// stay under `storage.fetch_rate_kbit`). Asked under the lock, slept
+/// outside it.
+pub type SharedPacer = Arc<std::sync::Mutex<Pacer>>;
+
+/// How long to wait before moving `bytes` more.
+pub fn pace(pacer: &SharedPacer, bytes: u64) -> Duration {
+    pacer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .delay(bytes, Instant::now())
+}
+
 /// What the fetcher needs; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     pub store: Store,
     pub images_dir: PathBuf,
-    /// The site's cap on fetched bytes, bits per second.
-    pub rate_bps: Option<u64>,
+    /// The site's cap on bulk bytes, shared with the backup worker.
+    pub pacer: SharedPacer,
     /// Told when the region gave or changed an image.
     pub wake: Arc<Notify>,
 }
@@ -168,7 +181,6 @@ impl Fetcher {
     /// Fetches every image that needs it while `conn` lasts; then waits to
     /// be woken. Ends when the connection does (the caller aborts it).
     pub async fn run(self, conn: quinn::Connection) {
-        let mut pacer = Pacer::new(self.rate_bps);
         // One fetcher runs at a time: a region image left `saving` is from
         // a run that was stopped, and is queued again.
         if let Ok(all) = self.store.images().await {
@@ -195,7 +207,7 @@ impl Fetcher {
                 if conn.close_reason().is_some() {
                     return;
                 }
-                self.fetch_one(&conn, &mut pacer, &image).await;
+                self.fetch_one(&conn, &image).await;
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -205,7 +217,7 @@ impl Fetcher {
         }
     }
 
-    async fn fetch_one(&self, conn: &quinn::Connection, pacer: &mut Pacer, image: &Image) {
+    async fn fetch_one(&self, conn: &quinn::Connection, image: &Image) {
         let id = image.id.clone();
         let i = id.clone();
         if let Err(e) = self.store.write(move |w| w.begin_upload(&i)).await {
@@ -214,7 +226,7 @@ impl Fetcher {
         }
         let started = Instant::now();
         let mut received = 0u64;
-        let result = self.transfer(conn, pacer, image, &mut received).await;
+        let result = self.transfer(conn, image, &mut received).await;
         let (i, r) = (id.clone(), received);
         if let Err(e) = self.store.write(move |w| w.add_fetched(&i, r)).await {
             warn!(image = %id, error = %e, "cannot count the bytes fetched");
@@ -258,7 +270,6 @@ impl Fetcher {
     async fn transfer(
         &self,
         conn: &quinn::Connection,
-        pacer: &mut Pacer,
         image: &Image,
         received: &mut u64,
     ) -> Result<Uploaded, Stop> {
@@ -355,7 +366,7 @@ impl Fetcher {
         let mut asked = 0;
         for i in 0..batches.len() {
             while asked < batches.len() && asked <= i + 1 {
-                tokio::time::sleep(pacer.delay(size_of(&batches[asked]), Instant::now())).await;
+                tokio::time::sleep(pace(&self.pacer, size_of(&batches[asked]))).await;
                 client
                     .ask(id, &hashes[asked])
                     .await

@@ -16,12 +16,14 @@
 //!   still whole, and at what size.
 //!
 //! [`fetch`] brings the region's images, only the chunks the site lacks,
-//! while the link is up.
+//! while the link is up; [`backup`] sends `central-replicated` volumes to
+//! the region the same way, only the chunks the region lacks.
 //!
 //! Volumes live in `storage.volumes_dir` (default `<data dir>/volumes`),
 //! snapshots in its `snapshots/`. Attaching is not here: it is the
 //! server's intent, carried out by the compute reconciler.
 
+pub mod backup;
 pub mod fetch;
 pub mod plan;
 pub mod qemu_img;
@@ -51,6 +53,8 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 pub struct Worker {
     pub store: Store,
     pub wake: Arc<Notify>,
+    /// Told after operations ran (the backup worker: files changed).
+    pub done: Arc<Notify>,
 }
 
 impl Worker {
@@ -60,7 +64,10 @@ impl Worker {
         loop {
             match self.pass().await {
                 // Something changed: look again at once.
-                Ok(true) => continue,
+                Ok(true) => {
+                    self.done.notify_one();
+                    continue;
+                }
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "storage pass failed; retrying"),
             }

@@ -520,6 +520,11 @@ impl Store {
         self.read(move |c| Ok(volumes::files(c, &ids)?)).await
     }
 
+    /// The `central-replicated` volumes at rest, for the backup worker.
+    pub async fn backup_candidates(&self) -> Result<Vec<Volume>, WriteError> {
+        self.read(|c| Ok(volumes::backup_candidates(c)?)).await
+    }
+
     /// The storage worker's work now (see `crate::storage`).
     pub async fn storage_work(&self) -> Result<Vec<crate::storage::plan::Work>, WriteError> {
         self.read(|c| Ok(volumes::work(c)?)).await

@@ -650,3 +650,103 @@ async fn attachments_made_before_kept_disks_get_the_disk_their_position_gave() {
     let unattached = made(&store, spec(1, VolumeSource::Blank)).await;
     assert_eq!(dev(unattached.id.clone()).await, None);
 }
+
+#[tokio::test]
+async fn only_central_replicated_volumes_at_rest_are_backed_up_and_a_kept_backup_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let local = made(&store, spec(1, VolumeSource::Blank)).await;
+    let replicated = made(
+        &store,
+        VolumeSpec {
+            volume_type: "central-replicated".into(),
+            ..spec(1, VolumeSource::Blank)
+        },
+    )
+    .await;
+    let ids = |vs: Vec<Volume>| vs.into_iter().map(|v| v.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.backup_candidates().await.unwrap()),
+        vec![replicated.id.clone()],
+        "edge-local volumes are not backed up"
+    );
+    // Attached to a running server: its guest writes it, so not now.
+    let server = server(&store).await;
+    let sid = server.id.clone();
+    let running = ServerStatus {
+        vm_state: VmState::Active,
+        power_state: PowerState::Running,
+        task_state: None,
+        volumes: vec![replicated.id.clone()],
+        ..server.status.clone()
+    };
+    set_status(
+        &store,
+        &sid,
+        ServerStatus {
+            volumes: vec![],
+            ..running.clone()
+        },
+    )
+    .await;
+    let (s, vid) = (sid.clone(), replicated.id.clone());
+    store
+        .write(move |w| w.attach_volume(&s, &vid, &None))
+        .await
+        .unwrap();
+    assert!(
+        store.backup_candidates().await.unwrap().is_empty(),
+        "attaching"
+    );
+    set_status(&store, &sid, running.clone()).await;
+    assert!(
+        store.backup_candidates().await.unwrap().is_empty(),
+        "in use by a running guest"
+    );
+    // Stopped: at rest again.
+    let s = sid.clone();
+    store
+        .write(move |w| w.change_server(&s, None, super::ServerIntent::Stop))
+        .await
+        .unwrap();
+    set_status(
+        &store,
+        &sid,
+        ServerStatus {
+            vm_state: VmState::Stopped,
+            power_state: PowerState::Shutdown,
+            ..running
+        },
+    )
+    .await;
+    assert_eq!(
+        ids(store.backup_candidates().await.unwrap()),
+        vec![replicated.id.clone()]
+    );
+    // A kept backup is recorded and survives a reopen; the volume's
+    // update time stays.
+    let backup = roost_common::model::VolumeBackup {
+        at: "2026-11-28T10:00:00.000Z".into(),
+        sha256: "ab".repeat(32),
+        size: 196_616,
+        sent_bytes: 196_616,
+        stamp: "1.000000001:196616".into(),
+    };
+    let (vid, b) = (replicated.id.clone(), backup.clone());
+    let before = store.volume(vid.clone(), None).await.unwrap().updated_at;
+    store.write(move |w| w.backup_done(&vid, b)).await.unwrap();
+    let got = store.volume(replicated.id.clone(), None).await.unwrap();
+    assert_eq!(got.status.backup, Some(backup.clone()));
+    assert_eq!(got.updated_at, before);
+    drop(store);
+    let store = open(dir.path());
+    let got = store.volume(replicated.id.clone(), None).await.unwrap();
+    assert_eq!(got.status.backup, Some(backup));
+    assert!(store
+        .volume(local.id.clone(), None)
+        .await
+        .unwrap()
+        .status
+        .backup
+        .is_none());
+}

@@ -21,7 +21,8 @@ use rusqlite::{params, Connection};
 
 use roost_common::model::{
     Fault, Image, ImageState, Resource, Server, ServerStatus, Snapshot, SnapshotSpec,
-    SnapshotState, VmState, Volume, VolumeSource, VolumeSpec, VolumeState,
+    SnapshotState, VmState, Volume, VolumeBackup, VolumeSource, VolumeSpec, VolumeState,
+    CENTRAL_REPLICATED,
 };
 use roost_common::FieldError;
 
@@ -168,6 +169,38 @@ pub(super) fn usage(conn: &Connection, scope: &Scope) -> Result<(u64, u64, u64),
     let gb = vols.iter().map(|v| v.spec.size_gb).sum::<u64>()
         + snaps.iter().map(|s| s.status.size_gb).sum::<u64>();
     Ok((vols.len() as u64, gb, snaps.len() as u64))
+}
+
+/// Whether a guest that runs (or is about to) holds the volume. Its disk
+/// changes under a copy (and QEMU caches its metadata): only a stopped
+/// server's volume is read whole.
+fn held_by_running_guest(conn: &Connection, v: &Volume) -> Result<bool, StoreError> {
+    let Some(sid) = &v.status.attached_to else {
+        return Ok(false);
+    };
+    let server: Option<Server> = rows::get(conn, "servers", sid)?;
+    Ok(server.is_some_and(|s| {
+        s.status.vm_state != VmState::Stopped
+            || s.status.task_state.is_some()
+            || s.spec.power == roost_common::model::PowerIntent::Running
+    }))
+}
+
+/// The `central-replicated` volumes the backup worker may read now: at
+/// rest (`available`, or `in-use` by a stopped server), with a file.
+pub(super) fn backup_candidates(conn: &Connection) -> Result<Vec<Volume>, StoreError> {
+    let mut out = Vec::new();
+    for v in list::<VolumeSpec, roost_common::model::VolumeStatus>(conn, "volumes", &None)? {
+        let at_rest = match v.status.state {
+            VolumeState::Available => true,
+            VolumeState::InUse => !held_by_running_guest(conn, &v)?,
+            _ => false,
+        };
+        if v.spec.volume_type == CENTRAL_REPLICATED && at_rest && v.status.file.is_some() {
+            out.push(v);
+        }
+    }
+    Ok(out)
 }
 
 fn state_rule(field: &str, state: &str, rule: &str) -> WriteError {
@@ -504,19 +537,7 @@ impl WriteCtx<'_> {
                 "must be the id of a volume of yours",
             )
         })?;
-        // A running guest's disk changes under a copy (and QEMU caches its
-        // metadata): only a stopped server's volume is copied in use.
-        let server_running = match &v.status.attached_to {
-            Some(sid) => {
-                let server: Option<Server> = rows::get(self.tx, "servers", sid)?;
-                server.is_some_and(|s| {
-                    s.status.vm_state != VmState::Stopped
-                        || s.status.task_state.is_some()
-                        || s.spec.power == roost_common::model::PowerIntent::Running
-                })
-            }
-            None => false,
-        };
+        let server_running = held_by_running_guest(self.tx, &v)?;
         match v.status.state {
             VolumeState::Available => {}
             VolumeState::InUse if spec.force && server_running => {
@@ -786,6 +807,21 @@ impl WriteCtx<'_> {
             v.updated_at = self.now;
             self.save_volume(&v)?;
         }
+        Ok(())
+    }
+
+    /// Records the backup the region confirmed keeping. The volume's
+    /// `updated_at` stays: nothing about the volume itself changed.
+    pub fn backup_done(&mut self, id: &str, backup: VolumeBackup) -> Result<(), WriteError> {
+        let v: Option<Volume> = rows::get(self.tx, "volumes", id)?;
+        let Some(mut v) = v else {
+            return Ok(());
+        };
+        v.status.backup = Some(backup);
+        self.tx.execute(
+            "UPDATE volumes SET status = ?2 WHERE id = ?1",
+            params![v.id, json(&v.status)?],
+        )?;
         Ok(())
     }
 

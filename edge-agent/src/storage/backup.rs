@@ -1,0 +1,379 @@
+//! Backing `central-replicated` volumes up to the region while the link is
+//! up, moving only the chunks the region lacks.
+//!
+//! A volume is read when it is at rest (`available`, or `in-use` by a
+//! stopped server: no guest writes it) and its file changed since its last
+//! backup: its modification time and length, the *stamp*, differ from the
+//! one the last backup recorded. The file is chunked (`roost_sync::chunks`)
+//! into a manifest; if its stamp moved while it was read, it is read again
+//! on the next pass. On a bulk stream of its own, the worker offers the
+//! manifest, sends each chunk the region lacks (read again from the file
+//! and checked against its name, paced with the image fetches by
+//! `storage.fetch_rate_kbit`) and commits. Once the region says it kept the
+//! backup, the volume's `status.backup` records it, with its stamp.
+//!
+//! A cut loses nothing: the region keeps every chunk that arrived whole
+//! (for a week, if no backup lists it), and the next offer, on the next
+//! connection, lacks only the rest. A volume written meanwhile is read
+//! again, whole, and only its changed chunks cross; the manifest itself
+//! (36 bytes a chunk, about 0.4% of the file) crosses every time. A failed
+//! backup is tried again after 10 s, doubling to 10 minutes. Offline,
+//! nothing happens; the last backup stays shown.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use roost_common::model::{Volume, VolumeBackup};
+use roost_sync::bulk::BulkClient;
+use roost_sync::chunks::{hex, Hash, Manifest};
+
+use super::fetch::{pace, SharedPacer};
+use crate::metrics::METRICS;
+use crate::store::Store;
+
+/// How often volumes are looked at when nobody woke the worker (a server
+/// stopping, say, puts its volumes at rest).
+pub const PERIOD: Duration = Duration::from_secs(10);
+
+/// Chunk bytes read from the file in one blocking call.
+const READ_BATCH: u64 = 1 << 20;
+
+/// After a failed backup, the volume waits this long before the next try,
+/// doubling with each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// When a volume whose backup failed `failures` times in a row is tried
+/// again, counted from the last failure.
+pub fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// A file's modification time (ns) and length: what changes when anything
+/// writes it.
+pub fn stamp(file: &Path) -> std::io::Result<String> {
+    let m = std::fs::metadata(file)?;
+    Ok(format!("{}.{:09}:{}", m.mtime(), m.mtime_nsec(), m.len()))
+}
+
+/// The candidates whose file changed since their last backup, each with
+/// its stamp now. Pure: `stamp_of` is how a file is looked at (`None`: not
+/// there, nothing to back up yet).
+pub fn due(
+    candidates: Vec<Volume>,
+    stamp_of: impl Fn(&Path) -> Option<String>,
+) -> Vec<(Volume, String)> {
+    candidates
+        .into_iter()
+        .filter_map(|v| {
+            let now = stamp_of(v.status.file.as_deref()?)?;
+            let last = v.status.backup.as_ref().map(|b| b.stamp.as_str());
+            (last != Some(now.as_str())).then_some((v, now))
+        })
+        .collect()
+}
+
+/// Why one backup did not finish; it is tried again on the next pass.
+#[derive(Debug, thiserror::Error)]
+enum Stop {
+    #[error("the volume's file changed while it was read; it is read again")]
+    Changed,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<roost_sync::bulk::FetchError> for Stop {
+    fn from(e: roost_sync::bulk::FetchError) -> Stop {
+        Stop::Failed(e.to_string())
+    }
+}
+
+/// What the backup worker needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Backuper {
+    pub store: Store,
+    /// The site's cap on bulk bytes, shared with the image fetcher.
+    pub pacer: SharedPacer,
+    /// Told when a volume's file may have changed.
+    pub wake: Arc<Notify>,
+}
+
+impl Backuper {
+    /// Backs up every volume that needs it while `conn` lasts; then waits
+    /// to be woken. Ends when the connection does.
+    pub async fn run(self, conn: quinn::Connection) {
+        // Per volume: failures in a row, and when it may be tried again.
+        let mut failed: HashMap<String, (u32, Instant)> = HashMap::new();
+        loop {
+            let candidates = match self.store.backup_candidates().await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "cannot list the volumes to back up");
+                    Vec::new()
+                }
+            };
+            let work = tokio::task::spawn_blocking(move || due(candidates, |f| stamp(f).ok()))
+                .await
+                .unwrap_or_default();
+            for (volume, _) in work {
+                if conn.close_reason().is_some() {
+                    return;
+                }
+                if failed
+                    .get(&volume.id)
+                    .is_some_and(|(_, at)| *at > Instant::now())
+                {
+                    continue;
+                }
+                if self.backup_one(&conn, &volume).await {
+                    failed.remove(&volume.id);
+                } else {
+                    let n = failed.get(&volume.id).map_or(0, |(n, _)| *n) + 1;
+                    failed.insert(volume.id.clone(), (n, Instant::now() + backoff(n)));
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(PERIOD) => {}
+                _ = conn.closed() => return,
+            }
+        }
+    }
+
+    /// Backs one volume up, if its file still differs from its last
+    /// backup; false if that failed (the caller backs off).
+    async fn backup_one(&self, conn: &quinn::Connection, v: &Volume) -> bool {
+        let started = Instant::now();
+        let mut sent = 0u64;
+        // Looked at again now: the list was made before the volumes ahead
+        // of this one were read.
+        let Some(file) = v.status.file.clone() else {
+            return true;
+        };
+        let stamp = match tokio::task::spawn_blocking(move || stamp(&file)).await {
+            Ok(Ok(s)) => s,
+            _ => return true,
+        };
+        if v.status.backup.as_ref().is_some_and(|b| b.stamp == stamp) {
+            return true;
+        }
+        let mut ok = true;
+        match self.send(conn, v, &stamp, &mut sent).await {
+            Ok(backup) => {
+                METRICS.backups.with_label_values(&["kept"]).inc();
+                let (id, size) = (v.id.clone(), backup.size);
+                match self.store.write(move |w| w.backup_done(&id, backup)).await {
+                    Ok(()) => {
+                        info!(volume = %v.id, size, sent, ms = started.elapsed().as_millis() as u64,
+                        "volume backed up to the region")
+                    }
+                    // The region keeps it; the next pass finds the stamp
+                    // unrecorded and offers it again, which moves nothing.
+                    Err(e) => {
+                        warn!(volume = %v.id, error = %e, "a kept backup could not be recorded")
+                    }
+                }
+            }
+            Err(Stop::Changed) => {
+                info!(volume = %v.id, sent, "the volume changed while it was backed up; it is read again")
+            }
+            Err(Stop::Failed(e)) => {
+                ok = false;
+                METRICS.backups.with_label_values(&["failed"]).inc();
+                warn!(volume = %v.id, error = %e, sent,
+                    "backing a volume up stopped; what arrived is kept and the rest is sent on the next try");
+            }
+        }
+        METRICS.backup_bytes.inc_by(sent);
+        ok
+    }
+
+    async fn send(
+        &self,
+        conn: &quinn::Connection,
+        v: &Volume,
+        stamp_before: &str,
+        sent: &mut u64,
+    ) -> Result<VolumeBackup, Stop> {
+        let file = v
+            .status
+            .file
+            .clone()
+            .ok_or_else(|| Stop::Failed("the volume has no file".into()))?;
+        let (f, before) = (file.clone(), stamp_before.to_string());
+        let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, Stop> {
+            let read = || -> std::io::Result<(Manifest, String)> {
+                let r = std::io::BufReader::new(std::fs::File::open(&f)?);
+                Ok((Manifest::of_reader(r)?, stamp(&f)?))
+            };
+            match read() {
+                Ok((m, after)) if after == before => Ok(m),
+                Ok(_) => Err(Stop::Changed),
+                Err(e) => Err(Stop::Failed(format!("cannot read {}: {e}", f.display()))),
+            }
+        })
+        .await
+        .map_err(|e| Stop::Failed(e.to_string()))??;
+        if manifest.chunks.len() > roost_sync::bulk::MAX_OFFER_CHUNKS {
+            return Err(Stop::Failed(format!(
+                "the volume's file is {} chunks, more than a backup may list ({})",
+                manifest.chunks.len(),
+                roost_sync::bulk::MAX_OFFER_CHUNKS
+            )));
+        }
+        let mut client = BulkClient::open(conn).await?;
+        // The offer crosses too: paced like the chunks.
+        tokio::time::sleep(pace(&self.pacer, 40 + 36 * manifest.chunks.len() as u64)).await;
+        let missing = client.offer(&v.id, &manifest).await?;
+        let at: HashMap<Hash, (u64, u32)> = manifest
+            .offsets()
+            .map(|(o, c)| (c.hash, (o, c.len)))
+            .collect();
+        let handle = Arc::new(
+            std::fs::File::open(&file)
+                .map_err(|e| Stop::Failed(format!("cannot open {}: {e}", file.display())))?,
+        );
+        // Read a batch on a blocking thread, check it, then send it.
+        let mut batches: Vec<Vec<Hash>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for h in missing {
+            let len = u64::from(at.get(&h).map_or(0, |a| a.1));
+            if bytes + len > READ_BATCH && !batches.last().is_some_and(Vec::is_empty) {
+                batches.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += len;
+            if let Some(b) = batches.last_mut() {
+                b.push(h);
+            }
+        }
+        for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+            let places: Vec<(Hash, u64, u32)> = batch
+                .iter()
+                .map(|h| {
+                    at.get(h).map(|(o, l)| (*h, *o, *l)).ok_or_else(|| {
+                        Stop::Failed("the region asked for a chunk the volume does not have".into())
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let f = handle.clone();
+            let chunks =
+                tokio::task::spawn_blocking(move || -> Result<Vec<(Hash, Vec<u8>)>, Stop> {
+                    places
+                        .into_iter()
+                        .map(|(h, o, l)| {
+                            let mut buf = vec![0u8; l as usize];
+                            f.read_exact_at(&mut buf, o).map_err(|e| {
+                                Stop::Failed(format!("cannot read the volume: {e}"))
+                            })?;
+                            if <[u8; 32]>::from(Sha256::digest(&buf)) != h {
+                                return Err(Stop::Changed);
+                            }
+                            Ok((h, buf))
+                        })
+                        .collect()
+                })
+                .await
+                .map_err(|e| Stop::Failed(e.to_string()))??;
+            for (h, data) in chunks {
+                tokio::time::sleep(pace(&self.pacer, data.len() as u64)).await;
+                let n = data.len() as u64;
+                client.put(h, data).await?;
+                *sent += n;
+            }
+        }
+        client.commit(&v.id).await?;
+        client.finish();
+        Ok(VolumeBackup {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            sha256: hex(&manifest.sha256),
+            size: manifest.size(),
+            sent_bytes: *sent,
+            stamp: stamp_before.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roost_common::model::{Resource, VolumeSource, VolumeSpec};
+
+    fn volume(file: Option<&str>, last: Option<&str>) -> Volume {
+        let mut v: Volume = Resource::new(
+            VolumeSpec {
+                name: "v".into(),
+                description: None,
+                project_id: "p".into(),
+                user_id: "u".into(),
+                size_gb: 1,
+                volume_type: "central-replicated".into(),
+                source: VolumeSource::Blank,
+                metadata: Default::default(),
+            },
+            chrono::Utc::now(),
+        );
+        v.status.file = file.map(Into::into);
+        v.status.backup = last.map(|s| VolumeBackup {
+            stamp: s.into(),
+            ..VolumeBackup::default()
+        });
+        v
+    }
+
+    #[test]
+    fn a_volume_is_due_when_its_file_changed_since_its_last_backup() {
+        let stamps = |f: &Path| match f.to_str() {
+            Some("/v/a") => Some("1.0:10".to_string()),
+            Some("/v/b") => Some("2.0:10".to_string()),
+            _ => None,
+        };
+        let work = due(
+            vec![
+                volume(Some("/v/a"), None),           // never backed up
+                volume(Some("/v/a"), Some("1.0:10")), // unchanged
+                volume(Some("/v/b"), Some("1.0:10")), // written since
+                volume(Some("/v/gone"), None),        // no file yet
+                volume(None, None),
+            ],
+            stamps,
+        );
+        let got: Vec<(Option<&str>, &str)> = work
+            .iter()
+            .map(|(v, s)| (v.status.file.as_deref().and_then(Path::to_str), s.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(Some("/v/a"), "1.0:10"), (Some("/v/b"), "2.0:10")]
+        );
+    }
+
+    #[test]
+    fn a_failing_volume_waits_longer_each_time_up_to_ten_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(2), Duration::from_secs(20));
+        assert_eq!(backoff(4), Duration::from_secs(80));
+        assert_eq!(backoff(7), Duration::from_secs(600));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_files_stamp_moves_when_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("v.qcow2");
+        std::fs::write(&f, b"one").unwrap();
+        let s1 = stamp(&f).unwrap();
+        assert_eq!(stamp(&f).unwrap(), s1, "reading changes nothing");
+        std::fs::write(&f, b"two!").unwrap();
+        assert_ne!(stamp(&f).unwrap(), s1);
+    }
+}
