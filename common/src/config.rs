@@ -272,10 +272,18 @@ pub struct AlarmsSection {
     /// (only on a node that knows which host it is: `network.host`).
     #[serde(default = "default_host_down_after")]
     pub host_down_after_secs: u64,
+    /// Seconds a `central-replicated` volume may hold changes its last
+    /// backup at the region lacks before `volume.backup_stale`.
+    #[serde(default = "default_backup_stale_after")]
+    pub backup_stale_after_secs: u64,
 }
 
 fn default_host_down_after() -> u64 {
     20
+}
+
+fn default_backup_stale_after() -> u64 {
+    86_400
 }
 
 fn default_link_down_after() -> u64 {
@@ -292,6 +300,7 @@ impl Default for AlarmsSection {
             link_down_after_secs: default_link_down_after(),
             disk_nearly_full_percent: default_disk_nearly_full(),
             host_down_after_secs: default_host_down_after(),
+            backup_stale_after_secs: default_backup_stale_after(),
         }
     }
 }
@@ -315,6 +324,12 @@ impl AlarmsSection {
             self.host_down_after_secs,
             4,
             3_600,
+        )?;
+        validate::range(
+            "alarms.backup_stale_after_secs",
+            self.backup_stale_after_secs,
+            60,
+            30 * 86_400,
         )
     }
 }
@@ -1366,6 +1381,10 @@ mod tests {
             (
                 "  max_parallel: 1\nalarms: {host_down_after_secs: 1}\n",
                 "alarms.host_down_after_secs: must be between 4 and 3600 (got 1)",
+            ),
+            (
+                "  max_parallel: 1\nalarms: {backup_stale_after_secs: 5}\n",
+                "alarms.backup_stale_after_secs: must be between 60 and 2592000 (got 5)",
             ),
             (
                 "  max_parallel: 1\nalarms: {link_down_after_secs: 0}\n",

@@ -39,6 +39,7 @@ pub const LINK_DOWN: &str = "site.link_down";
 pub const DISK_NEARLY_FULL: &str = "storage.disk_nearly_full";
 pub const HOST_DOWN: &str = "host.down";
 pub const STANDBY_MISSING: &str = "ha.standby_missing";
+pub const BACKUP_STALE: &str = "volume.backup_stale";
 /// How long a peer has to accept a connection.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Points below the threshold at which a disk alarm clears (so a disk
@@ -81,6 +82,9 @@ pub struct Facts {
     /// On the active node of a two-node site: the standby's name and,
     /// while it does not hold every write, since when.
     pub standby: Option<(String, Option<DateTime<Utc>>)>,
+    /// The `central-replicated` volumes and, while one holds changes its
+    /// last backup lacks, since when.
+    pub volumes: Vec<(String, Option<DateTime<Utc>>)>,
 }
 
 /// The alarms to raise and clear, given the active ones.
@@ -107,6 +111,11 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
                 .any(|(h, _)| a.entity == host_entity(h))
                 .then_some(a.entity.as_str()),
             STANDBY_MISSING => standby_entity.as_deref(),
+            BACKUP_STALE => f
+                .volumes
+                .iter()
+                .any(|(v, _)| a.entity == format!("volume={v}"))
+                .then_some(a.entity.as_str()),
             _ => continue,
         };
         if current != Some(a.entity.as_str()) {
@@ -166,6 +175,24 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
             |since| {
                 format!(
                 "standby node {node} has not held this site's writes since {since}; if this node fails now, the site's API is gone until one is back; check node {node} and the peer link"
+            )
+            },
+        );
+    }
+    let after = chrono::Duration::seconds(cfg.backup_stale_after_secs as i64);
+    for (volume, since) in &f.volumes {
+        let entity = format!("volume={volume}");
+        let active = is_active(BACKUP_STALE, &entity);
+        timed(
+            &mut out,
+            f.now,
+            (BACKUP_STALE, entity, Severity::Minor),
+            *since,
+            after,
+            active,
+            |since| {
+                format!(
+                "volume {volume} holds changes since {since} that its backup at the region lacks; it is backed up when no running guest holds it and the link is up: stop its server for a moment, or check the link"
             )
             },
         );
@@ -339,7 +366,15 @@ pub struct Monitor {
     /// On an active node of a two-node site: the standby's name and what
     /// says whether it holds every write.
     pub standby: Option<(String, Arc<crate::ha::Replication>)>,
+    /// Per `central-replicated` volume whose file differs from its last
+    /// backup: that backup's stamp, and when this monitor first saw the
+    /// file differ (a restart starts the wait again).
+    pub unbacked: Mutex<HashMap<String, Unbacked>>,
 }
+
+/// A volume's last backup stamp (if any) and when its file was first seen
+/// to differ from it.
+type Unbacked = (Option<String>, DateTime<Utc>);
 
 impl Monitor {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -386,8 +421,49 @@ impl Monitor {
             .collect()
     }
 
+    /// Since when each `central-replicated` volume holds changes its last
+    /// backup lacks (`None`: it holds none). A volume never backed up
+    /// counts from when it was made.
+    async fn unbacked_volumes(
+        &self,
+    ) -> Result<Vec<(String, Option<DateTime<Utc>>)>, crate::store::WriteError> {
+        let volumes = self.store.replicated_volumes().await?;
+        let looked = tokio::task::spawn_blocking(move || {
+            volumes
+                .into_iter()
+                .filter_map(|v| {
+                    let now = crate::storage::backup::stamp(v.status.file.as_deref()?).ok()?;
+                    let last = v.status.backup.as_ref().map(|b| b.stamp.clone());
+                    Some((v.id, v.created_at, now, last))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let now = Utc::now();
+        let mut seen = self.unbacked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(looked.len());
+        let mut kept = HashMap::new();
+        for (id, created, stamp, last) in looked {
+            if last.as_deref() == Some(stamp.as_str()) {
+                out.push((id, None));
+                continue;
+            }
+            let since = match (&last, seen.get(&id)) {
+                (None, _) => created,
+                (Some(_), Some((l, at))) if *l == last => *at,
+                (Some(_), _) => now,
+            };
+            kept.insert(id.clone(), (last, since));
+            out.push((id, Some(since)));
+        }
+        *seen = kept;
+        Ok(out)
+    }
+
     async fn pass(&self) -> Result<(), crate::store::WriteError> {
         let hosts = self.probe_peers().await;
+        let volumes = self.unbacked_volumes().await?;
         let facts = Facts {
             now: Utc::now(),
             link: self
@@ -403,6 +479,7 @@ impl Monitor {
                 .standby
                 .as_ref()
                 .map(|(node, r)| (node.clone(), r.unprotected_since())),
+            volumes,
         };
         let active = self.store.alarms(true).await?;
         let changes = evaluate(&facts, &self.config, &active);
@@ -428,6 +505,7 @@ mod tests {
             disk: ("/var/lib/roost".into(), used),
             hosts: Vec::new(),
             standby: None,
+            volumes: Vec::new(),
         }
     }
 
@@ -454,6 +532,55 @@ mod tests {
         );
         // A node no longer configured for HA clears it too.
         assert_eq!(evaluate(&facts(32, None, None), &cfg, &active).len(), 1);
+    }
+
+    #[test]
+    fn a_volume_unbacked_past_the_wait_is_raised_and_cleared_by_a_backup_or_its_deletion() {
+        let cfg = AlarmsSection {
+            backup_stale_after_secs: 3600,
+            ..AlarmsSection::default()
+        };
+        let with = |now: i64, volumes: Vec<(&str, Option<i64>)>| Facts {
+            volumes: volumes
+                .into_iter()
+                .map(|(v, s)| (v.to_string(), s.map(at)))
+                .collect(),
+            ..facts(now, None, None)
+        };
+        let mut active = Vec::new();
+        // Changed 59 minutes ago: not yet.
+        assert!(evaluate(&with(3540, vec![("v1", Some(0))]), &cfg, &active).is_empty());
+        let raised = evaluate(
+            &with(3600, vec![("v1", Some(0)), ("v2", None)]),
+            &cfg,
+            &active,
+        );
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        let AlarmChange::Raise(a) = &raised[0] else {
+            panic!("{raised:?}")
+        };
+        assert_eq!(
+            (a.code.as_str(), a.entity.as_str(), a.severity),
+            (BACKUP_STALE, "volume=v1", Severity::Minor)
+        );
+        assert!(
+            a.reason.contains("volume v1 holds changes since"),
+            "{}",
+            a.reason
+        );
+        applied(&mut active, raised);
+        // Still stale: nothing new.
+        assert!(evaluate(&with(7200, vec![("v1", Some(0))]), &cfg, &active).is_empty());
+        // Backed up: cleared.
+        let cleared = evaluate(&with(7300, vec![("v1", None)]), &cfg, &active);
+        assert!(matches!(&cleared[..], [AlarmChange::Clear { code, .. }] if code == BACKUP_STALE));
+        applied(&mut active, cleared);
+        // Raised again, then the volume is deleted: cleared.
+        let again = evaluate(&with(20_000, vec![("v1", Some(7400))]), &cfg, &active);
+        applied(&mut active, again);
+        assert_eq!(active.iter().filter(|a| a.cleared_at.is_none()).count(), 1);
+        let gone = evaluate(&with(20_100, vec![]), &cfg, &active);
+        assert!(matches!(&gone[..], [AlarmChange::Clear { code, .. }] if code == BACKUP_STALE));
     }
 
     fn applied(active: &mut Vec<AlarmStatus>, changes: Vec<AlarmChange>) {
@@ -623,6 +750,7 @@ mod tests {
             ],
             silent: Default::default(),
             standby: None,
+            unbacked: Default::default(),
         };
         let first = m.probe_peers().await;
         assert_eq!(first[0], ("up".to_string(), None));
@@ -669,5 +797,79 @@ mod tests {
         assert!(evaluate(&facts(7, None, Some(99.0)), &cfg, &major).is_empty());
         // An unreadable filesystem changes nothing.
         assert!(evaluate(&facts(5, None, None), &cfg, &active).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_monitor_dates_a_volumes_unbacked_changes_from_when_it_first_saw_them() {
+        use roost_common::model::{VolumeBackup, VolumeSource, VolumeSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "site: {id: s1, name: S}\nhosts:\n  - {name: c0, roles: [compute], vcpus: 1, ram_mb: 1024, disk_gb: 1}\n";
+        let cfg = roost_common::config::parse(std::path::Path::new("s.yaml"), yaml).unwrap();
+        let store = Store::open(dir.path(), "s1", &cfg).unwrap().0;
+        let vols = dir.path().join("volumes");
+        std::fs::create_dir_all(&vols).unwrap();
+        let spec = |t: &str| VolumeSpec {
+            name: "v".into(),
+            description: None,
+            project_id: "p".into(),
+            user_id: "u".into(),
+            size_gb: 1,
+            volume_type: t.into(),
+            source: VolumeSource::Blank,
+            metadata: Default::default(),
+        };
+        let mut made = Vec::new();
+        for t in ["central-replicated", "edge-local"] {
+            let (s, d) = (spec(t), vols.clone());
+            let v = store
+                .write(move |w| w.create_volume(s, &None, &d))
+                .await
+                .unwrap();
+            let file = v.status.file.clone().unwrap();
+            std::fs::write(&file, b"qcow2").unwrap();
+            let subject = crate::storage::plan::Subject::Volume(v.id.clone());
+            store
+                .write(move |w| w.storage_done(&subject, Ok(()), None))
+                .await
+                .unwrap();
+            made.push((v.id, file));
+        }
+        let (id, file) = made[0].clone();
+        // As the store keeps it.
+        let created = store.volume(id.clone(), None).await.unwrap().created_at;
+        let m = Monitor {
+            store: store.clone(),
+            config: AlarmsSection::default(),
+            data_dir: dir.path().to_path_buf(),
+            link: None,
+            peers: Vec::new(),
+            silent: Default::default(),
+            standby: None,
+            unbacked: Default::default(),
+        };
+        // Never backed up: since it was made; the edge-local one is not
+        // watched.
+        assert_eq!(
+            m.unbacked_volumes().await.unwrap(),
+            vec![(id.clone(), Some(created))]
+        );
+        // Backed up as it is: nothing unbacked.
+        let backup = VolumeBackup {
+            stamp: crate::storage::backup::stamp(&file).unwrap(),
+            ..VolumeBackup::default()
+        };
+        let (i, b) = (id.clone(), backup);
+        store.write(move |w| w.backup_done(&i, b)).await.unwrap();
+        assert_eq!(
+            m.unbacked_volumes().await.unwrap(),
+            vec![(id.clone(), None)]
+        );
+        // Written since: from when the monitor first saw it, kept.
+        std::fs::write(&file, b"qcow2, changed").unwrap();
+        let before = Utc::now();
+        let first = m.unbacked_volumes().await.unwrap()[0].1.expect("unbacked");
+        assert!(first >= before - chrono::Duration::seconds(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(m.unbacked_volumes().await.unwrap()[0].1, Some(first));
     }
 }

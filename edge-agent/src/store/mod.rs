@@ -520,6 +520,12 @@ impl Store {
         self.read(move |c| Ok(volumes::files(c, &ids)?)).await
     }
 
+    /// Every `central-replicated` volume that ought to have a current
+    /// backup, for the stale-backup alarm.
+    pub async fn replicated_volumes(&self) -> Result<Vec<Volume>, WriteError> {
+        self.read(|c| Ok(volumes::replicated(c)?)).await
+    }
+
     /// The `central-replicated` volumes at rest, for the backup worker.
     pub async fn backup_candidates(&self) -> Result<Vec<Volume>, WriteError> {
         self.read(|c| Ok(volumes::backup_candidates(c)?)).await

@@ -186,6 +186,24 @@ fn held_by_running_guest(conn: &Connection, v: &Volume) -> Result<bool, StoreErr
     }))
 }
 
+/// Every `central-replicated` volume with a file that is neither being
+/// made nor deleted: what ought to have a current backup.
+pub(super) fn replicated(conn: &Connection) -> Result<Vec<Volume>, StoreError> {
+    Ok(
+        list::<VolumeSpec, roost_common::model::VolumeStatus>(conn, "volumes", &None)?
+            .into_iter()
+            .filter(|v| {
+                v.spec.volume_type == CENTRAL_REPLICATED
+                    && v.status.file.is_some()
+                    && !matches!(
+                        v.status.state,
+                        VolumeState::Creating | VolumeState::Deleting
+                    )
+            })
+            .collect(),
+    )
+}
+
 /// The `central-replicated` volumes the backup worker may read now: at
 /// rest (`available`, or `in-use` by a stopped server), with a file.
 pub(super) fn backup_candidates(conn: &Connection) -> Result<Vec<Volume>, StoreError> {
