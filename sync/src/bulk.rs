@@ -350,15 +350,7 @@ pub async fn serve(
     let mut pending: Vec<(Hash, Vec<u8>)> = Vec::new();
     let result = async {
         while let Some(frame) = read_frame(&mut recv, MAX_REQUEST).await? {
-            let request = match Request::decode(&frame) {
-                Ok(r) => r,
-                Err(e) => {
-                    // Said before the stream ends, so the site can log why.
-                    let _ = write_frame(&mut send, &Reply::Error(e.to_string()).encode()).await;
-                    return Err(e);
-                }
-            };
-            let reply = match request {
+            let reply = match Request::decode(&frame)? {
                 Request::Manifest { image } => {
                     let (src, s) = (source.clone(), site.clone());
                     blocking(move || match src.manifest(&s, &image) {
@@ -452,6 +444,11 @@ pub async fn serve(
     .await;
     // What arrived whole is kept, cut or not: the next offer resumes.
     let kept = flush(&site, &sink, &mut pending).await;
+    if let Err(e) = &result {
+        // Said before the stream ends, so the site can log why (on a cut
+        // link this goes nowhere).
+        let _ = write_frame(&mut send, &Reply::Error(e.to_string()).encode()).await;
+    }
     send.finish().ok();
     (served, result.and(kept))
 }
@@ -762,6 +759,184 @@ mod tests {
         assert_eq!(p.delay(1, later), Duration::from_secs(1));
         let mut free = Pacer::new(None);
         assert_eq!(free.delay(u64::MAX, t0), Duration::ZERO);
+    }
+
+    /// A backup sink in memory, counting what it was handed.
+    #[derive(Default)]
+    struct Memory {
+        chunks: std::sync::Mutex<std::collections::HashMap<Hash, Vec<u8>>>,
+        kept: std::sync::Mutex<Vec<(String, Manifest)>>,
+    }
+
+    impl BackupSink for Memory {
+        fn missing(&self, _: &str, _: &str, m: &Manifest) -> Result<Vec<Hash>, String> {
+            let held = self.chunks.lock().unwrap();
+            let mut seen = std::collections::HashSet::new();
+            Ok(m.chunks
+                .iter()
+                .map(|c| c.hash)
+                .filter(|h| !held.contains_key(h) && seen.insert(*h))
+                .collect())
+        }
+        fn put(&self, _: &str, chunks: &[(Hash, Vec<u8>)]) -> Result<(), String> {
+            self.chunks.lock().unwrap().extend(chunks.iter().cloned());
+            Ok(())
+        }
+        fn commit(&self, _: &str, key: &str, m: &Manifest) -> Result<(), String> {
+            let held = self.chunks.lock().unwrap();
+            if m.chunks.iter().any(|c| !held.contains_key(&c.hash)) {
+                return Err("lacks chunks".into());
+            }
+            self.kept.lock().unwrap().push((key.into(), m.clone()));
+            Ok(())
+        }
+    }
+
+    struct NoImages;
+
+    impl ChunkSource for NoImages {
+        fn manifest(&self, _: &str, image: &str) -> Result<Manifest, String> {
+            Err(format!("no image {image}"))
+        }
+        fn chunk(&self, _: &str, image: &str, _: &Hash) -> Result<Vec<u8>, String> {
+            Err(format!("no image {image}"))
+        }
+    }
+
+    /// A region endpoint serving every bulk stream into `sink`, and a
+    /// site's endpoint that connects to it, over real QUIC with mutual TLS.
+    async fn link(sink: Arc<Memory>) -> (quinn::Endpoint, quinn::Endpoint, std::net::SocketAddr) {
+        let ca = crate::pki::Ca::new("eu").unwrap();
+        let server = quinn::Endpoint::server(
+            crate::transport::server_config(&ca.issue_region("eu").unwrap()).unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let accepting = server.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = accepting.accept().await {
+                let Ok(conn) = incoming.await else { continue };
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    while let Ok((send, recv)) = conn.accept_bi().await {
+                        let sink: Arc<dyn BackupSink> = sink.clone();
+                        tokio::spawn(serve("f1".into(), send, recv, Arc::new(NoImages), sink));
+                    }
+                });
+            }
+        });
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(
+            crate::transport::client_config(&ca.issue_site("f1").unwrap()).unwrap(),
+        );
+        (server, client, addr)
+    }
+
+    async fn connect(client: &quinn::Endpoint, addr: std::net::SocketAddr) -> quinn::Connection {
+        client
+            .connect(addr, &crate::pki::region_server_name("eu"))
+            .unwrap()
+            .await
+            .unwrap()
+    }
+
+    fn chunk_of(data: &[u8], m: &Manifest, h: &Hash) -> Vec<u8> {
+        let (at, c) = m.offsets().find(|(_, c)| c.hash == *h).unwrap();
+        data[at as usize..at as usize + c.len as usize].to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_backup_cut_part_way_keeps_what_arrived_and_the_next_offer_lacks_only_the_rest() {
+        use rand::{RngCore, SeedableRng};
+        let mut data = vec![0u8; 1 << 20];
+        rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut data);
+        let m = Manifest::of_reader(&data[..]).unwrap();
+        let sink = Arc::new(Memory::default());
+        let (_server, client, addr) = link(sink.clone()).await;
+        let conn = connect(&client, addr).await;
+
+        // Half the chunks, then the stream is reset: the region keeps them.
+        let mut c = BulkClient::open(&conn).await.unwrap();
+        let missing = c.offer("vol-1", &m).await.unwrap();
+        assert_eq!(missing.len(), m.chunks.len());
+        let half = missing.len() / 2;
+        for h in &missing[..half] {
+            c.put(*h, chunk_of(&data, &m, h)).await.unwrap();
+        }
+        // Less than a batch, so held until the stream ends, commit or
+        // not (a cut ends it the same way, by an error: tests/tests/
+        // volume_backup.rs cuts a real link).
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(sink.chunks.lock().unwrap().is_empty());
+        c.finish();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sink.chunks.lock().unwrap().len() < half && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(sink.chunks.lock().unwrap().len(), half);
+        assert!(sink.kept.lock().unwrap().is_empty());
+        // A new connection, as after a cut.
+        conn.close(0u32.into(), b"cut");
+        let conn = connect(&client, addr).await;
+
+        // The next offer lacks only the rest; a commit before they are
+        // sent is refused and keeps nothing.
+        let mut c = BulkClient::open(&conn).await.unwrap();
+        let rest = c.offer("vol-1", &m).await.unwrap();
+        assert_eq!(rest, missing[half..].to_vec());
+        let e = c.commit("vol-1").await.unwrap_err();
+        assert!(e.to_string().contains("lacks chunks"), "{e}");
+        assert!(sink.kept.lock().unwrap().is_empty());
+        let mut c = BulkClient::open(&conn).await.unwrap();
+        assert_eq!(c.offer("vol-1", &m).await.unwrap(), rest);
+        for h in &rest {
+            c.put(*h, chunk_of(&data, &m, h)).await.unwrap();
+        }
+        let stored = c.commit("vol-1").await.unwrap();
+        assert_eq!(
+            stored,
+            rest.iter()
+                .map(|h| chunk_of(&data, &m, h).len() as u64)
+                .sum::<u64>()
+        );
+        assert_eq!(
+            sink.kept.lock().unwrap()[0],
+            ("vol-1".to_string(), m.clone())
+        );
+
+        // A commit of a key not offered on the stream is refused by name.
+        let e = c.commit("vol-2").await.unwrap_err();
+        assert!(
+            e.to_string().contains("backup vol-2 was not offered"),
+            "{e}"
+        );
+
+        // A chunk the offer did not lack ends the stream.
+        let mut c = BulkClient::open(&conn).await.unwrap();
+        assert!(c.offer("vol-1", &m).await.unwrap().is_empty());
+        let h = m.chunks[0].hash;
+        c.put(h, chunk_of(&data, &m, &h)).await.unwrap();
+        let e = c.commit("vol-1").await.unwrap_err().to_string();
+        assert!(e.contains("a chunk the offer did not lack"), "{e}");
+        // A chunk of the wrong length, or not matching its name, too.
+        let mut other = data.clone();
+        other[0] ^= 1;
+        let m2 = Manifest::of_reader(&other[..]).unwrap();
+        let mut c = BulkClient::open(&conn).await.unwrap();
+        let want = c.offer("vol-3", &m2).await.unwrap();
+        assert_eq!(want.len(), 1, "one chunk changed");
+        c.put(want[0], vec![0u8; 100]).await.unwrap();
+        let e = c.commit("vol-3").await.unwrap_err().to_string();
+        assert!(e.contains("not of its length"), "{e}");
+        let mut c = BulkClient::open(&conn).await.unwrap();
+        let want = c.offer("vol-3", &m2).await.unwrap();
+        let mut forged = chunk_of(&other, &m2, &want[0]);
+        forged[1] ^= 1;
+        c.put(want[0], forged).await.unwrap();
+        let e = c.commit("vol-3").await.unwrap_err().to_string();
+        assert!(e.contains("does not match its name"), "{e}");
+        assert_eq!(sink.kept.lock().unwrap().len(), 1, "nothing else kept");
     }
 
     proptest::proptest! {
