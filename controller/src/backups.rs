@@ -7,7 +7,9 @@
 //! in order (`backup_chunks`), written in the transaction that checks
 //! every chunk is here: a backup listed is whole.
 //!
-//! [`RegionBackups`] is the bulk stream's [`BackupSink`]. It keeps the last
+//! [`RegionBackups`] is the bulk stream's [`BackupSink`], and serves a
+//! site its own backups back (`backup:<id>` on the same streams, chunk by
+//! chunk, only chunks of that backup). It keeps the last
 //! [`KEEP`] backups of each volume; chunks no backup lists go when a backup
 //! is pruned, and chunks of offers never committed (a cut the site never
 //! resumed) after [`ORPHAN_AGE_SECS`]. A volume deleted at its site keeps
@@ -168,6 +170,51 @@ impl RegionBackups {
             });
         }
         Ok(out)
+    }
+
+    /// Prefix of the bulk-stream key a site fetches one of its backups by
+    /// (`backup:<id>`), beside the region's images.
+    pub const KEY_PREFIX: &'static str = "backup:";
+
+    /// One of `site`'s backups as a manifest, to bring it back.
+    pub fn site_manifest(&self, site: &str, id: i64) -> Result<Manifest, BackupError> {
+        let row = self
+            .list(site, None)?
+            .into_iter()
+            .find(|b| b.id == id)
+            .ok_or_else(|| {
+                BackupError::Refused(format!("site {site} has no backup {id} at the region"))
+            })?;
+        let mut sha256 = [0u8; 32];
+        for (i, b) in sha256.iter_mut().enumerate() {
+            *b = row
+                .sha256
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| BackupError::Refused(format!("backup {id} has a damaged sha256")))?;
+        }
+        Ok(Manifest {
+            sha256,
+            chunks: self.manifest(id)?,
+        })
+    }
+
+    /// A chunk of one of `site`'s backups (no other chunk: a site reads
+    /// only what it backed up).
+    pub fn site_chunk(&self, site: &str, id: i64, hash: &Hash) -> Result<Vec<u8>, BackupError> {
+        let listed: bool = self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM backup_chunks c JOIN backups b ON b.id = c.backup
+             WHERE b.site = ?1 AND b.id = ?2 AND c.hash = ?3)",
+            params![site, id, &hash[..]],
+            |r| r.get(0),
+        )?;
+        if !listed {
+            return Err(BackupError::Refused(format!(
+                "chunk {} is not in backup {id} of site {site}",
+                hex(hash)
+            )));
+        }
+        self.chunk(hash)
     }
 
     /// One chunk's bytes, checked against its name.

@@ -268,10 +268,21 @@ pub enum IntentError {
     Doc(#[from] roost_sync::DocError),
 }
 
-/// What one site may fetch: the region's images its intent names.
+/// What one site may fetch: the region's images its intent names, and
+/// its own volume backups (`backup:<id>`).
 struct SiteImages {
     images: Arc<crate::images::RegionImages>,
+    backups: Arc<crate::backups::RegionBackups>,
     link: Arc<SiteLink>,
+}
+
+/// The backup a bulk key names, if it names one.
+fn backup_of(key: &str) -> Option<Result<i64, String>> {
+    let id = key.strip_prefix(crate::backups::RegionBackups::KEY_PREFIX)?;
+    Some(
+        id.parse()
+            .map_err(|_| format!("{key:?} does not name a backup (backup:<number>)")),
+    )
 }
 
 impl SiteImages {
@@ -288,6 +299,12 @@ impl SiteImages {
 
 impl roost_sync::bulk::ChunkSource for SiteImages {
     fn manifest(&self, site: &str, image: &str) -> Result<roost_sync::chunks::Manifest, String> {
+        if let Some(id) = backup_of(image) {
+            return self
+                .backups
+                .site_manifest(site, id?)
+                .map_err(|e| e.to_string());
+        }
         self.given(image)?;
         self.images.manifest(site, image)
     }
@@ -298,6 +315,12 @@ impl roost_sync::bulk::ChunkSource for SiteImages {
         image: &str,
         hash: &roost_sync::chunks::Hash,
     ) -> Result<Vec<u8>, String> {
+        if let Some(id) = backup_of(image) {
+            return self
+                .backups
+                .site_chunk(site, id?, hash)
+                .map_err(|e| e.to_string());
+        }
         self.given(image)?;
         self.images.chunk(site, image, hash)
     }
@@ -601,6 +624,7 @@ impl Region {
             let (conn, site) = (conn.clone(), site.clone());
             let source: Arc<dyn roost_sync::bulk::ChunkSource> = Arc::new(SiteImages {
                 images,
+                backups: backups.clone(),
                 link: link.clone(),
             });
             let sink: Arc<dyn roost_sync::bulk::BackupSink> = backups;

@@ -5,6 +5,8 @@
 //! - A volume made from an image is backed up once it is available; the
 //!   region's copy is the site's file, byte for byte, and only the admin
 //!   token may download it.
+//! - The backup comes back to the site as a new volume (`backup_id`) with
+//!   the same data; a backup the region lacks makes the volume `error`.
 //! - After an extend, the next backup moves only the chunks that changed.
 //! - A backup cut half way resumes after the heal without resending what
 //!   arrived.
@@ -145,6 +147,59 @@ async fn replicated_volumes_reach_the_region_moving_only_new_chunks_and_resume_a
         resp.bytes().await.unwrap().to_vec(),
         bytes,
         "restored whole"
+    );
+
+    // Brought back to the site as a new volume, bigger than the original.
+    let (code, body) = h
+        .site
+        .post(
+            &h.site.volume_path("/volumes"),
+            json!({"volume": {"name": "plc-data-restored", "size": 2, "backup_id": backups[0]["id"].to_string()}}),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let restored = body["volume"]["id"].as_str().unwrap().to_string();
+    h.site
+        .wait_volume(&restored, "available", Duration::from_secs(60))
+        .await;
+    let restored_file = h.site_data().join(format!("volumes/{restored}.qcow2"));
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(&restored_file)
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["virtual-size"], 2u64 << 30, "{info}");
+    let same = std::process::Command::new("qemu-img")
+        .args(["compare", "-U"])
+        .arg(&file)
+        .arg(&restored_file)
+        .output()
+        .unwrap();
+    assert!(
+        same.status.success(),
+        "the restored volume holds the backed-up data: {}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    // A backup the region does not have: the volume is error, saying so.
+    let (code, body) = h
+        .site
+        .post(
+            &h.site.volume_path("/volumes"),
+            json!({"volume": {"size": 1, "backup_id": "999999"}}),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let missing = body["volume"]["id"].as_str().unwrap().to_string();
+    let v = h
+        .site
+        .wait_volume(&missing, "error", Duration::from_secs(60))
+        .await;
+    assert!(
+        v["volume"]["roost:fault"]
+            .as_str()
+            .is_some_and(|f| f.contains("has no backup 999999")),
+        "{v}"
     );
 
     // Extended: a new file, mostly the same chunks.

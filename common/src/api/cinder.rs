@@ -64,13 +64,6 @@ impl VolumeCreate {
                 "cloning a volume is not supported here: snapshot it and create a volume from the snapshot",
             ));
         }
-        if let Some(b) = self.backup_id {
-            return Err(refuse(
-                "volume.backup_id",
-                b,
-                "backups are not supported here",
-            ));
-        }
         if self.multiattach == Some(true) {
             return Err(refuse(
                 "volume.multiattach",
@@ -81,22 +74,38 @@ impl VolumeCreate {
         if let Some(az) = self.availability_zone.filter(|az| az != "nova") {
             return Err(refuse("volume.availability_zone", az, "must be nova"));
         }
-        let source = match (self.image_ref, self.snapshot_id) {
-            (Some(i), Some(_)) => {
-                return Err(refuse(
-                    "volume.imageRef",
-                    i,
-                    "give imageRef or snapshot_id, not both",
-                ))
+        let source = match (self.image_ref, self.snapshot_id, self.backup_id) {
+            (Some(i), None, None) => VolumeSource::Image(i),
+            (None, Some(s), None) => VolumeSource::Snapshot(s),
+            (None, None, Some(b)) => {
+                if b.is_empty() || b.len() > 19 || !b.bytes().all(|c| c.is_ascii_digit()) {
+                    return Err(refuse(
+                        "volume.backup_id",
+                        b,
+                        "must be the id of one of this site's backups at the region (a number, from GET /roost/v1/sites/SITE/backups at the controller)",
+                    ));
+                }
+                VolumeSource::Backup(b)
             }
-            (Some(i), None) => VolumeSource::Image(i),
-            (None, Some(s)) => VolumeSource::Snapshot(s),
-            (None, None) => VolumeSource::Blank,
+            (None, None, None) => VolumeSource::Blank,
+            (i, s, b) => {
+                let given = [("imageRef", i), ("snapshot_id", s), ("backup_id", b)]
+                    .into_iter()
+                    .filter_map(|(f, v)| v.map(|_| f))
+                    .collect::<Vec<_>>();
+                return Err(refuse(
+                    &format!("volume.{}", given[0]),
+                    given.join(" and "),
+                    "give one source: imageRef, snapshot_id or backup_id",
+                ));
+            }
         };
         let size_gb = match (self.size, &source) {
             (Some(0), _) => return Err(refuse("volume.size", 0, "must be between 1 and 65536")),
             (Some(s), _) => s,
-            (None, VolumeSource::Blank) => {
+            // The region knows a backup's size; the site does not until
+            // it has brought it.
+            (None, VolumeSource::Blank | VolumeSource::Backup(_)) => {
                 return Err(FieldError::missing("volume.size"));
             }
             (None, _) => 0,
@@ -251,7 +260,7 @@ pub fn cinder_volume(v: &Volume, device: Option<&str>) -> Value {
     let (image, snapshot) = match &v.spec.source {
         VolumeSource::Image(i) => (Some(i.as_str()), None),
         VolumeSource::Snapshot(s) => (None, Some(s.as_str())),
-        VolumeSource::Blank => (None, None),
+        VolumeSource::Blank | VolumeSource::Backup(_) => (None, None),
     };
     let mut body = json!({
         "id": v.id,
@@ -359,6 +368,8 @@ mod tests {
             (s.size_gb, s.volume_type.as_str(), s.source),
             (2, "edge-local", VolumeSource::Blank)
         );
+        let s = create(json!({"volume": {"size": 2, "backup_id": "12"}})).unwrap();
+        assert_eq!(s.source, VolumeSource::Backup("12".into()));
         let s = create(json!({"volume": {"snapshot_id": "s1"}})).unwrap();
         assert_eq!(
             (s.size_gb, s.source),
@@ -387,6 +398,15 @@ mod tests {
             (
                 json!({"volume": {"size": 1, "multiattach": true}}),
                 "volume.multiattach",
+            ),
+            (
+                json!({"volume": {"size": 1, "backup_id": "../x"}}),
+                "volume.backup_id",
+            ),
+            (json!({"volume": {"backup_id": "12"}}), "volume.size"),
+            (
+                json!({"volume": {"size": 1, "backup_id": "12", "snapshot_id": "s"}}),
+                "volume.snapshot_id",
             ),
         ] {
             assert_eq!(create(body.clone()).unwrap_err().field, field, "{body}");

@@ -54,6 +54,9 @@ pub enum VolumeSource {
     Blank,
     Image(String),
     Snapshot(String),
+    /// A backup the region keeps of one of this site's volumes (its id in
+    /// the region's backup list), brought over the link.
+    Backup(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,15 @@
 //! `storage.fetch_rate_kbit`) and commits. Once the region says it kept the
 //! backup, the volume's `status.backup` records it, with its stamp.
 //!
+//! The same worker brings a volume back: one made with a backup as its
+//! source (`backup_id`, one of this site's backups at the region) stays
+//! `creating` until the link is up; then the backup's chunks come over a
+//! bulk stream into `<id>.qcow2.restore.part` (a cut one resumes, keeping
+//! what arrived), the file is checked as an uploaded qcow2 is, renamed
+//! into place, grown to the volume's size, and the volume turns
+//! `available`. A backup the region does not have, one bigger than the
+//! volume, or no room on the disk make the volume `error` with the reason.
+//!
 //! A cut loses nothing: the region keeps every chunk that arrived whole
 //! (for a week, if no backup lists it), and the next offer, on the next
 //! connection, lacks only the rest. A volume written meanwhile is read
@@ -30,7 +39,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use roost_common::model::{Volume, VolumeBackup};
+use roost_common::model::{Volume, VolumeBackup, VolumeSource};
 use roost_sync::bulk::BulkClient;
 use roost_sync::chunks::{hex, Hash, Manifest};
 
@@ -89,6 +98,9 @@ enum Stop {
     Changed,
     #[error("{0}")]
     Failed(String),
+    /// It can never succeed as asked (a restore: the volume turns `error`).
+    #[error("{0}")]
+    GiveUp(String),
 }
 
 impl From<roost_sync::bulk::FetchError> for Stop {
@@ -114,6 +126,17 @@ impl Backuper {
         // Per volume: failures in a row, and when it may be tried again.
         let mut failed: HashMap<String, (u32, Instant)> = HashMap::new();
         loop {
+            match self.store.restores().await {
+                Ok(restores) => {
+                    for v in restores {
+                        if conn.close_reason().is_some() {
+                            return;
+                        }
+                        self.restore_one(&conn, &v).await;
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot list the volumes to restore"),
+            }
             let candidates = match self.store.backup_candidates().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -147,6 +170,142 @@ impl Backuper {
                 _ = conn.closed() => return,
             }
         }
+    }
+
+    /// Brings a volume made from a backup; records it `available`, or
+    /// `error` when the backup cannot make it. A cut leaves it `creating`,
+    /// resumed on the next connection.
+    async fn restore_one(&self, conn: &quinn::Connection, v: &Volume) {
+        let started = Instant::now();
+        let (id, result) = match self.bring(conn, v).await {
+            Ok(bytes) => {
+                info!(volume = %v.id, fetched = bytes, ms = started.elapsed().as_millis() as u64,
+                    "volume brought from its backup at the region");
+                (v.id.clone(), Ok(()))
+            }
+            Err(Stop::Failed(e)) => {
+                warn!(volume = %v.id, error = %e, "bringing a volume from its backup stopped; it resumes on the next connection");
+                return;
+            }
+            Err(Stop::Changed) => return,
+            Err(Stop::GiveUp(e)) => {
+                warn!(volume = %v.id, error = %e, "the volume cannot be made from its backup");
+                (v.id.clone(), Err(e))
+            }
+        };
+        let subject = super::plan::Subject::Volume(id);
+        if let Err(e) = self
+            .store
+            .write(move |w| w.storage_done(&subject, result, None))
+            .await
+        {
+            warn!(volume = %v.id, error = %e, "cannot record a restored volume");
+        }
+    }
+
+    /// Fetches the backup into the volume's file and grows it to the
+    /// volume's size; the chunk bytes that crossed.
+    async fn bring(&self, conn: &quinn::Connection, v: &Volume) -> Result<u64, Stop> {
+        let VolumeSource::Backup(backup) = &v.spec.source else {
+            return Err(Stop::GiveUp("the volume is not made from a backup".into()));
+        };
+        let file = v
+            .status
+            .file
+            .clone()
+            .ok_or_else(|| Stop::GiveUp("the volume has no file recorded".into()))?;
+        let mut fetched = 0;
+        // Renamed into place before a crash: only the size is left to do.
+        if !file.is_file() {
+            let key = format!("backup:{backup}");
+            let mut client = BulkClient::open(conn).await?;
+            let manifest = match client.manifest(&key).await {
+                Ok(m) => m,
+                Err(roost_sync::bulk::FetchError::Refused(e)) => return Err(Stop::GiveUp(e)),
+                Err(e) => return Err(e.into()),
+            };
+            let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let mut part = file.clone().into_os_string();
+            part.push(".restore.part");
+            let part = std::path::PathBuf::from(part);
+            let held = std::fs::metadata(&part).map_or(0, |m| m.blocks() * 512);
+            let free = super::free_bytes(&dir).map_err(|e| Stop::Failed(e.to_string()))?;
+            let need = manifest.size().saturating_sub(held);
+            if free < need.saturating_add(super::FREE_SPACE_RESERVE) {
+                let _ = std::fs::remove_file(&part);
+                return Err(Stop::GiveUp(format!(
+                    "not enough space in {}: {} MiB free, backup {backup} needs {} MiB and 1024 MiB stay free for the site's store; free space, then create the volume again",
+                    dir.display(),
+                    free >> 20,
+                    need.div_ceil(1 << 20)
+                )));
+            }
+            let (p, m) = (part.clone(), manifest.clone());
+            let prepared = tokio::task::spawn_blocking(move || {
+                super::fetch::prepare(&p, &m, &Default::default())
+            })
+            .await
+            .map_err(|e| Stop::Failed(e.to_string()))?
+            .map_err(|e| Stop::Failed(format!("cannot prepare {}: {e}", part.display())))?;
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&part)
+                .map_err(|e| Stop::Failed(e.to_string()))?;
+            super::fetch::fetch_chunks(
+                &mut client,
+                &key,
+                &prepared.missing,
+                &out,
+                &self.pacer,
+                |n| fetched += n,
+            )
+            .await
+            .map_err(Stop::Failed)?;
+            client.finish();
+            let (p, f, size, b) = (part.clone(), file.clone(), manifest.size(), backup.clone());
+            tokio::task::spawn_blocking(move || -> Result<(), Stop> {
+                out.sync_all().map_err(|e| Stop::Failed(e.to_string()))?;
+                drop(out);
+                let mut head =
+                    vec![0u8; (roost_common::api::HEADER_BYTES as u64).min(size) as usize];
+                std::fs::File::open(&p)
+                    .and_then(|h| h.read_exact_at(&mut head, 0))
+                    .map_err(|e| Stop::Failed(e.to_string()))?;
+                roost_common::api::check_disk_format(
+                    roost_common::model::DiskFormat::Qcow2,
+                    &head,
+                    size,
+                )
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&p);
+                    Stop::GiveUp(format!("backup {b}: {e}"))
+                })?;
+                std::fs::rename(&p, &f).map_err(|e| Stop::Failed(e.to_string()))?;
+                roost_common::files::sync_dir(f.parent().unwrap_or(Path::new(".")))
+                    .map_err(|e| Stop::Failed(e.to_string()))
+            })
+            .await
+            .map_err(|e| Stop::Failed(e.to_string()))??;
+        }
+        let (f, size_gb) = (file.clone(), v.spec.size_gb);
+        tokio::task::spawn_blocking(move || -> Result<(), Stop> {
+            let bytes = super::qemu_img::virtual_size(&f).map_err(Stop::Failed)?;
+            let gb = bytes.div_ceil(1 << 30);
+            if gb > size_gb {
+                let _ = std::fs::remove_file(&f);
+                return Err(Stop::GiveUp(format!(
+                    "the backup holds a {gb} GiB volume; create one of at least {gb} GiB"
+                )));
+            }
+            if bytes < size_gb << 30 {
+                super::qemu_img::run(&super::plan::Op::Resize { file: f, size_gb })
+                    .map_err(Stop::GiveUp)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Stop::Failed(e.to_string()))??;
+        Ok(fetched)
     }
 
     /// Backs one volume up, if its file still differs from its last
@@ -186,7 +345,7 @@ impl Backuper {
             Err(Stop::Changed) => {
                 info!(volume = %v.id, sent, "the volume changed while it was backed up; it is read again")
             }
-            Err(Stop::Failed(e)) => {
+            Err(Stop::Failed(e) | Stop::GiveUp(e)) => {
                 ok = false;
                 METRICS.backups.with_label_values(&["failed"]).inc();
                 warn!(volume = %v.id, error = %e, sent,

@@ -77,7 +77,7 @@ pub struct Fetcher {
 }
 
 /// Where each chunk this site holds can be read: file, offset, length.
-type LocalChunks = HashMap<Hash, (PathBuf, u64, u32)>;
+pub(super) type LocalChunks = HashMap<Hash, (PathBuf, u64, u32)>;
 
 fn manifest_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}.manifest"))
@@ -129,17 +129,21 @@ fn read_at(file: &Path, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
 
 /// What preparing the part file found.
 #[derive(Debug, Default)]
-struct Prepared {
+pub(super) struct Prepared {
     /// Chunks still to fetch, by name, with every offset they go to, in
     /// the order of the file.
-    missing: Vec<(Hash, u32, Vec<u64>)>,
-    resumed_bytes: u64,
-    local_bytes: u64,
+    pub missing: Vec<(Hash, u32, Vec<u64>)>,
+    pub resumed_bytes: u64,
+    pub local_bytes: u64,
 }
 
 /// Opens (or makes) the part file at the image's size and fills what it
 /// can without the link.
-fn prepare(part: &Path, manifest: &Manifest, local: &LocalChunks) -> std::io::Result<Prepared> {
+pub(super) fn prepare(
+    part: &Path,
+    manifest: &Manifest,
+    local: &LocalChunks,
+) -> std::io::Result<Prepared> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -341,54 +345,21 @@ impl Fetcher {
             .write(true)
             .open(&part)
             .map_err(|e| e.to_string())?;
-        // Batches of up to 1 MiB; two in flight, so the link does not idle
-        // for a round trip between them.
-        let mut batches: Vec<Vec<&(Hash, u32, Vec<u64>)>> = Vec::new();
-        let mut bytes = u64::MAX;
-        for m in &prepared.missing {
-            if bytes >= BATCH_BYTES || batches.last().is_some_and(|b| b.len() == MAX_BATCH) {
-                batches.push(Vec::new());
-                bytes = 0;
-            }
-            if let Some(b) = batches.last_mut() {
-                b.push(m);
-            }
-            bytes += u64::from(m.1);
-        }
-        let hashes: Vec<Vec<Hash>> = batches
-            .iter()
-            .map(|b| b.iter().map(|m| m.0).collect())
-            .collect();
-        let offsets: HashMap<Hash, &Vec<u64>> =
-            prepared.missing.iter().map(|m| (m.0, &m.2)).collect();
-        let size_of =
-            |b: &Vec<&(Hash, u32, Vec<u64>)>| b.iter().map(|m| u64::from(m.1)).sum::<u64>();
-        let mut asked = 0;
-        for i in 0..batches.len() {
-            while asked < batches.len() && asked <= i + 1 {
-                tokio::time::sleep(pace(&self.pacer, size_of(&batches[asked]))).await;
-                client
-                    .ask(id, &hashes[asked])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                asked += 1;
-            }
-            let before = client.received;
-            let r = client
-                .take(&hashes[i], |h, data| {
-                    for at in offsets.get(h).copied().into_iter().flatten() {
-                        file.write_all_at(data, *at).map_err(|e| e.to_string())?;
-                    }
-                    Ok(())
-                })
-                .await;
-            *received += client.received - before;
-            METRICS
-                .image_bytes
-                .with_label_values(&["fetched"])
-                .inc_by(client.received - before);
-            r.map_err(|e| e.to_string())?;
-        }
+        fetch_chunks(
+            &mut client,
+            id,
+            &prepared.missing,
+            &file,
+            &self.pacer,
+            |n| {
+                *received += n;
+                METRICS
+                    .image_bytes
+                    .with_label_values(&["fetched"])
+                    .inc_by(n);
+            },
+        )
+        .await?;
         client.finish();
         let (p, dir2, id2, format) = (
             part.clone(),
@@ -423,6 +394,62 @@ impl Fetcher {
         .await
         .map_err(|e| e.to_string())?
     }
+}
+
+/// Asks for `missing` chunks (name, length, the offsets it goes to) in
+/// batches of up to 1 MiB, two in flight so the link does not idle for a
+/// round trip between them, each spaced by the site's pacer; writes each
+/// chunk, checked against its name, at its offsets in `file`. `progress`
+/// is told the chunk bytes of each batch as it lands.
+pub(super) async fn fetch_chunks(
+    client: &mut BulkClient,
+    key: &str,
+    missing: &[(Hash, u32, Vec<u64>)],
+    file: &std::fs::File,
+    pacer: &SharedPacer,
+    mut progress: impl FnMut(u64),
+) -> Result<(), String> {
+    let mut batches: Vec<Vec<&(Hash, u32, Vec<u64>)>> = Vec::new();
+    let mut bytes = u64::MAX;
+    for m in missing {
+        if bytes >= BATCH_BYTES || batches.last().is_some_and(|b| b.len() == MAX_BATCH) {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        if let Some(b) = batches.last_mut() {
+            b.push(m);
+        }
+        bytes += u64::from(m.1);
+    }
+    let hashes: Vec<Vec<Hash>> = batches
+        .iter()
+        .map(|b| b.iter().map(|m| m.0).collect())
+        .collect();
+    let offsets: HashMap<Hash, &Vec<u64>> = missing.iter().map(|m| (m.0, &m.2)).collect();
+    let size_of = |b: &Vec<&(Hash, u32, Vec<u64>)>| b.iter().map(|m| u64::from(m.1)).sum::<u64>();
+    let mut asked = 0;
+    for i in 0..batches.len() {
+        while asked < batches.len() && asked <= i + 1 {
+            tokio::time::sleep(pace(pacer, size_of(&batches[asked]))).await;
+            client
+                .ask(key, &hashes[asked])
+                .await
+                .map_err(|e| e.to_string())?;
+            asked += 1;
+        }
+        let before = client.received;
+        let r = client
+            .take(&hashes[i], |h, data| {
+                for at in offsets.get(h).copied().into_iter().flatten() {
+                    file.write_all_at(data, *at).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .await;
+        progress(client.received - before);
+        r.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ fn file_of(v: &Volume) -> Result<PathBuf, String> {
 
 fn volume_op(v: &Volume, files: &Files) -> Option<Result<Op, String>> {
     let op = match v.status.state {
+        // Brought from the region by the backup worker while the link is
+        // up (`storage::backup`), not made here.
+        VolumeState::Creating if matches!(v.spec.source, VolumeSource::Backup(_)) => return None,
         VolumeState::Creating => file_of(v).and_then(|file| {
             let from = match &v.spec.source {
                 VolumeSource::Blank => Source::Blank,
@@ -94,6 +97,9 @@ fn volume_op(v: &Volume, files: &Files) -> Option<Result<Op, String>> {
                     })?,
                     format: DiskFormat::Qcow2,
                 },
+                VolumeSource::Backup(id) => {
+                    return Err(format!("backup {id} is brought from the region, not made here"))
+                }
             };
             Ok(Op::Make {
                 file,

@@ -79,6 +79,13 @@ fn each_working_state_plans_its_operation_and_settled_ones_none() {
         volume("bye", VolumeState::Deleting, VolumeSource::Blank),
         volume("ok", VolumeState::Available, VolumeSource::Blank),
         volume("att", VolumeState::InUse, VolumeSource::Blank),
+        // The backup worker brings it from the region, not the storage
+        // worker.
+        volume(
+            "from-backup",
+            VolumeState::Creating,
+            VolumeSource::Backup("12".into()),
+        ),
     ];
     let snapshots = [
         snapshot("s-new", "busy", SnapshotState::Creating),
@@ -144,6 +151,7 @@ fn each_working_state_plans_its_operation_and_settled_ones_none() {
     );
     assert_eq!(by(Subject::Volume("ok".into())), None);
     assert_eq!(by(Subject::Volume("att".into())), None);
+    assert_eq!(by(Subject::Volume("from-backup".into())), None);
     assert_eq!(by(Subject::Snapshot("s-old".into())), None);
     assert_eq!(work.len(), 7);
 }

@@ -520,6 +520,11 @@ impl Store {
         self.read(move |c| Ok(volumes::files(c, &ids)?)).await
     }
 
+    /// Volumes to bring from a backup at the region.
+    pub async fn restores(&self) -> Result<Vec<Volume>, WriteError> {
+        self.read(|c| Ok(volumes::restores(c)?)).await
+    }
+
     /// Every `central-replicated` volume that ought to have a current
     /// backup, for the stale-backup alarm.
     pub async fn replicated_volumes(&self) -> Result<Vec<Volume>, WriteError> {

@@ -186,6 +186,20 @@ fn held_by_running_guest(conn: &Connection, v: &Volume) -> Result<bool, StoreErr
     }))
 }
 
+/// Volumes being made from a backup at the region (`creating`, source
+/// `Backup`): the backup worker's to bring.
+pub(super) fn restores(conn: &Connection) -> Result<Vec<Volume>, StoreError> {
+    Ok(
+        list::<VolumeSpec, roost_common::model::VolumeStatus>(conn, "volumes", &None)?
+            .into_iter()
+            .filter(|v| {
+                v.status.state == VolumeState::Creating
+                    && matches!(v.spec.source, VolumeSource::Backup(_))
+            })
+            .collect(),
+    )
+}
+
 /// Every `central-replicated` volume with a file that is neither being
 /// made nor deleted: what ought to have a current backup.
 pub(super) fn replicated(conn: &Connection) -> Result<Vec<Volume>, StoreError> {
@@ -297,6 +311,8 @@ impl WriteCtx<'_> {
                 }
                 snap.status.size_gb
             }
+            // Checked against the backup's size once it is here.
+            VolumeSource::Backup(_) => 0,
         };
         if spec.size_gb == 0 {
             // No size asked for: the source's.
