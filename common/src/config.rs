@@ -272,8 +272,9 @@ pub struct AlarmsSection {
     /// (only on a node that knows which host it is: `network.host`).
     #[serde(default = "default_host_down_after")]
     pub host_down_after_secs: u64,
-    /// Seconds a `central-replicated` volume may hold changes its last
-    /// backup at the region lacks before `volume.backup_stale`.
+    /// Age a `central-replicated` volume's last backup at the region may
+    /// reach, once the volume has changed since, before
+    /// `volume.backup_stale`.
     #[serde(default = "default_backup_stale_after")]
     pub backup_stale_after_secs: u64,
 }

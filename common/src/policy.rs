@@ -43,7 +43,7 @@ pub const BASE: [(&str, &str); 4] = [
 
 /// Actions whose default is not the verb's (`rule:reader` to read,
 /// `rule:member` to change), and the checks handlers make by name.
-pub const SPECIAL: [(&str, &str); 37] = [
+pub const SPECIAL: [(&str, &str); 38] = [
     // A server action, then each action by its body's key: each defaults
     // to whatever `compute:servers:action` allows.
     ("compute:servers:action", "rule:member"),
@@ -79,6 +79,9 @@ pub const SPECIAL: [(&str, &str); 37] = [
         "volume:volumes:action:os-reset_status",
         "rule:context_is_admin",
     ),
+    // Bringing a volume back from a backup at the region: backups are kept
+    // per site, not per project, so any project's could be named.
+    ("volume:volumes:create-from-backup", "rule:context_is_admin"),
     // Making an image public.
     ("image:images:publicize", "rule:context_is_admin"),
     // Provider attributes of a network (type, physical network, segment).

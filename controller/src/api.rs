@@ -696,7 +696,7 @@ async fn backup_file(
     tokio::task::spawn_blocking(move || {
         for c in chunks {
             let item = store
-                .chunk(&c.hash)
+                .chunk(&row.site, &c.hash)
                 .map(axum::body::Bytes::from)
                 .map_err(std::io::Error::other);
             let failed = item.is_err();

@@ -1,9 +1,11 @@
 //! The volume backups sites send the region (`central-replicated`
 //! volumes), kept in their own SQLite file, `<data dir>/backups.db`.
 //!
-//! Content-addressed: a chunk (`roost_sync::chunks`) is kept once, however
-//! many backups, volumes or sites hold it, so a site's next backup of a
-//! volume moves only the chunks that changed. A backup is its chunk list
+//! Content-addressed per site: a chunk (`roost_sync::chunks`) is kept once
+//! for a site, however many of its backups and volumes hold it, so a
+//! site's next backup of a volume moves only the chunks that changed.
+//! Sites share nothing: one cannot learn whether another holds a chunk,
+//! nor list in its backup a chunk it never sent. A backup is its chunk list
 //! in order (`backup_chunks`), written in the transaction that checks
 //! every chunk is here: a backup listed is whole.
 //!
@@ -38,11 +40,12 @@ const SWEEP_EVERY_SECS: i64 = 3600;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS chunks (
-    hash BLOB PRIMARY KEY,
+    site TEXT NOT NULL,
+    hash BLOB NOT NULL,
     data BLOB NOT NULL,
     stored_at INTEGER NOT NULL,
-    site TEXT NOT NULL,
-    len INTEGER NOT NULL
+    len INTEGER NOT NULL,
+    PRIMARY KEY (site, hash)
 );
 CREATE INDEX IF NOT EXISTS chunks_by_site ON chunks(site, len);
 CREATE INDEX IF NOT EXISTS chunks_by_age ON chunks(stored_at);
@@ -63,7 +66,7 @@ CREATE TABLE IF NOT EXISTS backup_chunks (
     len INTEGER NOT NULL,
     PRIMARY KEY (backup, ord)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS backup_chunks_by_hash ON backup_chunks(hash);
+CREATE INDEX IF NOT EXISTS backup_chunks_by_hash ON backup_chunks(hash, backup);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -214,16 +217,16 @@ impl RegionBackups {
                 hex(hash)
             )));
         }
-        self.chunk(hash)
+        self.chunk(site, hash)
     }
 
-    /// One chunk's bytes, checked against its name.
-    pub fn chunk(&self, hash: &Hash) -> Result<Vec<u8>, BackupError> {
+    /// One of a site's chunks, checked against its name.
+    pub fn chunk(&self, site: &str, hash: &Hash) -> Result<Vec<u8>, BackupError> {
         let data: Option<Vec<u8>> = self
             .conn()
             .query_row(
-                "SELECT data FROM chunks WHERE hash = ?1",
-                [&hash[..]],
+                "SELECT data FROM chunks WHERE site = ?1 AND hash = ?2",
+                params![site, &hash[..]],
                 |r| r.get(0),
             )
             .optional()?;
@@ -244,7 +247,8 @@ impl RegionBackups {
     pub fn sweep(&self, before: i64) -> Result<usize, BackupError> {
         Ok(self.conn().execute(
             "DELETE FROM chunks WHERE stored_at < ?1
-             AND NOT EXISTS (SELECT 1 FROM backup_chunks b WHERE b.hash = chunks.hash)",
+             AND NOT EXISTS (SELECT 1 FROM backup_chunks c JOIN backups b ON b.id = c.backup
+                             WHERE c.hash = chunks.hash AND b.site = chunks.site)",
             [before],
         )?)
     }
@@ -267,11 +271,12 @@ impl RegionBackups {
             }
         }
         {
-            let mut held = tx.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?;
+            let mut held =
+                tx.prepare_cached("SELECT 1 FROM chunks WHERE site = ?1 AND hash = ?2")?;
             let mut lacking = 0usize;
             let mut seen = std::collections::HashSet::new();
             for c in &m.chunks {
-                if seen.insert(c.hash) && !held.exists([&c.hash[..]])? {
+                if seen.insert(c.hash) && !held.exists(params![site, &c.hash[..]])? {
                     lacking += 1;
                 }
             }
@@ -319,11 +324,12 @@ impl RegionBackups {
             };
             tx.execute("DELETE FROM backups WHERE id = ?1", [old])?;
             let mut gone = tx.prepare_cached(
-                "DELETE FROM chunks WHERE hash = ?1
-                 AND NOT EXISTS (SELECT 1 FROM backup_chunks b WHERE b.hash = ?1)",
+                "DELETE FROM chunks WHERE site = ?1 AND hash = ?2
+                 AND NOT EXISTS (SELECT 1 FROM backup_chunks c JOIN backups b ON b.id = c.backup
+                                 WHERE c.hash = ?2 AND b.site = ?1)",
             )?;
             for h in hashes {
-                gone.execute([h])?;
+                gone.execute(params![site, h])?;
             }
         }
         tx.commit()?;
@@ -336,13 +342,17 @@ impl BackupSink for RegionBackups {
         check_key(key)?;
         let conn = self.conn();
         let mut held = conn
-            .prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")
+            .prepare_cached("SELECT 1 FROM chunks WHERE site = ?1 AND hash = ?2")
             .map_err(|e| e.to_string())?;
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         let mut bytes = 0i64;
         for c in &manifest.chunks {
-            if seen.insert(c.hash) && !held.exists([&c.hash[..]]).map_err(|e| e.to_string())? {
+            if seen.insert(c.hash)
+                && !held
+                    .exists(params![site, &c.hash[..]])
+                    .map_err(|e| e.to_string())?
+            {
                 out.push(c.hash);
                 bytes += i64::from(c.len);
             }
@@ -372,10 +382,10 @@ impl BackupSink for RegionBackups {
             let tx = conn.transaction()?;
             {
                 let mut put = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO chunks (hash, data, stored_at, site, len) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO chunks (site, hash, data, stored_at, len) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
                 for (h, d) in chunks {
-                    put.execute(params![&h[..], d, at, site, d.len() as i64])?;
+                    put.execute(params![site, &h[..], d, at, d.len() as i64])?;
                 }
             }
             tx.commit()
@@ -451,7 +461,7 @@ mod tests {
     fn restore(b: &RegionBackups, id: i64) -> Vec<u8> {
         let mut out = Vec::new();
         for c in b.manifest(id).unwrap() {
-            out.extend(b.chunk(&c.hash).unwrap());
+            out.extend(b.chunk("f1", &c.hash).unwrap());
         }
         out
     }
@@ -495,9 +505,17 @@ mod tests {
             e.contains("site f1 already holds 2 MiB of the 3 MiB"),
             "{e}"
         );
-        // Another site has its own share; what is already held costs none.
+        // Another site has its own share, and none of f1's chunks; what a
+        // site already holds costs none.
         assert!(b.missing("f2", VOL, &more).is_ok());
         assert!(b.missing("f1", VOL, &m).unwrap().is_empty());
+        assert_eq!(b.missing("f2", VOL, &m).unwrap().len(), m.chunks.len());
+        // Nor can it list them in a backup of its own, or read them.
+        let e = b.commit("f2", VOL, &m).unwrap_err();
+        assert!(e.contains("lacks"), "{e}");
+        let id = b.list("f1", None).unwrap()[0].id;
+        assert!(b.site_chunk("f2", id, &m.chunks[0].hash).is_err());
+        assert!(b.site_chunk("f1", id, &m.chunks[0].hash).is_ok());
     }
 
     #[test]

@@ -316,7 +316,6 @@ impl Agent {
                 .map(|u| (u.region.name.clone(), link_state.clone())),
             peers: crate::alarms::peers(&config, addr),
             silent: Default::default(),
-            unbacked: Default::default(),
             standby: ha
                 .as_ref()
                 .zip(config.ha.as_ref())

@@ -82,8 +82,8 @@ pub struct Facts {
     /// On the active node of a two-node site: the standby's name and,
     /// while it does not hold every write, since when.
     pub standby: Option<(String, Option<DateTime<Utc>>)>,
-    /// The `central-replicated` volumes and, while one holds changes its
-    /// last backup lacks, since when.
+    /// The `central-replicated` volumes and, while one has changed since
+    /// its last backup, that backup's time (or its making, if none).
     pub volumes: Vec<(String, Option<DateTime<Utc>>)>,
 }
 
@@ -192,7 +192,7 @@ pub fn evaluate(f: &Facts, cfg: &AlarmsSection, active: &[AlarmStatus]) -> Vec<A
             active,
             |since| {
                 format!(
-                "volume {volume} holds changes since {since} that its backup at the region lacks; it is backed up when no running guest holds it and the link is up: stop its server for a moment, or check the link"
+                "volume {volume} has changed since its last backup at the region ({since}); it is backed up when no running guest holds it and the link is up: stop its server for a moment, or check the link"
             )
             },
         );
@@ -366,15 +366,7 @@ pub struct Monitor {
     /// On an active node of a two-node site: the standby's name and what
     /// says whether it holds every write.
     pub standby: Option<(String, Arc<crate::ha::Replication>)>,
-    /// Per `central-replicated` volume whose file differs from its last
-    /// backup: that backup's stamp, and when this monitor first saw the
-    /// file differ (a restart starts the wait again).
-    pub unbacked: Mutex<HashMap<String, Unbacked>>,
 }
-
-/// A volume's last backup stamp (if any) and when its file was first seen
-/// to differ from it.
-type Unbacked = (Option<String>, DateTime<Utc>);
 
 impl Monitor {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -421,44 +413,32 @@ impl Monitor {
             .collect()
     }
 
-    /// Since when each `central-replicated` volume holds changes its last
-    /// backup lacks (`None`: it holds none). A volume never backed up
-    /// counts from when it was made.
+    /// Since when each `central-replicated` volume's backup has been
+    /// behind (`None`: its file is as its last backup read it): the time
+    /// of that backup, or the volume's making if it was never backed up.
     async fn unbacked_volumes(
         &self,
     ) -> Result<Vec<(String, Option<DateTime<Utc>>)>, crate::store::WriteError> {
         let volumes = self.store.replicated_volumes().await?;
-        let looked = tokio::task::spawn_blocking(move || {
+        Ok(tokio::task::spawn_blocking(move || {
             volumes
                 .into_iter()
                 .filter_map(|v| {
                     let now = crate::storage::backup::stamp(v.status.file.as_deref()?).ok()?;
-                    let last = v.status.backup.as_ref().map(|b| b.stamp.clone());
-                    Some((v.id, v.created_at, now, last))
+                    let since = match &v.status.backup {
+                        Some(b) if b.stamp == now => None,
+                        Some(b) => Some(
+                            DateTime::parse_from_rfc3339(&b.at)
+                                .map_or(v.created_at, |t| t.with_timezone(&Utc)),
+                        ),
+                        None => Some(v.created_at),
+                    };
+                    Some((v.id, since))
                 })
-                .collect::<Vec<_>>()
+                .collect()
         })
         .await
-        .unwrap_or_default();
-        let now = Utc::now();
-        let mut seen = self.unbacked.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::with_capacity(looked.len());
-        let mut kept = HashMap::new();
-        for (id, created, stamp, last) in looked {
-            if last.as_deref() == Some(stamp.as_str()) {
-                out.push((id, None));
-                continue;
-            }
-            let since = match (&last, seen.get(&id)) {
-                (None, _) => created,
-                (Some(_), Some((l, at))) if *l == last => *at,
-                (Some(_), _) => now,
-            };
-            kept.insert(id.clone(), (last, since));
-            out.push((id, Some(since)));
-        }
-        *seen = kept;
-        Ok(out)
+        .unwrap_or_default())
     }
 
     async fn pass(&self) -> Result<(), crate::store::WriteError> {
@@ -564,7 +544,8 @@ mod tests {
             (BACKUP_STALE, "volume=v1", Severity::Minor)
         );
         assert!(
-            a.reason.contains("volume v1 holds changes since"),
+            a.reason
+                .contains("volume v1 has changed since its last backup"),
             "{}",
             a.reason
         );
@@ -750,7 +731,6 @@ mod tests {
             ],
             silent: Default::default(),
             standby: None,
-            unbacked: Default::default(),
         };
         let first = m.probe_peers().await;
         assert_eq!(first[0], ("up".to_string(), None));
@@ -800,7 +780,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_monitor_dates_a_volumes_unbacked_changes_from_when_it_first_saw_them() {
+    async fn a_volumes_backup_is_behind_since_it_was_taken_once_the_file_changed() {
         use roost_common::model::{VolumeBackup, VolumeSource, VolumeSpec};
         let dir = tempfile::tempdir().unwrap();
         let yaml = "site: {id: s1, name: S}\nhosts:\n  - {name: c0, roles: [compute], vcpus: 1, ram_mb: 1024, disk_gb: 1}\n";
@@ -845,7 +825,6 @@ mod tests {
             peers: Vec::new(),
             silent: Default::default(),
             standby: None,
-            unbacked: Default::default(),
         };
         // Never backed up: since it was made; the edge-local one is not
         // watched.
@@ -855,6 +834,7 @@ mod tests {
         );
         // Backed up as it is: nothing unbacked.
         let backup = VolumeBackup {
+            at: "2026-11-28T10:00:00.000Z".into(),
             stamp: crate::storage::backup::stamp(&file).unwrap(),
             ..VolumeBackup::default()
         };
@@ -864,12 +844,11 @@ mod tests {
             m.unbacked_volumes().await.unwrap(),
             vec![(id.clone(), None)]
         );
-        // Written since: from when the monitor first saw it, kept.
+        // Written since: behind since that backup, across restarts.
         std::fs::write(&file, b"qcow2, changed").unwrap();
-        let before = Utc::now();
-        let first = m.unbacked_volumes().await.unwrap()[0].1.expect("unbacked");
-        assert!(first >= before - chrono::Duration::seconds(1));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(m.unbacked_volumes().await.unwrap()[0].1, Some(first));
+        assert_eq!(
+            m.unbacked_volumes().await.unwrap(),
+            vec![(id, Some("2026-11-28T10:00:00Z".parse().unwrap()))]
+        );
     }
 }

@@ -215,9 +215,6 @@ pub async fn wait_for(what: &str, within: Duration, mut f: impl AsyncFnMut() -> 
     }
 }
 
-/// How long after `from` the region marked a site's availability as it is
-/// now: its own `availability_since`, read from the site's view (so a slow
-/// poll on a busy machine does not count).
 /// One sample of a Prometheus metric at `url` (`name` with its labels as
 /// rendered, e.g. `m{outcome="failed"}`); `None` if unreachable or absent.
 pub async fn metric(url: &str, name: &str) -> Option<String> {
@@ -231,6 +228,9 @@ pub async fn metric(url: &str, name: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
 }
 
+/// How long after `from` the region marked a site's availability as it is
+/// now: its own `availability_since`, read from the site's view (so a slow
+/// poll on a busy machine does not count).
 pub fn changed_after(site: &Value, from: chrono::DateTime<chrono::Utc>) -> Duration {
     let since = site["availability_since"]
         .as_str()

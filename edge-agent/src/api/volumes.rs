@@ -215,13 +215,16 @@ async fn create(
     check_project(&c, &project)?;
     let body: VolumeCreateBody = parse_body(&body)?;
     let spec = body.volume.into_spec(&c.0.project_id, &c.0.user_id)?;
-    if let (roost_common::model::VolumeSource::Backup(b), false) = (&spec.source, s.has_region) {
-        return Err(roost_common::FieldError::new(
-            "volume.backup_id",
-            b,
-            "this site has no region to bring a backup from (no region section in its config)",
-        )
-        .into());
+    if let roost_common::model::VolumeSource::Backup(b) = &spec.source {
+        c.allow("volume:volumes:create-from-backup")?;
+        if !s.has_region {
+            return Err(roost_common::FieldError::new(
+                "volume.backup_id",
+                b,
+                "this site has no region to bring a backup from (no region section in its config)",
+            )
+            .into());
+        }
     }
     if spec.volume_type == roost_common::model::CENTRAL_REPLICATED && !s.has_region {
         return Err(roost_common::FieldError::new(

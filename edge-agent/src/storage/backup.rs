@@ -132,7 +132,18 @@ impl Backuper {
                         if conn.close_reason().is_some() {
                             return;
                         }
-                        self.restore_one(&conn, &v).await;
+                        if failed
+                            .get(&v.id)
+                            .is_some_and(|(_, at)| *at > Instant::now())
+                        {
+                            continue;
+                        }
+                        if self.restore_one(&conn, &v).await {
+                            failed.remove(&v.id);
+                        } else {
+                            let n = failed.get(&v.id).map_or(0, |(n, _)| *n) + 1;
+                            failed.insert(v.id.clone(), (n, Instant::now() + backoff(n)));
+                        }
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot list the volumes to restore"),
@@ -173,34 +184,41 @@ impl Backuper {
     }
 
     /// Brings a volume made from a backup; records it `available`, or
-    /// `error` when the backup cannot make it. A cut leaves it `creating`,
-    /// resumed on the next connection.
-    async fn restore_one(&self, conn: &quinn::Connection, v: &Volume) {
+    /// `error` when the backup cannot make it. A failed try leaves it
+    /// `creating`, tried again after a back-off (false then).
+    async fn restore_one(&self, conn: &quinn::Connection, v: &Volume) -> bool {
         let started = Instant::now();
-        let (id, result) = match self.bring(conn, v).await {
+        let result = match self.bring(conn, v).await {
             Ok(bytes) => {
                 info!(volume = %v.id, fetched = bytes, ms = started.elapsed().as_millis() as u64,
                     "volume brought from its backup at the region");
-                (v.id.clone(), Ok(()))
+                Ok(())
             }
             Err(Stop::Failed(e)) => {
-                warn!(volume = %v.id, error = %e, "bringing a volume from its backup stopped; it resumes on the next connection");
-                return;
+                warn!(volume = %v.id, error = %e, "bringing a volume from its backup stopped; what arrived is kept and it is tried again");
+                return false;
             }
-            Err(Stop::Changed) => return,
+            Err(Stop::Changed) => return false,
             Err(Stop::GiveUp(e)) => {
                 warn!(volume = %v.id, error = %e, "the volume cannot be made from its backup");
-                (v.id.clone(), Err(e))
+                Err(e)
             }
         };
-        let subject = super::plan::Subject::Volume(id);
-        if let Err(e) = self
-            .store
-            .write(move |w| w.storage_done(&subject, result, None))
-            .await
-        {
-            warn!(volume = %v.id, error = %e, "cannot record a restored volume");
+        let id = v.id.clone();
+        match self.store.write(move |w| w.restore_done(&id, result)).await {
+            Ok(true) => {}
+            // Deleted while it came: its files go with it.
+            Ok(false) => {
+                if let Some(file) = v.status.file.clone() {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        super::qemu_img::run(&super::plan::Op::Remove { file })
+                    })
+                    .await;
+                }
+            }
+            Err(e) => warn!(volume = %v.id, error = %e, "cannot record a restored volume"),
         }
+        true
     }
 
     /// Fetches the backup into the volume's file and grows it to the
@@ -221,7 +239,12 @@ impl Backuper {
             let mut client = BulkClient::open(conn).await?;
             let manifest = match client.manifest(&key).await {
                 Ok(m) => m,
-                Err(roost_sync::bulk::FetchError::Refused(e)) => return Err(Stop::GiveUp(e)),
+                Err(roost_sync::bulk::FetchError::Refused(e)) => {
+                    let mut part = file.clone().into_os_string();
+                    part.push(".restore.part");
+                    let _ = std::fs::remove_file(part);
+                    return Err(Stop::GiveUp(e));
+                }
                 Err(e) => return Err(e.into()),
             };
             let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -263,6 +286,7 @@ impl Backuper {
             .map_err(Stop::Failed)?;
             client.finish();
             let (p, f, size, b) = (part.clone(), file.clone(), manifest.size(), backup.clone());
+            let size_gb = v.spec.size_gb;
             tokio::task::spawn_blocking(move || -> Result<(), Stop> {
                 out.sync_all().map_err(|e| Stop::Failed(e.to_string()))?;
                 drop(out);
@@ -271,7 +295,7 @@ impl Backuper {
                 std::fs::File::open(&p)
                     .and_then(|h| h.read_exact_at(&mut head, 0))
                     .map_err(|e| Stop::Failed(e.to_string()))?;
-                roost_common::api::check_disk_format(
+                let virtual_size = roost_common::api::check_disk_format(
                     roost_common::model::DiskFormat::Qcow2,
                     &head,
                     size,
@@ -280,6 +304,13 @@ impl Backuper {
                     let _ = std::fs::remove_file(&p);
                     Stop::GiveUp(format!("backup {b}: {e}"))
                 })?;
+                let gb = virtual_size.div_ceil(1 << 30);
+                if gb > size_gb {
+                    let _ = std::fs::remove_file(&p);
+                    return Err(Stop::GiveUp(format!(
+                        "backup {b} holds a {gb} GiB volume; create one of at least {gb} GiB"
+                    )));
+                }
                 std::fs::rename(&p, &f).map_err(|e| Stop::Failed(e.to_string()))?;
                 roost_common::files::sync_dir(f.parent().unwrap_or(Path::new(".")))
                     .map_err(|e| Stop::Failed(e.to_string()))
@@ -298,8 +329,9 @@ impl Backuper {
                 )));
             }
             if bytes < size_gb << 30 {
+                // A failure here is tried again (the file is whole).
                 super::qemu_img::run(&super::plan::Op::Resize { file: f, size_gb })
-                    .map_err(Stop::GiveUp)?;
+                    .map_err(Stop::Failed)?;
             }
             Ok(())
         })

@@ -173,7 +173,9 @@ pub fn run(op: &Op) -> Result<(), OpError> {
             if file.as_os_str().is_empty() {
                 return Ok(());
             }
-            for f in [part_of(file), file.clone()] {
+            let mut restore_part = file.clone().into_os_string();
+            restore_part.push(".restore.part");
+            for f in [part_of(file), PathBuf::from(restore_part), file.clone()] {
                 match std::fs::remove_file(&f) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         return Err(format!("cannot remove {}: {e}", f.display()))

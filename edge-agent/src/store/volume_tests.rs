@@ -750,3 +750,52 @@ async fn only_central_replicated_volumes_at_rest_are_backed_up_and_a_kept_backup
         .backup
         .is_none());
 }
+
+#[tokio::test]
+async fn a_volume_waiting_for_its_backup_may_be_deleted_and_its_late_restore_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s = spec(2, VolumeSource::Backup("12".into()));
+    let v = store
+        .write(move |w| w.create_volume(s, &None, Path::new("/vols")))
+        .await
+        .unwrap();
+    assert_eq!(v.status.state, VolumeState::Creating);
+    assert!(
+        finish_work(&store).await.is_empty(),
+        "the storage worker leaves it to the backup worker"
+    );
+    assert_eq!(store.restores().await.unwrap().len(), 1);
+    // The link never came back: the operator gives up on it.
+    let id = v.id.clone();
+    store
+        .write(move |w| w.delete_volume(&id, &None))
+        .await
+        .unwrap();
+    assert!(store.restores().await.unwrap().is_empty());
+    // The restore ends anyway: the volume is not brought back to life.
+    let id = v.id.clone();
+    let applied = store
+        .write(move |w| w.restore_done(&id, Ok(())))
+        .await
+        .unwrap();
+    assert!(!applied);
+    assert_eq!(
+        store.volume(v.id.clone(), None).await.unwrap().status.state,
+        VolumeState::Deleting
+    );
+    // Another, whose backup the region lacks: error, with the reason.
+    let s = spec(2, VolumeSource::Backup("13".into()));
+    let w2 = store
+        .write(move |w| w.create_volume(s, &None, Path::new("/vols")))
+        .await
+        .unwrap();
+    let id = w2.id.clone();
+    assert!(store
+        .write(move |w| w.restore_done(&id, Err("site s has no backup 13 at the region".into())))
+        .await
+        .unwrap());
+    let got = store.volume(w2.id.clone(), None).await.unwrap();
+    assert_eq!(got.status.state, VolumeState::Error);
+    assert!(got.status.fault.unwrap().message.contains("no backup 13"));
+}

@@ -366,7 +366,11 @@ impl WriteCtx<'_> {
         if v.status.state == VolumeState::Deleting {
             return Ok(v);
         }
-        if !matches!(v.status.state, VolumeState::Available | VolumeState::Error)
+        // One waiting for its backup to come from the region may go: the
+        // link may never return.
+        let restoring = v.status.state == VolumeState::Creating
+            && matches!(v.spec.source, VolumeSource::Backup(_));
+        if !(restoring || matches!(v.status.state, VolumeState::Available | VolumeState::Error))
             || v.status.attached_to.is_some()
         {
             return Err(state_rule(
@@ -842,6 +846,40 @@ impl WriteCtx<'_> {
             self.save_volume(&v)?;
         }
         Ok(())
+    }
+
+    /// Records a restore's end: `available`, or `error` with the reason.
+    /// Only a volume still waiting for it is changed; false if it was not
+    /// (deleted meanwhile: its file is then the caller's to remove).
+    pub fn restore_done(
+        &mut self,
+        id: &str,
+        result: Result<(), String>,
+    ) -> Result<bool, WriteError> {
+        let v: Option<Volume> = rows::get(self.tx, "volumes", id)?;
+        let Some(mut v) = v.filter(|v| {
+            v.status.state == VolumeState::Creating
+                && matches!(v.spec.source, VolumeSource::Backup(_))
+        }) else {
+            return Ok(false);
+        };
+        match result {
+            Ok(()) => {
+                v.status.state = VolumeState::Available;
+                v.status.fault = None;
+            }
+            Err(message) => {
+                v.status.state = VolumeState::Error;
+                v.status.fault = Some(Fault {
+                    code: 500,
+                    message,
+                    at: self.now,
+                });
+            }
+        }
+        v.updated_at = self.now;
+        self.save_volume(&v)?;
+        Ok(true)
     }
 
     /// Records the backup the region confirmed keeping. The volume's
