@@ -67,6 +67,28 @@ pub fn backoff(failures: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
+/// Per volume: failures in a row, and when it may be tried again.
+#[derive(Debug, Default)]
+struct Failures(HashMap<String, (u32, Instant)>);
+
+impl Failures {
+    /// Whether the volume waits out a back-off now.
+    fn waiting(&self, id: &str) -> bool {
+        self.0.get(id).is_some_and(|(_, at)| *at > Instant::now())
+    }
+
+    /// Records a try's outcome: a success forgets the failures.
+    fn record(&mut self, id: &str, ok: bool) {
+        if ok {
+            self.0.remove(id);
+        } else {
+            let n = self.0.get(id).map_or(0, |(n, _)| *n) + 1;
+            self.0
+                .insert(id.to_string(), (n, Instant::now() + backoff(n)));
+        }
+    }
+}
+
 /// A file's modification time (ns) and length: what changes when anything
 /// writes it.
 pub fn stamp(file: &Path) -> std::io::Result<String> {
@@ -123,8 +145,7 @@ impl Backuper {
     /// Backs up every volume that needs it while `conn` lasts; then waits
     /// to be woken. Ends when the connection does.
     pub async fn run(self, conn: quinn::Connection) {
-        // Per volume: failures in a row, and when it may be tried again.
-        let mut failed: HashMap<String, (u32, Instant)> = HashMap::new();
+        let mut failed = Failures::default();
         loop {
             match self.store.restores().await {
                 Ok(restores) => {
@@ -132,18 +153,11 @@ impl Backuper {
                         if conn.close_reason().is_some() {
                             return;
                         }
-                        if failed
-                            .get(&v.id)
-                            .is_some_and(|(_, at)| *at > Instant::now())
-                        {
+                        if failed.waiting(&v.id) {
                             continue;
                         }
-                        if self.restore_one(&conn, &v).await {
-                            failed.remove(&v.id);
-                        } else {
-                            let n = failed.get(&v.id).map_or(0, |(n, _)| *n) + 1;
-                            failed.insert(v.id.clone(), (n, Instant::now() + backoff(n)));
-                        }
+                        let ok = self.restore_one(&conn, &v).await;
+                        failed.record(&v.id, ok);
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot list the volumes to restore"),
@@ -162,18 +176,11 @@ impl Backuper {
                 if conn.close_reason().is_some() {
                     return;
                 }
-                if failed
-                    .get(&volume.id)
-                    .is_some_and(|(_, at)| *at > Instant::now())
-                {
+                if failed.waiting(&volume.id) {
                     continue;
                 }
-                if self.backup_one(&conn, &volume).await {
-                    failed.remove(&volume.id);
-                } else {
-                    let n = failed.get(&volume.id).map_or(0, |(n, _)| *n) + 1;
-                    failed.insert(volume.id.clone(), (n, Instant::now() + backoff(n)));
-                }
+                let ok = self.backup_one(&conn, &volume).await;
+                failed.record(&volume.id, ok);
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
