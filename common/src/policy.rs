@@ -576,6 +576,8 @@ mod tests {
             ("identity:users:create", false, false, true),
             ("identity:roles:list", true, true, true),
             ("compute:servers:list-all-projects", false, false, true),
+            // Backups are the site's, not a project's.
+            ("volume:volumes:create-from-backup", false, false, true),
         ] {
             assert_eq!(
                 p.allows(action, &creds(&reader, "p1"), &t),
