@@ -33,17 +33,19 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
-  fi
-done
+missing_packages() {
+  missing=()
+  for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$p")
+    fi
+  done
+}
 
+missing_packages
 if [ ${#missing[@]} -eq 0 ]; then
   say "system packages present: ${PACKAGES[*]}"
 else
-  say "installing: ${missing[*]}"
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
@@ -53,8 +55,20 @@ else
   fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  say "installed: ${missing[*]}"
+  # Twice at most: apt may remove a package to settle a conflict (a
+  # backported qemu-utils beside the release's qemu-system-x86, say); the
+  # second round installs the release's version of what it removed.
+  for round in 1 2; do
+    say "installing: ${missing[*]}"
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    say "installed: ${missing[*]}"
+    missing_packages
+    [ ${#missing[@]} -eq 0 ] && break
+    if [ "$round" -eq 2 ]; then
+      say "apt removed ${missing[*]} while installing the rest; install them by hand (apt-get install ${missing[*]}), then run this again"
+      exit 1
+    fi
+  done
 fi
 # libvirt's QEMU driver refuses to start without these (libvirtd's package
 # would make them; Roost runs the driver inside the agent instead).
