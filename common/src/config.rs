@@ -348,6 +348,71 @@ pub struct StorageSection {
     /// sync, which always comes first).
     #[serde(default)]
     pub fetch_rate_kbit: Option<u64>,
+    /// Where image files sit: a hot cache, local disk, the region.
+    #[serde(default)]
+    pub tiers: TiersSection,
+}
+
+/// `storage.tiers`: the site's image files, most recently used first, fill
+/// the hot cache, then local disk (warm); with `cold`, the least recently
+/// used of the region's images leave the site when local disk is short
+/// and are fetched again when next used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TiersSection {
+    #[serde(default)]
+    pub hot: Option<HotTier>,
+    /// Most MiB of image files on local disk (`<data dir>/images`); none:
+    /// bounded only by the disk (less the 1 GiB the site's store keeps).
+    #[serde(default)]
+    pub warm_capacity_mb: Option<u64>,
+    /// Let the region's images leave the site (cold) when local disk is
+    /// short; needs a `region` section.
+    #[serde(default)]
+    pub cold: bool,
+}
+
+/// `storage.tiers.hot`: a fast cache directory (an NVMe disk, say).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotTier {
+    pub dir: PathBuf,
+    /// Most MiB of image files in `dir`.
+    pub capacity_mb: u64,
+}
+
+/// The least a tier's capacity may be, and the most (1 PiB), in MiB.
+const TIER_MB: (u64, u64) = (16, 1 << 30);
+
+impl TiersSection {
+    fn validate(&self, has_region: bool) -> Result<(), FieldError> {
+        if let Some(h) = &self.hot {
+            if !h.dir.is_absolute() {
+                return Err(FieldError::new(
+                    "storage.tiers.hot.dir",
+                    h.dir.display(),
+                    "must be an absolute path",
+                ));
+            }
+            validate::range(
+                "storage.tiers.hot.capacity_mb",
+                h.capacity_mb,
+                TIER_MB.0,
+                TIER_MB.1,
+            )?;
+        }
+        if let Some(w) = self.warm_capacity_mb {
+            validate::range("storage.tiers.warm_capacity_mb", w, TIER_MB.0, TIER_MB.1)?;
+        }
+        if self.cold && !has_region {
+            return Err(FieldError::new(
+                "storage.tiers.cold",
+                "true",
+                "needs a region section: cold images are kept by the region",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl StorageSection {
@@ -358,7 +423,8 @@ impl StorageSection {
             .unwrap_or_else(|| data_dir.join("volumes"))
     }
 
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self, has_region: bool) -> Result<(), FieldError> {
+        self.tiers.validate(has_region)?;
         if let Some(r) = self.fetch_rate_kbit {
             validate::range("storage.fetch_rate_kbit", r, 8, 100_000_000)?;
         }
@@ -823,7 +889,7 @@ impl Validate for SiteConfig {
         if let Some(n) = &self.network {
             n.validate(&self.hosts)?;
         }
-        self.storage.validate()?;
+        self.storage.validate(self.region.is_some())?;
         self.alarms.validate()?;
         if let Some(ha) = &self.ha {
             ha.validate(self.region.is_some())?;
@@ -1374,6 +1440,26 @@ mod tests {
             (
                 "  max_parallel: 1\nstorage: {fetch_rate_kbit: 2}\n",
                 "storage.fetch_rate_kbit: must be between 8 and 100000000 (got 2)",
+            ),
+            (
+                "  max_parallel: 1\nstorage: {tiers: {hot: {dir: cache, capacity_mb: 64}}}\n",
+                "storage.tiers.hot.dir: must be an absolute path",
+            ),
+            (
+                "  max_parallel: 1\nstorage: {tiers: {hot: {dir: /nvme, capacity_mb: 1}}}\n",
+                "storage.tiers.hot.capacity_mb: must be between 16 and 1073741824 (got 1)",
+            ),
+            (
+                "  max_parallel: 1\nstorage: {tiers: {warm_capacity_mb: 0}}\n",
+                "storage.tiers.warm_capacity_mb: must be between 16 and 1073741824 (got 0)",
+            ),
+            (
+                "  max_parallel: 1\nstorage: {tiers: {cold: true}}\n",
+                "storage.tiers.cold: needs a region section",
+            ),
+            (
+                "  max_parallel: 1\nstorage: {tiers: {hot: {dir: /nvme}}}\n",
+                "missing field `capacity_mb`",
             ),
             (
                 "  max_parallel: 1\nalarms: {disk_nearly_full_percent: 100}\n",

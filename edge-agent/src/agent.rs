@@ -181,7 +181,8 @@ impl Agent {
             node.activate();
         }
         // What image uploads cut by the last stop left on disk.
-        if let Err(e) = crate::api::sweep_images(&data_dir, &store).await {
+        let hot_dir = config.storage.tiers.hot.as_ref().map(|h| h.dir.as_path());
+        if let Err(e) = crate::api::sweep_images(&data_dir, hot_dir, &store).await {
             tracing::warn!(error = %e.message, "could not clean up after interrupted image uploads");
         }
         let driver: Arc<dyn ComputeDriver> = match config.compute.driver {
@@ -233,6 +234,7 @@ impl Agent {
             auth.revoke_subject(subject, before);
         }
         let queue = Arc::new(WorkQueue::default());
+        let images_changed = Arc::new(Notify::new());
         let state = AppState {
             store: store.clone(),
             auth,
@@ -243,6 +245,8 @@ impl Agent {
             data_dir: data_dir.clone(),
             volumes_dir: config.storage.volumes_dir(&data_dir),
             storage_wake: Arc::new(Notify::new()),
+            images_wake: images_changed.clone(),
+            hot_dir: config.storage.tiers.hot.as_ref().map(|h| h.dir.clone()),
             policy,
             has_region: config.region.is_some(),
         };
@@ -252,7 +256,6 @@ impl Agent {
             state.net_changed.clone(),
             &data_dir,
         );
-        let images_changed = Arc::new(Notify::new());
         let volumes_changed = Arc::new(Notify::new());
         // One pacer for the site's bulk bytes, both ways.
         let pacer: crate::storage::fetch::SharedPacer = Arc::new(std::sync::Mutex::new(
@@ -366,19 +369,23 @@ impl Agent {
             .as_ref()
             .map(|u| u.intent_arrived.clone())
             .unwrap_or_default();
-        let images_changed = self
-            .uplink
-            .as_ref()
-            .map(|u| u.fetcher.wake.clone())
-            .unwrap_or_default();
+        let images_dir = self.data_dir.join("images");
+        let tierer = crate::storage::tier::Tierer {
+            store: self.reconciler.store.clone(),
+            tiers: self.config.storage.tiers.clone(),
+            images_dir: images_dir.clone(),
+        };
         let applier = tokio::spawn(uplink::apply_loop(
             self.reconciler.store.clone(),
             self.reconciler.queue.clone(),
             arrived,
-            images_changed,
-            self.data_dir.join("images"),
+            self.state.images_wake.clone(),
+            std::iter::once(images_dir)
+                .chain(self.state.hot_dir.clone())
+                .collect(),
             stop_rx.clone(),
         ));
+        tokio::spawn(tierer.run(stop_rx.clone()));
         let volumes_changed = self
             .uplink
             .as_ref()

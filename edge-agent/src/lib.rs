@@ -43,14 +43,17 @@
 //!   `qemu-img` driver thin), the API in `api/volumes.rs`; attaching is a
 //!   compute action (`SyncVolumes`).
 //!
-//! - the region's images, brought chunk by chunk: `storage/fetch.rs`.
+//! - the region's images, brought chunk by chunk: `storage/fetch.rs`;
+//!   where image files sit (hot cache, local disk, only at the region):
+//!   `storage/tier.rs` (planner pure, mover thin).
 //!
 //! - Keystone's users, projects and roles: `store/accounts.rs` and
 //!   `api/accounts.rs`; who may do what is `roost_common::policy`, checked
 //!   once in the `api::Caller` extractor.
 //!
-//! Not here yet: tiering (the storage issue), a standby agent taking over a
-//! site (edge HA, the autonomy issue; the plan is `docs/edge-ha.md`).
+//! Not here yet: volume snapshots in the cold tier, booting a server
+//! from a volume (the storage issue); see `docs/edge-ha.md` for what edge
+//! HA does not do.
 
 pub mod agent;
 pub mod alarms;

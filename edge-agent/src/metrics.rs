@@ -6,8 +6,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Debug)]
@@ -32,6 +32,10 @@ pub struct Metrics {
     pub backups: IntCounterVec,
     /// Chunk bytes of volume backups sent to the region.
     pub backup_bytes: IntCounter,
+    /// Image moves between tiers, by the tier moved to (hot, warm, cold).
+    pub image_tier_moves: IntCounterVec,
+    /// Bytes of image files in each tier on the site (hot, warm).
+    pub image_tier_bytes: IntGaugeVec,
     /// Edge HA: 1 while a caught-up standby holds every write before it is
     /// acknowledged.
     pub ha_standby_attached: IntGauge,
@@ -158,6 +162,22 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Chunk bytes of volume backups sent to the region (only what it lacked)",
         )
         .expect("valid metric"),
+        image_tier_moves: IntCounterVec::new(
+            Opts::new(
+                "roost_agent_image_tier_moves_total",
+                "Image files moved between storage tiers, by the tier moved to (hot, warm, cold)",
+            ),
+            &["to"],
+        )
+        .expect("valid metric"),
+        image_tier_bytes: IntGaugeVec::new(
+            Opts::new(
+                "roost_agent_image_tier_bytes",
+                "Bytes of the site's image files in each tier it holds (hot, warm), at the last tiering pass",
+            ),
+            &["tier"],
+        )
+        .expect("valid metric"),
         ha_standby_attached: IntGauge::new(
             "roost_agent_ha_standby_attached",
             "1 while a caught-up standby confirms every write before it is acknowledged",
@@ -191,6 +211,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.image_bytes.clone()),
         Box::new(m.backups.clone()),
         Box::new(m.backup_bytes.clone()),
+        Box::new(m.image_tier_moves.clone()),
+        Box::new(m.image_tier_bytes.clone()),
         Box::new(m.ha_standby_attached.clone()),
         Box::new(m.ha_ack_timeouts.clone()),
         Box::new(m.ha_sent_bytes.clone()),

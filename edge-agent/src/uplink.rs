@@ -408,7 +408,7 @@ pub async fn apply_loop(
     queue: Arc<WorkQueue>,
     arrived: Arc<Notify>,
     images_changed: Arc<Notify>,
-    images_dir: std::path::PathBuf,
+    image_dirs: Vec<std::path::PathBuf>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -428,9 +428,15 @@ pub async fn apply_loop(
                 if applied.images > 0 {
                     images_changed.notify_one();
                 }
-                let files = applied.withdrawn_images.iter().flat_map(|id| {
-                    ["", ".part", ".manifest"].map(|ext| images_dir.join(format!("{id}{ext}")))
-                });
+                // Wherever tiering put them.
+                let mut files = Vec::new();
+                for id in &applied.withdrawn_images {
+                    for d in &image_dirs {
+                        files.extend(
+                            ["", ".part", ".manifest"].map(|ext| d.join(format!("{id}{ext}"))),
+                        );
+                    }
+                }
                 for f in files {
                     match tokio::fs::remove_file(&f).await {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -3,7 +3,7 @@
 //! for the site, the site's Glance to watch them arrive. Used by
 //! `tests/image_transfer.rs` and `benches/image_transfer.rs`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore, SeedableRng};
@@ -74,6 +74,12 @@ impl Harness {
     /// Starts everything with the link as `params`; returns once the site
     /// is online.
     pub async fn start(params: LinkParams) -> Harness {
+        Harness::start_with(params, |_| String::new()).await
+    }
+
+    /// As [`Harness::start`], with `extra(dir)` (YAML; `dir` is the
+    /// harness's temporary directory) added to the site's config.
+    pub async fn start_with(params: LinkParams, extra: impl FnOnce(&Path) -> String) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let region_cfg = site_config("region.yaml");
         let cdata = dir.path().join("controller");
@@ -93,7 +99,8 @@ impl Harness {
             + &format!(
                 "\nregion:\n  name: eu-central\n  address: {}\n  central_api: {}\n  join_token: {join}\n",
                 relay.addr, controller.api
-            );
+            )
+            + &extra(dir.path());
         std::fs::write(&cfg, text).unwrap();
         let agent = AgentProcess::start(&cfg, &dir.path().join("site"));
         wait_for(

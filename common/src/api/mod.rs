@@ -100,6 +100,10 @@ pub fn glance_image(i: &crate::model::Image, properties: bool) -> serde_json::Va
     if let Some(f) = &i.status.fault {
         v.insert("roost:fault".into(), f.clone().into());
     }
+    if i.status.state == crate::model::ImageState::Active {
+        let tier = i.status.tier.unwrap_or(crate::model::Tier::Warm);
+        v.insert("roost:tier".into(), tier.as_str().into());
+    }
     serde_json::Value::Object(v)
 }
 

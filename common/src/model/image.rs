@@ -1,7 +1,8 @@
 //! Images (Glance): the record servers boot from. An image is seeded by
 //! the site config (its bytes already on disk) or made through the image
-//! API and uploaded into the agent's data dir. Caching, tiering and chunked
-//! transfer from the region come with the storage issue.
+//! API and uploaded into the agent's data dir, or given by the region and
+//! fetched chunk by chunk. Where its bytes sit at the site (hot cache,
+//! local disk, only at the region) is its [`Tier`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -279,6 +280,43 @@ pub struct ImageStatus {
     /// Why a `killed` image is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<String>,
+    /// Where an `active` image's bytes are: set by the site's tiering
+    /// (none: on local disk, where uploads and fetches land).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+    /// When a server, a volume or a download last used it (or its bytes
+    /// last arrived): tiering moves the least recently used down first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Where an active image's bytes sit at a site (`storage.tiers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// The site's fast cache directory.
+    Hot,
+    /// The site's data disk.
+    Warm,
+    /// Only at the region: no file here; brought back when used.
+    Cold,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Hot => "hot",
+            Tier::Warm => "warm",
+            Tier::Cold => "cold",
+        }
+    }
+}
+
+impl ImageStatus {
+    /// Whether the image's bytes are on this site's disk.
+    pub fn is_cold(&self) -> bool {
+        self.tier == Some(Tier::Cold)
+    }
 }
 
 pub type Image = Resource<ImageSpec, ImageStatus>;

@@ -66,9 +66,11 @@ fn visible(c: &Caller, i: &Image) -> bool {
         || i.spec.owner.as_deref() == Some(c.0.project_id.as_str())
 }
 
-/// Refuses a server create or rebuild naming an image the caller may not
-/// see (another project's private image), as if it did not exist. The
-/// store checks the rest (it exists, it is active) in the write.
+/// Refuses a server create or rebuild, or a volume from an image, naming
+/// an image the caller may not see (another project's private image), as
+/// if it did not exist; or one in the cold tier, which it sets fetching
+/// again from the region. The store checks the rest (it exists, it is
+/// active) in the write.
 pub(super) async fn check_bootable_by(
     s: &AppState,
     c: &Caller,
@@ -82,8 +84,21 @@ pub(super) async fn check_bootable_by(
             "must be the id of an existing image",
         )
         .into()),
+        Some(i) if i.status.is_cold() => {
+            recall(s, &i.id).await?;
+            Err(crate::store::cold_image(&i, field).into())
+        }
         _ => Ok(()),
     }
+}
+
+/// Sets a cold image fetching again from the region.
+async fn recall(s: &AppState, id: &str) -> Result<(), ApiError> {
+    let image_id = id.to_string();
+    if s.store.write(move |w| w.recall_image(&image_id)).await? {
+        s.images_wake.notify_one();
+    }
+    Ok(())
 }
 
 /// Whether the caller may change an image: admins, and its owner project
@@ -180,7 +195,8 @@ async fn delete(
     // Only files this API wrote are removed; a config seed's file is the
     // operator's.
     if let Some(file) = gone.spec.file.as_deref() {
-        if file.parent() == Some(images_dir(&s).as_path()) {
+        if file.parent() == Some(images_dir(&s).as_path()) || file.parent() == s.hot_dir.as_deref()
+        {
             if let Err(e) = tokio::fs::remove_file(file).await {
                 tracing::warn!(image_id = %gone.id, file = %file.display(), error = %e, "deleted image's file not removed");
             }
@@ -269,15 +285,15 @@ async fn store_upload(s: AppState, i: Image, body: Body) -> Result<Response, Api
 /// files, and data of images that are not active (an upload cut between
 /// its rename and its commit) or no longer exist. Run at start, after the
 /// store put interrupted uploads back to `queued`.
-pub async fn sweep(data_dir: &Path, store: &crate::store::Store) -> Result<usize, ApiError> {
+pub async fn sweep(
+    data_dir: &Path,
+    hot_dir: Option<&Path>,
+    store: &crate::store::Store,
+) -> Result<usize, ApiError> {
     let dir = data_dir.join("images");
-    let mut entries = match tokio::fs::read_dir(&dir).await {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_error(e)),
-    };
-    // Kept: active images' files and their chunk manifests, and the part
-    // files of the region's images still being fetched (resumed later).
+    // Kept: active images' files (in either tier) and their chunk
+    // manifests, and the part files of the region's images still being
+    // fetched (resumed later).
     let mut keep: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     for i in store.images().await? {
         match (i.status.state, &i.spec.file, &i.spec.region) {
@@ -291,14 +307,20 @@ pub async fn sweep(data_dir: &Path, store: &crate::store::Store) -> Result<usize
             _ => {}
         }
     }
-    let active = keep;
     let mut removed = 0;
-    while let Some(entry) = entries.next_entry().await.map_err(io_error)? {
-        let path = entry.path();
-        if !active.contains(&path) {
-            tracing::warn!(file = %path.display(), "removing what an interrupted image upload left");
-            tokio::fs::remove_file(&path).await.map_err(io_error)?;
-            removed += 1;
+    for d in std::iter::once(dir.as_path()).chain(hot_dir) {
+        let mut entries = match tokio::fs::read_dir(d).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error(e)),
+        };
+        while let Some(entry) = entries.next_entry().await.map_err(io_error)? {
+            let path = entry.path();
+            if !keep.contains(&path) && entry.file_type().await.map_err(io_error)?.is_file() {
+                tracing::warn!(file = %path.display(), "removing what an interrupted image upload or tier move left");
+                tokio::fs::remove_file(&path).await.map_err(io_error)?;
+                removed += 1;
+            }
         }
     }
     Ok(removed)
@@ -420,10 +442,18 @@ async fn download(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let i = find(&s, &c, &id).await?;
+    if i.status.is_cold() {
+        recall(&s, &id).await?;
+        return Err(ApiError::conflict(format!(
+            "Image {id} is in the cold tier: its data is at the region, not at this site. It is being fetched again (while the link is up); download it once it is active"
+        )));
+    }
     let file = match (&i.status.state, &i.spec.file) {
         (ImageState::Active, Some(f)) => f.clone(),
         _ => return Ok(StatusCode::NO_CONTENT.into_response()),
     };
+    let image_id = id.clone();
+    s.store.write(move |w| w.touch_image(&image_id)).await?;
     let f = tokio::fs::File::open(&file).await.map_err(|e| {
         ApiError::unavailable(format!(
             "image {id}: its data file {} cannot be read: {e}",
@@ -530,13 +560,19 @@ mod tests {
             b"orphan",
         )
         .unwrap();
-        assert_eq!(sweep(dir.path(), &store).await.unwrap(), 2);
+        // A tier move cut before its commit, in the hot tier's directory.
+        let hot = dir.path().join("hot");
+        std::fs::create_dir_all(&hot).unwrap();
+        std::fs::write(hot.join(format!("{}.part", img.id)), b"da").unwrap();
+        std::fs::write(hot.join(&img.id), b"data").unwrap();
+        assert_eq!(sweep(dir.path(), Some(&hot), &store).await.unwrap(), 4);
         let left: Vec<_> = std::fs::read_dir(&images)
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
         assert_eq!(left, vec![kept]);
-        assert_eq!(sweep(dir.path(), &store).await.unwrap(), 0);
+        assert_eq!(std::fs::read_dir(&hot).unwrap().count(), 0);
+        assert_eq!(sweep(dir.path(), Some(&hot), &store).await.unwrap(), 0);
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub struct AppState {
     pub volumes_dir: std::path::PathBuf,
     /// Told after a volume or snapshot write, so the storage worker runs now.
     pub storage_wake: Arc<tokio::sync::Notify>,
+    /// Told when a cold image is wanted again, so the fetcher brings it.
+    pub images_wake: Arc<tokio::sync::Notify>,
+    /// The hot tier's directory (`storage.tiers.hot.dir`), if any: image
+    /// files this API may remove live there too.
+    pub hot_dir: Option<std::path::PathBuf>,
     /// Who may do what (`api.policy_file` over the defaults).
     pub policy: Arc<Policy>,
     /// Whether the site has a region to back `central-replicated`

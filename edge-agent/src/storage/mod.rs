@@ -17,7 +17,9 @@
 //!
 //! [`fetch`] brings the region's images, only the chunks the site lacks,
 //! while the link is up; [`backup`] sends `central-replicated` volumes to
-//! the region the same way, only the chunks the region lacks.
+//! the region the same way, only the chunks the region lacks; [`tier`]
+//! keeps image files in the hot cache, on local disk or (the region's
+//! images) only at the region, per `storage.tiers`.
 //!
 //! Volumes live in `storage.volumes_dir` (default `<data dir>/volumes`),
 //! snapshots in its `snapshots/`. Attaching is not here: it is the
@@ -27,6 +29,7 @@ pub mod backup;
 pub mod fetch;
 pub mod plan;
 pub mod qemu_img;
+pub mod tier;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -13,9 +13,12 @@
 //! after each start, so the region can show them and check a server
 //! request's image while the site is offline.
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
 use rusqlite::params;
 
-use roost_common::model::{Image, ImageSpec, ImageState, ImageStatus, Resource};
+use roost_common::model::{Image, ImageSpec, ImageState, ImageStatus, Resource, Tier};
 use roost_common::FieldError;
 
 use super::rows::{self, json, time};
@@ -54,6 +57,39 @@ fn save(tx: &rusqlite::Transaction<'_>, i: &Image) -> Result<(), StoreError> {
             json(&i.status)?,
             time(&i.updated_at)
         ],
+    )?;
+    Ok(())
+}
+
+/// The images whose files may not move: a live server's disk is an
+/// overlay of one, or a volume is being made from it.
+pub(super) fn pinned(conn: &rusqlite::Connection) -> Result<HashSet<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT json_extract(spec, '$.image_id') FROM servers
+           WHERE json_extract(spec, '$.deleted') = 0
+         UNION
+         SELECT json_extract(spec, '$.source.image') FROM volumes
+           WHERE json_extract(status, '$.state') = 'creating'
+           AND json_extract(spec, '$.source.image') IS NOT NULL",
+    )?;
+    let ids = stmt
+        .query_map([], |r| r.get::<_, Option<String>>(0))?
+        .filter_map(|r| r.transpose())
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
+/// Records that `id` was used now (a server, a volume, a download), for
+/// tiering's least-recently-used order. Not published: the region does
+/// not show it.
+pub(super) fn touch(
+    tx: &rusqlite::Connection,
+    id: &str,
+    now: &chrono::DateTime<chrono::Utc>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE images SET status = json_set(status, '$.last_used', ?2) WHERE id = ?1",
+        params![id, time(now)],
     )?;
     Ok(())
 }
@@ -177,11 +213,86 @@ impl super::WriteCtx<'_> {
             virtual_size: Some(up.virtual_size),
             fetched_bytes: i.status.fetched_bytes,
             fault: None,
+            tier: None,
+            last_used: Some(self.now),
         };
         i.updated_at = self.now;
         save(self.tx, &i)?;
         self.publish_images()?;
         Ok(i)
+    }
+
+    /// Tiering: `id`'s file, copied to `to`, is there from now on, in
+    /// `tier`. Refused (`false`) when the image was used meanwhile (it is
+    /// pinned) or is no longer at `from`: the copy is then the caller's
+    /// to remove, and otherwise the file at `from`.
+    pub fn move_image(
+        &mut self,
+        id: &str,
+        from: &Path,
+        to: PathBuf,
+        tier: Tier,
+    ) -> Result<bool, WriteError> {
+        let Some(mut i) = self.movable(id, from)? else {
+            return Ok(false);
+        };
+        i.spec.file = Some(to);
+        i.status.tier = Some(tier);
+        save(self.tx, &i)?;
+        self.publish_images()?;
+        Ok(true)
+    }
+
+    /// Tiering: `id` leaves the site; the region keeps its bytes. The
+    /// image stays `active`, with no file, until it is used again
+    /// ([`Self::recall_image`]). Refused (`false`) as [`Self::move_image`]
+    /// is, and for an image the region does not hold.
+    pub fn evict_image(&mut self, id: &str, from: &Path) -> Result<bool, WriteError> {
+        let Some(mut i) = self.movable(id, from)? else {
+            return Ok(false);
+        };
+        if i.spec.region.is_none() {
+            return Ok(false);
+        }
+        i.spec.file = None;
+        i.status.tier = Some(Tier::Cold);
+        save(self.tx, &i)?;
+        self.publish_images()?;
+        Ok(true)
+    }
+
+    /// The image, if it is active at `from` and nothing pins it.
+    fn movable(&self, id: &str, from: &Path) -> Result<Option<Image>, WriteError> {
+        let found: Option<Image> = rows::get(self.tx, "images", id)?;
+        let Some(i) = found else {
+            return Ok(None);
+        };
+        let here = i.status.state == ImageState::Active && i.spec.file.as_deref() == Some(from);
+        Ok((here && !pinned(self.tx)?.contains(id)).then_some(i))
+    }
+
+    /// A download used the image.
+    pub fn touch_image(&mut self, id: &str) -> Result<(), WriteError> {
+        touch(self.tx, id, &self.now).map_err(WriteError::from)
+    }
+
+    /// A cold image is wanted again: it is `queued` for the fetcher to
+    /// bring back from the region. Says whether it was cold.
+    pub fn recall_image(&mut self, id: &str) -> Result<bool, WriteError> {
+        let found: Option<Image> = rows::get(self.tx, "images", id)?;
+        let Some(mut i) = found else {
+            return Ok(false);
+        };
+        if !(i.status.state == ImageState::Active && i.status.is_cold()) {
+            return Ok(false);
+        }
+        i.status.state = ImageState::Queued;
+        i.status.tier = None;
+        i.updated_at = self.now;
+        save(self.tx, &i)?;
+        self.publish_images()?;
+        tracing::info!(image = %id, "a cold image is wanted again; fetching it from the region");
+        Ok(true)
     }
 
     /// An upload failed: the image is `queued` again and may be retried.
@@ -239,7 +350,9 @@ impl super::WriteCtx<'_> {
 
 /// The server-create check: an image must be active to boot from.
 pub(super) fn check_bootable(image: &Image, field: &str) -> Result<(), FieldError> {
-    if image.status.state == ImageState::Active {
+    if image.status.is_cold() {
+        Err(cold(image, field))
+    } else if image.status.state == ImageState::Active {
         Ok(())
     } else if let (Some(why), ImageState::Killed) = (&image.status.fault, image.status.state) {
         Err(FieldError::new(
@@ -271,4 +384,17 @@ pub(super) fn check_bootable(image: &Image, field: &str) -> Result<(), FieldErro
             ),
         ))
     }
+}
+
+/// The refusal for an image whose bytes are only at the region; the API
+/// recalls it (`recall_image`) after refusing.
+pub fn cold(image: &Image, field: &str) -> FieldError {
+    FieldError::new(
+        field,
+        &image.id,
+        format!(
+            "image {} is in the cold tier: its bytes are at the region, not at this site; it is fetched again now (while the link is up) and can be used once it is active",
+            image.spec.name
+        ),
+    )
 }

@@ -414,7 +414,8 @@ pub struct Applied {
     pub servers: Vec<String>,
     /// Conflicts journaled by this pass.
     pub conflicts: usize,
-    /// Images the region gave or changed: the fetcher has work.
+    /// Images the region gave or changed, or cold ones its servers want:
+    /// the fetcher has work.
     pub images: usize,
     /// Images the region withdrew: their files (`<images>/<id>`, `.part`,
     /// `.manifest`) go after the commit.
@@ -489,7 +490,7 @@ impl super::WriteCtx<'_> {
                 };
                 match kind.as_str() {
                     "servers" => {
-                        let changed = self.apply_server(&id, view)?;
+                        let changed = self.apply_server(&id, view, &mut applied)?;
                         if changed {
                             applied.servers.push(id);
                         }
@@ -683,6 +684,7 @@ impl super::WriteCtx<'_> {
         &mut self,
         id: &str,
         view: roost_sync::IntentView,
+        applied: &mut Applied,
     ) -> Result<bool, super::WriteError> {
         use super::{NewServer, WriteError};
         use roost_common::model::ServerSpec;
@@ -721,6 +723,10 @@ impl super::WriteCtx<'_> {
                     @ (WriteError::Invalid(_) | WriteError::NoValidHost(_) | WriteError::Quota(_)),
                 ) => {
                     tracing::warn!(server = %id, error = %e, "the region's server cannot be placed here");
+                    // A cold image is fetched again, for the next try.
+                    if self.recall_image(&spec.image_id)? {
+                        applied.images += 1;
+                    }
                     self.insert_failed_server(id, spec, e.to_string())?;
                     Ok(true)
                 }

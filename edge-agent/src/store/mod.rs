@@ -36,7 +36,7 @@ use roost_common::FieldError;
 
 use crate::scheduler::NoValidHost;
 
-pub use images::Uploaded;
+pub use images::{cold as cold_image, Uploaded};
 pub use inventory::{HypervisorView, Identity};
 pub use journal::Applied;
 pub use quota::Quota;
@@ -404,6 +404,11 @@ impl Store {
 
     pub async fn images(&self) -> Result<Vec<Image>, WriteError> {
         self.read(|c| Ok(rows::list(c, "images", "1", [])?)).await
+    }
+
+    /// Images whose files may not move (see `storage::tier`).
+    pub async fn pinned_images(&self) -> Result<std::collections::HashSet<String>, WriteError> {
+        self.read(|c| Ok(images::pinned(c)?)).await
     }
 
     pub async fn server_groups(

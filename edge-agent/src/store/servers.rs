@@ -105,6 +105,7 @@ impl WriteCtx<'_> {
             )
         })?;
         super::images::check_bootable(&image, "server.imageRef")?;
+        super::images::touch(self.tx, &image.id, &self.now)?;
         image_fits(&flavor, &image, "server.flavorRef", &flavor.id)?;
         if let Some(az) = &spec.availability_zone {
             if !self.hosts().iter().any(|h| &h.spec.availability_zone == az) {
@@ -305,6 +306,7 @@ impl WriteCtx<'_> {
                     )
                 })?;
                 super::images::check_bootable(&image, "rebuild.imageRef")?;
+                super::images::touch(self.tx, &image.id, &self.now)?;
                 let flavor: Option<Flavor> = rows::get(self.tx, "flavors", &server.spec.flavor_id)?;
                 if let Some(flavor) = flavor {
                     image_fits(&flavor, &image, "rebuild.imageRef", &image.id)?;

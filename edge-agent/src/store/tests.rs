@@ -921,6 +921,137 @@ async fn an_image_is_bootable_only_once_its_upload_committed_and_cannot_go_while
 }
 
 #[tokio::test]
+async fn only_unpinned_images_change_tiers_and_a_cold_one_is_refused_then_fetched_again() {
+    use roost_common::model::{ImageState, RegionCopy, Tier};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let img = store
+        .write(|w| w.create_image(image_spec("tiered")))
+        .await
+        .unwrap();
+    let id = img.id.clone();
+    let i = id.clone();
+    store
+        .write(move |w| {
+            w.set_region_copy(
+                &i,
+                Some(RegionCopy {
+                    size: 10,
+                    sha256: "ab".repeat(32),
+                }),
+            )?;
+            w.begin_upload(&i)?;
+            w.finish_upload(&i, uploaded(Path::new("/images")))
+        })
+        .await
+        .unwrap();
+    let warm = Path::new("/images/data").to_path_buf();
+    let fetched = store.image(id.clone()).await.unwrap().unwrap();
+    let arrived = fetched.status.last_used.expect("arrival counts as a use");
+
+    // Up to the hot tier; a move planned from the old path is refused.
+    let hot = dir.path().join("hot").join(&id);
+    let (i, from, to) = (id.clone(), warm.clone(), hot.clone());
+    assert!(store
+        .write(move |w| w.move_image(&i, &from, to, Tier::Hot))
+        .await
+        .unwrap());
+    let (i, from) = (id.clone(), warm.clone());
+    assert!(!store
+        .write(move |w| w.move_image(&i, &from, "/elsewhere".into(), Tier::Warm))
+        .await
+        .unwrap());
+    let moved = store.image(id.clone()).await.unwrap().unwrap();
+    assert_eq!(moved.spec.file.as_deref(), Some(hot.as_path()));
+    assert_eq!(moved.status.tier, Some(Tier::Hot));
+
+    // A server's disk is an overlay of it: pinned, it goes nowhere.
+    let mut s = spec("vm", "2");
+    s.image_id = id.clone();
+    let server = store
+        .write(move |w| w.create_server(NewServer { spec: s, id: None }))
+        .await
+        .unwrap();
+    assert!(store.pinned_images().await.unwrap().contains(&id));
+    let used = store.image(id.clone()).await.unwrap().unwrap();
+    assert!(used.status.last_used.unwrap() >= arrived);
+    let (i, from) = (id.clone(), hot.clone());
+    assert!(!store
+        .write(move |w| w.evict_image(&i, &from))
+        .await
+        .unwrap());
+    let (i, from) = (id.clone(), hot.clone());
+    assert!(!store
+        .write(move |w| w.move_image(&i, &from, warm, Tier::Warm))
+        .await
+        .unwrap());
+
+    // The server goes: the image may go cold, staying active with no file.
+    let sid = server.id.clone();
+    store
+        .write(move |w| w.change_server(&sid, None, ServerIntent::Delete))
+        .await
+        .unwrap();
+    assert!(store.pinned_images().await.unwrap().is_empty());
+    let (i, from) = (id.clone(), hot.clone());
+    assert!(store
+        .write(move |w| w.evict_image(&i, &from))
+        .await
+        .unwrap());
+    let cold = store.image(id.clone()).await.unwrap().unwrap();
+    assert_eq!(cold.status.state, ImageState::Active);
+    assert_eq!(cold.spec.file, None);
+    assert_eq!(
+        roost_common::api::glance_image(&cold, false)["roost:tier"],
+        "cold"
+    );
+
+    // Cold boots nothing; the refusal names the image and the tier.
+    let mut s = spec("late", "2");
+    s.image_id = id.clone();
+    let refused = store
+        .write(move |w| w.create_server(NewServer { spec: s, id: None }))
+        .await
+        .unwrap_err();
+    let WriteError::Invalid(e) = &refused else {
+        panic!("{refused}")
+    };
+    assert_eq!(
+        (e.field.as_str(), e.value.as_str()),
+        ("server.imageRef", id.as_str())
+    );
+    assert!(e.rule.contains("image tiered is in the cold tier"), "{e}");
+
+    // Wanted again: queued for the fetcher, once.
+    let i = id.clone();
+    assert!(store.write(move |w| w.recall_image(&i)).await.unwrap());
+    let i = id.clone();
+    assert!(!store.write(move |w| w.recall_image(&i)).await.unwrap());
+    let back = store.image(id.clone()).await.unwrap().unwrap();
+    assert_eq!(back.status.state, ImageState::Queued);
+    assert_eq!(back.status.tier, None);
+
+    // An image only this site holds never goes cold.
+    let mine = store
+        .write(|w| w.create_image(image_spec("mine")))
+        .await
+        .unwrap();
+    let i = mine.id.clone();
+    store
+        .write(move |w| {
+            w.begin_upload(&i)?;
+            w.finish_upload(&i, uploaded(Path::new("/images")))
+        })
+        .await
+        .unwrap();
+    let i = mine.id.clone();
+    assert!(!store
+        .write(move |w| w.evict_image(&i, Path::new("/images/data")))
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
 async fn a_protected_image_is_not_deleted_and_a_taken_id_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

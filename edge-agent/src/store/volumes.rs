@@ -282,6 +282,9 @@ impl WriteCtx<'_> {
                         "must be the id of an image at this site",
                     )
                 })?;
+                if image.status.is_cold() {
+                    return Err(super::images::cold(&image, "volume.imageRef").into());
+                }
                 if image.status.state != ImageState::Active {
                     return Err(state_rule(
                         "volume.imageRef",
@@ -292,6 +295,7 @@ impl WriteCtx<'_> {
                         ),
                     ));
                 }
+                super::images::touch(self.tx, &image.id, &self.now)?;
                 image.status.virtual_size.unwrap_or(0).div_ceil(GIB)
             }
             VolumeSource::Snapshot(id) => {
