@@ -357,7 +357,7 @@ pub struct StorageSection {
 /// the hot cache, then local disk (warm); with `cold`, the least recently
 /// used of the region's images leave the site when local disk is short
 /// and are fetched again when next used.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TiersSection {
     #[serde(default)]
@@ -370,6 +370,25 @@ pub struct TiersSection {
     /// short; needs a `region` section.
     #[serde(default)]
     pub cold: bool,
+    /// Seconds an image must go unused before it may go cold: one just
+    /// fetched back is not sent away again before anyone could use it.
+    #[serde(default = "default_cold_after_idle")]
+    pub cold_after_idle_secs: u64,
+}
+
+fn default_cold_after_idle() -> u64 {
+    600
+}
+
+impl Default for TiersSection {
+    fn default() -> Self {
+        TiersSection {
+            hot: None,
+            warm_capacity_mb: None,
+            cold: false,
+            cold_after_idle_secs: default_cold_after_idle(),
+        }
+    }
 }
 
 /// `storage.tiers.hot`: a fast cache directory (an NVMe disk, say).
@@ -404,6 +423,12 @@ impl TiersSection {
         if let Some(w) = self.warm_capacity_mb {
             validate::range("storage.tiers.warm_capacity_mb", w, TIER_MB.0, TIER_MB.1)?;
         }
+        validate::range(
+            "storage.tiers.cold_after_idle_secs",
+            self.cold_after_idle_secs,
+            0,
+            30 * 24 * 3600,
+        )?;
         if self.cold && !has_region {
             return Err(FieldError::new(
                 "storage.tiers.cold",
@@ -1460,6 +1485,10 @@ mod tests {
             (
                 "  max_parallel: 1\nstorage: {tiers: {hot: {dir: /nvme}}}\n",
                 "missing field `capacity_mb`",
+            ),
+            (
+                "  max_parallel: 1\nstorage: {tiers: {cold_after_idle_secs: 2592001}}\n",
+                "storage.tiers.cold_after_idle_secs: must be between 0 and 2592000 (got 2592001)",
             ),
             (
                 "  max_parallel: 1\nalarms: {disk_nearly_full_percent: 100}\n",

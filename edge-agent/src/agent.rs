@@ -103,6 +103,7 @@ pub struct Agent {
     network: Option<crate::network::Reconciler>,
     uplink: Option<Uplink>,
     alarms: crate::alarms::Monitor,
+    link_state: Arc<crate::alarms::LinkState>,
 }
 
 /// The state of the site's link to a region, as configured at start.
@@ -182,6 +183,14 @@ impl Agent {
         }
         // What image uploads cut by the last stop left on disk.
         let hot_dir = config.storage.tiers.hot.as_ref().map(|h| h.dir.as_path());
+        if let Some(hot) = hot_dir {
+            crate::storage::tier::check_hot_dir(
+                hot,
+                &data_dir,
+                &config.storage.volumes_dir(&data_dir),
+            )
+            .map_err(StartError::Invalid)?;
+        }
         if let Err(e) = crate::api::sweep_images(&data_dir, hot_dir, &store).await {
             tracing::warn!(error = %e.message, "could not clean up after interrupted image uploads");
         }
@@ -344,6 +353,7 @@ impl Agent {
             network,
             uplink,
             alarms,
+            link_state,
         })
     }
 
@@ -374,6 +384,7 @@ impl Agent {
             store: self.reconciler.store.clone(),
             tiers: self.config.storage.tiers.clone(),
             images_dir: images_dir.clone(),
+            link: self.link_state.clone(),
         };
         let applier = tokio::spawn(uplink::apply_loop(
             self.reconciler.store.clone(),

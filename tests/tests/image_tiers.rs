@@ -23,7 +23,7 @@ const MIB: usize = 1 << 20;
 async fn images_fill_hot_then_warm_and_the_least_recently_used_go_cold_and_come_back() {
     let h = Harness::start_with(LinkParams::default(), |dir| {
         format!(
-            "storage:\n  tiers:\n    hot: {{dir: {}, capacity_mb: 20}}\n    warm_capacity_mb: 32\n    cold: true\n",
+            "storage:\n  tiers:\n    hot: {{dir: {}, capacity_mb: 20}}\n    warm_capacity_mb: 32\n    cold: true\n    cold_after_idle_secs: 0\n",
             dir.join("hot").display()
         )
     })
@@ -48,22 +48,51 @@ async fn images_fill_hot_then_warm_and_the_least_recently_used_go_cold_and_come_
     // A lands on local disk and comes up to the hot cache.
     let a = random(16 * MIB, 11);
     let id_a = h.publish("plc-a", a.clone()).await;
+    // The old file goes just after the move commits.
+    let only = async |keep: &std::path::Path, gone: &[std::path::PathBuf], what: &str| {
+        wait_for(what, Duration::from_secs(10), async || {
+            keep.is_file() && gone.iter().all(|g| !g.exists())
+        })
+        .await;
+    };
     settle(&id_a, "active/hot", "image a in the hot tier").await;
-    assert!(hot.join(&id_a).is_file() && !warm.join(&id_a).exists());
+    only(
+        &hot.join(&id_a),
+        &[warm.join(&id_a)],
+        "a's file only in hot",
+    )
+    .await;
 
     // B, newer, takes its place; A moves down to local disk.
     let id_b = h.publish("plc-b", random(16 * MIB, 12)).await;
     settle(&id_b, "active/hot", "image b in the hot tier").await;
     settle(&id_a, "active/warm", "image a moved down to warm").await;
-    assert!(warm.join(&id_a).is_file() && !hot.join(&id_a).exists());
+    only(
+        &warm.join(&id_a),
+        &[hot.join(&id_a)],
+        "a's file only in warm",
+    )
+    .await;
 
     // C (24 MiB) is too big for the cache: it stays warm, and A, the least
     // recently used, no longer fits beside it and leaves the site.
     let id_c = h.publish("plc-c", random(24 * MIB, 13)).await;
     settle(&id_c, "active/warm", "image c on local disk").await;
     settle(&id_a, "active/cold", "image a in the cold tier").await;
-    assert!(!warm.join(&id_a).exists() && !hot.join(&id_a).exists());
-    assert!(!warm.join(format!("{id_a}.manifest")).exists());
+    wait_for(
+        "a's files gone from the site",
+        Duration::from_secs(10),
+        async || {
+            [
+                warm.join(&id_a),
+                hot.join(&id_a),
+                warm.join(format!("{id_a}.manifest")),
+            ]
+            .iter()
+            .all(|f| !f.exists())
+        },
+    )
+    .await;
     assert_eq!(tier(&id_b).await, "active/hot");
     let fetched_before = h.site_image(&id_a).await["roost:fetched_bytes"]
         .as_u64()
@@ -93,12 +122,12 @@ async fn images_fill_hot_then_warm_and_the_least_recently_used_go_cold_and_come_
         a.len()
     );
     assert!(refetched >= a.len() as u64, "{refetched}");
-    assert_eq!(h.download(&id_a).await, a, "the same bytes came back");
 
     // Back and the most recently used, it takes the cache again, and B,
     // now the least recently used, leaves the site in its turn.
     settle(&id_a, "active/hot", "image a back in the hot tier").await;
     settle(&id_b, "active/cold", "image b in the cold tier").await;
+    assert_eq!(h.download(&id_a).await, a, "the same bytes came back");
 
     // A server boots from A: pinned, it stays in the cache even when D,
     // newer, would take its place; C, which no longer fits beside D on
@@ -117,4 +146,18 @@ async fn images_fill_hot_then_warm_and_the_least_recently_used_go_cold_and_come_
     )
     .await;
     assert_eq!(cold_moves.as_deref(), Some("3"), "a, b and c went cold");
+
+    // A download of a cold image is refused too, naming it, and brings
+    // it back.
+    let (code, body) = h.site.get(&format!("/image/v2/images/{id_b}/file")).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.to_string().contains("is in the cold tier"), "{body}");
+    wait_for(
+        "image b fetched again after the refused download",
+        Duration::from_secs(60),
+        async || {
+            h.site_image(&id_b).await["status"] != "active" || tier(&id_b).await != "active/cold"
+        },
+    )
+    .await;
 }

@@ -195,8 +195,8 @@ async fn delete(
     // Only files this API wrote are removed; a config seed's file is the
     // operator's.
     if let Some(file) = gone.spec.file.as_deref() {
-        if file.parent() == Some(images_dir(&s).as_path()) || file.parent() == s.hot_dir.as_deref()
-        {
+        let in_hot = s.hot_dir.as_ref().is_some_and(|h| file == h.join(&gone.id));
+        if file.parent() == Some(images_dir(&s).as_path()) || in_hot {
             if let Err(e) = tokio::fs::remove_file(file).await {
                 tracing::warn!(image_id = %gone.id, file = %file.display(), error = %e, "deleted image's file not removed");
             }
@@ -316,7 +316,12 @@ pub async fn sweep(
         };
         while let Some(entry) = entries.next_entry().await.map_err(io_error)? {
             let path = entry.path();
-            if !keep.contains(&path) && entry.file_type().await.map_err(io_error)?.is_file() {
+            // In the hot directory, only names the tierer writes.
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = d == dir.as_path()
+                || roost_common::ids::check_uuid("", name.trim_end_matches(".part")).is_ok();
+            if ours && !keep.contains(&path) && entry.file_type().await.map_err(io_error)?.is_file()
+            {
                 tracing::warn!(file = %path.display(), "removing what an interrupted image upload or tier move left");
                 tokio::fs::remove_file(&path).await.map_err(io_error)?;
                 removed += 1;
@@ -441,25 +446,35 @@ async fn download(
     c: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let i = find(&s, &c, &id).await?;
-    if i.status.is_cold() {
-        recall(&s, &id).await?;
-        return Err(ApiError::conflict(format!(
-            "Image {id} is in the cold tier: its data is at the region, not at this site. It is being fetched again (while the link is up); download it once it is active"
-        )));
-    }
-    let file = match (&i.status.state, &i.spec.file) {
-        (ImageState::Active, Some(f)) => f.clone(),
-        _ => return Ok(StatusCode::NO_CONTENT.into_response()),
-    };
+    find(&s, &c, &id).await?;
+    // Used now: tiering leaves it alone for a while.
     let image_id = id.clone();
     s.store.write(move |w| w.touch_image(&image_id)).await?;
-    let f = tokio::fs::File::open(&file).await.map_err(|e| {
-        ApiError::unavailable(format!(
-            "image {id}: its data file {} cannot be read: {e}",
-            file.display()
-        ))
-    })?;
+    let mut moved = false;
+    let f = loop {
+        let i = find(&s, &c, &id).await?;
+        if i.status.is_cold() {
+            recall(&s, &id).await?;
+            return Err(ApiError::conflict(format!(
+                "Image {id} is in the cold tier: its data is at the region, not at this site. It is being fetched again (while the link is up); download it once it is active"
+            )));
+        }
+        let file = match (&i.status.state, &i.spec.file) {
+            (ImageState::Active, Some(f)) => f.clone(),
+            _ => return Ok(StatusCode::NO_CONTENT.into_response()),
+        };
+        match tokio::fs::File::open(&file).await {
+            Ok(f) => break f,
+            // Moved to another tier since it was read: read it again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !moved => moved = true,
+            Err(e) => {
+                return Err(ApiError::unavailable(format!(
+                    "image {id}: its data file {} cannot be read: {e}",
+                    file.display()
+                )))
+            }
+        }
+    };
     let len = f.metadata().await.map_err(io_error)?.len();
     let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
     let mut resp = Response::new(Body::from_stream(stream));
@@ -565,13 +580,19 @@ mod tests {
         std::fs::create_dir_all(&hot).unwrap();
         std::fs::write(hot.join(format!("{}.part", img.id)), b"da").unwrap();
         std::fs::write(hot.join(&img.id), b"data").unwrap();
+        // Not a name the tierer writes: not the sweep's.
+        std::fs::write(hot.join("lost+found.txt"), b"mine").unwrap();
         assert_eq!(sweep(dir.path(), Some(&hot), &store).await.unwrap(), 4);
         let left: Vec<_> = std::fs::read_dir(&images)
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
         assert_eq!(left, vec![kept]);
-        assert_eq!(std::fs::read_dir(&hot).unwrap().count(), 0);
+        let left: Vec<_> = std::fs::read_dir(&hot)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["lost+found.txt"]);
         assert_eq!(sweep(dir.path(), Some(&hot), &store).await.unwrap(), 0);
     }
 

@@ -249,6 +249,18 @@ impl Libvirt {
                 base.display()
             )));
         }
+        // A region image with no file here (cold, or not yet fetched) has
+        // bytes somewhere else: never a blank disk in their place.
+        let elsewhere = image.spec.file.is_none() && image.spec.region.is_some();
+        if elsewhere && (fresh || !disk.exists()) {
+            return Err(DriverError(format!(
+                "image {} ({}) is not at this site ({}{}): it is fetched from the region while the link is up; try again once it is active there",
+                image.spec.name,
+                image.id,
+                image.status.state.as_str(),
+                if image.status.is_cold() { ", cold tier" } else { "" }
+            )));
+        }
         if fresh {
             match std::fs::remove_file(&disk) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -842,5 +854,31 @@ mod tests {
             "grown to the flavor's 1 GB"
         );
         d.apply(&g, DriverAction::Destroy).unwrap();
+    }
+
+    #[test]
+    fn a_region_image_not_here_never_becomes_a_blank_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = driver(tmp.path(), "site-f");
+        // Cold (or not fetched yet): the region holds the bytes, the site
+        // has no file.
+        let mut g = guest(None);
+        let image = g.image.as_mut().unwrap();
+        image.spec.region = Some(roost_common::model::RegionCopy {
+            size: 1 << 20,
+            sha256: "ab".repeat(32),
+        });
+        image.status.tier = Some(roost_common::model::Tier::Cold);
+        let e = d.apply(&g, DriverAction::Spawn).unwrap_err();
+        assert!(
+            e.0.contains("is not at this site (queued, cold tier)"),
+            "{e:?}"
+        );
+        let disk = tmp
+            .path()
+            .join("instances")
+            .join(&g.server.id)
+            .join("disk.qcow2");
+        assert!(!disk.exists(), "no disk made");
     }
 }

@@ -5,10 +5,13 @@
 //! not a config seed's, which is the operator's) is an [`Item`]. The
 //! unpinned ones, most recently used first, fill the hot tier while they
 //! fit, then the warm one; what is left over goes cold if it may (the
-//! region holds its bytes and `cold` is on) and otherwise stays warm, over
-//! the tier's room. A pinned image (a server's disk is an overlay of its
-//! file, or a volume is being made from it) never moves: its bytes count
-//! where they are.
+//! region holds its bytes and still gives it to the site, `cold` is on,
+//! and it has gone unused for `cold_after_idle_secs`) and otherwise stays
+//! where it is, over the tier's room. A pinned image (a server's disk is
+//! an overlay of its file, or a volume is being made from it) never
+//! moves: its bytes count where they are. While the link is up, the
+//! region's images on their way count too, at their full size, so room is
+//! made for them before the fetcher needs it.
 //!
 //! [`Tierer`] carries the moves out, one at a time, each crash-safe:
 //! - down or up a tier: the file is copied beside its new name, synced and
@@ -29,6 +32,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -55,9 +59,12 @@ pub struct Item {
     /// `Hot` or `Warm`: where its file is now.
     pub at: Tier,
     pub last_used: DateTime<Utc>,
+    /// Never moved: a server boots from it, a volume is being made from
+    /// it, or it is on its way here (its bytes will take this room).
     pub pinned: bool,
-    /// The region holds its bytes, so it may go cold.
-    pub region_copy: bool,
+    /// The region holds its bytes (and still gives it to this site), and
+    /// it has been idle long enough: it may go cold.
+    pub may_go_cold: bool,
 }
 
 /// Bytes each tier may hold; `hot: None` when the site has no hot tier.
@@ -78,6 +85,13 @@ pub struct Move {
 
 /// The moves that bring `items` where they belong in `room`: to cold
 /// first, then down, then up, so each makes room for the next.
+///
+/// Unpinned files, most recently used first, take the hot tier while they
+/// fit. Of the rest, those that cannot go cold take warm room first (they
+/// stay whatever happens); then the others, most recently used first, stay
+/// warm while they fit and go cold when they do not. A file is never moved
+/// into a tier without room for it: one that fits nowhere and cannot go
+/// cold stays where it is.
 pub fn plan(items: &[Item], room: Room) -> Vec<Move> {
     let held = |tier: Tier| -> u64 {
         items
@@ -90,26 +104,42 @@ pub fn plan(items: &[Item], room: Room) -> Vec<Move> {
     order.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.id.cmp(&b.id)));
     let mut hot_left = room.hot.map_or(0, |c| c.saturating_sub(held(Tier::Hot)));
     let mut warm_left = room.warm.saturating_sub(held(Tier::Warm));
-    let mut moves = Vec::new();
+    let mut to: Vec<(&Item, Tier)> = Vec::new();
+    let mut rest = Vec::new();
     for i in order {
-        let to = if room.hot.is_some() && i.bytes <= hot_left {
+        if room.hot.is_some() && i.bytes <= hot_left {
             hot_left -= i.bytes;
-            Tier::Hot
-        } else if i.bytes <= warm_left || !(room.cold && i.region_copy) {
-            // Kept here when it cannot go: its bytes still take the room.
-            warm_left = warm_left.saturating_sub(i.bytes);
-            Tier::Warm
+            to.push((i, Tier::Hot));
         } else {
-            Tier::Cold
-        };
-        if to != i.at {
-            moves.push(Move {
-                id: i.id.clone(),
-                from: i.at,
-                to,
-            });
+            rest.push(i);
         }
     }
+    // Stable: the ones that must stay first, each group by recency.
+    rest.sort_by_key(|i| i.may_go_cold && room.cold);
+    for i in rest {
+        let tier = if i.bytes <= warm_left {
+            warm_left -= i.bytes;
+            Tier::Warm
+        } else if room.cold && i.may_go_cold {
+            Tier::Cold
+        } else {
+            // Fits nowhere and cannot go: it stays, taking what it takes.
+            if i.at == Tier::Warm {
+                warm_left = warm_left.saturating_sub(i.bytes);
+            }
+            i.at
+        };
+        to.push((i, tier));
+    }
+    let mut moves: Vec<Move> = to
+        .into_iter()
+        .filter(|(i, tier)| i.at != *tier)
+        .map(|(i, tier)| Move {
+            id: i.id.clone(),
+            from: i.at,
+            to: tier,
+        })
+        .collect();
     moves.sort_by_key(|m| match (m.from, m.to) {
         (_, Tier::Cold) => 0,
         (Tier::Hot, _) => 1,
@@ -125,11 +155,10 @@ pub struct Tierer {
     pub tiers: TiersSection,
     /// `<data dir>/images`: the warm tier, where uploads and fetches land.
     pub images_dir: PathBuf,
-}
-
-/// Whether `file` is one the site wrote into `dir` (not an operator's).
-fn in_dir(file: &Path, dir: &Path) -> bool {
-    file.parent() == Some(dir)
+    /// The link to the region: room is made for images on their way only
+    /// while it is up (offline, nothing is on its way, and what is cached
+    /// is what the site has).
+    pub link: Arc<crate::alarms::LinkState>,
 }
 
 impl Tierer {
@@ -153,31 +182,56 @@ impl Tierer {
         self.tiers.hot.as_ref().map(|h| h.dir.as_path())
     }
 
-    /// The site's tierable image files, and their paths by id.
+    /// The site's tierable image files, with their paths: each file the
+    /// site wrote (`<dir>/<id>` of an image it uploaded or fetched; never
+    /// a config seed's) in either tier's directory.
     fn items(&self, images: &[Image], pinned: &HashSet<String>) -> Vec<(Item, PathBuf)> {
+        let now = Utc::now();
+        let idle = chrono::Duration::seconds(self.tiers.cold_after_idle_secs as i64);
         images
             .iter()
-            .filter(|i| i.status.state == ImageState::Active)
+            .filter(|i| i.status.state == ImageState::Active && i.status.sha256.is_some())
             .filter_map(|i| {
                 let file = i.spec.file.clone()?;
-                let at = if in_dir(&file, &self.images_dir) {
+                let at = if file == self.images_dir.join(&i.id) {
                     Tier::Warm
-                } else if self.hot_dir().is_some_and(|d| in_dir(&file, d)) {
+                } else if self.hot_dir().is_some_and(|d| file == d.join(&i.id)) {
                     Tier::Hot
                 } else {
                     return None;
                 };
+                let last_used = i.status.last_used.unwrap_or(i.updated_at);
                 let item = Item {
                     id: i.id.clone(),
                     bytes: i.status.size_bytes.unwrap_or(0),
                     at,
-                    last_used: i.status.last_used.unwrap_or(i.updated_at),
+                    last_used,
                     pinned: pinned.contains(&i.id),
-                    region_copy: i.spec.region.is_some(),
+                    may_go_cold: i.spec.region.is_some()
+                        && self.store.region_gave("images", &i.id)
+                        && now - last_used >= idle,
                 };
                 Some((item, file))
             })
             .collect()
+    }
+
+    /// The region's images on their way here (queued or being fetched):
+    /// pinned on local disk at their full size, so room is made for them.
+    fn incoming(images: &[Image]) -> impl Iterator<Item = Item> + '_ {
+        images
+            .iter()
+            .filter(|i| matches!(i.status.state, ImageState::Queued | ImageState::Saving))
+            .filter_map(|i| {
+                Some(Item {
+                    id: i.id.clone(),
+                    bytes: i.spec.region.as_ref()?.size,
+                    at: Tier::Warm,
+                    last_used: i.updated_at,
+                    pinned: true,
+                    may_go_cold: false,
+                })
+            })
     }
 
     /// What each tier may hold now: its capacity, cut to what its items
@@ -200,7 +254,7 @@ impl Tierer {
         let hot = match &self.tiers.hot {
             None => None,
             Some(h) => {
-                std::fs::create_dir_all(&h.dir)?;
+                make_private_dir(&h.dir)?;
                 let free = super::free_bytes(&h.dir)?;
                 let disk = (held(Tier::Hot) + free).saturating_sub(HOT_RESERVE);
                 Some((h.capacity_mb << 20).min(disk))
@@ -222,6 +276,7 @@ impl Tierer {
             .await
             .map_err(|e| e.to_string())?;
         let t = self.clone();
+        let images_seen = images.clone();
         let (items, room) = tokio::task::spawn_blocking(move || {
             let items = t.items(&images, &pinned);
             t.room(&items).map(|r| (items, r))
@@ -240,10 +295,12 @@ impl Tierer {
                 .with_label_values(&[tier.as_str()])
                 .set(bytes as i64);
         }
-        let moves = plan(
-            &items.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(),
-            room,
-        );
+        let all: Vec<Item> = items
+            .iter()
+            .map(|(i, _)| i.clone())
+            .chain(Self::incoming(&images_seen).filter(|_| self.link.down_since().is_none()))
+            .collect();
+        let moves = plan(&all, room);
         let mut made = 0;
         for m in moves {
             let Some((item, file)) = items.iter().find(|(i, _)| i.id == m.id) else {
@@ -287,11 +344,27 @@ impl Tierer {
             }
             return Ok(moved);
         }
-        let dir = match m.to {
-            Tier::Hot => self.hot_dir().ok_or("the site has no hot tier")?,
-            _ => &self.images_dir,
+        let (dir, reserve) = match m.to {
+            Tier::Hot => (
+                self.hot_dir().ok_or("the site has no hot tier")?,
+                HOT_RESERVE,
+            ),
+            _ => (self.images_dir.as_path(), super::FREE_SPACE_RESERVE),
+        };
+        let dir = dir.to_path_buf();
+        // The planner counted the tiers' files; this is the disk itself
+        // (both tiers may share one), with its reserve kept.
+        let need = std::fs::metadata(file).map_err(|e| e.to_string())?.len();
+        let free = super::free_bytes(&dir).map_err(|e| e.to_string())?;
+        if free < need.saturating_add(reserve) {
+            return Err(format!(
+                "{} has {} MiB free; the copy needs {} MiB and {} MiB stay free",
+                dir.display(),
+                free >> 20,
+                need.div_ceil(1 << 20),
+                reserve >> 20
+            ));
         }
-        .to_path_buf();
         let (src, dst_dir, name) = (file.to_path_buf(), dir, m.id.clone());
         let dst = tokio::task::spawn_blocking(move || copy_in(&src, &dst_dir, &name))
             .await
@@ -308,20 +381,73 @@ impl Tierer {
             .store
             .write(move |w| w.move_image(&id, &from, d, tier))
             .await;
+        // Which file no image names now. When the write's outcome is not
+        // known, neither is removed: the next start's sweep keeps the one
+        // the store names.
         let gone = match &moved {
-            Ok(true) => file.to_path_buf(),
-            _ => dst,
+            Ok(true) => Some(file.to_path_buf()),
+            Ok(false) => Some(dst),
+            Err(_) => None,
         };
-        if let Err(e) = tokio::fs::remove_file(&gone).await {
-            warn!(file = %gone.display(), error = %e, "an image file no image names was not removed; the next start's sweep does it");
+        if let Some(gone) = gone {
+            if let Err(e) = tokio::fs::remove_file(&gone).await {
+                warn!(file = %gone.display(), error = %e, "an image file no image names was not removed; the next start's sweep does it");
+            }
         }
         moved.map_err(|e| e.to_string())
     }
 }
 
+/// Refuses a hot directory that is, holds or sits in one of the site's
+/// own directories: the tierer and the start's sweep manage every image
+/// file in it, so it must be the cache's alone. Makes it if missing.
+pub fn check_hot_dir(hot: &Path, data_dir: &Path, volumes_dir: &Path) -> Result<(), String> {
+    make_private_dir(hot).map_err(|e| {
+        format!(
+            "storage.tiers.hot.dir: cannot make {}: {e}; give a directory the agent may write",
+            hot.display()
+        )
+    })?;
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let h = real(hot);
+    let images = data_dir.join("images");
+    for (what, dir, inside_ok) in [
+        ("the data directory", data_dir, true),
+        ("the images directory", images.as_path(), false),
+        ("storage.volumes_dir", volumes_dir, false),
+    ] {
+        let d = real(dir);
+        if d.starts_with(&h) || (!inside_ok && h.starts_with(&d)) {
+            return Err(format!(
+                "storage.tiers.hot.dir: {} must be a directory of its own, not {} or {} it ({})",
+                hot.display(),
+                what,
+                if inside_ok {
+                    "holding"
+                } else {
+                    "in or holding"
+                },
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Makes `dir` (and its parents) if missing; a directory made here is
+/// the agent's alone (0700), as the data dir is: it holds every project's
+/// images.
+pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Copies `src` to `<dir>/<name>`: written as `.part`, synced, renamed in.
 fn copy_in(src: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
+    make_private_dir(dir)?;
     let part = dir.join(format!("{name}.part"));
     let done = dir.join(name);
     let copied = std::fs::copy(src, &part)
@@ -348,7 +474,7 @@ mod tests {
             at,
             last_used: DateTime::from_timestamp(1_000_000 - age_secs, 0).unwrap(),
             pinned: false,
-            region_copy: true,
+            may_go_cold: true,
         }
     }
 
@@ -394,23 +520,51 @@ mod tests {
     }
 
     #[test]
-    fn without_cold_or_a_region_copy_a_file_stays_over_the_room() {
+    fn what_cannot_go_cold_keeps_its_room_first_and_stays_over_it() {
         let items = [item("a", 16, Warm, 30), item("b", 16, Warm, 20)];
         assert!(plan(&items, room(None, 20, false)).is_empty());
-        // An upload (no region copy) never goes cold. Newer than b, it
-        // fits and b goes; older, it stays over the room beside b.
-        let mut uploaded = item("a", 16, Warm, 30);
-        uploaded.region_copy = false;
-        assert_eq!(
-            plan(
-                &[uploaded.clone(), item("b", 16, Warm, 40)],
-                room(None, 20, true)
-            ),
-            [mv("b", Warm, Cold)]
-        );
-        assert!(plan(&[uploaded, item("b", 16, Warm, 20)], room(None, 20, true)).is_empty());
-        // Region copies go cold, least recently used first.
+        // An upload (no region copy), or an image used a moment ago, never
+        // goes cold: it takes its room before newer ones that may go.
+        let mut kept = item("a", 16, Warm, 30);
+        kept.may_go_cold = false;
+        for newer in [20, 40] {
+            assert_eq!(
+                plan(
+                    &[kept.clone(), item("b", 16, Warm, newer)],
+                    room(None, 20, true)
+                ),
+                [mv("b", Warm, Cold)]
+            );
+        }
+        // Two that cannot go: both stay, over the room.
+        let mut also = item("b", 16, Warm, 20);
+        also.may_go_cold = false;
+        assert!(plan(&[kept, also], room(None, 20, true)).is_empty());
+        // Otherwise the least recently used goes first.
         assert_eq!(plan(&items, room(None, 20, true)), [mv("a", Warm, Cold)]);
+    }
+
+    #[test]
+    fn nothing_moves_into_a_tier_without_room_for_it() {
+        // The cache shrank: a cannot stay hot, warm has no room and it may
+        // not go cold: it stays in the cache.
+        let mut a = item("a", 16, Hot, 10);
+        a.may_go_cold = false;
+        let mut z = item("z", 16, Warm, 90);
+        z.pinned = true;
+        assert!(plan(&[a.clone(), z.clone()], room(Some(8), 20, true)).is_empty());
+        // With room on local disk it moves down.
+        assert_eq!(plan(&[a, z], room(Some(8), 40, true)), [mv("a", Hot, Warm)]);
+    }
+
+    #[test]
+    fn an_image_on_its_way_makes_room_for_itself() {
+        // 24 MiB coming (pinned, as the tierer counts it): a, the older,
+        // leaves local disk for it.
+        let mut incoming = item("new", 24, Warm, 0);
+        incoming.pinned = true;
+        let items = [incoming, item("a", 16, Warm, 30), item("b", 8, Warm, 20)];
+        assert_eq!(plan(&items, room(None, 40, true)), [mv("a", Warm, Cold)]);
     }
 
     #[test]
@@ -430,10 +584,11 @@ mod tests {
     }
 
     #[test]
-    fn a_hot_tier_taken_away_sends_its_files_down() {
+    fn a_cache_with_no_room_left_sends_its_files_down() {
+        // Its disk filled with something else: the cache's room is none.
         let items = [item("a", 16, Hot, 10), item("b", 16, Hot, 20)];
         assert_eq!(
-            plan(&items, room(None, 20, true)),
+            plan(&items, room(Some(0), 20, true)),
             [mv("b", Hot, Cold), mv("a", Hot, Warm)]
         );
     }
@@ -446,6 +601,34 @@ mod tests {
             plan(&items, room(Some(20), 100, true)),
             [mv("a", Hot, Warm), mv("b", Warm, Hot)]
         );
+    }
+
+    #[test]
+    fn the_hot_directory_must_be_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let vols = tmp.path().join("vols");
+        std::fs::create_dir_all(data.join("images")).unwrap();
+        for bad in [
+            data.clone(),
+            tmp.path().to_path_buf(),
+            data.join("images"),
+            data.join("images/hot"),
+            vols.clone(),
+            vols.join("hot"),
+        ] {
+            let e = check_hot_dir(&bad, &data, &vols).unwrap_err();
+            assert!(e.starts_with("storage.tiers.hot.dir: "), "{e}");
+            assert!(e.contains("must be a directory of its own"), "{e}");
+        }
+        // Beside them, or in the data dir beside the images: fine, and
+        // made private.
+        for good in [tmp.path().join("nvme/cache"), data.join("hot")] {
+            check_hot_dir(&good, &data, &vols).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&good).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", good.display());
+        }
     }
 
     #[test]

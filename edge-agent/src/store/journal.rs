@@ -734,6 +734,12 @@ impl super::WriteCtx<'_> {
             },
             Some(row) if row.spec == spec => Ok(false),
             Some(_) => {
+                // A rebuild onto a cold image: the compute driver refuses
+                // it (no blank disk in its place), and the image comes
+                // back for the next try.
+                if self.recall_image(&spec.image_id)? {
+                    applied.images += 1;
+                }
                 self.replace_server_spec(id, &spec)?;
                 Ok(true)
             }
