@@ -370,6 +370,11 @@ pub struct TiersSection {
     /// short; needs a `region` section.
     #[serde(default)]
     pub cold: bool,
+    /// With `cold`: most MiB of volume snapshots' files on the volumes'
+    /// disk before the least recently used (each already copied to the
+    /// region) leave the site; none: only when that disk is short.
+    #[serde(default)]
+    pub snapshots_capacity_mb: Option<u64>,
     /// Seconds an image must go unused before it may go cold: one just
     /// fetched back is not sent away again before anyone could use it.
     #[serde(default = "default_cold_after_idle")]
@@ -385,6 +390,7 @@ impl Default for TiersSection {
         TiersSection {
             hot: None,
             warm_capacity_mb: None,
+            snapshots_capacity_mb: None,
             cold: false,
             cold_after_idle_secs: default_cold_after_idle(),
         }
@@ -422,6 +428,21 @@ impl TiersSection {
         }
         if let Some(w) = self.warm_capacity_mb {
             validate::range("storage.tiers.warm_capacity_mb", w, TIER_MB.0, TIER_MB.1)?;
+        }
+        if let Some(w) = self.snapshots_capacity_mb {
+            validate::range(
+                "storage.tiers.snapshots_capacity_mb",
+                w,
+                TIER_MB.0,
+                TIER_MB.1,
+            )?;
+            if !self.cold {
+                return Err(FieldError::new(
+                    "storage.tiers.snapshots_capacity_mb",
+                    w,
+                    "needs cold: true (snapshots over it go to the region)",
+                ));
+            }
         }
         validate::range(
             "storage.tiers.cold_after_idle_secs",
@@ -1485,6 +1506,10 @@ mod tests {
             (
                 "  max_parallel: 1\nstorage: {tiers: {hot: {dir: /nvme}}}\n",
                 "missing field `capacity_mb`",
+            ),
+            (
+                "  max_parallel: 1\nstorage: {tiers: {snapshots_capacity_mb: 64}}\n",
+                "storage.tiers.snapshots_capacity_mb: needs cold: true",
             ),
             (
                 "  max_parallel: 1\nstorage: {tiers: {cold_after_idle_secs: 2592001}}\n",

@@ -11,7 +11,10 @@
 //!
 //! [`RegionBackups`] is the bulk stream's [`BackupSink`], and serves a
 //! site its own backups back (`backup:<id>` on the same streams, chunk by
-//! chunk, only chunks of that backup). It keeps the last
+//! chunk, only chunks of that backup; `latest:<key>` for the newest one
+//! offered under a key). A site in the cold tier sends its volume
+//! snapshots too, each under the snapshot's id, and brings them back with
+//! `latest:`. It keeps the last
 //! [`KEEP`] backups of each volume; chunks no backup lists go when a backup
 //! is pruned, and chunks of offers never committed (a cut the site never
 //! resumed) after [`ORPHAN_AGE_SECS`]. A volume deleted at its site keeps
@@ -178,6 +181,24 @@ impl RegionBackups {
     /// Prefix of the bulk-stream key a site fetches one of its backups by
     /// (`backup:<id>`), beside the region's images.
     pub const KEY_PREFIX: &'static str = "backup:";
+
+    /// Prefix of the bulk-stream key that names a site's newest backup
+    /// offered under a key (`latest:<key>`).
+    pub const LATEST_PREFIX: &'static str = "latest:";
+
+    /// The id of `site`'s newest backup offered under `key`.
+    pub fn newest(&self, site: &str, key: &str) -> Result<i64, BackupError> {
+        self.conn()
+            .query_row(
+                "SELECT id FROM backups WHERE site = ?1 AND volume = ?2 ORDER BY id DESC LIMIT 1",
+                params![site, key],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| {
+                BackupError::Refused(format!("site {site} has no backup of {key} at the region"))
+            })
+    }
 
     /// One of `site`'s backups as a manifest, to bring it back.
     pub fn site_manifest(&self, site: &str, id: i64) -> Result<Manifest, BackupError> {
@@ -487,6 +508,10 @@ mod tests {
         assert_eq!(restore(&b, list[0].id), v2);
         assert_eq!(restore(&b, list[1].id), v1);
         assert!(b.list("f2", None).unwrap().is_empty(), "per site");
+        // The newest under a key, for the site that sent it only.
+        assert_eq!(b.newest("f1", VOL).unwrap(), list[0].id);
+        let e = b.newest("f2", VOL).unwrap_err().to_string();
+        assert!(e.contains("site f2 has no backup of"), "{e}");
         // Reopened: still there.
         drop(b);
         let b = RegionBackups::open(dir.path()).unwrap();

@@ -276,8 +276,17 @@ struct SiteImages {
     link: Arc<SiteLink>,
 }
 
-/// The backup a bulk key names, if it names one.
-fn backup_of(key: &str) -> Option<Result<i64, String>> {
+/// The backup a bulk key names, if it names one: `backup:<id>`, or
+/// `latest:<key>`, the site's newest backup offered under `key` (how a
+/// site brings back a snapshot it sent before it let its file go).
+fn backup_of(
+    backups: &crate::backups::RegionBackups,
+    site: &str,
+    key: &str,
+) -> Option<Result<i64, String>> {
+    if let Some(of) = key.strip_prefix(crate::backups::RegionBackups::LATEST_PREFIX) {
+        return Some(backups.newest(site, of).map_err(|e| e.to_string()));
+    }
     let id = key.strip_prefix(crate::backups::RegionBackups::KEY_PREFIX)?;
     Some(
         id.parse()
@@ -299,7 +308,7 @@ impl SiteImages {
 
 impl roost_sync::bulk::ChunkSource for SiteImages {
     fn manifest(&self, site: &str, image: &str) -> Result<roost_sync::chunks::Manifest, String> {
-        if let Some(id) = backup_of(image) {
+        if let Some(id) = backup_of(&self.backups, site, image) {
             return self
                 .backups
                 .site_manifest(site, id?)
@@ -315,7 +324,7 @@ impl roost_sync::bulk::ChunkSource for SiteImages {
         image: &str,
         hash: &roost_sync::chunks::Hash,
     ) -> Result<Vec<u8>, String> {
-        if let Some(id) = backup_of(image) {
+        if let Some(id) = backup_of(&self.backups, site, image) {
             return self
                 .backups
                 .site_chunk(site, id?, hash)

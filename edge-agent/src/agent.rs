@@ -311,6 +311,7 @@ impl Agent {
                         store: store.clone(),
                         pacer: pacer.clone(),
                         wake: volumes_changed.clone(),
+                        snapshots: config.storage.tiers.cold,
                     },
                     link_state: link_state.clone(),
                 });
@@ -384,6 +385,7 @@ impl Agent {
             store: self.reconciler.store.clone(),
             tiers: self.config.storage.tiers.clone(),
             images_dir: images_dir.clone(),
+            volumes_dir: self.config.storage.volumes_dir(&self.data_dir),
             link: self.link_state.clone(),
         };
         let applier = tokio::spawn(uplink::apply_loop(

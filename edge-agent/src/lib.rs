@@ -51,9 +51,8 @@
 //!   `api/accounts.rs`; who may do what is `roost_common::policy`, checked
 //!   once in the `api::Caller` extractor.
 //!
-//! Not here yet: volume snapshots in the cold tier, booting a server
-//! from a volume (the storage issue); see `docs/edge-ha.md` for what edge
-//! HA does not do.
+//! Not here yet: booting a server from a volume; see `docs/edge-ha.md`
+//! for what edge HA does not do.
 
 pub mod agent;
 pub mod alarms;

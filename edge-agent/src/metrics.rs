@@ -32,8 +32,9 @@ pub struct Metrics {
     pub backups: IntCounterVec,
     /// Chunk bytes of volume backups sent to the region.
     pub backup_bytes: IntCounter,
-    /// Image moves between tiers, by the tier moved to (hot, warm, cold).
-    pub image_tier_moves: IntCounterVec,
+    /// Files moved between tiers, by kind (image, snapshot) and the tier
+    /// moved to (hot, warm, cold).
+    pub tier_moves: IntCounterVec,
     /// Bytes of image files in each tier on the site (hot, warm).
     pub image_tier_bytes: IntGaugeVec,
     /// Edge HA: 1 while a caught-up standby holds every write before it is
@@ -162,12 +163,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Chunk bytes of volume backups sent to the region (only what it lacked)",
         )
         .expect("valid metric"),
-        image_tier_moves: IntCounterVec::new(
+        tier_moves: IntCounterVec::new(
             Opts::new(
-                "roost_agent_image_tier_moves_total",
-                "Image files moved between storage tiers, by the tier moved to (hot, warm, cold)",
+                "roost_agent_tier_moves_total",
+                "Files moved between storage tiers, by kind (image, snapshot) and the tier moved to (hot, warm, cold)",
             ),
-            &["to"],
+            &["kind", "to"],
         )
         .expect("valid metric"),
         image_tier_bytes: IntGaugeVec::new(
@@ -211,7 +212,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.image_bytes.clone()),
         Box::new(m.backups.clone()),
         Box::new(m.backup_bytes.clone()),
-        Box::new(m.image_tier_moves.clone()),
+        Box::new(m.tier_moves.clone()),
         Box::new(m.image_tier_bytes.clone()),
         Box::new(m.ha_standby_attached.clone()),
         Box::new(m.ha_ack_timeouts.clone()),

@@ -142,7 +142,7 @@ async fn images_fill_hot_then_warm_and_the_least_recently_used_go_cold_and_come_
     assert_eq!(tier(&id_d).await, "active/warm");
     let cold_moves = roost_tests::metric(
         &h.agent.url,
-        "roost_agent_image_tier_moves_total{to=\"cold\"}",
+        "roost_agent_tier_moves_total{kind=\"image\",to=\"cold\"}",
     )
     .await;
     assert_eq!(cold_moves.as_deref(), Some("3"), "a, b and c went cold");

@@ -320,6 +320,17 @@ pub fn cinder_snapshot(s: &Snapshot) -> Value {
     if let Some(f) = &s.status.fault {
         body["roost:fault"] = json!(f.message);
     }
+    if s.status.state == crate::model::SnapshotState::Available {
+        let tier = match (s.status.is_cold(), s.status.recalled) {
+            (false, _) => "warm",
+            (true, false) => "cold",
+            (true, true) => "cold, coming back",
+        };
+        body["roost:tier"] = json!(tier);
+    }
+    if let Some(b) = &s.status.backup {
+        body["roost:region_copy_at"] = json!(b.at);
+    }
     body
 }
 

@@ -254,6 +254,28 @@ pub struct SnapshotStatus {
     pub file: Option<PathBuf>,
     #[serde(default)]
     pub fault: Option<Fault>,
+    /// Its copy at the region, taken while `storage.tiers.cold` is on so
+    /// the snapshot may leave the site when the volumes' disk is short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<VolumeBackup>,
+    /// `Some(Cold)`: its file is only at the region (tiering); the file
+    /// path is where it comes back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<super::Tier>,
+    /// Cold and wanted (a volume from it, a revert to it was refused):
+    /// the backup worker brings it back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recalled: bool,
+    /// When it was taken or last read (a volume made from it, a revert).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl SnapshotStatus {
+    /// Whether the snapshot's file is only at the region.
+    pub fn is_cold(&self) -> bool {
+        self.tier == Some(super::Tier::Cold)
+    }
 }
 
 pub type Snapshot = Resource<SnapshotSpec, SnapshotStatus>;

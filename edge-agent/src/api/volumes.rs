@@ -238,10 +238,15 @@ async fn create(
         super::images::check_bootable_by(&s, &c, id, "volume.imageRef").await?;
     }
     let (scope, dir) = (c.scope(), s.volumes_dir.clone());
-    let v = s
+    let from_snapshot = match &spec.source {
+        roost_common::model::VolumeSource::Snapshot(id) => Some(id.clone()),
+        _ => None,
+    };
+    let made = s
         .store
         .write(move |w| w.create_volume(spec, &scope, &dir))
-        .await?;
+        .await;
+    let v = recall_if_cold(&s, from_snapshot.as_deref(), made).await?;
     s.storage_wake.notify_one();
     tracing::info!(volume = %v.id, size_gb = v.spec.size_gb, "volume recorded");
     Ok((
@@ -292,6 +297,22 @@ async fn delete(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// A write refused because the snapshot it reads is in the cold tier:
+/// the snapshot is set coming back, for the next try.
+async fn recall_if_cold<T>(
+    s: &AppState,
+    snapshot: Option<&str>,
+    r: Result<T, crate::store::WriteError>,
+) -> Result<T, ApiError> {
+    if let (Err(crate::store::WriteError::Invalid(e)), Some(id)) = (&r, snapshot) {
+        if e.value == id && e.rule.starts_with("snapshot is in the cold tier") {
+            let id = id.to_string();
+            s.store.write(move |w| w.recall_snapshot(&id)).await?;
+        }
+    }
+    Ok(r?)
+}
+
 async fn action(
     State(s): State<AppState>,
     c: Caller,
@@ -313,9 +334,12 @@ async fn action(
                 .await?
         }
         VolumeAction::Revert { snapshot_id } => {
-            s.store
+            let snap = snapshot_id.clone();
+            let r = s
+                .store
                 .write(move |w| w.revert_volume(&id, &scope, &snapshot_id))
-                .await?
+                .await;
+            recall_if_cold(&s, Some(&snap), r).await?
         }
         VolumeAction::ResetStatus {
             status,

@@ -21,6 +21,12 @@
 //! `available`. A backup the region does not have, one bigger than the
 //! volume, or no room on the disk make the volume `error` with the reason.
 //!
+//! With `storage.tiers.cold`, the worker also sends each available volume
+//! snapshot up once (under the snapshot's id), so tiering
+//! ([`super::tier`]) may let its file go; and it brings a cold snapshot
+//! someone wanted back from the region's newest copy (`latest:<id>`),
+//! checked against the sha256 it sent, into place.
+//!
 //! A cut loses nothing: the region keeps every chunk that arrived whole
 //! (for a week, if no backup lists it), and the next offer, on the next
 //! connection, lacks only the rest. A volume written meanwhile is read
@@ -39,7 +45,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use roost_common::model::{Volume, VolumeBackup, VolumeSource};
+use roost_common::model::{Snapshot, Volume, VolumeBackup, VolumeSource};
 use roost_sync::bulk::BulkClient;
 use roost_sync::chunks::{hex, Hash, Manifest};
 
@@ -131,6 +137,15 @@ impl From<roost_sync::bulk::FetchError> for Stop {
     }
 }
 
+/// What one try to send a file up came to.
+#[derive(Debug)]
+enum Copied {
+    Kept(VolumeBackup),
+    /// As the region last kept it (or changed while read: read again).
+    Unchanged,
+    Failed,
+}
+
 /// What the backup worker needs; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Backuper {
@@ -139,6 +154,9 @@ pub struct Backuper {
     pub pacer: SharedPacer,
     /// Told when a volume's file may have changed.
     pub wake: Arc<Notify>,
+    /// Send snapshots up too (`storage.tiers.cold`: the tierer may then
+    /// let their files go).
+    pub snapshots: bool,
 }
 
 impl Backuper {
@@ -162,6 +180,21 @@ impl Backuper {
                 }
                 Err(e) => warn!(error = %e, "cannot list the volumes to restore"),
             }
+            match self.store.recalled_snapshots().await {
+                Ok(wanted) => {
+                    for snap in wanted {
+                        if conn.close_reason().is_some() {
+                            return;
+                        }
+                        if failed.waiting(&snap.id) {
+                            continue;
+                        }
+                        let ok = self.snapshot_down(&conn, &snap).await;
+                        failed.record(&snap.id, ok);
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot list the snapshots to bring back"),
+            }
             let candidates = match self.store.backup_candidates().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -181,6 +214,19 @@ impl Backuper {
                 }
                 let ok = self.backup_one(&conn, &volume).await;
                 failed.record(&volume.id, ok);
+            }
+            if self.snapshots {
+                let local = self.store.local_snapshots().await.unwrap_or_default();
+                for snap in local.iter().filter(|s| s.status.backup.is_none()) {
+                    if conn.close_reason().is_some() {
+                        return;
+                    }
+                    if failed.waiting(&snap.id) {
+                        continue;
+                    }
+                    let ok = self.snapshot_up(&conn, snap).await;
+                    failed.record(&snap.id, ok);
+                }
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -242,88 +288,36 @@ impl Backuper {
         let mut fetched = 0;
         // Renamed into place before a crash: only the size is left to do.
         if !file.is_file() {
-            let key = format!("backup:{backup}");
-            let mut client = BulkClient::open(conn).await?;
-            let manifest = match client.manifest(&key).await {
-                Ok(m) => m,
-                Err(roost_sync::bulk::FetchError::Refused(e)) => {
-                    let mut part = file.clone().into_os_string();
-                    part.push(".restore.part");
-                    let _ = std::fs::remove_file(part);
-                    return Err(Stop::GiveUp(e));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-            let mut part = file.clone().into_os_string();
-            part.push(".restore.part");
-            let part = std::path::PathBuf::from(part);
-            let held = std::fs::metadata(&part).map_or(0, |m| m.blocks() * 512);
-            let free = super::free_bytes(&dir).map_err(|e| Stop::Failed(e.to_string()))?;
-            let need = manifest.size().saturating_sub(held);
-            if free < need.saturating_add(super::FREE_SPACE_RESERVE) {
-                let _ = std::fs::remove_file(&part);
-                return Err(Stop::GiveUp(format!(
-                    "not enough space in {}: {} MiB free, backup {backup} needs {} MiB and 1024 MiB stay free for the site's store; free space, then create the volume again",
-                    dir.display(),
-                    free >> 20,
-                    need.div_ceil(1 << 20)
-                )));
-            }
-            let (p, m) = (part.clone(), manifest.clone());
-            let prepared = tokio::task::spawn_blocking(move || {
-                super::fetch::prepare(&p, &m, &Default::default())
-            })
-            .await
-            .map_err(|e| Stop::Failed(e.to_string()))?
-            .map_err(|e| Stop::Failed(format!("cannot prepare {}: {e}", part.display())))?;
-            let out = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&part)
-                .map_err(|e| Stop::Failed(e.to_string()))?;
-            super::fetch::fetch_chunks(
-                &mut client,
-                &key,
-                &prepared.missing,
-                &out,
-                &self.pacer,
-                |n| fetched += n,
-            )
-            .await
-            .map_err(Stop::Failed)?;
-            client.finish();
-            let (p, f, size, b) = (part.clone(), file.clone(), manifest.size(), backup.clone());
+            let b = backup.clone();
             let size_gb = v.spec.size_gb;
-            tokio::task::spawn_blocking(move || -> Result<(), Stop> {
-                out.sync_all().map_err(|e| Stop::Failed(e.to_string()))?;
-                drop(out);
-                let mut head =
-                    vec![0u8; (roost_common::api::HEADER_BYTES as u64).min(size) as usize];
-                std::fs::File::open(&p)
-                    .and_then(|h| h.read_exact_at(&mut head, 0))
-                    .map_err(|e| Stop::Failed(e.to_string()))?;
-                let virtual_size = roost_common::api::check_disk_format(
-                    roost_common::model::DiskFormat::Qcow2,
-                    &head,
-                    size,
+            fetched = self
+                .fetch_into(
+                    conn,
+                    &format!("backup:{backup}"),
+                    &file,
+                    true,
+                    move |part, size| {
+                        let mut head =
+                            vec![0u8; (roost_common::api::HEADER_BYTES as u64).min(size) as usize];
+                        std::fs::File::open(part)
+                            .and_then(|h| h.read_exact_at(&mut head, 0))
+                            .map_err(|e| Stop::Failed(e.to_string()))?;
+                        let virtual_size = roost_common::api::check_disk_format(
+                            roost_common::model::DiskFormat::Qcow2,
+                            &head,
+                            size,
+                        )
+                        .map_err(|e| Stop::GiveUp(format!("backup {b}: {e}")))?;
+                        let gb = virtual_size.div_ceil(1 << 30);
+                        if gb > size_gb {
+                            return Err(Stop::GiveUp(format!(
+                            "backup {b} holds a {gb} GiB volume; create one of at least {gb} GiB"
+                        )));
+                        }
+                        Ok(())
+                    },
                 )
-                .map_err(|e| {
-                    let _ = std::fs::remove_file(&p);
-                    Stop::GiveUp(format!("backup {b}: {e}"))
-                })?;
-                let gb = virtual_size.div_ceil(1 << 30);
-                if gb > size_gb {
-                    let _ = std::fs::remove_file(&p);
-                    return Err(Stop::GiveUp(format!(
-                        "backup {b} holds a {gb} GiB volume; create one of at least {gb} GiB"
-                    )));
-                }
-                std::fs::rename(&p, &f).map_err(|e| Stop::Failed(e.to_string()))?;
-                roost_common::files::sync_dir(f.parent().unwrap_or(Path::new(".")))
-                    .map_err(|e| Stop::Failed(e.to_string()))
-            })
-            .await
-            .map_err(|e| Stop::Failed(e.to_string()))??;
+                .await?;
         }
         let (f, size_gb) = (file.clone(), v.spec.size_gb);
         tokio::task::spawn_blocking(move || -> Result<(), Stop> {
@@ -347,67 +341,251 @@ impl Backuper {
         Ok(fetched)
     }
 
+    /// Brings the region's copy named `key` into `file`: its chunks come
+    /// into `<file>.restore.part` (what an earlier, cut try left stays),
+    /// which is synced, passed to `check` (with its size), and renamed
+    /// into place. A refusal by the region is for good when `refusal_ends`
+    /// (the part file goes), else tried again. The chunk bytes that
+    /// crossed.
+    async fn fetch_into(
+        &self,
+        conn: &quinn::Connection,
+        key: &str,
+        file: &Path,
+        refusal_ends: bool,
+        check: impl FnOnce(&Path, u64) -> Result<(), Stop> + Send + 'static,
+    ) -> Result<u64, Stop> {
+        let mut part = file.to_path_buf().into_os_string();
+        part.push(".restore.part");
+        let part = std::path::PathBuf::from(part);
+        let mut client = BulkClient::open(conn).await?;
+        let manifest = match client.manifest(key).await {
+            Ok(m) => m,
+            Err(roost_sync::bulk::FetchError::Refused(e)) if refusal_ends => {
+                let _ = std::fs::remove_file(&part);
+                return Err(Stop::GiveUp(e));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let held = std::fs::metadata(&part).map_or(0, |m| m.blocks() * 512);
+        let free = super::free_bytes(&dir).map_err(|e| Stop::Failed(e.to_string()))?;
+        let need = manifest.size().saturating_sub(held);
+        if free < need.saturating_add(super::FREE_SPACE_RESERVE) {
+            let why = format!(
+                "not enough space in {}: {} MiB free, {key} needs {} MiB and 1024 MiB stay free for the site's store",
+                dir.display(),
+                free >> 20,
+                need.div_ceil(1 << 20)
+            );
+            if refusal_ends {
+                let _ = std::fs::remove_file(&part);
+                return Err(Stop::GiveUp(format!("{why}; free space, then try again")));
+            }
+            return Err(Stop::Failed(why));
+        }
+        let (p, m) = (part.clone(), manifest.clone());
+        let prepared =
+            tokio::task::spawn_blocking(move || super::fetch::prepare(&p, &m, &Default::default()))
+                .await
+                .map_err(|e| Stop::Failed(e.to_string()))?
+                .map_err(|e| Stop::Failed(format!("cannot prepare {}: {e}", part.display())))?;
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&part)
+            .map_err(|e| Stop::Failed(e.to_string()))?;
+        let mut fetched = 0;
+        super::fetch::fetch_chunks(
+            &mut client,
+            key,
+            &prepared.missing,
+            &out,
+            &self.pacer,
+            |n| fetched += n,
+        )
+        .await
+        .map_err(Stop::Failed)?;
+        client.finish();
+        let (p, f, size) = (part.clone(), file.to_path_buf(), manifest.size());
+        tokio::task::spawn_blocking(move || -> Result<(), Stop> {
+            out.sync_all().map_err(|e| Stop::Failed(e.to_string()))?;
+            drop(out);
+            if let Err(e) = check(&p, size) {
+                if matches!(e, Stop::GiveUp(_)) {
+                    let _ = std::fs::remove_file(&p);
+                }
+                return Err(e);
+            }
+            std::fs::rename(&p, &f).map_err(|e| Stop::Failed(e.to_string()))?;
+            roost_common::files::sync_dir(f.parent().unwrap_or(Path::new(".")))
+                .map_err(|e| Stop::Failed(e.to_string()))
+        })
+        .await
+        .map_err(|e| Stop::Failed(e.to_string()))??;
+        Ok(fetched)
+    }
+
     /// Backs one volume up, if its file still differs from its last
     /// backup; false if that failed (the caller backs off).
     async fn backup_one(&self, conn: &quinn::Connection, v: &Volume) -> bool {
-        let started = Instant::now();
-        let mut sent = 0u64;
-        // Looked at again now: the list was made before the volumes ahead
-        // of this one were read.
         let Some(file) = v.status.file.clone() else {
             return true;
         };
-        let stamp = match tokio::task::spawn_blocking(move || stamp(&file)).await {
-            Ok(Ok(s)) => s,
-            _ => return true,
-        };
-        if v.status.backup.as_ref().is_some_and(|b| b.stamp == stamp) {
-            return true;
-        }
-        let mut ok = true;
-        match self.send(conn, v, &stamp, &mut sent).await {
-            Ok(backup) => {
-                METRICS.backups.with_label_values(&["kept"]).inc();
-                let (id, size) = (v.id.clone(), backup.size);
-                match self.store.write(move |w| w.backup_done(&id, backup)).await {
-                    Ok(()) => {
-                        info!(volume = %v.id, size, sent, ms = started.elapsed().as_millis() as u64,
-                        "volume backed up to the region")
-                    }
+        match self
+            .copy_up(conn, "volume", &v.id, &file, v.status.backup.as_ref())
+            .await
+        {
+            Copied::Kept(backup) => {
+                let id = v.id.clone();
+                if let Err(e) = self.store.write(move |w| w.backup_done(&id, backup)).await {
                     // The region keeps it; the next pass finds the stamp
                     // unrecorded and offers it again, which moves nothing.
-                    Err(e) => {
-                        warn!(volume = %v.id, error = %e, "a kept backup could not be recorded")
+                    warn!(volume = %v.id, error = %e, "a kept backup could not be recorded")
+                }
+                true
+            }
+            Copied::Unchanged => true,
+            Copied::Failed => false,
+        }
+    }
+
+    /// Sends a snapshot's file to the region (once: a snapshot does not
+    /// change), so tiering may let the file go; false if that failed.
+    async fn snapshot_up(&self, conn: &quinn::Connection, s: &Snapshot) -> bool {
+        let Some(file) = s.status.file.clone() else {
+            return true;
+        };
+        match self
+            .copy_up(conn, "snapshot", &s.id, &file, s.status.backup.as_ref())
+            .await
+        {
+            Copied::Kept(backup) => {
+                let id = s.id.clone();
+                if let Err(e) = self
+                    .store
+                    .write(move |w| w.snapshot_backup_done(&id, backup))
+                    .await
+                {
+                    warn!(snapshot = %s.id, error = %e, "a snapshot's copy at the region could not be recorded")
+                }
+                true
+            }
+            Copied::Unchanged => true,
+            Copied::Failed => false,
+        }
+    }
+
+    /// Brings a cold snapshot's file back from the region, where it sent
+    /// it before tiering let it go; false if that failed (tried again
+    /// after a back-off).
+    async fn snapshot_down(&self, conn: &quinn::Connection, s: &Snapshot) -> bool {
+        let (Some(file), Some(sent)) = (s.status.file.clone(), s.status.backup.clone()) else {
+            warn!(snapshot = %s.id, "a cold snapshot has no file or copy recorded; it cannot come back");
+            return false;
+        };
+        let started = Instant::now();
+        if !file.is_file() {
+            let want = sent.sha256.clone();
+            let r = self
+                .fetch_into(conn, &format!("latest:{}", s.id), &file, false, move |part, _| {
+                    let mut h = Sha256::new();
+                    std::io::copy(
+                        &mut std::fs::File::open(part).map_err(|e| Stop::Failed(e.to_string()))?,
+                        &mut h,
+                    )
+                    .map_err(|e| Stop::Failed(e.to_string()))?;
+                    let got = hex(&h.finalize().into());
+                    if got == want {
+                        Ok(())
+                    } else {
+                        Err(Stop::Failed(format!(
+                            "the region's newest copy (sha256 {got}) is not the one this site sent ({want})"
+                        )))
                     }
+                })
+                .await;
+            match r {
+                Ok(bytes) => {
+                    info!(snapshot = %s.id, fetched = bytes, ms = started.elapsed().as_millis() as u64,
+                        "snapshot brought back from the region")
+                }
+                Err(e) => {
+                    warn!(snapshot = %s.id, error = %e, "bringing a snapshot back stopped; what arrived is kept and it is tried again");
+                    return false;
                 }
             }
+        }
+        let f = file.clone();
+        let Ok(Ok(now)) = tokio::task::spawn_blocking(move || stamp(&f)).await else {
+            return false;
+        };
+        let id = s.id.clone();
+        match self.store.write(move |w| w.snapshot_back(&id, now)).await {
+            Ok(true) => {}
+            // Deleted while it came: its file goes with it.
+            Ok(false) => {
+                let _ = tokio::task::spawn_blocking(move || {
+                    super::qemu_img::run(&super::plan::Op::Remove { file })
+                })
+                .await;
+            }
+            Err(e) => warn!(snapshot = %s.id, error = %e, "cannot record a snapshot brought back"),
+        }
+        true
+    }
+
+    /// Sends `file` to the region under `key` if it changed since `last`.
+    async fn copy_up(
+        &self,
+        conn: &quinn::Connection,
+        what: &'static str,
+        key: &str,
+        file: &Path,
+        last: Option<&VolumeBackup>,
+    ) -> Copied {
+        let started = Instant::now();
+        let mut sent = 0u64;
+        // Looked at again now: the list was made before the files ahead
+        // of this one were read.
+        let f = file.to_path_buf();
+        let stamp = match tokio::task::spawn_blocking(move || stamp(&f)).await {
+            Ok(Ok(s)) => s,
+            _ => return Copied::Unchanged,
+        };
+        if last.is_some_and(|b| b.stamp == stamp) {
+            return Copied::Unchanged;
+        }
+        let out = match self.send(conn, key, file, &stamp, &mut sent).await {
+            Ok(backup) => {
+                METRICS.backups.with_label_values(&["kept"]).inc();
+                info!(kind = what, id = %key, size = backup.size, sent, ms = started.elapsed().as_millis() as u64,
+                    "backed up to the region");
+                Copied::Kept(backup)
+            }
             Err(Stop::Changed) => {
-                info!(volume = %v.id, sent, "the volume changed while it was backed up; it is read again")
+                info!(kind = what, id = %key, sent, "the file changed while it was backed up; it is read again");
+                Copied::Unchanged
             }
             Err(Stop::Failed(e) | Stop::GiveUp(e)) => {
-                ok = false;
                 METRICS.backups.with_label_values(&["failed"]).inc();
-                warn!(volume = %v.id, error = %e, sent,
-                    "backing a volume up stopped; what arrived is kept and the rest is sent on the next try");
+                warn!(kind = what, id = %key, error = %e, sent,
+                    "backing up stopped; what arrived is kept and the rest is sent on the next try");
+                Copied::Failed
             }
-        }
+        };
         METRICS.backup_bytes.inc_by(sent);
-        ok
+        out
     }
 
     async fn send(
         &self,
         conn: &quinn::Connection,
-        v: &Volume,
+        key: &str,
+        file: &Path,
         stamp_before: &str,
         sent: &mut u64,
     ) -> Result<VolumeBackup, Stop> {
-        let file = v
-            .status
-            .file
-            .clone()
-            .ok_or_else(|| Stop::Failed("the volume has no file".into()))?;
-        let (f, before) = (file.clone(), stamp_before.to_string());
+        let (f, before) = (file.to_path_buf(), stamp_before.to_string());
         let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, Stop> {
             let read = || -> std::io::Result<(Manifest, String)> {
                 let r = std::io::BufReader::new(std::fs::File::open(&f)?);
@@ -431,13 +609,13 @@ impl Backuper {
         let mut client = BulkClient::open(conn).await?;
         // The offer crosses too: paced like the chunks.
         tokio::time::sleep(pace(&self.pacer, 40 + 36 * manifest.chunks.len() as u64)).await;
-        let missing = client.offer(&v.id, &manifest).await?;
+        let missing = client.offer(key, &manifest).await?;
         let at: HashMap<Hash, (u64, u32)> = manifest
             .offsets()
             .map(|(o, c)| (c.hash, (o, c.len)))
             .collect();
         let handle = Arc::new(
-            std::fs::File::open(&file)
+            std::fs::File::open(file)
                 .map_err(|e| Stop::Failed(format!("cannot open {}: {e}", file.display())))?,
         );
         // Read a batch on a blocking thread, check it, then send it.
@@ -489,7 +667,7 @@ impl Backuper {
                 *sent += n;
             }
         }
-        client.commit(&v.id).await?;
+        client.commit(key).await?;
         client.finish();
         Ok(VolumeBackup {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

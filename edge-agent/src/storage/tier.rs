@@ -25,6 +25,13 @@
 //!   is refused with a message naming it, and sets it fetching again
 //!   from the region ([`crate::store::WriteCtx::recall_image`]).
 //!
+//! Volume snapshots (with `cold` on) are tiered the same way, on the
+//! volumes' disk, with no hot tier: one whose file the region holds as it
+//! is here (the backup worker sent it) may go cold when the snapshots are
+//! over `snapshots_capacity_mb` or the disk is short; a volume made from
+//! it or a revert to it is refused naming it, and the backup worker
+//! brings the file back.
+//!
 //! A tier's room is its configured capacity, but never more than what its
 //! items hold plus what its disk has free (less the reserve the site's
 //! store keeps on the data disk): a disk short of space moves files down
@@ -155,6 +162,8 @@ pub struct Tierer {
     pub tiers: TiersSection,
     /// `<data dir>/images`: the warm tier, where uploads and fetches land.
     pub images_dir: PathBuf,
+    /// `storage.volumes_dir`: the disk volume snapshots' files are on.
+    pub volumes_dir: PathBuf,
     /// The link to the region: room is made for images on their way only
     /// while it is up (offline, nothing is on its way, and what is cached
     /// is what the site has).
@@ -167,6 +176,11 @@ impl Tierer {
         loop {
             if let Err(e) = self.pass().await {
                 warn!(error = %e, "tiering pass failed; retrying");
+            }
+            if self.tiers.cold {
+                if let Err(e) = self.snapshots_pass().await {
+                    warn!(error = %e, "snapshot tiering pass failed; retrying");
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(PERIOD) => {}
@@ -310,14 +324,108 @@ impl Tierer {
                 Ok(true) => {
                     made += 1;
                     METRICS
-                        .image_tier_moves
-                        .with_label_values(&[m.to.as_str()])
+                        .tier_moves
+                        .with_label_values(&["image", m.to.as_str()])
                         .inc();
                     info!(image = %m.id, from = m.from.as_str(), to = m.to.as_str(), bytes = item.bytes, "image moved between tiers");
                 }
                 Ok(false) => {}
                 Err(e) => {
                     warn!(image = %m.id, from = m.from.as_str(), to = m.to.as_str(), error = %e, "an image could not change tiers; tried again on the next pass")
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Volume snapshots: each one whose file the region holds as it is
+    /// here (the backup worker sent it), unused for
+    /// `cold_after_idle_secs`, may leave the site when the volumes' disk
+    /// is short (its free space below the store's reserve, or the
+    /// snapshots over `snapshots_capacity_mb`), least recently used first.
+    /// Says how many left.
+    pub async fn snapshots_pass(&self) -> Result<usize, String> {
+        let snaps = self
+            .store
+            .local_snapshots()
+            .await
+            .map_err(|e| e.to_string())?;
+        let pinned = self
+            .store
+            .pinned_snapshots()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (dir, cap, idle) = (
+            self.volumes_dir.clone(),
+            self.tiers.snapshots_capacity_mb,
+            chrono::Duration::seconds(self.tiers.cold_after_idle_secs as i64),
+        );
+        let (items, room) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let now = Utc::now();
+            let items: Vec<(Item, PathBuf, String)> = snaps
+                .iter()
+                .filter_map(|s| {
+                    let file = s.status.file.clone()?;
+                    let meta = std::fs::metadata(&file).ok()?;
+                    let stamp = super::backup::stamp(&file).ok()?;
+                    let last_used = s.status.last_used.unwrap_or(s.created_at);
+                    let item = Item {
+                        id: s.id.clone(),
+                        bytes: meta.len(),
+                        at: Tier::Warm,
+                        last_used,
+                        pinned: pinned.contains(&s.id),
+                        may_go_cold: s.status.backup.as_ref().is_some_and(|b| b.stamp == stamp)
+                            && now - last_used >= idle,
+                    };
+                    Some((item, file, stamp))
+                })
+                .collect();
+            let held: u64 = items.iter().map(|(i, _, _)| i.bytes).sum();
+            std::fs::create_dir_all(&dir)?;
+            let disk = (held + super::free_bytes(&dir)?).saturating_sub(super::FREE_SPACE_RESERVE);
+            let warm = cap.map_or(disk, |mb| (mb << 20).min(disk));
+            Ok((
+                items,
+                Room {
+                    hot: None,
+                    warm,
+                    cold: true,
+                },
+            ))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot measure the snapshots' room: {e}"))?;
+        let moves = plan(
+            &items.iter().map(|(i, _, _)| i.clone()).collect::<Vec<_>>(),
+            room,
+        );
+        let mut made = 0;
+        for m in moves.into_iter().filter(|m| m.to == Tier::Cold) {
+            let Some((item, file, stamp)) = items.iter().find(|(i, _, _)| i.id == m.id) else {
+                continue;
+            };
+            let (id, from, st) = (m.id.clone(), file.clone(), stamp.clone());
+            match self
+                .store
+                .write(move |w| w.evict_snapshot(&id, &from, &st))
+                .await
+            {
+                Ok(true) => {
+                    made += 1;
+                    METRICS
+                        .tier_moves
+                        .with_label_values(&["snapshot", "cold"])
+                        .inc();
+                    info!(snapshot = %m.id, bytes = item.bytes, "snapshot moved to the cold tier");
+                    if let Err(e) = tokio::fs::remove_file(file).await {
+                        warn!(file = %file.display(), error = %e, "a cold snapshot's file was not removed");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(snapshot = %m.id, error = %e, "a snapshot could not go cold; tried again on the next pass")
                 }
             }
         }

@@ -406,6 +406,21 @@ impl Store {
         self.read(|c| Ok(rows::list(c, "images", "1", [])?)).await
     }
 
+    /// Available snapshots whose file is here.
+    pub async fn local_snapshots(&self) -> Result<Vec<Snapshot>, WriteError> {
+        self.read(|c| Ok(volumes::local_snapshots(c)?)).await
+    }
+
+    /// Cold snapshots someone wanted back.
+    pub async fn recalled_snapshots(&self) -> Result<Vec<Snapshot>, WriteError> {
+        self.read(|c| Ok(volumes::recalled_snapshots(c)?)).await
+    }
+
+    /// Snapshots being read, whose files may not go.
+    pub async fn pinned_snapshots(&self) -> Result<std::collections::HashSet<String>, WriteError> {
+        self.read(|c| Ok(volumes::pinned_snapshots(c)?)).await
+    }
+
     /// Images whose files may not move (see `storage::tier`).
     pub async fn pinned_images(&self) -> Result<std::collections::HashSet<String>, WriteError> {
         self.read(|c| Ok(images::pinned(c)?)).await

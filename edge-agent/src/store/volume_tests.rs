@@ -799,3 +799,135 @@ async fn a_volume_waiting_for_its_backup_may_be_deleted_and_its_late_restore_cha
     assert_eq!(got.status.state, VolumeState::Error);
     assert!(got.status.fault.unwrap().message.contains("no backup 13"));
 }
+
+#[tokio::test]
+async fn a_snapshot_copied_to_the_region_may_go_cold_and_comes_back_when_wanted() {
+    use roost_common::model::{SnapshotState, Tier, VolumeBackup};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let v = made(&store, spec(1, VolumeSource::Blank)).await;
+    let sp = SnapshotSpec {
+        name: "s".into(),
+        description: None,
+        project_id: "p".into(),
+        user_id: "u".into(),
+        volume_id: v.id.clone(),
+        force: false,
+        metadata: Default::default(),
+    };
+    let snap = store
+        .write(move |w| w.create_snapshot(sp, &None, Path::new("/vols/snapshots")))
+        .await
+        .unwrap();
+    finish_work(&store).await;
+    let file = snap.status.file.clone().unwrap();
+    let sid = snap.id.clone();
+    let get = || {
+        let (store, sid) = (store.clone(), sid.clone());
+        async move { store.snapshot(sid, None).await.unwrap() }
+    };
+    assert_eq!(store.local_snapshots().await.unwrap().len(), 1);
+
+    // Not copied to the region yet: it cannot go.
+    let (id, f) = (sid.clone(), file.clone());
+    assert!(!store
+        .write(move |w| w.evict_snapshot(&id, &f, "1.0:10"))
+        .await
+        .unwrap());
+    let id = sid.clone();
+    store
+        .write(move |w| {
+            w.snapshot_backup_done(
+                &id,
+                VolumeBackup {
+                    stamp: "1.0:10".into(),
+                    sha256: "ab".repeat(32),
+                    ..VolumeBackup::default()
+                },
+            )
+        })
+        .await
+        .unwrap();
+    // Read by a volume being made from it: pinned.
+    let from = store
+        .write({
+            let s = spec(1, VolumeSource::Snapshot(sid.clone()));
+            move |w| w.create_volume(s, &None, Path::new("/vols"))
+        })
+        .await
+        .unwrap();
+    assert!(store.pinned_snapshots().await.unwrap().contains(&sid));
+    let (id, f) = (sid.clone(), file.clone());
+    assert!(!store
+        .write(move |w| w.evict_snapshot(&id, &f, "1.0:10"))
+        .await
+        .unwrap());
+    finish_work(&store).await;
+    assert!(store.volume(from.id.clone(), None).await.is_ok());
+    // A file changed since its copy: it cannot go either.
+    let (id, f) = (sid.clone(), file.clone());
+    assert!(!store
+        .write(move |w| w.evict_snapshot(&id, &f, "2.0:10"))
+        .await
+        .unwrap());
+    // As copied, and read by nothing: cold.
+    let (id, f) = (sid.clone(), file.clone());
+    assert!(store
+        .write(move |w| w.evict_snapshot(&id, &f, "1.0:10"))
+        .await
+        .unwrap());
+    let cold = get().await;
+    assert_eq!(cold.status.state, SnapshotState::Available);
+    assert_eq!(cold.status.tier, Some(Tier::Cold));
+    assert_eq!(
+        roost_common::api::cinder::cinder_snapshot(&cold)["roost:tier"],
+        "cold"
+    );
+    assert!(store.local_snapshots().await.unwrap().is_empty());
+
+    // Using it is refused, naming it; the API then recalls it, once.
+    let e = store
+        .write({
+            let s = spec(1, VolumeSource::Snapshot(sid.clone()));
+            move |w| w.create_volume(s, &None, Path::new("/vols"))
+        })
+        .await
+        .unwrap_err();
+    let WriteError::Invalid(fe) = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(fe.field, "volume.snapshot_id");
+    assert!(fe.rule.starts_with("snapshot is in the cold tier"), "{fe}");
+    let (id, vid) = (sid.clone(), v.id.clone());
+    let e = store
+        .write(move |w| w.revert_volume(&vid, &None, &id))
+        .await
+        .unwrap_err();
+    assert_eq!(field(e), "revert.snapshot_id");
+    assert!(store.recalled_snapshots().await.unwrap().is_empty());
+    let id = sid.clone();
+    assert!(store.write(move |w| w.recall_snapshot(&id)).await.unwrap());
+    let id = sid.clone();
+    assert!(!store.write(move |w| w.recall_snapshot(&id)).await.unwrap());
+    assert_eq!(store.recalled_snapshots().await.unwrap().len(), 1);
+
+    // Back: warm, usable, and a revert to it is taken.
+    let id = sid.clone();
+    assert!(store
+        .write(move |w| w.snapshot_back(&id, "3.0:10".into()))
+        .await
+        .unwrap());
+    let back = get().await;
+    assert_eq!((back.status.tier, back.status.recalled), (None, false));
+    assert_eq!(
+        back.status.backup.unwrap().stamp,
+        "3.0:10",
+        "the new file's"
+    );
+    assert!(back.status.last_used.is_some());
+    let (id, vid) = (sid.clone(), v.id.clone());
+    store
+        .write(move |w| w.revert_volume(&vid, &None, &id))
+        .await
+        .unwrap();
+}

@@ -150,7 +150,7 @@ pub(super) fn work(conn: &Connection) -> Result<Vec<Work>, StoreError> {
     let all_snaps: Vec<Snapshot> = rows::list(conn, "volume_snapshots", "1", [])?;
     files.snapshots = all_snaps
         .into_iter()
-        .filter(|s| s.status.state == SnapshotState::Available)
+        .filter(|s| s.status.state == SnapshotState::Available && !s.status.is_cold())
         .filter_map(|s| Some((s.id, s.status.file?)))
         .collect();
     let all_vols: Vec<Volume> = rows::list(conn, "volumes", "1", [])?;
@@ -184,6 +184,67 @@ fn held_by_running_guest(conn: &Connection, v: &Volume) -> Result<bool, StoreErr
             || s.status.task_state.is_some()
             || s.spec.power == roost_common::model::PowerIntent::Running
     }))
+}
+
+/// The refusal for a snapshot whose file is only at the region; the API
+/// recalls it (`recall_snapshot`) after refusing.
+fn cold_snapshot(s: &Snapshot, field: &str) -> FieldError {
+    FieldError::new(
+        field,
+        &s.id,
+        "snapshot is in the cold tier: its file is at the region, not at this site; it is fetched again now (while the link is up) and can be used once its roost:tier is warm",
+    )
+}
+
+/// Available snapshots whose file is here: what the backup worker copies
+/// to the region (with `storage.tiers.cold`) and the tierer may send
+/// there.
+pub(super) fn local_snapshots(conn: &Connection) -> Result<Vec<Snapshot>, StoreError> {
+    Ok(
+        rows::list::<SnapshotSpec, roost_common::model::SnapshotStatus>(
+            conn,
+            "volume_snapshots",
+            "json_extract(status, '$.state') = 'available'",
+            [],
+        )?
+        .into_iter()
+        .filter(|s| !s.status.is_cold())
+        .collect(),
+    )
+}
+
+/// Cold snapshots someone wanted: the backup worker's to bring back.
+pub(super) fn recalled_snapshots(conn: &Connection) -> Result<Vec<Snapshot>, StoreError> {
+    Ok(
+        rows::list::<SnapshotSpec, roost_common::model::SnapshotStatus>(
+            conn,
+            "volume_snapshots",
+            "json_extract(status, '$.state') = 'available'",
+            [],
+        )?
+        .into_iter()
+        .filter(|s| s.status.is_cold() && s.status.recalled)
+        .collect(),
+    )
+}
+
+/// Snapshots being read (a volume made from one, or reverted to it):
+/// their files may not go.
+pub(super) fn pinned_snapshots(
+    conn: &Connection,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT json_extract(spec, '$.source.snapshot') FROM volumes
+           WHERE json_extract(status, '$.state') = 'creating'
+         UNION
+         SELECT json_extract(status, '$.revert_to') FROM volumes
+           WHERE json_extract(status, '$.state') = 'reverting'",
+    )?;
+    let ids = stmt
+        .query_map([], |r| r.get::<_, Option<String>>(0))?
+        .filter_map(|r| r.transpose())
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
 }
 
 /// Volumes being made from a backup at the region (`creating`, source
@@ -313,6 +374,10 @@ impl WriteCtx<'_> {
                         &format!("snapshot is {}, not available", snap.status.state.as_str()),
                     ));
                 }
+                if snap.status.is_cold() {
+                    return Err(cold_snapshot(&snap, "volume.snapshot_id").into());
+                }
+                self.touch_snapshot(&snap)?;
                 snap.status.size_gb
             }
             // Checked against the backup's size once it is here.
@@ -546,6 +611,10 @@ impl WriteCtx<'_> {
                         "the volume was extended after the snapshot; a volume reverts only to a snapshot of its current size",
                     ));
                 }
+                if s.status.is_cold() {
+                    return Err(cold_snapshot(&s, "revert.snapshot_id").into());
+                }
+                self.touch_snapshot(&s)?;
             }
             _ => {
                 return Err(FieldError::new(
@@ -899,6 +968,100 @@ impl WriteCtx<'_> {
             params![v.id, json(&v.status)?],
         )?;
         Ok(())
+    }
+
+    fn touch_snapshot(&mut self, s: &Snapshot) -> Result<(), WriteError> {
+        let mut st = s.status.clone();
+        st.last_used = Some(self.now);
+        self.tx.execute(
+            "UPDATE volume_snapshots SET status = ?2 WHERE id = ?1",
+            params![s.id, json(&st)?],
+        )?;
+        Ok(())
+    }
+
+    /// The available snapshot `id`, if its status is as `check` wants.
+    fn snapshot_where(
+        &self,
+        id: &str,
+        check: impl FnOnce(&Snapshot) -> bool,
+    ) -> Result<Option<Snapshot>, WriteError> {
+        let s: Option<Snapshot> = rows::get(self.tx, "volume_snapshots", id)?;
+        Ok(s.filter(|s| s.status.state == SnapshotState::Available && check(s)))
+    }
+
+    /// Records the copy of a snapshot's file the region confirmed keeping.
+    pub fn snapshot_backup_done(
+        &mut self,
+        id: &str,
+        backup: VolumeBackup,
+    ) -> Result<(), WriteError> {
+        if let Some(mut s) = self.snapshot_where(id, |s| !s.status.is_cold())? {
+            s.status.backup = Some(backup);
+            self.tx.execute(
+                "UPDATE volume_snapshots SET status = ?2 WHERE id = ?1",
+                params![s.id, json(&s.status)?],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Tiering: the snapshot's file, at `from` and still as the region's
+    /// copy of it was read (`stamp`), leaves the site. Refused (`false`)
+    /// when it changed meanwhile or a volume is being made from or
+    /// reverted to it.
+    pub fn evict_snapshot(
+        &mut self,
+        id: &str,
+        from: &Path,
+        stamp: &str,
+    ) -> Result<bool, WriteError> {
+        let pinned = pinned_snapshots(self.tx)?.contains(id);
+        let Some(mut s) = self.snapshot_where(id, |s| {
+            !s.status.is_cold()
+                && s.status.file.as_deref() == Some(from)
+                && s.status.backup.as_ref().is_some_and(|b| b.stamp == stamp)
+        })?
+        else {
+            return Ok(false);
+        };
+        if pinned {
+            return Ok(false);
+        }
+        s.status.tier = Some(roost_common::model::Tier::Cold);
+        s.status.recalled = false;
+        self.save_snapshot(&s)?;
+        Ok(true)
+    }
+
+    /// A cold snapshot is wanted: the backup worker brings it back. Says
+    /// whether it was cold and not yet wanted.
+    pub fn recall_snapshot(&mut self, id: &str) -> Result<bool, WriteError> {
+        let Some(mut s) = self.snapshot_where(id, |s| s.status.is_cold() && !s.status.recalled)?
+        else {
+            return Ok(false);
+        };
+        s.status.recalled = true;
+        self.save_snapshot(&s)?;
+        tracing::info!(snapshot = %id, "a cold snapshot is wanted again; fetching it from the region");
+        Ok(true)
+    }
+
+    /// A cold snapshot's file is back in place (renamed in, synced), the
+    /// same bytes as the region's copy: `stamp` is the new file's, so it
+    /// may go cold again without being sent again.
+    pub fn snapshot_back(&mut self, id: &str, stamp: String) -> Result<bool, WriteError> {
+        let Some(mut s) = self.snapshot_where(id, |s| s.status.is_cold())? else {
+            return Ok(false);
+        };
+        if let Some(b) = &mut s.status.backup {
+            b.stamp = stamp;
+        }
+        s.status.tier = None;
+        s.status.recalled = false;
+        s.status.last_used = Some(self.now);
+        self.save_snapshot(&s)?;
+        Ok(true)
     }
 
     /// Records what the storage worker did for `subject`. After a failed
