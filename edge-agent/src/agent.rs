@@ -104,6 +104,8 @@ pub struct Agent {
     uplink: Option<Uplink>,
     alarms: crate::alarms::Monitor,
     link_state: Arc<crate::alarms::LinkState>,
+    /// Snapshots the tierer or the backup worker is changing.
+    snapshot_busy: crate::storage::Busy,
 }
 
 /// The state of the site's link to a region, as configured at start.
@@ -244,6 +246,7 @@ impl Agent {
         }
         let queue = Arc::new(WorkQueue::default());
         let images_changed = Arc::new(Notify::new());
+        let volumes_changed = Arc::new(Notify::new());
         let state = AppState {
             store: store.clone(),
             auth,
@@ -255,6 +258,7 @@ impl Agent {
             volumes_dir: config.storage.volumes_dir(&data_dir),
             storage_wake: Arc::new(Notify::new()),
             images_wake: images_changed.clone(),
+            backup_wake: volumes_changed.clone(),
             hot_dir: config.storage.tiers.hot.as_ref().map(|h| h.dir.clone()),
             policy,
             has_region: config.region.is_some(),
@@ -265,12 +269,12 @@ impl Agent {
             state.net_changed.clone(),
             &data_dir,
         );
-        let volumes_changed = Arc::new(Notify::new());
         // One pacer for the site's bulk bytes, both ways.
         let pacer: crate::storage::fetch::SharedPacer = Arc::new(std::sync::Mutex::new(
             roost_sync::bulk::Pacer::new(config.storage.fetch_rate_kbit.map(|k| k * 1000)),
         ));
         let link_state = crate::alarms::LinkState::new();
+        let snapshot_busy = crate::storage::Busy::default();
         let (region, uplink) = match &config.region {
             None => (RegionLink::None, None),
             Some(r) => {
@@ -312,6 +316,7 @@ impl Agent {
                         pacer: pacer.clone(),
                         wake: volumes_changed.clone(),
                         snapshots: config.storage.tiers.cold,
+                        busy: snapshot_busy.clone(),
                     },
                     link_state: link_state.clone(),
                 });
@@ -355,6 +360,7 @@ impl Agent {
             uplink,
             alarms,
             link_state,
+            snapshot_busy,
         })
     }
 
@@ -386,6 +392,7 @@ impl Agent {
             tiers: self.config.storage.tiers.clone(),
             images_dir: images_dir.clone(),
             volumes_dir: self.config.storage.volumes_dir(&self.data_dir),
+            busy: self.snapshot_busy.clone(),
             link: self.link_state.clone(),
         };
         let applier = tokio::spawn(uplink::apply_loop(

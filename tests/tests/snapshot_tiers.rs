@@ -64,7 +64,24 @@ async fn a_snapshot_leaves_for_the_region_when_short_of_room_and_comes_back_for_
     })
     .await;
     let sha = format!("{:x}", Sha256::digest(std::fs::read(&file).unwrap()));
+    // The volume changes after the snapshot (no guest holds it): a revert
+    // has something to undo.
     let vol_file = h.site_data().join(format!("volumes/{vol}.qcow2"));
+    let wrote = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0xab 0 1M"])
+        .arg(&vol_file)
+        .output()
+        .unwrap();
+    assert!(wrote.status.success(), "{wrote:?}");
+    let compare = || {
+        std::process::Command::new("qemu-img")
+            .args(["compare", "-q"])
+            .arg(&vol_file)
+            .arg(&file)
+            .status()
+            .unwrap()
+            .success()
+    };
 
     // Over its room (a 16 MiB image in a 16 MiB room): copied to the
     // region, then gone from the site once idle.
@@ -122,16 +139,14 @@ async fn a_snapshot_leaves_for_the_region_when_short_of_room_and_comes_back_for_
         sha,
         "the same bytes came back"
     );
+    assert!(
+        !compare(),
+        "the volume differs from its snapshot before the revert"
+    );
     let (code, body) = revert().await;
     assert_eq!(code, 202, "{body}");
     h.site
         .wait_volume(&vol, "available", Duration::from_secs(60))
         .await;
-    let same = std::process::Command::new("qemu-img")
-        .args(["compare", "-q"])
-        .arg(&vol_file)
-        .arg(&file)
-        .status()
-        .unwrap();
-    assert!(same.success(), "the volume holds the snapshot's data");
+    assert!(compare(), "the volume holds the snapshot's data again");
 }

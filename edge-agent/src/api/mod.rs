@@ -64,6 +64,9 @@ pub struct AppState {
     pub storage_wake: Arc<tokio::sync::Notify>,
     /// Told when a cold image is wanted again, so the fetcher brings it.
     pub images_wake: Arc<tokio::sync::Notify>,
+    /// Told when a cold snapshot is wanted again, so the backup worker
+    /// brings it.
+    pub backup_wake: Arc<tokio::sync::Notify>,
     /// The hot tier's directory (`storage.tiers.hot.dir`), if any: image
     /// files this API may remove live there too.
     pub hot_dir: Option<std::path::PathBuf>,

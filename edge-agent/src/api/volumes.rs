@@ -307,7 +307,9 @@ async fn recall_if_cold<T>(
     if let (Err(crate::store::WriteError::Invalid(e)), Some(id)) = (&r, snapshot) {
         if e.value == id && e.rule.starts_with("snapshot is in the cold tier") {
             let id = id.to_string();
-            s.store.write(move |w| w.recall_snapshot(&id)).await?;
+            if s.store.write(move |w| w.recall_snapshot(&id)).await? {
+                s.backup_wake.notify_one();
+            }
         }
     }
     Ok(r?)

@@ -119,6 +119,20 @@ pub fn due(
         .collect()
 }
 
+/// The snapshots to send up: those small enough to copy (as a
+/// `central-replicated` volume is), never copied, or whose file is no
+/// longer as copied (moving nothing the region holds).
+fn snapshots_due(local: Vec<Snapshot>) -> Vec<Snapshot> {
+    local
+        .into_iter()
+        .filter(|s| s.status.size_gb <= roost_common::model::MAX_REPLICATED_GB)
+        .filter(|s| {
+            let now = s.status.file.as_deref().and_then(|f| stamp(f).ok());
+            now.is_some() && s.status.backup.as_ref().map(|b| &b.stamp) != now.as_ref()
+        })
+        .collect()
+}
+
 /// Why one backup did not finish; it is tried again on the next pass.
 #[derive(Debug, thiserror::Error)]
 enum Stop {
@@ -157,6 +171,8 @@ pub struct Backuper {
     /// Send snapshots up too (`storage.tiers.cold`: the tierer may then
     /// let their files go).
     pub snapshots: bool,
+    /// Snapshots the tierer is letting go, shared with it.
+    pub busy: super::Busy,
 }
 
 impl Backuper {
@@ -180,9 +196,9 @@ impl Backuper {
                 }
                 Err(e) => warn!(error = %e, "cannot list the volumes to restore"),
             }
-            match self.store.recalled_snapshots().await {
-                Ok(wanted) => {
-                    for snap in wanted {
+            match self.store.cold_snapshots().await {
+                Ok(cold) => {
+                    for snap in cold.into_iter().filter(|s| s.status.recalled) {
                         if conn.close_reason().is_some() {
                             return;
                         }
@@ -215,17 +231,20 @@ impl Backuper {
                 let ok = self.backup_one(&conn, &volume).await;
                 failed.record(&volume.id, ok);
             }
+            // One snapshot a pass, so a long backlog (cold just turned
+            // on) lets restores, recalls and volume backups in between.
             if self.snapshots {
                 let local = self.store.local_snapshots().await.unwrap_or_default();
-                for snap in local.iter().filter(|s| s.status.backup.is_none()) {
+                let due = tokio::task::spawn_blocking(move || snapshots_due(local))
+                    .await
+                    .unwrap_or_default();
+                if let Some(snap) = due.iter().find(|s| !failed.waiting(&s.id)) {
                     if conn.close_reason().is_some() {
                         return;
                     }
-                    if failed.waiting(&snap.id) {
-                        continue;
-                    }
                     let ok = self.snapshot_up(&conn, snap).await;
                     failed.record(&snap.id, ok);
+                    continue;
                 }
             }
             tokio::select! {
@@ -295,7 +314,7 @@ impl Backuper {
                     conn,
                     &format!("backup:{backup}"),
                     &file,
-                    true,
+                    "create the volume again",
                     move |part, size| {
                         let mut head =
                             vec![0u8; (roost_common::api::HEADER_BYTES as u64).min(size) as usize];
@@ -344,15 +363,15 @@ impl Backuper {
     /// Brings the region's copy named `key` into `file`: its chunks come
     /// into `<file>.restore.part` (what an earlier, cut try left stays),
     /// which is synced, passed to `check` (with its size), and renamed
-    /// into place. A refusal by the region is for good when `refusal_ends`
-    /// (the part file goes), else tried again. The chunk bytes that
-    /// crossed.
+    /// into place. A refusal by the region, or no room for it, is for good
+    /// (the part file goes; `then` says what to do once there is room).
+    /// The chunk bytes that crossed.
     async fn fetch_into(
         &self,
         conn: &quinn::Connection,
         key: &str,
         file: &Path,
-        refusal_ends: bool,
+        then: &str,
         check: impl FnOnce(&Path, u64) -> Result<(), Stop> + Send + 'static,
     ) -> Result<u64, Stop> {
         let mut part = file.to_path_buf().into_os_string();
@@ -361,7 +380,7 @@ impl Backuper {
         let mut client = BulkClient::open(conn).await?;
         let manifest = match client.manifest(key).await {
             Ok(m) => m,
-            Err(roost_sync::bulk::FetchError::Refused(e)) if refusal_ends => {
+            Err(roost_sync::bulk::FetchError::Refused(e)) => {
                 let _ = std::fs::remove_file(&part);
                 return Err(Stop::GiveUp(e));
             }
@@ -372,17 +391,13 @@ impl Backuper {
         let free = super::free_bytes(&dir).map_err(|e| Stop::Failed(e.to_string()))?;
         let need = manifest.size().saturating_sub(held);
         if free < need.saturating_add(super::FREE_SPACE_RESERVE) {
-            let why = format!(
-                "not enough space in {}: {} MiB free, {key} needs {} MiB and 1024 MiB stay free for the site's store",
+            let _ = std::fs::remove_file(&part);
+            return Err(Stop::GiveUp(format!(
+                "not enough space in {}: {} MiB free, {key} needs {} MiB and 1024 MiB stay free for the site's store; free space, then {then}",
                 dir.display(),
                 free >> 20,
                 need.div_ceil(1 << 20)
-            );
-            if refusal_ends {
-                let _ = std::fs::remove_file(&part);
-                return Err(Stop::GiveUp(format!("{why}; free space, then try again")));
-            }
-            return Err(Stop::Failed(why));
+            )));
         }
         let (p, m) = (part.clone(), manifest.clone());
         let prepared =
@@ -483,11 +498,15 @@ impl Backuper {
             warn!(snapshot = %s.id, "a cold snapshot has no file or copy recorded; it cannot come back");
             return false;
         };
+        // The tierer may be letting this file go: its turn first.
+        let Some(_held) = self.busy.hold(&s.id) else {
+            return true;
+        };
         let started = Instant::now();
         if !file.is_file() {
             let want = sent.sha256.clone();
             let r = self
-                .fetch_into(conn, &format!("latest:{}", s.id), &file, false, move |part, _| {
+                .fetch_into(conn, &format!("latest:{}", s.id), &file, "use the snapshot again", move |part, _| {
                     let mut h = Sha256::new();
                     std::io::copy(
                         &mut std::fs::File::open(part).map_err(|e| Stop::Failed(e.to_string()))?,
@@ -498,7 +517,7 @@ impl Backuper {
                     if got == want {
                         Ok(())
                     } else {
-                        Err(Stop::Failed(format!(
+                        Err(Stop::GiveUp(format!(
                             "the region's newest copy (sha256 {got}) is not the one this site sent ({want})"
                         )))
                     }
@@ -508,6 +527,14 @@ impl Backuper {
                 Ok(bytes) => {
                     info!(snapshot = %s.id, fetched = bytes, ms = started.elapsed().as_millis() as u64,
                         "snapshot brought back from the region")
+                }
+                Err(Stop::GiveUp(e)) => {
+                    warn!(snapshot = %s.id, error = %e, "the snapshot cannot come back from the region");
+                    let id = s.id.clone();
+                    if let Err(e) = self.store.write(move |w| w.snapshot_not_back(&id, e)).await {
+                        warn!(snapshot = %s.id, error = %e, "cannot record why a snapshot did not come back");
+                    }
+                    return true;
                 }
                 Err(e) => {
                     warn!(snapshot = %s.id, error = %e, "bringing a snapshot back stopped; what arrived is kept and it is tried again");

@@ -52,6 +52,44 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// Snapshots whose files one worker is changing (the tierer letting one
+/// go, the backup worker bringing one back): the other leaves them alone
+/// until it is done.
+#[derive(Debug, Clone, Default)]
+pub struct Busy(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+/// A snapshot held by [`Busy::hold`], let go when dropped.
+#[derive(Debug)]
+pub struct Held {
+    busy: Busy,
+    id: String,
+}
+
+impl Busy {
+    /// Holds `id`, unless the other worker does.
+    pub fn hold(&self, id: &str) -> Option<Held> {
+        let fresh = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string());
+        fresh.then(|| Held {
+            busy: self.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.busy
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Worker {
     pub store: Store,

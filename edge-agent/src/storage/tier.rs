@@ -164,6 +164,8 @@ pub struct Tierer {
     pub images_dir: PathBuf,
     /// `storage.volumes_dir`: the disk volume snapshots' files are on.
     pub volumes_dir: PathBuf,
+    /// Snapshots the backup worker is bringing back, shared with it.
+    pub busy: super::Busy,
     /// The link to the region: room is made for images on their way only
     /// while it is up (offline, nothing is on its way, and what is cached
     /// is what the site has).
@@ -350,6 +352,28 @@ impl Tierer {
             .local_snapshots()
             .await
             .map_err(|e| e.to_string())?;
+        let cold = self
+            .store
+            .cold_snapshots()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.sweep_cold_files(&cold).await;
+        // Those on their way back take their room first, while the link
+        // is up (offline nothing comes).
+        let coming: Vec<Item> = cold
+            .iter()
+            .filter(|s| s.status.recalled && self.link.down_since().is_none())
+            .filter_map(|s| {
+                Some(Item {
+                    id: s.id.clone(),
+                    bytes: s.status.backup.as_ref()?.size,
+                    at: Tier::Warm,
+                    last_used: s.updated_at,
+                    pinned: true,
+                    may_go_cold: false,
+                })
+            })
+            .collect();
         let pinned = self
             .store
             .pinned_snapshots()
@@ -398,12 +422,21 @@ impl Tierer {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot measure the snapshots' room: {e}"))?;
         let moves = plan(
-            &items.iter().map(|(i, _, _)| i.clone()).collect::<Vec<_>>(),
+            &items
+                .iter()
+                .map(|(i, _, _)| i.clone())
+                .chain(coming)
+                .collect::<Vec<_>>(),
             room,
         );
         let mut made = 0;
         for m in moves.into_iter().filter(|m| m.to == Tier::Cold) {
             let Some((item, file, stamp)) = items.iter().find(|(i, _, _)| i.id == m.id) else {
+                continue;
+            };
+            // Held across the write and the unlink, so a recall in between
+            // does not find the file still here and keep it.
+            let Some(_held) = self.busy.hold(&m.id) else {
                 continue;
             };
             let (id, from, st) = (m.id.clone(), file.clone(), stamp.clone());
@@ -430,6 +463,25 @@ impl Tierer {
             }
         }
         Ok(made)
+    }
+
+    /// Removes files of cold snapshots nobody wants back that are still
+    /// here (the agent stopped between the eviction's commit and its
+    /// unlink), each read again while held.
+    async fn sweep_cold_files(&self, cold: &[roost_common::model::Snapshot]) {
+        for s in cold.iter().filter(|s| !s.status.recalled) {
+            let Some(file) = s.status.file.clone().filter(|f| f.is_file()) else {
+                continue;
+            };
+            let Some(_held) = self.busy.hold(&s.id) else {
+                continue;
+            };
+            let now = self.store.snapshot(s.id.clone(), None).await;
+            if now.is_ok_and(|n| n.status.is_cold() && !n.status.recalled) {
+                warn!(snapshot = %s.id, file = %file.display(), "removing a cold snapshot's file left behind");
+                let _ = tokio::fs::remove_file(&file).await;
+            }
+        }
     }
 
     /// One move; `Ok(false)` when the image changed meanwhile (used,

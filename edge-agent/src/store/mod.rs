@@ -411,9 +411,9 @@ impl Store {
         self.read(|c| Ok(volumes::local_snapshots(c)?)).await
     }
 
-    /// Cold snapshots someone wanted back.
-    pub async fn recalled_snapshots(&self) -> Result<Vec<Snapshot>, WriteError> {
-        self.read(|c| Ok(volumes::recalled_snapshots(c)?)).await
+    /// Cold snapshots (`recalled`: someone wants them back).
+    pub async fn cold_snapshots(&self) -> Result<Vec<Snapshot>, WriteError> {
+        self.read(|c| Ok(volumes::cold_snapshots(c)?)).await
     }
 
     /// Snapshots being read, whose files may not go.

@@ -904,12 +904,33 @@ async fn a_snapshot_copied_to_the_region_may_go_cold_and_comes_back_when_wanted(
         .await
         .unwrap_err();
     assert_eq!(field(e), "revert.snapshot_id");
-    assert!(store.recalled_snapshots().await.unwrap().is_empty());
+    let wanted = || async {
+        store
+            .cold_snapshots()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|s| s.status.recalled)
+            .count()
+    };
+    assert_eq!(wanted().await, 0);
     let id = sid.clone();
     assert!(store.write(move |w| w.recall_snapshot(&id)).await.unwrap());
     let id = sid.clone();
     assert!(!store.write(move |w| w.recall_snapshot(&id)).await.unwrap());
-    assert_eq!(store.recalled_snapshots().await.unwrap().len(), 1);
+    assert_eq!(wanted().await, 1);
+    // It could not come back: cold, not wanted, with the reason; wanted
+    // again on the next use.
+    let id = sid.clone();
+    store
+        .write(move |w| w.snapshot_not_back(&id, "no copy".into()))
+        .await
+        .unwrap();
+    let failed = get().await;
+    assert!(failed.status.is_cold() && !failed.status.recalled);
+    assert!(failed.status.fault.unwrap().message.ends_with("no copy"));
+    let id = sid.clone();
+    assert!(store.write(move |w| w.recall_snapshot(&id)).await.unwrap());
 
     // Back: warm, usable, and a revert to it is taken.
     let id = sid.clone();
@@ -919,6 +940,7 @@ async fn a_snapshot_copied_to_the_region_may_go_cold_and_comes_back_when_wanted(
         .unwrap());
     let back = get().await;
     assert_eq!((back.status.tier, back.status.recalled), (None, false));
+    assert_eq!(back.status.fault, None);
     assert_eq!(
         back.status.backup.unwrap().stamp,
         "3.0:10",

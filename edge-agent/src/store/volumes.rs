@@ -213,8 +213,9 @@ pub(super) fn local_snapshots(conn: &Connection) -> Result<Vec<Snapshot>, StoreE
     )
 }
 
-/// Cold snapshots someone wanted: the backup worker's to bring back.
-pub(super) fn recalled_snapshots(conn: &Connection) -> Result<Vec<Snapshot>, StoreError> {
+/// Cold snapshots: those someone wanted (`recalled`) are the backup
+/// worker's to bring back.
+pub(super) fn cold_snapshots(conn: &Connection) -> Result<Vec<Snapshot>, StoreError> {
     Ok(
         rows::list::<SnapshotSpec, roost_common::model::SnapshotStatus>(
             conn,
@@ -223,7 +224,7 @@ pub(super) fn recalled_snapshots(conn: &Connection) -> Result<Vec<Snapshot>, Sto
             [],
         )?
         .into_iter()
-        .filter(|s| s.status.is_cold() && s.status.recalled)
+        .filter(|s| s.status.is_cold())
         .collect(),
     )
 }
@@ -1047,6 +1048,22 @@ impl WriteCtx<'_> {
         Ok(true)
     }
 
+    /// A cold snapshot could not come back (the region lacks its copy,
+    /// the copy is not what the site sent, no room): it stays cold, not
+    /// wanted, with the reason; using it again tries again.
+    pub fn snapshot_not_back(&mut self, id: &str, why: String) -> Result<(), WriteError> {
+        if let Some(mut s) = self.snapshot_where(id, |s| s.status.is_cold())? {
+            s.status.recalled = false;
+            s.status.fault = Some(Fault {
+                code: 500,
+                message: format!("could not come back from the region: {why}"),
+                at: self.now,
+            });
+            self.save_snapshot(&s)?;
+        }
+        Ok(())
+    }
+
     /// A cold snapshot's file is back in place (renamed in, synced), the
     /// same bytes as the region's copy: `stamp` is the new file's, so it
     /// may go cold again without being sent again.
@@ -1059,6 +1076,7 @@ impl WriteCtx<'_> {
         }
         s.status.tier = None;
         s.status.recalled = false;
+        s.status.fault = None;
         s.status.last_used = Some(self.now);
         self.save_snapshot(&s)?;
         Ok(true)
