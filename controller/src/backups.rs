@@ -337,25 +337,51 @@ impl RegionBackups {
             rows.collect::<Result<_, _>>()?
         };
         for old in pruned {
-            let hashes: Vec<Vec<u8>> = {
-                let mut stmt =
-                    tx.prepare_cached("SELECT DISTINCT hash FROM backup_chunks WHERE backup = ?1")?;
-                let rows = stmt.query_map([old], |r| r.get(0))?;
-                rows.collect::<Result<_, _>>()?
-            };
-            tx.execute("DELETE FROM backups WHERE id = ?1", [old])?;
-            let mut gone = tx.prepare_cached(
-                "DELETE FROM chunks WHERE site = ?1 AND hash = ?2
-                 AND NOT EXISTS (SELECT 1 FROM backup_chunks c JOIN backups b ON b.id = c.backup
-                                 WHERE c.hash = ?2 AND b.site = ?1)",
-            )?;
-            for h in hashes {
-                gone.execute(params![site, h])?;
-            }
+            drop_backup(&tx, site, old)?;
         }
         tx.commit()?;
         Ok(id)
     }
+
+    /// Drops every backup `site` kept under `key`, with the chunks only
+    /// they listed; how many went.
+    fn forget_key(&self, site: &str, key: &str) -> Result<u64, BackupError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ids: Vec<i64> = {
+            let mut stmt =
+                tx.prepare_cached("SELECT id FROM backups WHERE site = ?1 AND volume = ?2")?;
+            let rows = stmt.query_map(params![site, key], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for id in &ids {
+            drop_backup(&tx, site, *id)?;
+        }
+        tx.commit()?;
+        Ok(ids.len() as u64)
+    }
+}
+
+/// Removes one of `site`'s backups, and the chunks no other backup of the
+/// site lists (a chunk of an offer not yet committed stays: the orphan
+/// sweep takes those).
+fn drop_backup(tx: &rusqlite::Transaction<'_>, site: &str, id: i64) -> Result<(), BackupError> {
+    let hashes: Vec<Vec<u8>> = {
+        let mut stmt =
+            tx.prepare_cached("SELECT DISTINCT hash FROM backup_chunks WHERE backup = ?1")?;
+        let rows = stmt.query_map([id], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    tx.execute("DELETE FROM backups WHERE id = ?1", [id])?;
+    let mut gone = tx.prepare_cached(
+        "DELETE FROM chunks WHERE site = ?1 AND hash = ?2
+         AND NOT EXISTS (SELECT 1 FROM backup_chunks c JOIN backups b ON b.id = c.backup
+                         WHERE c.hash = ?2 AND b.site = ?1)",
+    )?;
+    for h in hashes {
+        gone.execute(params![site, h])?;
+    }
+    Ok(())
 }
 
 impl BackupSink for RegionBackups {
@@ -412,6 +438,18 @@ impl BackupSink for RegionBackups {
             tx.commit()
         })();
         r.map_err(|e| e.to_string())
+    }
+
+    fn forget(&self, site: &str, key: &str) -> Result<u64, String> {
+        check_key(key)?;
+        let n = self.forget_key(site, key).map_err(|e| e.to_string())?;
+        tracing::info!(
+            site,
+            key,
+            backups = n,
+            "backups the site no longer needs dropped"
+        );
+        Ok(n)
     }
 
     fn commit(&self, site: &str, key: &str, manifest: &Manifest) -> Result<(), String> {
@@ -510,12 +548,47 @@ mod tests {
         assert!(b.list("f2", None).unwrap().is_empty(), "per site");
         // The newest under a key, for the site that sent it only.
         assert_eq!(b.newest("f1", VOL).unwrap(), list[0].id);
+        // Another site forgetting the key drops nothing of f1's.
+        assert_eq!(b.forget("f2", VOL).unwrap(), 0);
+        assert_eq!(b.list("f1", Some(VOL)).unwrap().len(), 2);
         let e = b.newest("f2", VOL).unwrap_err().to_string();
         assert!(e.contains("site f2 has no backup of"), "{e}");
         // Reopened: still there.
         drop(b);
         let b = RegionBackups::open(dir.path()).unwrap();
         assert_eq!(restore(&b, list[0].id), v2);
+    }
+
+    #[test]
+    fn a_forgotten_key_gives_its_chunks_and_quota_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = RegionBackups::open(dir.path()).unwrap();
+        let held = |b: &RegionBackups| -> i64 {
+            b.conn()
+                .query_row("SELECT COUNT(*) FROM chunks WHERE site = 'f1'", [], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        const SNAP: &str = "0b3c5d7e-1111-4222-8333-944445555666";
+        let v = random(1 << 20, 40);
+        let (m, _) = send(&b, &v);
+        b.commit("f1", VOL, &m).unwrap();
+        // A snapshot of the same data, and a little more.
+        let mut s = v.clone();
+        s.extend(random(256 << 10, 41));
+        let (ms, _) = send(&b, &s);
+        b.commit("f1", SNAP, &ms).unwrap();
+        let with_snapshot = held(&b);
+        assert_eq!(b.forget("f1", SNAP).unwrap(), 1);
+        assert!(b.list("f1", Some(SNAP)).unwrap().is_empty());
+        // Only the chunks the snapshot alone held went; the volume's
+        // backup is whole.
+        assert!(held(&b) < with_snapshot);
+        assert_eq!(restore(&b, b.newest("f1", VOL).unwrap()), v);
+        assert!(b.newest("f1", SNAP).is_err());
+        let e = b.forget("f1", "../x").unwrap_err();
+        assert!(e.contains("volume"), "{e}");
     }
 
     #[test]

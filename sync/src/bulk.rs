@@ -16,9 +16,11 @@
 //! Frames: a 4-byte big-endian length, then a type byte and its body.
 //! Requests: `0x01` manifest (image id), `0x02` chunks (image id, count,
 //! hashes), `0x03` offer (u16 key length, key, manifest), `0x04` put (hash,
-//! bytes), `0x05` commit (key). Replies: `0x81` manifest, `0x82` chunk
+//! bytes), `0x05` commit (key), `0x06` forget (key: the site no longer
+//! needs what it sent under it). Replies: `0x81` manifest, `0x82` chunk
 //! (hash, bytes), `0x83` missing (count, hashes), `0x84` stored (u64 chunk
-//! bytes received for the offer), `0x8f` error (text). Anything else, or
+//! bytes received for the offer), `0x85` forgotten (u64 backups dropped),
+//! `0x8f` error (text). Anything else, or
 //! over the limits, ends the stream.
 
 use std::sync::Arc;
@@ -63,6 +65,10 @@ pub enum Request {
     Commit {
         key: String,
     },
+    /// Drop every backup kept under `key` (a snapshot the site deleted).
+    Forget {
+        key: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +83,10 @@ pub enum Reply {
     /// The backup is kept; `bytes` of chunks arrived for it on this stream.
     Stored {
         bytes: u64,
+    },
+    /// The backups kept under the key are gone: this many.
+    Forgotten {
+        backups: u64,
     },
     Error(String),
 }
@@ -168,6 +178,7 @@ impl Request {
             }
             Request::Put { hash, data } => [&[0x04][..], hash, data].concat(),
             Request::Commit { key } => [&[0x05], key.as_bytes()].concat(),
+            Request::Forget { key } => [&[0x06], key.as_bytes()].concat(),
         }
     }
 
@@ -202,6 +213,9 @@ impl Request {
             Some((0x05, key)) => Ok(Request::Commit {
                 key: id("backup key", key)?,
             }),
+            Some((0x06, key)) => Ok(Request::Forget {
+                key: id("backup key", key)?,
+            }),
             _ => Err(bad("unknown request type")),
         }
     }
@@ -218,6 +232,7 @@ impl Reply {
                 out
             }
             Reply::Stored { bytes } => [&[0x84][..], &bytes.to_be_bytes()].concat(),
+            Reply::Forgotten { backups } => [&[0x85][..], &backups.to_be_bytes()].concat(),
             Reply::Error(e) => {
                 let e = &e.as_bytes()[..e.len().min(MAX_ERROR)];
                 [&[0x8f][..], e].concat()
@@ -242,6 +257,12 @@ impl Reply {
                 bytes: u64::from_be_bytes(
                     rest.try_into()
                         .map_err(|_| bad("a stored reply of 8 bytes"))?,
+                ),
+            }),
+            Some((0x85, rest)) => Ok(Reply::Forgotten {
+                backups: u64::from_be_bytes(
+                    rest.try_into()
+                        .map_err(|_| bad("a forgotten reply of 8 bytes"))?,
                 ),
             }),
             Some((0x8f, e)) if e.len() <= MAX_ERROR => {
@@ -311,6 +332,8 @@ pub trait BackupSink: Send + Sync + 'static {
     fn put(&self, site: &str, chunks: &[(Hash, Vec<u8>)]) -> Result<(), String>;
     /// Keeps the backup, once every chunk of `manifest` is held.
     fn commit(&self, site: &str, key: &str, manifest: &Manifest) -> Result<(), String>;
+    /// Drops every backup `site` kept under `key`; how many.
+    fn forget(&self, site: &str, key: &str) -> Result<u64, String>;
 }
 
 /// Received chunks held before they are handed to the sink together.
@@ -421,6 +444,15 @@ pub async fn serve(
                     }
                     continue;
                 }
+                Request::Forget { key } => {
+                    flush(&site, &sink, &mut pending).await?;
+                    offered = None;
+                    let (s, sk) = (site.clone(), sink.clone());
+                    match blocking(move || sk.forget(&s, &key)).await? {
+                        Ok(backups) => Reply::Forgotten { backups },
+                        Err(e) => Reply::Error(e),
+                    }
+                }
                 Request::Commit { key } => {
                     flush(&site, &sink, &mut pending).await?;
                     match offered.take().filter(|o| o.key == key) {
@@ -517,6 +549,7 @@ impl BulkClient {
             Reply::Chunk { .. } => "a chunk",
             Reply::Missing(_) => "a missing-chunks list",
             Reply::Stored { .. } => "a stored reply",
+            Reply::Forgotten { .. } => "a forgotten reply",
             Reply::Error(_) => "an error",
         }
     }
@@ -625,6 +658,20 @@ impl BulkClient {
         }
     }
 
+    /// Tells the region the site no longer needs what it kept under
+    /// `key`; how many backups went.
+    pub async fn forget(&mut self, key: &str) -> Result<u64, FetchError> {
+        let req = Request::Forget { key: key.into() };
+        write_frame(&mut self.send, &req.encode()).await?;
+        match self.reply().await? {
+            Reply::Forgotten { backups } => Ok(backups),
+            r => Err(FetchError::Unexpected(format!(
+                "{} where the forget's answer was due",
+                Self::kind(&r)
+            ))),
+        }
+    }
+
     /// Ends the stream.
     pub fn finish(mut self) {
         self.send.finish().ok();
@@ -685,6 +732,9 @@ mod tests {
             Request::Commit {
                 key: "vol-1".into(),
             },
+            Request::Forget {
+                key: "snap-1".into(),
+            },
         ] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
@@ -697,6 +747,7 @@ mod tests {
             Reply::Missing(vec![[6; 32], [7; 32]]),
             Reply::Missing(vec![]),
             Reply::Stored { bytes: 1 << 40 },
+            Reply::Forgotten { backups: 2 },
             Reply::Error("no such image".into()),
         ] {
             assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
@@ -789,6 +840,12 @@ mod tests {
             }
             self.kept.lock().unwrap().push((key.into(), m.clone()));
             Ok(())
+        }
+        fn forget(&self, _: &str, key: &str) -> Result<u64, String> {
+            let mut kept = self.kept.lock().unwrap();
+            let before = kept.len();
+            kept.retain(|(k, _)| k != key);
+            Ok((before - kept.len()) as u64)
         }
     }
 
@@ -905,6 +962,10 @@ mod tests {
             ("vol-1".to_string(), m.clone())
         );
 
+        // The site no longer needs it: gone, once; the stream goes on.
+        assert_eq!(c.forget("vol-1").await.unwrap(), 1);
+        assert!(sink.kept.lock().unwrap().is_empty());
+        assert_eq!(c.forget("vol-1").await.unwrap(), 0);
         // A commit of a key not offered on the stream is refused by name.
         let e = c.commit("vol-2").await.unwrap_err();
         assert!(

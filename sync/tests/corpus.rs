@@ -177,6 +177,19 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             Reply::Stored { bytes: 12345 }.encode(),
         ),
         (
+            "bulk_request",
+            "valid-forget".into(),
+            Request::Forget {
+                key: "snap-1".into(),
+            }
+            .encode(),
+        ),
+        (
+            "bulk_reply",
+            "valid-forgotten".into(),
+            Reply::Forgotten { backups: 1 }.encode(),
+        ),
+        (
             "token",
             "valid-signed".into(),
             signer.sign(&claims).into_bytes(),

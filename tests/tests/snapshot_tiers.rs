@@ -8,6 +8,7 @@
 //! - A revert to it is refused naming it, and brings the file back from
 //!   the region, the same bytes; the revert then runs, and the volume is
 //!   the snapshot's data again.
+//! - Deleted at the site, its copy at the region goes too.
 
 use std::time::Duration;
 
@@ -100,16 +101,21 @@ async fn a_snapshot_leaves_for_the_region_when_short_of_room_and_comes_back_for_
         !file.exists()
     })
     .await;
-    let (code, body) = h
-        .controller
-        .call(
-            reqwest::Method::GET,
-            &format!("/sites/{SITE}/backups?volume={snap}"),
-            None,
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(body["backups"][0]["sha256"], sha.as_str(), "{body}");
+    let region_copies = async || -> Vec<Value> {
+        let (code, body) = h
+            .controller
+            .call(
+                reqwest::Method::GET,
+                &format!("/sites/{SITE}/backups?volume={snap}"),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+        body["backups"].as_array().unwrap().clone()
+    };
+    let copies = region_copies().await;
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0]["sha256"], sha.as_str(), "{copies:?}");
     let shown = show().await;
     assert_eq!(shown["status"], "available", "{shown}");
 
@@ -149,4 +155,18 @@ async fn a_snapshot_leaves_for_the_region_when_short_of_room_and_comes_back_for_
         .wait_volume(&vol, "available", Duration::from_secs(60))
         .await;
     assert!(compare(), "the volume holds the snapshot's data again");
+
+    // Deleted at the site: the region drops its copy.
+    let (code, body) = h
+        .site
+        .delete(&h.site.volume_path(&format!("/snapshots/{snap}")))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    wait_for(
+        "the region to drop the deleted snapshot's copy",
+        Duration::from_secs(60),
+        async || region_copies().await.is_empty(),
+    )
+    .await;
+    assert!(!file.exists());
 }

@@ -25,7 +25,9 @@
 //! snapshot up once (under the snapshot's id), so tiering
 //! ([`super::tier`]) may let its file go; and it brings a cold snapshot
 //! someone wanted back from the region's newest copy (`latest:<id>`),
-//! checked against the sha256 it sent, into place.
+//! checked against the sha256 it sent, into place. A snapshot deleted
+//! after it was copied is queued in the store (`region_forget`) and the
+//! region told to drop its copy (`forget`) on the next pass.
 //!
 //! A cut loses nothing: the region keeps every chunk that arrived whole
 //! (for a week, if no backup lists it), and the next offer, on the next
@@ -196,6 +198,7 @@ impl Backuper {
                 }
                 Err(e) => warn!(error = %e, "cannot list the volumes to restore"),
             }
+            self.forget_at_region(&conn).await;
             match self.store.cold_snapshots().await {
                 Ok(cold) => {
                     for snap in cold.into_iter().filter(|s| s.status.recalled) {
@@ -559,6 +562,43 @@ impl Backuper {
             Err(e) => warn!(snapshot = %s.id, error = %e, "cannot record a snapshot brought back"),
         }
         true
+    }
+
+    /// Tells the region which copies the site no longer needs (snapshots
+    /// deleted after they were copied); each is kept in the store until
+    /// the region says it is gone.
+    async fn forget_at_region(&self, conn: &quinn::Connection) {
+        let keys = match self.store.region_forgets().await {
+            Ok(k) if !k.is_empty() => k,
+            Ok(_) => return,
+            Err(e) => {
+                warn!(error = %e, "cannot list the copies the region may drop");
+                return;
+            }
+        };
+        let mut client = match BulkClient::open(conn).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot tell the region which copies it may drop");
+                return;
+            }
+        };
+        for key in keys {
+            match client.forget(&key).await {
+                Ok(n) => {
+                    info!(key = %key, backups = n, "the region dropped a copy the site no longer needs");
+                    let k = key.clone();
+                    if let Err(e) = self.store.write(move |w| w.region_forgot(&k)).await {
+                        warn!(key = %key, error = %e, "cannot record a copy the region dropped");
+                    }
+                }
+                Err(e) => {
+                    warn!(key = %key, error = %e, "the region did not drop a copy; told again on the next pass");
+                    break;
+                }
+            }
+        }
+        client.finish();
     }
 
     /// Sends `file` to the region under `key` if it changed since `last`.

@@ -411,6 +411,19 @@ impl Store {
         self.read(|c| Ok(volumes::local_snapshots(c)?)).await
     }
 
+    /// Keys of copies at the region the site no longer needs (deleted
+    /// snapshots'), oldest first: the backup worker tells the region.
+    pub async fn region_forgets(&self) -> Result<Vec<String>, WriteError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT key FROM region_forget ORDER BY since, key")?;
+            let keys = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
     /// Cold snapshots (`recalled`: someone wants them back).
     pub async fn cold_snapshots(&self) -> Result<Vec<Snapshot>, WriteError> {
         self.read(|c| Ok(volumes::cold_snapshots(c)?)).await

@@ -166,6 +166,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     WHERE json_extract(status, '$.attached_to') IS NOT NULL
       AND json_extract(status, '$.device') IS NULL;
     "#,
+    // 9: copies the region keeps that the site no longer needs (snapshots
+    // deleted after they were copied), told to the region while the link
+    // is up, then removed.
+    r#"
+    CREATE TABLE region_forget (key TEXT PRIMARY KEY, since TEXT NOT NULL) STRICT;
+    "#,
 ];
 
 /// Brings the schema up to date. Returns the version reached.

@@ -637,8 +637,11 @@ async fn attachments_made_before_kept_disks_get_the_disk_their_position_gave() {
         [],
     )
     .unwrap();
-    conn.execute_batch(super::schema::MIGRATIONS.last().unwrap())
+    let kept_disks = super::schema::MIGRATIONS
+        .iter()
+        .find(|m| m.contains("'$.device'"))
         .unwrap();
+    conn.execute_batch(kept_disks).unwrap();
     drop(conn);
     let store = open(dir.path());
     let dev = |id: String| {
@@ -952,4 +955,28 @@ async fn a_snapshot_copied_to_the_region_may_go_cold_and_comes_back_when_wanted(
         .write(move |w| w.revert_volume(&vid, &None, &id))
         .await
         .unwrap();
+    finish_work(&store).await;
+
+    // Deleted: the region is told to drop its copy, until it says so.
+    assert!(store.region_forgets().await.unwrap().is_empty());
+    let id = sid.clone();
+    store
+        .write(move |w| w.delete_snapshot(&id, &None))
+        .await
+        .unwrap();
+    finish_work(&store).await;
+    assert_eq!(
+        store.region_forgets().await.unwrap(),
+        std::slice::from_ref(&sid)
+    );
+    let id = sid.clone();
+    store.write(move |w| w.region_forgot(&id)).await.unwrap();
+    assert!(store.region_forgets().await.unwrap().is_empty());
+    // A copy that arrives for a snapshot already deleted is dropped too.
+    let id = sid.clone();
+    store
+        .write(move |w| w.snapshot_backup_done(&id, VolumeBackup::default()))
+        .await
+        .unwrap();
+    assert_eq!(store.region_forgets().await.unwrap(), [sid]);
 }

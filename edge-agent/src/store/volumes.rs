@@ -992,6 +992,8 @@ impl WriteCtx<'_> {
     }
 
     /// Records the copy of a snapshot's file the region confirmed keeping.
+    /// A snapshot deleted while it was sent has its copy forgotten at the
+    /// region instead.
     pub fn snapshot_backup_done(
         &mut self,
         id: &str,
@@ -1003,7 +1005,31 @@ impl WriteCtx<'_> {
                 "UPDATE volume_snapshots SET status = ?2 WHERE id = ?1",
                 params![s.id, json(&s.status)?],
             )?;
+        } else if rows::get::<SnapshotSpec, roost_common::model::SnapshotStatus>(
+            self.tx,
+            "volume_snapshots",
+            id,
+        )?
+        .is_none()
+        {
+            self.forget_at_region(id)?;
         }
+        Ok(())
+    }
+
+    /// Queues `key` for the region to forget (see [`super::Store::region_forgets`]).
+    fn forget_at_region(&mut self, key: &str) -> Result<(), WriteError> {
+        self.tx.execute(
+            "INSERT OR IGNORE INTO region_forget (key, since) VALUES (?1, ?2)",
+            params![key, time(&self.now)],
+        )?;
+        Ok(())
+    }
+
+    /// The region forgot `key`.
+    pub fn region_forgot(&mut self, key: &str) -> Result<(), WriteError> {
+        self.tx
+            .execute("DELETE FROM region_forget WHERE key = ?1", [key])?;
         Ok(())
     }
 
@@ -1152,6 +1178,9 @@ impl WriteCtx<'_> {
                     (SnapshotState::Deleting, Ok(())) => {
                         self.tx
                             .execute("DELETE FROM volume_snapshots WHERE id = ?1", [id])?;
+                        if s.status.backup.is_some() {
+                            self.forget_at_region(id)?;
+                        }
                         return Ok(());
                     }
                     (SnapshotState::Creating, Ok(())) => {
