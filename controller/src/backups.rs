@@ -363,8 +363,9 @@ impl RegionBackups {
 }
 
 /// Removes one of `site`'s backups, and the chunks no other backup of the
-/// site lists (a chunk of an offer not yet committed stays: the orphan
-/// sweep takes those).
+/// site lists. A chunk only an offer not yet committed also lacks goes
+/// too: that commit is then refused ("lacks N chunks") and the site
+/// offers again.
 fn drop_backup(tx: &rusqlite::Transaction<'_>, site: &str, id: i64) -> Result<(), BackupError> {
     let hashes: Vec<Vec<u8>> = {
         let mut stmt =

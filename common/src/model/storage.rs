@@ -262,6 +262,11 @@ pub struct SnapshotStatus {
     /// path is where it comes back to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<super::Tier>,
+    /// Its file was offered to the region at least once: a copy may be
+    /// kept there even if the site never heard back, so deleting the
+    /// snapshot tells the region to drop it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy_offered: bool,
     /// Cold and wanted (a volume from it, a revert to it was refused):
     /// the backup worker brings it back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

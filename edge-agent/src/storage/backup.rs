@@ -22,7 +22,8 @@
 //! volume, or no room on the disk make the volume `error` with the reason.
 //!
 //! With `storage.tiers.cold`, the worker also sends each available volume
-//! snapshot up once (under the snapshot's id), so tiering
+//! snapshot of at most 8 GiB up (under the snapshot's id; again only if
+//! its file changed), one a pass, so tiering
 //! ([`super::tier`]) may let its file go; and it brings a cold snapshot
 //! someone wanted back from the region's newest copy (`latest:<id>`),
 //! checked against the sha256 it sent, into place. A snapshot deleted
@@ -245,9 +246,13 @@ impl Backuper {
                     if conn.close_reason().is_some() {
                         return;
                     }
-                    let ok = self.snapshot_up(&conn, snap).await;
-                    failed.record(&snap.id, ok);
-                    continue;
+                    let kept = self.snapshot_up(&conn, snap).await;
+                    // Anything but a copy kept and recorded waits out a
+                    // back-off: no pass reads one file again and again.
+                    failed.record(&snap.id, kept);
+                    if kept {
+                        continue;
+                    }
                 }
             }
             tokio::select! {
@@ -317,7 +322,7 @@ impl Backuper {
                     conn,
                     &format!("backup:{backup}"),
                     &file,
-                    "create the volume again",
+                    Some("create the volume again"),
                     move |part, size| {
                         let mut head =
                             vec![0u8; (roost_common::api::HEADER_BYTES as u64).min(size) as usize];
@@ -366,15 +371,16 @@ impl Backuper {
     /// Brings the region's copy named `key` into `file`: its chunks come
     /// into `<file>.restore.part` (what an earlier, cut try left stays),
     /// which is synced, passed to `check` (with its size), and renamed
-    /// into place. A refusal by the region, or no room for it, is for good
-    /// (the part file goes; `then` says what to do once there is room).
+    /// into place. A refusal by the region is for good (the part file
+    /// goes). So is no room for it when `then` says what to do once there
+    /// is room; without it, it is tried again (tiering may make room).
     /// The chunk bytes that crossed.
     async fn fetch_into(
         &self,
         conn: &quinn::Connection,
         key: &str,
         file: &Path,
-        then: &str,
+        then: Option<&str>,
         check: impl FnOnce(&Path, u64) -> Result<(), Stop> + Send + 'static,
     ) -> Result<u64, Stop> {
         let mut part = file.to_path_buf().into_os_string();
@@ -394,13 +400,19 @@ impl Backuper {
         let free = super::free_bytes(&dir).map_err(|e| Stop::Failed(e.to_string()))?;
         let need = manifest.size().saturating_sub(held);
         if free < need.saturating_add(super::FREE_SPACE_RESERVE) {
-            let _ = std::fs::remove_file(&part);
-            return Err(Stop::GiveUp(format!(
-                "not enough space in {}: {} MiB free, {key} needs {} MiB and 1024 MiB stay free for the site's store; free space, then {then}",
+            let why = format!(
+                "not enough space in {}: {} MiB free, {key} needs {} MiB and 1024 MiB stay free for the site's store",
                 dir.display(),
                 free >> 20,
                 need.div_ceil(1 << 20)
-            )));
+            );
+            return Err(match then {
+                Some(then) => {
+                    let _ = std::fs::remove_file(&part);
+                    Stop::GiveUp(format!("{why}; free space, then {then}"))
+                }
+                None => Stop::Failed(why),
+            });
         }
         let (p, m) = (part.clone(), manifest.clone());
         let prepared =
@@ -467,12 +479,19 @@ impl Backuper {
         }
     }
 
-    /// Sends a snapshot's file to the region (once: a snapshot does not
-    /// change), so tiering may let the file go; false if that failed.
+    /// Sends a snapshot's file to the region, so tiering may let the file
+    /// go; whether a copy was kept and recorded.
     async fn snapshot_up(&self, conn: &quinn::Connection, s: &Snapshot) -> bool {
         let Some(file) = s.status.file.clone() else {
-            return true;
+            return false;
         };
+        if !s.status.copy_offered {
+            let id = s.id.clone();
+            if let Err(e) = self.store.write(move |w| w.snapshot_offering(&id)).await {
+                warn!(snapshot = %s.id, error = %e, "cannot record a snapshot's offer; it is not sent");
+                return false;
+            }
+        }
         match self
             .copy_up(conn, "snapshot", &s.id, &file, s.status.backup.as_ref())
             .await
@@ -484,12 +503,12 @@ impl Backuper {
                     .write(move |w| w.snapshot_backup_done(&id, backup))
                     .await
                 {
-                    warn!(snapshot = %s.id, error = %e, "a snapshot's copy at the region could not be recorded")
+                    warn!(snapshot = %s.id, error = %e, "a snapshot's copy at the region could not be recorded");
+                    return false;
                 }
                 true
             }
-            Copied::Unchanged => true,
-            Copied::Failed => false,
+            Copied::Unchanged | Copied::Failed => false,
         }
     }
 
@@ -509,7 +528,7 @@ impl Backuper {
         if !file.is_file() {
             let want = sent.sha256.clone();
             let r = self
-                .fetch_into(conn, &format!("latest:{}", s.id), &file, "use the snapshot again", move |part, _| {
+                .fetch_into(conn, &format!("latest:{}", s.id), &file, None, move |part, _| {
                     let mut h = Sha256::new();
                     std::io::copy(
                         &mut std::fs::File::open(part).map_err(|e| Stop::Failed(e.to_string()))?,
@@ -591,6 +610,10 @@ impl Backuper {
                     if let Err(e) = self.store.write(move |w| w.region_forgot(&k)).await {
                         warn!(key = %key, error = %e, "cannot record a copy the region dropped");
                     }
+                }
+                // Refused (the region said why): the others still go.
+                Err(roost_sync::bulk::FetchError::Refused(e)) => {
+                    warn!(key = %key, error = %e, "the region refused to drop a copy; asked again on the next pass");
                 }
                 Err(e) => {
                     warn!(key = %key, error = %e, "the region did not drop a copy; told again on the next pass");

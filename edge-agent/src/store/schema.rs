@@ -166,7 +166,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     WHERE json_extract(status, '$.attached_to') IS NOT NULL
       AND json_extract(status, '$.device') IS NULL;
     "#,
-    // 9: copies the region keeps that the site no longer needs (snapshots
+    // 10: copies the region keeps that the site no longer needs (snapshots
     // deleted after they were copied), told to the region while the link
     // is up, then removed.
     r#"

@@ -980,3 +980,72 @@ async fn a_snapshot_copied_to_the_region_may_go_cold_and_comes_back_when_wanted(
         .unwrap();
     assert_eq!(store.region_forgets().await.unwrap(), [sid]);
 }
+
+#[tokio::test]
+async fn a_deleted_snapshot_that_was_offered_has_its_copy_forgotten() {
+    use roost_common::model::VolumeBackup;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let v = made(&store, spec(1, VolumeSource::Blank)).await;
+    let take = || {
+        let sp = SnapshotSpec {
+            name: "s".into(),
+            description: None,
+            project_id: "p".into(),
+            user_id: "u".into(),
+            volume_id: v.id.clone(),
+            force: false,
+            metadata: Default::default(),
+        };
+        let store = store.clone();
+        async move {
+            let s = store
+                .write(move |w| w.create_snapshot(sp, &None, Path::new("/vols/snapshots")))
+                .await
+                .unwrap();
+            finish_work(&store).await;
+            s.id
+        }
+    };
+    let delete = |id: String| {
+        let store = store.clone();
+        async move {
+            store
+                .write(move |w| w.delete_snapshot(&id, &None))
+                .await
+                .unwrap();
+        }
+    };
+    // Never offered: nothing to forget.
+    let quiet = take().await;
+    delete(quiet).await;
+    finish_work(&store).await;
+    assert!(store.region_forgets().await.unwrap().is_empty());
+    // Offered, its answer never heard: forgotten on delete all the same.
+    let lost = take().await;
+    let id = lost.clone();
+    store
+        .write(move |w| w.snapshot_offering(&id))
+        .await
+        .unwrap();
+    delete(lost.clone()).await;
+    finish_work(&store).await;
+    assert_eq!(
+        store.region_forgets().await.unwrap(),
+        std::slice::from_ref(&lost)
+    );
+    let id = lost.clone();
+    store.write(move |w| w.region_forgot(&id)).await.unwrap();
+    // The copy lands while the snapshot is being deleted: recorded, and
+    // forgotten when the delete is done.
+    let late = take().await;
+    delete(late.clone()).await;
+    let id = late.clone();
+    store
+        .write(move |w| w.snapshot_backup_done(&id, VolumeBackup::default()))
+        .await
+        .unwrap();
+    assert!(store.region_forgets().await.unwrap().is_empty());
+    finish_work(&store).await;
+    assert_eq!(store.region_forgets().await.unwrap(), [late]);
+}

@@ -972,13 +972,8 @@ impl WriteCtx<'_> {
     }
 
     fn touch_snapshot(&mut self, s: &Snapshot) -> Result<(), WriteError> {
-        let mut st = s.status.clone();
-        st.last_used = Some(self.now);
-        self.tx.execute(
-            "UPDATE volume_snapshots SET status = ?2 WHERE id = ?1",
-            params![s.id, json(&st)?],
-        )?;
-        Ok(())
+        let now = self.now;
+        self.set_snapshot_status(&s.id, |st| st.last_used = Some(now))
     }
 
     /// The available snapshot `id`, if its status is as `check` wants.
@@ -991,28 +986,43 @@ impl WriteCtx<'_> {
         Ok(s.filter(|s| s.status.state == SnapshotState::Available && check(s)))
     }
 
-    /// Records the copy of a snapshot's file the region confirmed keeping.
-    /// A snapshot deleted while it was sent has its copy forgotten at the
-    /// region instead.
+    /// Records that a snapshot's file is about to be offered to the
+    /// region (before any copy can be kept there).
+    pub fn snapshot_offering(&mut self, id: &str) -> Result<(), WriteError> {
+        self.set_snapshot_status(id, |st| st.copy_offered = true)
+    }
+
+    /// Records the copy of a snapshot's file the region confirmed keeping,
+    /// whatever the snapshot's state (one being deleted queues the copy's
+    /// forget when it goes). A snapshot already gone has its copy
+    /// forgotten at the region instead.
     pub fn snapshot_backup_done(
         &mut self,
         id: &str,
         backup: VolumeBackup,
     ) -> Result<(), WriteError> {
-        if let Some(mut s) = self.snapshot_where(id, |s| !s.status.is_cold())? {
-            s.status.backup = Some(backup);
+        let s: Option<Snapshot> = rows::get(self.tx, "volume_snapshots", id)?;
+        match s {
+            None => self.forget_at_region(id),
+            Some(s) if s.status.is_cold() => Ok(()),
+            Some(_) => self.set_snapshot_status(id, |st| st.backup = Some(backup)),
+        }
+    }
+
+    /// Changes a snapshot's status in place (its `updated_at` stays:
+    /// nothing about the snapshot itself changed).
+    fn set_snapshot_status(
+        &mut self,
+        id: &str,
+        change: impl FnOnce(&mut roost_common::model::SnapshotStatus),
+    ) -> Result<(), WriteError> {
+        let s: Option<Snapshot> = rows::get(self.tx, "volume_snapshots", id)?;
+        if let Some(mut s) = s {
+            change(&mut s.status);
             self.tx.execute(
                 "UPDATE volume_snapshots SET status = ?2 WHERE id = ?1",
                 params![s.id, json(&s.status)?],
             )?;
-        } else if rows::get::<SnapshotSpec, roost_common::model::SnapshotStatus>(
-            self.tx,
-            "volume_snapshots",
-            id,
-        )?
-        .is_none()
-        {
-            self.forget_at_region(id)?;
         }
         Ok(())
     }
@@ -1074,9 +1084,9 @@ impl WriteCtx<'_> {
         Ok(true)
     }
 
-    /// A cold snapshot could not come back (the region lacks its copy,
-    /// the copy is not what the site sent, no room): it stays cold, not
-    /// wanted, with the reason; using it again tries again.
+    /// A cold snapshot could not come back (the region lacks its copy, or
+    /// the copy is not what the site sent): it stays cold, not wanted,
+    /// with the reason; using it again tries again.
     pub fn snapshot_not_back(&mut self, id: &str, why: String) -> Result<(), WriteError> {
         if let Some(mut s) = self.snapshot_where(id, |s| s.status.is_cold())? {
             s.status.recalled = false;
@@ -1178,7 +1188,7 @@ impl WriteCtx<'_> {
                     (SnapshotState::Deleting, Ok(())) => {
                         self.tx
                             .execute("DELETE FROM volume_snapshots WHERE id = ?1", [id])?;
-                        if s.status.backup.is_some() {
+                        if s.status.backup.is_some() || s.status.copy_offered {
                             self.forget_at_region(id)?;
                         }
                         return Ok(());
