@@ -64,19 +64,14 @@ fn save(tx: &rusqlite::Transaction<'_>, i: &Image) -> Result<(), StoreError> {
 /// The images whose files may not move: a live server's disk is an
 /// overlay of one, or a volume is being made from it.
 pub(super) fn pinned(conn: &rusqlite::Connection) -> Result<HashSet<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+    rows::id_set(
+        conn,
         "SELECT json_extract(spec, '$.image_id') FROM servers
            WHERE json_extract(spec, '$.deleted') = 0
          UNION
          SELECT json_extract(spec, '$.source.image') FROM volumes
-           WHERE json_extract(status, '$.state') = 'creating'
-           AND json_extract(spec, '$.source.image') IS NOT NULL",
-    )?;
-    let ids = stmt
-        .query_map([], |r| r.get::<_, Option<String>>(0))?
-        .filter_map(|r| r.transpose())
-        .collect::<Result<_, _>>()?;
-    Ok(ids)
+           WHERE json_extract(status, '$.state') = 'creating'",
+    )
 }
 
 /// Records that `id` was used now (a server, a volume, a download), for

@@ -76,6 +76,19 @@ pub fn list<S: DeserializeOwned, T: DeserializeOwned>(
 
 /// Inserts a resource into a table that has only the common columns (and
 /// `name` where `name` is given).
+/// The ids a query of one text column yields, nulls left out.
+pub fn id_set(
+    conn: &rusqlite::Connection,
+    sql: &str,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let ids = stmt
+        .query_map([], |r| r.get::<_, Option<String>>(0))?
+        .filter_map(|r| r.transpose())
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
 pub fn insert<S: Serialize, T: Serialize>(
     conn: &Connection,
     table: &str,

@@ -55,6 +55,31 @@ async fn made(store: &Store, s: VolumeSpec) -> Volume {
     store.volume(v.id.clone(), None).await.unwrap()
 }
 
+/// A snapshot of `volume_id` as project `p` asks for one.
+fn snapshot_spec(volume_id: &str, force: bool) -> SnapshotSpec {
+    SnapshotSpec {
+        name: "s".into(),
+        description: None,
+        project_id: "p".into(),
+        user_id: "u".into(),
+        volume_id: volume_id.into(),
+        force,
+        metadata: Default::default(),
+    }
+}
+
+/// Takes a snapshot of a detached volume and records the worker's copy:
+/// it is available.
+async fn snapshot_made(store: &Store, volume_id: &str) -> roost_common::model::Snapshot {
+    let sp = snapshot_spec(volume_id, false);
+    let s = store
+        .write(move |w| w.create_snapshot(sp, &None, Path::new("/vols/snapshots")))
+        .await
+        .unwrap();
+    finish_work(store).await;
+    s
+}
+
 /// A server of project `p` from the seeded image, as the API makes one.
 async fn server(store: &Store) -> roost_common::model::Server {
     store
@@ -111,15 +136,7 @@ async fn volumes_move_through_their_states_and_refuse_what_cinder_refuses() {
     );
 
     // A snapshot; then its volume cannot go while the snapshot is there.
-    let snap = |volume_id: &str, force: bool| SnapshotSpec {
-        name: "s".into(),
-        description: None,
-        project_id: "p".into(),
-        user_id: "u".into(),
-        volume_id: volume_id.into(),
-        force,
-        metadata: Default::default(),
-    };
+    let snap = snapshot_spec;
     let s1 = snap(&v.id, false);
     let s1 = store
         .write(move |w| w.create_snapshot(s1, &None, Path::new("/vols/snapshots")))
@@ -809,20 +826,7 @@ async fn a_snapshot_copied_to_the_region_may_go_cold_and_comes_back_when_wanted(
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let v = made(&store, spec(1, VolumeSource::Blank)).await;
-    let sp = SnapshotSpec {
-        name: "s".into(),
-        description: None,
-        project_id: "p".into(),
-        user_id: "u".into(),
-        volume_id: v.id.clone(),
-        force: false,
-        metadata: Default::default(),
-    };
-    let snap = store
-        .write(move |w| w.create_snapshot(sp, &None, Path::new("/vols/snapshots")))
-        .await
-        .unwrap();
-    finish_work(&store).await;
+    let snap = snapshot_made(&store, &v.id).await;
     let file = snap.status.file.clone().unwrap();
     let sid = snap.id.clone();
     let get = || {
@@ -987,26 +991,7 @@ async fn a_deleted_snapshot_that_was_offered_has_its_copy_forgotten() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let v = made(&store, spec(1, VolumeSource::Blank)).await;
-    let take = || {
-        let sp = SnapshotSpec {
-            name: "s".into(),
-            description: None,
-            project_id: "p".into(),
-            user_id: "u".into(),
-            volume_id: v.id.clone(),
-            force: false,
-            metadata: Default::default(),
-        };
-        let store = store.clone();
-        async move {
-            let s = store
-                .write(move |w| w.create_snapshot(sp, &None, Path::new("/vols/snapshots")))
-                .await
-                .unwrap();
-            finish_work(&store).await;
-            s.id
-        }
-    };
+    let take = || async { snapshot_made(&store, &v.id).await.id };
     let delete = |id: String| {
         let store = store.clone();
         async move {

@@ -234,18 +234,14 @@ pub(super) fn cold_snapshots(conn: &Connection) -> Result<Vec<Snapshot>, StoreEr
 pub(super) fn pinned_snapshots(
     conn: &Connection,
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+    rows::id_set(
+        conn,
         "SELECT json_extract(spec, '$.source.snapshot') FROM volumes
            WHERE json_extract(status, '$.state') = 'creating'
          UNION
          SELECT json_extract(status, '$.revert_to') FROM volumes
            WHERE json_extract(status, '$.state') = 'reverting'",
-    )?;
-    let ids = stmt
-        .query_map([], |r| r.get::<_, Option<String>>(0))?
-        .filter_map(|r| r.transpose())
-        .collect::<Result<_, _>>()?;
-    Ok(ids)
+    )
 }
 
 /// Volumes being made from a backup at the region (`creating`, source
