@@ -10,6 +10,7 @@
 //! - using it (a download, a server) is refused naming it, and brings it
 //!   back from the region, byte for byte; a server then boots from it, and
 //!   pinned, it stays in the cache though a newer image would take it.
+//! - An image whose file is lost is marked cold, to come back when used.
 
 use std::time::Duration;
 
@@ -146,6 +147,15 @@ async fn images_fill_hot_then_warm_and_the_least_recently_used_go_cold_and_come_
     )
     .await;
     assert_eq!(cold_moves.as_deref(), Some("3"), "a, b and c went cold");
+
+    // D's file lost (a failed disk): marked cold, to come back when used.
+    std::fs::remove_file(warm.join(&id_d)).unwrap();
+    settle(
+        &id_d,
+        "active/cold",
+        "image d, its file lost, in the cold tier",
+    )
+    .await;
 
     // A download of a cold image is refused too, naming it, and brings
     // it back.

@@ -32,6 +32,9 @@
 //! it or a revert to it is refused naming it, and the backup worker
 //! brings the file back.
 //!
+//! An image whose file is gone from under it (a failed cache disk) is
+//! marked cold when the region holds it, so its next use brings it back.
+//!
 //! A tier's room is its configured capacity, but never more than what its
 //! items hold plus what its disk has free (less the reserve the site's
 //! store keeps on the data disk): a disk short of space moves files down
@@ -293,13 +296,25 @@ impl Tierer {
             .map_err(|e| e.to_string())?;
         let t = self.clone();
         let images_seen = images.clone();
-        let (items, room) = tokio::task::spawn_blocking(move || {
-            let items = t.items(&images, &pinned);
-            t.room(&items).map(|r| (items, r))
+        let (items, lost, room) = tokio::task::spawn_blocking(move || {
+            // A file gone from under its image (a failed cache disk, say).
+            let (items, lost): (Vec<_>, Vec<_>) = t
+                .items(&images, &pinned)
+                .into_iter()
+                .partition(|(_, f)| f.exists());
+            t.room(&items).map(|r| (items, lost, r))
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot measure the tiers' room: {e}"))?;
+        // The region's unpinned ones are marked cold, so their next use
+        // brings them back; others are left for the operator.
+        for (item, file) in lost.iter().filter(|(i, _)| !i.pinned) {
+            let (id, from) = (item.id.clone(), file.clone());
+            if let Ok(true) = self.store.write(move |w| w.evict_image(&id, &from)).await {
+                warn!(image = %item.id, file = %file.display(), "an image's file is gone; it is marked cold and comes back from the region when next used");
+            }
+        }
         for tier in [Tier::Hot, Tier::Warm] {
             let bytes: u64 = items
                 .iter()
