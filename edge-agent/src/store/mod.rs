@@ -408,7 +408,8 @@ impl Store {
 
     /// Available snapshots whose file is here.
     pub async fn local_snapshots(&self) -> Result<Vec<Snapshot>, WriteError> {
-        self.read(|c| Ok(volumes::local_snapshots(c)?)).await
+        self.read(|c| Ok(volumes::available_snapshots(c, false)?))
+            .await
     }
 
     /// Keys of copies at the region the site no longer needs (deleted
@@ -426,7 +427,8 @@ impl Store {
 
     /// Cold snapshots (`recalled`: someone wants them back).
     pub async fn cold_snapshots(&self) -> Result<Vec<Snapshot>, WriteError> {
-        self.read(|c| Ok(volumes::cold_snapshots(c)?)).await
+        self.read(|c| Ok(volumes::available_snapshots(c, true)?))
+            .await
     }
 
     /// Snapshots being read, whose files may not go.

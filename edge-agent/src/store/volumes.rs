@@ -196,10 +196,15 @@ fn cold_snapshot(s: &Snapshot, field: &str) -> FieldError {
     )
 }
 
-/// Available snapshots whose file is here: what the backup worker copies
-/// to the region (with `storage.tiers.cold`) and the tierer may send
-/// there.
-pub(super) fn local_snapshots(conn: &Connection) -> Result<Vec<Snapshot>, StoreError> {
+/// Available snapshots, those whose file is here (`cold: false`: what the
+/// backup worker copies to the region with `storage.tiers.cold`, and the
+/// tierer may send there) or those whose file is only at the region
+/// (`cold: true`; the `recalled` ones are the backup worker's to bring
+/// back).
+pub(super) fn available_snapshots(
+    conn: &Connection,
+    cold: bool,
+) -> Result<Vec<Snapshot>, StoreError> {
     Ok(
         rows::list::<SnapshotSpec, roost_common::model::SnapshotStatus>(
             conn,
@@ -208,23 +213,7 @@ pub(super) fn local_snapshots(conn: &Connection) -> Result<Vec<Snapshot>, StoreE
             [],
         )?
         .into_iter()
-        .filter(|s| !s.status.is_cold())
-        .collect(),
-    )
-}
-
-/// Cold snapshots: those someone wanted (`recalled`) are the backup
-/// worker's to bring back.
-pub(super) fn cold_snapshots(conn: &Connection) -> Result<Vec<Snapshot>, StoreError> {
-    Ok(
-        rows::list::<SnapshotSpec, roost_common::model::SnapshotStatus>(
-            conn,
-            "volume_snapshots",
-            "json_extract(status, '$.state') = 'available'",
-            [],
-        )?
-        .into_iter()
-        .filter(|s| s.status.is_cold())
+        .filter(|s| s.status.is_cold() == cold)
         .collect(),
     )
 }
